@@ -1,0 +1,54 @@
+# diffusion-lab: two commands on a fresh machine.
+#   make lab    set up .venv (if needed) and open the course in JupyterLab, on notebook 01
+#   make test   set up / update .venv and run every test: unit tests, then strict nbval on every notebook
+# Pins live in requirements.txt only. Python >= 3.11 is needed (diffusers 0.42 / transformers 5).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+RESULTS := build/test-results
+FIRST_NOTEBOOK := 01_forward_diffusion.ipynb
+# root (containers, cloud notebooks) must say so to JupyterLab
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: lab test unit notebooks lint venv clean help
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make lab   - install (first time) and open JupyterLab on notebooks/$(FIRST_NOTEBOOK)"
+	@echo "make test  - install/update and run unit tests + strict 'pytest --nbval notebooks/' (offline, quick mode)"
+	@echo "make lint  - ruff over the library, tests and notebooks"
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "diffusion-lab needs Python >= 3.11, found " + sys.version.split()[0] + ": install it, or run make PYTHON=python3.11 ...")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Re-run the install whenever the pins or the package metadata change (make test "creates or updates").
+$(STAMP): requirements.txt pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lab: $(STAMP)
+	cd notebooks && ../$(PY) -m jupyterlab $(ALLOW_ROOT) $(LAB_ARGS) $(FIRST_NOTEBOOK)
+
+unit: $(STAMP)
+	@mkdir -p $(RESULTS)
+	$(PY) -m pytest tests --junitxml=$(RESULTS)/unit.xml
+
+notebooks: $(STAMP)
+	@mkdir -p $(RESULTS)
+	$(PY) -m pytest --nbval notebooks/ --junitxml=$(RESULTS)/notebooks.xml
+
+lint: $(STAMP)
+	$(PY) -m ruff check diffusion_lab tests notebooks benchmarks data
+
+test: lint unit notebooks
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,41 @@
+"""diffusion-lab: diffusion models from first principles to Stable Diffusion XL and 3.
+
+Light to import: torch and numpy only. Plots, widgets and diffusers are imported by the modules that need them.
+"""
+
+from diffusion_lab.diffusion import (
+    ddim_sigma,
+    ddim_step,
+    ddpm_posterior,
+    ddpm_step,
+    predict_x0_and_eps,
+    q_sample,
+    q_step,
+    velocity,
+)
+from diffusion_lab.schedulers import DDIMScheduler, DDPMScheduler, SchedulerOutput
+from diffusion_lab.schedules import alphas_cumprod_from_betas, inference_timesteps, make_betas, snr, snr_db
+from diffusion_lab.settings import pick, smoke_mode
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "SchedulerOutput",
+    "alphas_cumprod_from_betas",
+    "ddim_sigma",
+    "ddim_step",
+    "ddpm_posterior",
+    "ddpm_step",
+    "inference_timesteps",
+    "make_betas",
+    "pick",
+    "predict_x0_and_eps",
+    "q_sample",
+    "q_step",
+    "smoke_mode",
+    "snr",
+    "snr_db",
+    "velocity",
+]
