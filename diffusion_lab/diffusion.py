@@ -62,7 +62,9 @@ def extract(table: torch.Tensor, t: torch.Tensor | int, ndim: int) -> torch.Tens
     return table[t].reshape(-1, *([1] * (ndim - 1)))  # (B, 1, ..., 1)
 
 
-def q_sample(x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def q_sample(
+    x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """Jump straight to step t: x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε (DDPM Eq. 4, the closed form of q(x_t | x_0)).
 
     x0, noise: (B, ...); t: int or (B,); alphas_cumprod: (T,). Returns x_t, (B, ...).

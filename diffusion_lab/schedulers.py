@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusion_lab.diffusion import PREDICTION_TYPES, ddim_sigma, ddim_step, ddpm_step, predict_x0_and_eps
+from diffusion_lab.diffusion import (
+    PREDICTION_TYPES,
+    ddim_sigma,
+    ddim_step,
+    ddpm_step,
+    extract,
+    predict_x0_and_eps,
+    velocity,
+)
 from diffusion_lab.schedules import (
     BETA_SCHEDULES,
     TIMESTEP_SPACINGS,
@@ -37,7 +45,6 @@ from diffusion_lab.schedules import (
     make_betas,
     rescale_zero_terminal_snr,
 )
-from diffusion_lab.diffusion import extract, velocity
 
 __all__ = ["SchedulerConfig", "SchedulerOutput", "DDPMScheduler", "DDIMScheduler", "randn"]
 
@@ -213,7 +220,9 @@ class _Scheduler:
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor | int) -> torch.Tensor:
         """The v-prediction target v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 for clean ``sample`` x_0. (B, ...) → (B, ...)."""
         if sample.shape != noise.shape:
-            raise ValueError(f"sample and noise must have the same shape, got {tuple(sample.shape)} and {tuple(noise.shape)}")
+            raise ValueError(
+                f"sample and noise must have the same shape, got {tuple(sample.shape)} and {tuple(noise.shape)}"
+            )
         t = self._timesteps_of(timesteps, sample)
         ab = extract(self.alphas_cumprod.to(sample.device, sample.dtype), t, sample.ndim)
         return velocity(sample, noise, ab)

@@ -78,9 +78,7 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Ten
     return torch.tensor(betas, dtype=torch.float32)
 
 
-def make_betas(
-    beta_schedule: str, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
-) -> torch.Tensor:
+def make_betas(beta_schedule: str, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """β for one of :data:`BETA_SCHEDULES` (``beta_start``/``beta_end`` are ignored by the cosine schedule)."""
     check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
     if not isinstance(T, int) or T < 2:
@@ -138,9 +136,7 @@ def inference_timesteps(
     check_choice("timestep_spacing", spacing, TIMESTEP_SPACINGS)
     n, T = num_inference_steps, num_train_timesteps
     if not isinstance(n, (int, np.integer)) or n < 1 or n > T:
-        raise ValueError(
-            f"num_inference_steps must be an integer between 1 and num_train_timesteps={T}, got {n!r}"
-        )
+        raise ValueError(f"num_inference_steps must be an integer between 1 and num_train_timesteps={T}, got {n!r}")
     if spacing == "linspace":
         return np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
     if spacing == "leading":

@@ -31,9 +31,7 @@ def _check_timesteps_and_noise(ours, theirs, n):
     noise = torch.randn(4, 3, 8, 8, generator=g)
     t = torch.tensor([0, 17, 500, 999])
     torch.testing.assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t), atol=ATOL, rtol=0)
-    torch.testing.assert_close(
-        ours.get_velocity(x0, noise, t), theirs.get_velocity(x0, noise, t), atol=ATOL, rtol=0
-    )
+    torch.testing.assert_close(ours.get_velocity(x0, noise, t), theirs.get_velocity(x0, noise, t), atol=ATOL, rtol=0)
     torch.testing.assert_close(ours.alphas_cumprod, theirs.alphas_cumprod, atol=0, rtol=0)
 
 
@@ -103,16 +101,31 @@ def test_timesteps_for_many_step_counts(n, spacing):
 
 def test_zero_terminal_snr_and_trained_betas_match():
     for cls, their_cls in [(DDIMScheduler, diffusers.DDIMScheduler), (DDPMScheduler, diffusers.DDPMScheduler)]:
-        ours = cls(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True,
-                   prediction_type="v_prediction", timestep_spacing="trailing")
-        theirs = their_cls(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                           rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing")
+        ours = cls(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            rescale_betas_zero_snr=True,
+            prediction_type="v_prediction",
+            timestep_spacing="trailing",
+        )
+        theirs = their_cls(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            rescale_betas_zero_snr=True,
+            prediction_type="v_prediction",
+            timestep_spacing="trailing",
+        )
         torch.testing.assert_close(ours.alphas_cumprod, theirs.alphas_cumprod, atol=0, rtol=0)
         assert ours.alphas_cumprod[-1] == 0
         _check_timesteps_and_noise(ours, theirs, n=5)
         _check_steps(ours, theirs)
         betas = torch.linspace(1e-3, 0.05, 50).tolist()
-        ours, theirs = cls(num_train_timesteps=50, trained_betas=betas), their_cls(num_train_timesteps=50, trained_betas=betas)
+        ours, theirs = (
+            cls(num_train_timesteps=50, trained_betas=betas),
+            their_cls(num_train_timesteps=50, trained_betas=betas),
+        )
         torch.testing.assert_close(ours.alphas_cumprod, theirs.alphas_cumprod, atol=0, rtol=0)
 
 
@@ -146,7 +159,10 @@ def _dummy_model(x, t):
 def test_full_sampling_loop_matches_diffusers(ours_cls, their_cls, step_kw):
     """The whole loop, 50 steps from the same x_T and generator: the final samples agree."""
     results = []
-    for sched in (ours_cls(beta_schedule="squaredcos_cap_v2"), getattr(diffusers, their_cls)(beta_schedule="squaredcos_cap_v2")):
+    for sched in (
+        ours_cls(beta_schedule="squaredcos_cap_v2"),
+        getattr(diffusers, their_cls)(beta_schedule="squaredcos_cap_v2"),
+    ):
         g = torch.Generator().manual_seed(42)
         sched.set_timesteps(50)
         x = torch.randn(3, 1, 8, 8, generator=g) * sched.init_noise_sigma
