@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_lab.exercises import check_q_sample, check_snr_crossing, check_trailing_timesteps
+from diffusion_lab.plots import image_grid
+
+
+def test_q_sample_check_accepts_right_and_rejects_wrong(capsys):
+    def right(x0, t, noise, ab):
+        a = ab[t].reshape(-1, *[1] * (x0.ndim - 1))
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def wrong_sqrt(x0, t, noise, ab):
+        a = ab[t].reshape(-1, *[1] * (x0.ndim - 1))
+        return a * x0 + (1 - a) * noise
+
+    def one_t_for_all(x0, t, noise, ab):
+        a = ab[t[0]]
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def crashes(x0, t, noise, ab):
+        raise NotImplementedError("write me")
+
+    assert check_q_sample(right)
+    assert not check_q_sample(wrong_sqrt)
+    assert not check_q_sample(one_t_for_all)
+    assert not check_q_sample(crashes)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("✅") and all(line.startswith("❌") for line in out[1:])
+
+
+def test_snr_and_trailing_checks():
+    from diffusion_lab.schedules import inference_timesteps
+
+    from diffusion_lab import snr
+    from diffusion_lab.widgets import schedule_table
+
+    cosine_snr = snr(schedule_table()["squaredcos_cap_v2"])
+    first_below = next(t for t in range(1000) if cosine_snr[t] < 1)
+    assert check_snr_crossing(first_below)
+    assert not check_snr_crossing(500)
+    assert not check_snr_crossing(None)
+    assert not check_trailing_timesteps(lambda n, T: None)
+    assert not check_q_sample(lambda x0, t, noise, ab: None)
+    assert check_trailing_timesteps(lambda n, T: inference_timesteps(n, T, "trailing"))
+    assert not check_trailing_timesteps(lambda n, T: inference_timesteps(n, T, "leading"))
+    assert not check_trailing_timesteps(lambda n, T: np.arange(T, 0, -T / n).astype(int))  # forgot the −1
+
+
+def test_image_grid_shapes():
+    x = torch.linspace(-1, 1, 5 * 28 * 28).reshape(5, 1, 28, 28)
+    g = image_grid(x, nrow=4)
+    assert g.shape == (2 * 29 - 1, 4 * 29 - 1) and g.min() >= 0 and g.max() <= 1
+    assert image_grid(torch.zeros(2, 3, 4, 4)).shape == (4, 9, 3)
+    with pytest.raises(ValueError, match="expected images of shape"):
+        image_grid(torch.zeros(2, 4, 4))
+
+
+def test_forward_process_explorer_redraws_when_controls_move():
+    pytest.importorskip("ipywidgets")
+    from diffusion_lab.widgets import ForwardProcessExplorer
+
+    ex = ForwardProcessExplorer(torch.zeros(4, 1, 28, 28), t=10)
+    first = ex.image.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"
+    ex.t.value = 900
+    after_t = ex.image.value
+    assert after_t != first
+    ex.schedule.value = "squaredcos_cap_v2"
+    assert ex.image.value != after_t
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        ForwardProcessExplorer(torch.zeros(4, 1, 28, 28), schedule="cosine")
+    with pytest.raises(ValueError, match="x0 must be a batch of images"):
+        ForwardProcessExplorer(torch.zeros(28, 28))
