@@ -9,6 +9,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RESULTS := build/test-results
 FIRST_NOTEBOOK := 01_forward_diffusion.ipynb
+# extra pip options, e.g. PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu" for a CPU-only torch
+PIP_ARGS ?=
 # root (containers, cloud notebooks) must say so to JupyterLab
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
@@ -27,7 +29,7 @@ $(PY):
 
 # Re-run the install whenever the pins or the package metadata change (make test "creates or updates").
 $(STAMP): requirements.txt pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet $(PIP_ARGS) -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m pip check
 	@touch $(STAMP)

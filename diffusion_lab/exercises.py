@@ -36,11 +36,19 @@ def check_q_sample(fn: Callable[..., torch.Tensor]) -> bool:
             if got is None:
                 return _report(False, "q_sample", "your function returns None: fill in its body and return x_t")
             if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-                return _report(False, "q_sample", f"return a tensor of shape {tuple(want.shape)} (one ᾱ per sample: "
-                                                  "index alphas_cumprod[t] and reshape it to (B, 1, 1, 1))")
+                return _report(
+                    False,
+                    "q_sample",
+                    f"return a tensor of shape {tuple(want.shape)} (one ᾱ per sample: "
+                    "index alphas_cumprod[t] and reshape it to (B, 1, 1, 1))",
+                )
             if not torch.allclose(got, want, atol=1e-5):
-                return _report(False, "q_sample", "x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·noise; square roots of ᾱ, "
-                                                  "not of β, and each sample uses its own t")
+                return _report(
+                    False,
+                    "q_sample",
+                    "x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·noise; square roots of ᾱ, "
+                    "not of β, and each sample uses its own t",
+                )
     except Exception as e:  # the student's code raised: say so instead of failing the whole notebook
         return _report(False, "q_sample", f"your function raised {type(e).__name__}: {e}")
     return _report(True, "q_sample", "")
@@ -52,7 +60,8 @@ def check_snr_crossing(t_answer: int | None, schedule: str = "squaredcos_cap_v2"
     if t_answer is None:
         return _report(False, f"0 dB crossing of {schedule}", "set answer to an integer t")
     return _report(
-        int(t_answer) == want, f"0 dB crossing of {schedule}",
+        int(t_answer) == want,
+        f"0 dB crossing of {schedule}",
         "find the first index where snr(alphas_cumprod) < 1, e.g. with torch.nonzero(...)[0]",
     )
 
@@ -66,8 +75,11 @@ def check_trailing_timesteps(fn: Callable[[int, int], np.ndarray]) -> bool:
                 return _report(False, "trailing spacing", "your function returns None: fill in its body")
             got = np.asarray(out).astype(np.int64).tolist()
             if got != inference_timesteps(n, T, "trailing").tolist():
-                return _report(False, "trailing spacing", f"for n={n}, T={T} expected the list to start at T−1 "
-                                                          "and step down by T/n, rounded")
+                return _report(
+                    False,
+                    "trailing spacing",
+                    f"for n={n}, T={T} expected the list to start at T−1 and step down by T/n, rounded",
+                )
     except Exception as e:
         return _report(False, "trailing spacing", f"your function raised {type(e).__name__}: {e}")
     return _report(True, "trailing spacing", "")

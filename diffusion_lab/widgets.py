@@ -43,8 +43,9 @@ class ForwardProcessExplorer:
         self.x0 = x0[:16]
         self.noise = torch.randn(self.x0.shape, generator=torch.Generator().manual_seed(seed))
         self.tables = schedule_table(T)
-        self.t = w.IntSlider(value=t, min=0, max=T - 1, step=1, description="t", continuous_update=False,
-                             layout=w.Layout(width="420px"))
+        self.t = w.IntSlider(
+            value=t, min=0, max=T - 1, step=1, description="t", continuous_update=False, layout=w.Layout(width="420px")
+        )
         self.schedule = w.Dropdown(options=list(BETA_SCHEDULES), value=schedule, description="schedule")
         self.image = w.Image(format="png")
         self.t.observe(self._redraw, names="value")
@@ -62,8 +63,12 @@ class ForwardProcessExplorer:
         show_images(x_t.clamp(-1, 1), nrow=4, ax=ax_img)
         ax_img.set_title(f"x_t at t = {t}  ({schedule}):  ᾱ_t = {ab[t].item():.4f}", fontsize=9)
         for name, table in self.tables.items():
-            ax_snr.plot(snr_db(table).numpy(), lw=2.5 if name == schedule else 1, alpha=1 if name == schedule else 0.5,
-                        label=name)
+            ax_snr.plot(
+                snr_db(table).numpy(),
+                lw=2.5 if name == schedule else 1,
+                alpha=1 if name == schedule else 0.5,
+                label=name,
+            )
         ax_snr.axvline(t, color="k", ls="--", lw=1)
         ax_snr.axhline(0, color="grey", lw=0.5)
         ax_snr.set(xlabel="t", ylabel="SNR (dB)", title=f"SNR_t = {snr_db(ab[t]).item():+.1f} dB")

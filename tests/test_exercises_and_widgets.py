@@ -33,9 +33,8 @@ def test_q_sample_check_accepts_right_and_rejects_wrong(capsys):
 
 
 def test_snr_and_trailing_checks():
-    from diffusion_lab.schedules import inference_timesteps
-
     from diffusion_lab import snr
+    from diffusion_lab.schedules import inference_timesteps
     from diffusion_lab.widgets import schedule_table
 
     cosine_snr = snr(schedule_table()["squaredcos_cap_v2"])

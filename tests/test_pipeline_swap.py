@@ -10,18 +10,15 @@ pipeline twice, with diffusers' scheduler and with ours, from the same seed, and
 from __future__ import annotations
 
 import contextlib
-import os
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may touch the hub (set before diffusers/transformers load)
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-import diffusion_lab  # noqa: E402
+import diffusion_lab  # noqa: E402  (after the importorskip guards)
 
 ATOL = 1e-5  # max |ours − diffusers| over the image in [0, 1]
 SD_SCHEDULER_KW = dict(
