@@ -131,7 +131,8 @@ def inference_timesteps(
     * ``leading``:  k·⌊T/n⌋ for k = 0..n−1, reversed, plus ``steps_offset`` — never reaches T−1:
       with T = 1000 and n = 5 the sampler starts at t = 800 (801 with SD's offset 1), not at pure noise.
     * ``trailing``: round(T − k·T/n) − 1 for k = 0..n−1 — always starts at T−1, the step trained on
-      (almost) pure noise. ``steps_offset`` does not apply.
+      (almost) pure noise. ``steps_offset`` does not apply. Unlike diffusers 0.42, never more than n values
+      (diffusers returns n + 1, ending in −1, for n = 61, 103, 121, ... with T = 1000).
     """
     check_choice("timestep_spacing", spacing, TIMESTEP_SPACINGS)
     n, T = num_inference_steps, num_train_timesteps
@@ -142,5 +143,8 @@ def inference_timesteps(
     if spacing == "leading":
         ratio = T // n
         return (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.int64) + steps_offset
+    # diffusers computes np.round(np.arange(T, 0, -T/n)) - 1. For 62 of the n in 1..1000 (n = 61, 103, 121, ...) the
+    # float step makes arange return n + 1 values, the last one rounding to 0, i.e. a timestep of -1 that silently
+    # indexes ᾱ[-1]. We keep diffusers' values (same rounding, ties to even) but only the first n of them.
     ratio = T / n
-    return np.round(np.arange(T, 0, -ratio)).astype(np.int64) - 1
+    return np.round(np.arange(T, 0, -ratio)).astype(np.int64)[:n] - 1

@@ -74,3 +74,23 @@ def test_forward_process_explorer_redraws_when_controls_move():
         ForwardProcessExplorer(torch.zeros(4, 1, 28, 28), schedule="cosine")
     with pytest.raises(ValueError, match="x0 must be a batch of images"):
         ForwardProcessExplorer(torch.zeros(28, 28))
+
+
+def test_checks_accept_unusual_right_answers_and_never_crash():
+    def float64(x0, t, noise, ab):
+        a = ab.double()[t].reshape(-1, *[1] * (x0.ndim - 1))
+        return a.sqrt() * x0.double() + (1 - a).sqrt() * noise.double()
+
+    def in_place(x0, t, noise, ab):
+        a = ab[t].reshape(-1, *[1] * (x0.ndim - 1))
+        return x0.mul_(a.sqrt()).add_((1 - a).sqrt() * noise)
+
+    def numpy_version(x0, t, noise, ab):
+        a = ab.numpy()[t.numpy()].reshape(-1, *[1] * (x0.ndim - 1))
+        return np.sqrt(a) * x0.numpy() + np.sqrt(1 - a) * noise.numpy()
+
+    assert check_q_sample(float64) and check_q_sample(in_place) and check_q_sample(numpy_version)
+    assert check_snr_crossing(torch.tensor(496)) and check_snr_crossing(np.int64(496))
+    assert not check_snr_crossing(torch.tensor([496, 497]))  # forgot the [0]: a hint, not a crash
+    assert check_trailing_timesteps(lambda n, T: [round(T - k * T / n) - 1 for k in range(n)])
+    assert not check_trailing_timesteps(lambda n, T: [int(T - k * T / n + 0.5) - 1 for k in range(n)])  # half up

@@ -171,3 +171,24 @@ def test_full_sampling_loop_matches_diffusers(ours_cls, their_cls, step_kw):
         results.append(x)
     torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=0)
     assert results[0].abs().sum() > 0
+
+
+def test_trailing_spacing_fixes_the_extra_negative_timestep_of_diffusers():
+    """diffusers' trailing spacing returns n + 1 timesteps ending in -1 for some n (float error in np.arange); ours
+    returns its first n, all valid, and equals it everywhere else."""
+    quirky = []
+    for n in range(1, 1001):
+        ours, theirs = DDIMScheduler(timestep_spacing="trailing"), diffusers.DDIMScheduler(timestep_spacing="trailing")
+        ours.set_timesteps(n)
+        theirs.set_timesteps(n)
+        assert len(ours.timesteps) == n and ours.timesteps.min() >= 0 and ours.timesteps[0] == 999
+        assert torch.equal(ours.timesteps, theirs.timesteps[:n])
+        if len(theirs.timesteps) != n:
+            quirky.append(n)
+            assert theirs.timesteps[-1] == -1
+    assert not quirky or quirky[:3] == [61, 103, 121]  # diffusers 0.42; a fixed diffusers passes too
+    sched = DDPMScheduler(timestep_spacing="trailing")
+    sched.set_timesteps(61)
+    x = torch.zeros(1, 2)
+    for t in sched.timesteps:  # a full loop runs without hitting an invalid timestep
+        x = sched.step(torch.zeros_like(x), t, x, generator=torch.Generator().manual_seed(0)).prev_sample
