@@ -16,7 +16,15 @@ from diffusion_lab.diffusion import q_sample
 from diffusion_lab.schedules import inference_timesteps, snr
 from diffusion_lab.widgets import schedule_table
 
-__all__ = ["check_q_sample", "check_snr_crossing", "check_trailing_timesteps"]
+__all__ = [
+    "check_q_sample",
+    "check_snr_crossing",
+    "check_trailing_timesteps",
+    "check_ddpm_loss",
+    "check_ddpm_step",
+    "check_ddim_step",
+    "check_timesteps_answer",
+]
 
 
 def _report(ok: bool, what: str, hint: str) -> bool:
@@ -96,3 +104,95 @@ def check_trailing_timesteps(fn: Callable[[int, int], np.ndarray]) -> bool:
                 "T/n, round halves to even (Python's round and np.round do)",
             )
     return _report(True, what, "")
+
+
+def check_ddpm_loss(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(model, x0, t, noise, alphas_cumprod)`` must return mean((ε − model(x_t, t))²) with x_t from q_sample."""
+    what = "DDPM loss"
+    g = torch.Generator().manual_seed(7)
+    ab = schedule_table()["linear"]
+
+    def model(x_t, t):  # a fixed stand-in for a network that depends on x_t and t
+        return torch.tanh(x_t) * (t.float().reshape(-1, *[1] * (x_t.ndim - 1)) / 1000)
+
+    x0, noise = torch.randn(6, 1, 4, 4, generator=g), torch.randn(6, 1, 4, 4, generator=g)
+    t = torch.randint(0, 1000, (6,), generator=g)
+    want = (noise - model(q_sample(x0, t, noise, ab), t)).pow(2).mean()
+    try:
+        got = fn(model, x0.clone(), t.clone(), noise.clone(), ab.clone())
+    except Exception as e:
+        return _report(False, what, f"your function raised {type(e).__name__}: {e}")
+    if got is None:
+        return _report(False, what, "your function returns None: fill in its body")
+    got = torch.as_tensor(got)
+    if got.numel() != 1:
+        return _report(False, what, f"return one number (the mean over the batch), got shape {tuple(got.shape)}")
+    return _report(
+        bool(torch.allclose(got.float(), want, atol=1e-6)),
+        what,
+        "x_t = q_sample(x0, t, noise, ᾱ); the target is the noise; average the squared error",
+    )
+
+
+def check_ddpm_step(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(eps_hat, x_t, ab_t, ab_prev, z)`` must return one DDPM step (fixed_small variance, no clipping)."""
+    from diffusion_lab.diffusion import ddpm_step, x0_from_eps
+
+    what = "DDPM step"
+    g = torch.Generator().manual_seed(8)
+    ab = schedule_table()["linear"]
+    for t, tp in [(999, 998), (500, 499), (10, 9)]:
+        eps, x_t, z = (torch.randn(3, 2, generator=g) for _ in range(3))
+        want = ddpm_step(x0_from_eps(x_t, eps, ab[t]), x_t, ab[t], ab[tp], z)
+        try:
+            got = fn(eps.clone(), x_t.clone(), ab[t].clone(), ab[tp].clone(), z.clone())
+        except Exception as e:
+            return _report(False, what, f"your function raised {type(e).__name__}: {e}")
+        if got is None:
+            return _report(False, what, "your function returns None: fill in its body")
+        if not torch.allclose(torch.as_tensor(got).float(), want, atol=1e-4):
+            return _report(
+                False,
+                what,
+                f"wrong at t={t}: predict x̂_0 from ε̂ first, then the posterior mean of "
+                "DDPM Eq. 7 with β'_t = 1 − ᾱ_t/ᾱ_prev, plus sqrt(β̃)·z",
+            )
+    return _report(True, what, "")
+
+
+def check_ddim_step(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(x0_hat, eps_hat, ab_prev, sigma)`` must return √ᾱ'·x̂_0 + √(1 − ᾱ' − σ²)·ε̂ (DDIM Eq. 12, no noise)."""
+    from diffusion_lab.diffusion import ddim_sigma, ddim_step
+
+    what = "DDIM step"
+    g = torch.Generator().manual_seed(9)
+    ab = schedule_table()["linear"]
+    for t, tp, eta in [(999, 949, 0.0), (500, 450, 1.0), (100, 50, 0.5)]:
+        x0, eps = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
+        sigma = ddim_sigma(ab[t], ab[tp], eta)
+        want = ddim_step(x0, eps, ab[tp], sigma)
+        try:
+            got = fn(x0.clone(), eps.clone(), ab[tp].clone(), sigma.clone())
+        except Exception as e:
+            return _report(False, what, f"your function raised {type(e).__name__}: {e}")
+        if got is None:
+            return _report(False, what, "your function returns None: fill in its body")
+        if not torch.allclose(torch.as_tensor(got).float(), want, atol=1e-5):
+            return _report(False, what, f"wrong for eta={eta}: the direction term is sqrt(1 − ᾱ' − σ²)·ε̂")
+    return _report(True, what, "")
+
+
+def check_timesteps_answer(answer, n: int, spacing: str, T: int = 1000) -> bool:
+    """``answer`` must be the ``n`` timesteps a sampler with this ``spacing`` visits, in order."""
+    what = f"{spacing} timesteps for n={n}"
+    if answer is None:
+        return _report(False, what, "set answer to a list of integers")
+    try:
+        got = [int(v) for v in answer]
+    except (TypeError, ValueError):
+        return _report(False, what, "answer must be a list of integers, e.g. scheduler.timesteps.tolist()")
+    return _report(
+        got == inference_timesteps(n, T, spacing).tolist(),
+        what,
+        "call set_timesteps(n) on the scheduler and read .timesteps (in the order it returns them)",
+    )

@@ -13,7 +13,7 @@ from diffusion_lab.diffusion import q_sample
 from diffusion_lab.plots import figure_to_png, show_images
 from diffusion_lab.schedules import BETA_SCHEDULES, alphas_cumprod_from_betas, make_betas, snr_db
 
-__all__ = ["ForwardProcessExplorer", "schedule_table"]
+__all__ = ["ForwardProcessExplorer", "SamplerExplorer", "schedule_table"]
 
 _BETA_RANGES = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012), "squaredcos_cap_v2": (1e-4, 0.02)}
 
@@ -78,6 +78,76 @@ class ForwardProcessExplorer:
 
     def _redraw(self, change=None) -> None:
         self.image.value = self.render(self.t.value, self.schedule.value)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class SamplerExplorer:
+    """Steps, η and seed controls over DDIM sampling of a class-conditional model: one digit per class.
+
+    Every change re-samples (``steps`` network calls, twice with guidance) and redraws the row of ten digits.
+    """
+
+    def __init__(
+        self,
+        model,
+        scheduler,
+        steps: int = 20,
+        eta: float = 0.0,
+        seed: int = 0,
+        guidance_scale: float = 2.0,
+        num_classes: int = 10,
+    ):
+        import ipywidgets as w
+
+        self.model, self.scheduler, self.guidance_scale, self.num_classes = (
+            model,
+            scheduler,
+            guidance_scale,
+            num_classes,
+        )
+        self.steps = w.SelectionSlider(
+            options=[1, 2, 5, 10, 20, 50, 100], value=steps, description="steps", continuous_update=False
+        )
+        self.eta = w.FloatSlider(value=eta, min=0.0, max=1.0, step=0.1, description="eta", continuous_update=False)
+        self.seed = w.BoundedIntText(value=seed, min=0, max=2**31 - 1, description="seed")
+        self.image = w.Image(format="png")
+        for control in (self.steps, self.eta, self.seed):
+            control.observe(self._redraw, names="value")
+        self.widget = w.VBox([w.HBox([self.steps, self.eta, self.seed]), self.image])
+        self._redraw()
+
+    def render(self, steps: int, eta: float, seed: int) -> bytes:
+        """The picture for these settings as PNG bytes."""
+        import matplotlib.pyplot as plt
+
+        from diffusion_lab.sampling import sample
+
+        labels = torch.arange(self.num_classes)
+        out = sample(
+            self.model,
+            self.scheduler,
+            (self.num_classes, 1, 28, 28),
+            num_inference_steps=steps,
+            class_labels=labels,
+            guidance_scale=self.guidance_scale,
+            eta=eta,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        fig, ax = plt.subplots(figsize=(8, 1.2))
+        show_images(
+            out.images.clamp(-1, 1),
+            nrow=self.num_classes,
+            ax=ax,
+            title=f"DDIM, {steps} steps, eta = {eta:.1f}, seed {seed}: {out.network_evaluations} network calls",
+        )
+        return figure_to_png(fig)
+
+    def _redraw(self, change=None) -> None:
+        self.image.value = self.render(self.steps.value, self.eta.value, self.seed.value)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

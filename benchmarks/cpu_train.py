@@ -1,0 +1,162 @@
+"""From scratch to measured quality on this machine's CPU: the pixel-space class-conditional MNIST recipe.
+
+Trains ``diffusion_lab.recipes.mnist_pixel_recipe`` (the model of notebook 02) for a wall-clock budget, then samples
+with DDIM and DDPM and measures prompt adherence and FID-MNIST (with the real-vs-real floor for the same n) using
+the shipped classifier. Appends one record per (sampler, steps, guidance) to ``benchmarks/results/cpu_train.json``.
+
+    .venv/bin/python benchmarks/cpu_train.py --budget 600 --threads 2 --save data/pretrained/mnist_pixel_cond
+
+Target (issue 4): >= 90 % adherence within 600 s of training on 2 CPU threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from diffusion_lab.data import load_mnist
+from diffusion_lab.metrics import evaluate, load_classifier, reference_stats
+from diffusion_lab.recipes import schedulers_for, train_mnist_pixel
+from diffusion_lab.sampling import sample
+
+OUT = Path(__file__).resolve().parent / "results" / "cpu_train.json"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def append_runs(runs: list[dict]) -> None:
+    existing = json.loads(OUT.read_text()) if OUT.is_file() else []
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=OUT.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(existing + runs, fh, indent=2)
+    os.replace(tmp, OUT)
+
+
+def generate(model, scheduler, n, steps, guidance, seed=0, batch=250):
+    """n images, labels cycling 0..9, in batches; returns (images, labels, seconds)."""
+    labels = torch.arange(n) % 10
+    g = torch.Generator().manual_seed(seed)
+    out, start = [], time.perf_counter()
+    for i in range(0, n, batch):
+        y = labels[i : i + batch]
+        out.append(
+            sample(
+                model,
+                scheduler,
+                (len(y), 1, 28, 28),
+                num_inference_steps=steps,
+                class_labels=y,
+                guidance_scale=guidance,
+                generator=g,
+            ).images.clamp(-1, 1)
+        )
+    return torch.cat(out), labels, time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--budget", type=float, default=600, help="training wall-clock budget in seconds")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-eval", type=int, default=1000, help="samples per DDIM evaluation")
+    p.add_argument("--ddim-steps", type=int, nargs="+", default=[50])
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    p.add_argument("--ddpm-guidance", type=float, default=1.5)
+    p.add_argument("--ddpm-n", type=int, default=0, help="samples for the DDPM-1000 evaluation (0: skip)")
+    p.add_argument("--save", type=Path, default=None, help="save the EMA model here (save_pretrained folder)")
+    p.add_argument("--label", default="", help="free text stored with the runs")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    images, labels = load_mnist("train")
+    t0 = time.perf_counter()
+    trainer = train_mnist_pixel(images, labels, time_budget_s=args.budget, seed=args.seed)
+    wall = time.perf_counter() - t0
+    model = trainer.ema.model.eval()
+    print(
+        f"trained {trainer.step} steps in {wall:.0f} s wall ({trainer.train_seconds:.0f} s in steps), "
+        f"{trainer.step * trainer.config.batch_size / trainer.train_seconds:.0f} img/s",
+        flush=True,
+    )
+    if args.save:
+        from dataclasses import asdict
+
+        from diffusion_lab.checkpoint import save_checkpoint
+
+        save_checkpoint(
+            args.save,
+            trainer.model,
+            ema_model=trainer.ema.model,
+            train_config=asdict(trainer.config),
+            extra={"train_seconds": trainer.train_seconds, "trained_by": "benchmarks/cpu_train.py"},
+        )
+        print(f"saved raw and EMA weights to {args.save}")
+
+    classifier = load_classifier()
+    ref = reference_stats(classifier)
+    ddpm, ddim = schedulers_for(model.config, trainer.config.prediction_type)
+    common = {
+        "model": f"UNet {tuple(model.config.channels)} patch {model.config.patch_size}, "
+        f"{model.num_parameters() / 1e6:.2f} M params, class-conditional, pixel space",
+        "recipe": "diffusion_lab.recipes.mnist_pixel_recipe",
+        "label": args.label,
+        "train_seconds": round(wall, 1),
+        "train_step_seconds": round(trainer.train_seconds, 1),
+        "train_steps": trainer.step,
+        "batch_size": trainer.config.batch_size,
+        "train_images_per_s": round(trainer.step * trainer.config.batch_size / trainer.train_seconds, 1),
+        "final_loss": round(sum(trainer.losses[-50:]) / min(50, len(trainer.losses)), 5),
+        "threads": args.threads,
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "seed": args.seed,
+    }
+    runs = []
+    plan = [("DDIM", ddim, s, w, args.n_eval) for s in args.ddim_steps for w in args.guidance]
+    if args.ddpm_n:
+        plan += [("DDPM", ddpm, 1000, args.ddpm_guidance, args.ddpm_n)]
+    for name, sched, steps, w, n in plan:
+        x, y, secs = generate(model, sched, n, steps, w)
+        m = evaluate(x, y, classifier, reference=ref)
+        run = {
+            **common,
+            "sampler": name,
+            "steps": steps,
+            "guidance": w,
+            "n": n,
+            "adherence": round(m["adherence"], 4),
+            "fid_mnist": round(m["fid_mnist"], 2),
+            "fid_floor": round(m["fid_floor"], 2),
+            "diversity": round(m["diversity"], 3),
+            "within_class_diversity": round(m.get("within_class_diversity", float("nan")), 3),
+            "sample_seconds_per_image": round(secs / n, 4),
+        }
+        runs.append(run)
+        print(
+            f"{name}-{steps} w={w}: adherence {run['adherence']:.3f}  FID-MNIST {run['fid_mnist']:.1f} "
+            f"(floor {run['fid_floor']:.1f}, n={n})  {run['sample_seconds_per_image'] * 1000:.1f} ms/image",
+            flush=True,
+        )
+    append_runs(runs)
+    print(f"appended {len(runs)} runs to {OUT}")
+
+
+if __name__ == "__main__":
+    main()

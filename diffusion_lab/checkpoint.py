@@ -1,0 +1,224 @@
+"""Checkpoints without pickle: safetensors for tensors, JSON for everything else, written atomically.
+
+A checkpoint is a folder:
+
+=========================  ===================================================================
+file                       content
+=========================  ===================================================================
+``config.json``            model class name and its config, training config, step, versions
+``model.safetensors``      the model's weights
+``ema.safetensors``        the EMA weights (optional)
+``state.safetensors``      optimizer tensors and RNG states (optional: only to resume training)
+``state.json``             optimizer hyper-parameters, EMA step, training step (optional)
+=========================  ===================================================================
+
+The folder is written next to its destination under a temporary name and renamed into place, so a crash
+never leaves a half-written checkpoint where a good one was. Loading checks every key and shape and names
+the mismatches instead of loading a wrong model silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_config", "load_weights", "load_model", "load_training_state"]
+
+FORMAT = "diffusion_lab.checkpoint/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, or does not fit the model it is loaded into."""
+
+
+def _tensors(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def _optimizer_to_safe(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and plain values (for JSON)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, per_param in sd["state"].items():
+        for name, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_safe(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for key, value in meta.get("scalars", {}).items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    model: torch.nn.Module,
+    *,
+    ema_model: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    step: int | None = None,
+    generator: torch.Generator | None = None,
+    train_config: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a checkpoint folder atomically; ``model`` needs a dataclass ``config`` with ``to_dict()``."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        config = {
+            "format": FORMAT,
+            "model_class": type(model).__name__,
+            "model_config": model.config.to_dict(),
+            "train_config": train_config,
+            "step": step,
+            "torch": torch.__version__,
+            "extra": extra or {},
+        }
+        _write_json(tmp / "config.json", config)
+        save_file(_tensors(model.state_dict()), str(tmp / "model.safetensors"))
+        if ema_model is not None:
+            save_file(_tensors(ema_model.state_dict()), str(tmp / "ema.safetensors"))
+        if optimizer is not None or generator is not None:
+            tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+            state: dict[str, Any] = {"step": step}
+            if generator is not None:
+                tensors["rng.generator"] = generator.get_state()
+            if optimizer is not None:
+                opt_tensors, state["optimizer"] = _optimizer_to_safe(optimizer)
+                tensors.update(opt_tensors)
+            save_file(tensors, str(tmp / "state.safetensors"))
+            _write_json(tmp / "state.json", state)
+        # swap into place: the old folder (if any) is removed only once the new one is there
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_config(directory: str | os.PathLike) -> dict:
+    """The ``config.json`` of a checkpoint folder, with a clear error if it is missing or unreadable."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {Path(directory)}: {path.name} is missing")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not valid JSON (truncated?): {e}") from e
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a diffusion_lab checkpoint (format {config.get('format')!r})")
+    return config
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path} (truncated or not safetensors): {e}") from e
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load a safetensors file into ``model``; any missing, unexpected or mis-shaped key is an error naming it."""
+    path = Path(path)
+    state = _read(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+
+        def few(keys):
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {few(unexpected)}")
+        if wrong:
+            parts.append(
+                "shape mismatches: "
+                + few([f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong])
+            )
+        raise CheckpointError(
+            f"{path} does not fit this {type(model).__name__} (another configuration?): " + "; ".join(parts)
+        )
+    model.load_state_dict(state)
+    return model
+
+
+def load_model(
+    directory: str | os.PathLike, model_class: type, *, use_ema: bool = True, device: torch.device | str | None = None
+):
+    """Build ``model_class`` from the checkpoint's config and load its (EMA, if present and asked) weights.
+
+    ``model_class`` is passed explicitly (e.g. ``UNet``); it must take its config dataclass as only argument and
+    expose it as ``model_class.config_class`` or through the ``config`` annotation of its constructor.
+    """
+    config = load_config(directory)
+    if config["model_class"] != model_class.__name__:
+        raise CheckpointError(f"{directory} holds a {config['model_class']}, not a {model_class.__name__}")
+    model = model_class(model_class.config_class(**config["model_config"]))
+    weights = Path(directory) / (
+        "ema.safetensors" if use_ema and (Path(directory) / "ema.safetensors").is_file() else "model.safetensors"
+    )
+    load_weights(model, weights)
+    return model.to(device) if device is not None else model
+
+
+def load_training_state(
+    directory: str | os.PathLike,
+    model: torch.nn.Module,
+    *,
+    ema_model: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Restore weights, EMA, optimizer and RNG states in place for resuming; returns the step to continue from."""
+    directory = Path(directory)
+    load_config(directory)
+    load_weights(model, directory / "model.safetensors")
+    if ema_model is not None:
+        load_weights(ema_model, directory / "ema.safetensors")
+    tensors = _read(directory / "state.safetensors")
+    try:
+        state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {directory / 'state.json'}: {e}") from e
+    if optimizer is not None:
+        optimizer.load_state_dict(_optimizer_from_safe(tensors, state["optimizer"]))
+    torch.set_rng_state(tensors["rng.torch"])
+    if generator is not None:
+        generator.set_state(tensors["rng.generator"])
+    return int(state["step"])
