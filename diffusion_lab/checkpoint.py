@@ -111,6 +111,12 @@ def save_checkpoint(
                 tensors.update(opt_tensors)
             save_file(tensors, str(tmp / "state.safetensors"))
             _write_json(tmp / "state.json", state)
+        # mkdtemp makes the folder private (0700) and safetensors writes 0600: give it the usual permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
         # swap into place: the old folder (if any) is removed only once the new one is there
         old = None
         if directory.exists():
