@@ -1,6 +1,7 @@
 # diffusion-lab: two commands on a fresh machine.
 #   make lab    set up .venv (if needed) and open the course in JupyterLab, on notebook 01
-#   make test   set up / update .venv and run every test: unit tests, then strict nbval on every notebook
+#   make test   set up / update .venv and run every test: unit tests, strict nbval on every notebook, then the
+#               widgets in a real browser (JupyterLab + headless Chromium; skipped with a reason without Chromium)
 # Pins live in requirements.txt only. Python >= 3.11 is needed (diffusers 0.42 / transformers 5).
 
 PYTHON ?= python3
@@ -14,12 +15,13 @@ PIP_ARGS ?=
 # root (containers, cloud notebooks) must say so to JupyterLab
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test unit notebooks lint venv clean help
+.PHONY: lab test unit notebooks browser lint venv clean help
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make lab   - install (first time) and open JupyterLab on notebooks/$(FIRST_NOTEBOOK)"
 	@echo "make test  - install/update and run unit tests + strict 'pytest --nbval notebooks/' (offline, quick mode)"
+	@echo "make browser - the widgets in JupyterLab driven by a headless Chromium (skipped, with the reason, without one)"
 	@echo "make lint  - ruff over the library, tests and notebooks"
 
 $(PY):
@@ -41,16 +43,21 @@ lab: $(STAMP)
 
 unit: $(STAMP)
 	@mkdir -p $(RESULTS)
-	$(PY) -m pytest tests --junitxml=$(RESULTS)/unit.xml
+	$(PY) -m pytest tests --ignore=tests/browser --junitxml=$(RESULTS)/unit.xml
 
 notebooks: $(STAMP)
 	@mkdir -p $(RESULTS)
 	$(PY) -m pytest --nbval notebooks/ --junitxml=$(RESULTS)/notebooks.xml
 
+# Needs a system Chromium (Debian: apt-get install chromium); DIFFUSION_LAB_REQUIRE_BROWSER=1 makes a missing one fail.
+browser: $(STAMP)
+	@mkdir -p $(RESULTS)
+	$(PY) -m pytest tests/browser -v --junitxml=$(RESULTS)/browser.xml
+
 lint: $(STAMP)
 	$(PY) -m ruff check diffusion_lab tests notebooks benchmarks data
 
-test: lint unit notebooks
+test: lint unit notebooks browser
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
