@@ -3,6 +3,7 @@
 Light to import: torch and numpy only. Plots, widgets and diffusers are imported by the modules that need them.
 """
 
+from diffusion_lab.autoencoder import AutoencoderConfig, AutoencoderKL
 from diffusion_lab.diffusion import (
     ddim_sigma,
     ddim_step,
@@ -13,13 +14,28 @@ from diffusion_lab.diffusion import (
     q_step,
     velocity,
 )
+from diffusion_lab.pipeline import TinyStableDiffusionPipeline
+from diffusion_lab.sampling import cfg_combine, drop_condition, rescale_noise_cfg
 from diffusion_lab.schedulers import DDIMScheduler, DDPMScheduler, SchedulerOutput
 from diffusion_lab.schedules import alphas_cumprod_from_betas, inference_timesteps, make_betas, snr, snr_db
 from diffusion_lab.settings import pick, smoke_mode
+from diffusion_lab.text import TextEncoder, TextEncoderConfig, WordTokenizer
+from diffusion_lab.unet import UNet, UNetConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoencoderConfig",
+    "AutoencoderKL",
+    "TextEncoder",
+    "TextEncoderConfig",
+    "TinyStableDiffusionPipeline",
+    "UNet",
+    "UNetConfig",
+    "WordTokenizer",
+    "cfg_combine",
+    "drop_condition",
+    "rescale_noise_cfg",
     "DDIMScheduler",
     "DDPMScheduler",
     "SchedulerOutput",
