@@ -295,28 +295,77 @@ def _run_all(page, timeout_s: float) -> None:
             _menu(page, "Run", "Run All Cells")
             clicked_at = time.monotonic()
         dialog = page.locator(".jp-Dialog")
-        if dialog.count():  # a kernel picker despite the setting: keep the notebook's own kernel
-            assert "Select Kernel" in dialog.inner_text(), f"unexpected dialog: {dialog.inner_text()}"
-            dialog.locator("button", has_text=re.compile(r"^Select$")).click()
+        assert not dialog.count(), f"a dialog appeared during Run All: {dialog.inner_text()}"
         prompts = [p.strip() for p in page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()]
         pending = [(i, p) for i, p in enumerate(prompts, 1) if p != f"[{i}]:"]
         if prompts and not pending:
             return
-        if _errors(page):
-            raise AssertionError("a cell failed during Run All:\n" + "\n".join(_errors(page)))
+        if _errors(page, widgets=False):
+            raise AssertionError("a cell failed during Run All:\n" + "\n".join(_errors(page, widgets=False)))
         if time.monotonic() > deadline:
             raise AssertionError(f"cells still running or not run after {timeout_s:.0f} s: {pending[:5]}")
         page.wait_for_timeout(1000)
 
 
-def _errors(page) -> list[str]:
+def _wait_for_kernel(page, base: str, token: str, notebook: str, timeout_s: float = 120) -> None:
+    """Wait until the notebook's kernel is started, connected and idle, so that Run All cannot race its start.
+
+    On a fresh profile JupyterLab may still ask which kernel to start; the dialog is answered with the notebook's
+    own kernel here, before anything runs (answering it later would swap the kernel under running cells).
+    """
+    deadline = time.monotonic() + timeout_s
+    ready_since = None
+    while True:
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count():
+            text = dialog.inner_text()
+            assert "Select Kernel" in text, f"unexpected dialog: {text}"
+            dialog.locator("button", has_text=re.compile(r"^Select$")).click()
+            ready_since = None
+        with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=10) as r:
+            sessions = [x for x in json.load(r) if x["path"].endswith(notebook)]
+        idle = bool(sessions) and sessions[0]["kernel"]["execution_state"] == "idle"
+        shown = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
+        if idle and shown and not dialog.count():
+            ready_since = ready_since or time.monotonic()
+            if time.monotonic() - ready_since > 2:  # stable for 2 s
+                return
+        else:
+            ready_since = None
+        assert time.monotonic() < deadline, f"the kernel of {notebook} was not ready within {timeout_s:.0f} s"
+        page.wait_for_timeout(250)
+
+
+def _errors(page, widgets: bool = True) -> list[str]:
+    """Error outputs and tracebacks; with ``widgets``, also widget-failure messages (not while cells still run:
+    "Loading widget..." is normal for a moment)."""
     texts = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]').all_inner_texts()
     texts += (
         page.locator(".jp-OutputArea-output").filter(has_text="Traceback (most recent call last)").all_inner_texts()
     )
-    body = page.locator(".jp-Notebook").inner_text()
-    texts += [f"widget failure: {m}" for m in WIDGET_FAILURES if m in body]
+    if widgets:
+        body = page.locator(".jp-Notebook").inner_text()
+        texts += [f"widget failure: {m}" for m in WIDGET_FAILURES if m in body]
     return texts
+
+
+def _widgets_settled(page, timeout_s: float = 60) -> None:
+    """Wait until no widget is still loading (a widget that never loads is then reported by _errors)."""
+    deadline = time.monotonic() + timeout_s
+    while "Loading widget..." in page.locator(".jp-Notebook").inner_text() and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+
+
+def _shutdown_kernels(base: str, token: str) -> None:
+    """Stop every kernel of the server (a notebook's kernel would otherwise keep the CPU busy during the next one)."""
+    try:
+        with urllib.request.urlopen(f"{base}/api/kernels?token={token}", timeout=10) as r:
+            kernels = json.load(r)
+        for k in kernels:
+            req = urllib.request.Request(f"{base}/api/kernels/{k['id']}?token={token}", method="DELETE")
+            urllib.request.urlopen(req, timeout=30).close()
+    except OSError:
+        pass  # the server is shut down with its process group at the end anyway
 
 
 def _control(page, c: Control):
@@ -371,10 +420,11 @@ def test_widgets_redraw_in_jupyterlab(notebook, lab, browser):
     try:
         page.goto(f"{base}/lab/workspaces/{stem}/tree/{notebook}?reset&token={token}", wait_until="domcontentloaded")
         page.wait_for_selector(".jp-Notebook", timeout=90_000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+        _wait_for_kernel(page, base, token, notebook)
         t0 = time.monotonic()
         _run_all(page, timeout_s=300)
         print(f"{notebook}: Run All finished in {time.monotonic() - t0:.0f} s")
+        _widgets_settled(page)
         assert not _errors(page), f"{notebook} shows errors after Run All:\n" + "\n".join(_errors(page))
 
         for c in WIDGET_NOTEBOOKS[notebook]:
@@ -410,5 +460,6 @@ def test_widgets_redraw_in_jupyterlab(notebook, lab, browser):
             page.screenshot(path=SCREENSHOTS / f"{stem}.png", full_page=True)
         finally:
             page.close()
+            _shutdown_kernels(base, token)
     # the originals are untouched (the server only ever saw copies)
     assert json.loads((NOTEBOOKS / notebook).read_text("utf-8"))["cells"]
