@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from diffusion_lab.checkpoint import write_json_atomic
 from diffusion_lab.sampling import cfg_combine, rescale_noise_cfg
 from diffusion_lab.schedulers import randn
 
@@ -64,12 +65,6 @@ class PipelineOutput:
 
     def __getitem__(self, i):  # out[0] is the images, as with diffusers' outputs
         return (self.images, self.latents)[i]
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str), "utf-8")
-    os.replace(tmp, path)
 
 
 class TinyStableDiffusionPipeline:
@@ -316,7 +311,11 @@ class TinyStableDiffusionPipeline:
     # ---------------------------------------------------------------------------------------------- save / load
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """One folder per component (safetensors + JSON) and ``model_index.json``, laid out like diffusers'."""
+        """One folder per component (safetensors + JSON) and ``model_index.json``, laid out like diffusers'.
+
+        Each component is written atomically and ``model_index.json`` last, so an interrupted save leaves a folder
+        that :meth:`from_pretrained` refuses (no index) rather than a silent mix of old and new parts.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name in ("vae", "text_encoder", "unet", "tokenizer"):
@@ -324,10 +323,10 @@ class TinyStableDiffusionPipeline:
         (directory / "scheduler").mkdir(exist_ok=True)
         config = {"_class_name": type(self.scheduler).__name__, "_module": type(self.scheduler).__module__}
         config.update(dict(self.scheduler.config))
-        _write_json_atomic(directory / "scheduler" / "scheduler_config.json", config)
+        write_json_atomic(directory / "scheduler" / "scheduler_config.json", config)
         index = {"_class_name": type(self).__name__}
         index.update({n: [type(getattr(self, n)).__module__, type(getattr(self, n)).__name__] for n in _COMPONENTS})
-        _write_json_atomic(directory / "model_index.json", index)
+        write_json_atomic(directory / "model_index.json", index)
         return directory
 
     @classmethod

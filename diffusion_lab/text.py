@@ -106,7 +106,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -552,20 +551,9 @@ class BatchEncoding(dict):
 
 
 def _write_json_atomic(path: Path, obj: object) -> None:
-    """Write JSON to a temporary file next to ``path`` and rename it into place (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from diffusion_lab.checkpoint import write_json_atomic
+
+    write_json_atomic(path, obj)
 
 
 class WordTokenizer:
