@@ -7,6 +7,16 @@ the shipped classifier. Appends one record per (sampler, steps, guidance) to ``b
     .venv/bin/python benchmarks/cpu_train.py --budget 600 --threads 2 --save data/pretrained/mnist_pixel_cond
 
 Target (issue 4): >= 90 % adherence within 600 s of training on 2 CPU threads.
+
+``--model latent`` trains the latent text-to-image model instead (``diffusion_lab.recipes.train_latent_text2img``:
+autoencoder, text encoder and cross-attention U-Net from scratch in ``--budget`` seconds, 120 by default), samples
+prompts such as "a thick seven" with DDIM-25 at several guidance scales and measures digit adherence (classifier),
+attribute adherence (``diffusion_lab.text.attribute_adherence``) and FID-MNIST with its floor:
+
+    .venv/bin/python benchmarks/cpu_train.py --model latent --threads 2 --save data/pretrained/mnist_latent_text
+
+Targets (issue 5): <= 120 s of training in all; >= 98 % digit adherence at the best guidance scale; >= 90 %
+attribute adherence; FID-MNIST <= 3x the floor at a guidance scale with >= 95 % digit adherence.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import torch
 
 from diffusion_lab.data import load_mnist
 from diffusion_lab.metrics import evaluate, load_classifier, reference_stats
-from diffusion_lab.recipes import schedulers_for, train_mnist_pixel
+from diffusion_lab.recipes import schedulers_for, train_latent_text2img, train_mnist_pixel
 from diffusion_lab.sampling import sample
 
 OUT = Path(__file__).resolve().parent / "results" / "cpu_train.json"
@@ -69,19 +79,145 @@ def generate(model, scheduler, n, steps, guidance, seed=0, batch=250):
     return torch.cat(out), labels, time.perf_counter() - start
 
 
+# Evaluation prompts: per digit, 4 plain prompts ("a seven") and one for each attribute word ("a thick seven"), so
+# every attribute word is asked equally often (n/10 times for n images, a multiple of 10) and 40 % of the prompts name
+# only the digit.
+EVAL_WORDS = (None, "thick", None, "thin", "slanted", None, "upright", "small", None, "large")
+
+
+def latent_prompts(n: int) -> tuple[list[str], torch.Tensor]:
+    """n prompts (digits cycling 0..9, attribute words cycling through EVAL_WORDS per digit) and their digits."""
+    from diffusion_lab.text import DIGIT_NAMES
+
+    labels = torch.arange(n) % 10
+    prompts = []
+    for i, d in enumerate(labels.tolist()):
+        word = EVAL_WORDS[(i // 10 + d) % len(EVAL_WORDS)]  # any 10 consecutive prompts ask for every word once
+        words = [word, DIGIT_NAMES[d]] if word else [DIGIT_NAMES[d]]
+        prompts.append(("an " if words[0][0] in "aeiu" else "a ") + " ".join(words))
+    return prompts, labels
+
+
+def generate_latent(pipe, prompts, steps, guidance, seed=0, batch=250):
+    """One image per prompt with the pipeline, in batches; returns (images, seconds)."""
+    g = torch.Generator().manual_seed(seed)
+    out, start = [], time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        out.append(pipe(prompts[i : i + batch], num_inference_steps=steps, guidance_scale=guidance, generator=g).images)
+    return torch.cat(out), time.perf_counter() - start
+
+
+def main_latent(args) -> None:
+    from diffusion_lab.text import attribute_adherence
+
+    torch.set_num_threads(args.threads)
+    budget = 120.0 if args.budget is None else args.budget
+    t0 = time.perf_counter()
+    pipe, info = train_latent_text2img(budget_s=budget, seed=args.seed)
+    wall = time.perf_counter() - t0
+    print(
+        f"trained in {wall:.1f} s wall: autoencoder {info['ae_seconds']:.1f} s ({info['ae_steps']} steps), data "
+        f"{info['load_seconds'] + info['encode_seconds']:.1f} s, text encoder + U-Net {info['diffusion_seconds']:.1f} s "
+        f"({info['diffusion_steps']} steps, {info['diffusion_steps_per_s']:.2f} steps/s, "
+        f"{info['diffusion_images_per_s']:.0f} img/s); parameters {info['parameters']}",
+        flush=True,
+    )
+    if args.save:
+        pipe.save_pretrained(args.save)
+        (args.save / "caption_bins.json").write_text(json.dumps(info["bins"].to_dict(), indent=2))
+        print(f"saved the pipeline (EMA weights) and the caption bins to {args.save}")
+
+    classifier = load_classifier()
+    ref = reference_stats(classifier)
+    prompts, labels = latent_prompts(args.n_eval)
+    params = info["parameters"]
+    common = {
+        "model": "latent",
+        "description": f"latent text-to-image: AutoencoderKL {params['vae'] / 1e6:.2f} M, text encoder "
+        f"{params['text_encoder'] / 1e6:.2f} M, cross-attention U-Net {params['unet'] / 1e6:.2f} M params",
+        "recipe": "diffusion_lab.recipes.latent_text_recipe",
+        "label": args.label,
+        "budget_seconds": budget,
+        "train_seconds": round(wall, 1),
+        "ae_seconds": round(info["ae_seconds"], 1),
+        "data_seconds": round(info["load_seconds"] + info["encode_seconds"], 1),
+        "diffusion_seconds": round(info["diffusion_seconds"], 1),
+        "ae_steps": info["ae_steps"],
+        "train_steps": info["diffusion_steps"],
+        "batch_size": info["configs"]["train"]["batch_size"],
+        "diffusion_steps_per_s": round(info["diffusion_steps_per_s"], 2),
+        "train_images_per_s": round(info["diffusion_images_per_s"], 1),
+        "final_loss": round(info["final_loss"], 5),
+        "parameters": params,
+        "threads": args.threads,
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "seed": args.seed,
+    }
+    runs = []
+    for steps in args.ddim_steps:
+        for w in args.guidance:
+            x, secs = generate_latent(pipe, prompts, steps, w)
+            m = evaluate(x, labels, classifier, reference=ref)
+            a = attribute_adherence(x, prompts, info["bins"])
+            run = {
+                **common,
+                "sampler": "DDIM",
+                "steps": steps,
+                "guidance_scale": w,
+                "n": len(prompts),
+                "digit_adherence": round(m["adherence"], 4),
+                "attribute_adherence": round(a["adherence"], 4),
+                "attribute_requests": a["requests"],
+                "attribute_adherence_per_word": {
+                    k: round(a[k], 3) for k in ("thick", "thin", "slanted", "upright", "small", "large") if k in a
+                },
+                "fid": round(m["fid_mnist"], 2),
+                "fid_floor": round(m["fid_floor"], 2),
+                "diversity": round(m["diversity"], 3),
+                "within_class_diversity": round(m.get("within_class_diversity", float("nan")), 3),
+                "sample_seconds_per_image": round(secs / len(prompts), 4),
+            }
+            runs.append(run)
+            print(
+                f"DDIM-{steps} w={w}: digit adherence {run['digit_adherence']:.3f}  attribute adherence "
+                f"{run['attribute_adherence']:.3f}  FID-MNIST {run['fid']:.1f} (floor {run['fid_floor']:.1f}, "
+                f"n={run['n']})  {run['attribute_adherence_per_word']}  {secs:.0f} s",
+                flush=True,
+            )
+    if not args.no_record:
+        append_runs(runs)
+        print(f"appended {len(runs)} runs to {OUT}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--budget", type=float, default=600, help="training wall-clock budget in seconds")
+    p.add_argument("--model", choices=("pixel", "latent"), default="pixel", help="which recipe to benchmark")
+    p.add_argument(
+        "--budget", type=float, default=None, help="training wall-clock budget in seconds (pixel 600, latent 120)"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-eval", type=int, default=1000, help="samples per DDIM evaluation")
-    p.add_argument("--ddim-steps", type=int, nargs="+", default=[50])
-    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    p.add_argument("--ddim-steps", type=int, nargs="+", default=None, help="DDIM steps (pixel 50, latent 25)")
+    p.add_argument(
+        "--guidance", type=float, nargs="+", default=None, help="guidance scales (pixel 1 1.5 2, latent 1 2 3 4 6)"
+    )
     p.add_argument("--ddpm-guidance", type=float, default=1.5)
     p.add_argument("--ddpm-n", type=int, default=0, help="samples for the DDPM-1000 evaluation (0: skip)")
     p.add_argument("--save", type=Path, default=None, help="save the EMA model here (save_pretrained folder)")
     p.add_argument("--label", default="", help="free text stored with the runs")
+    p.add_argument("--no-record", action="store_true", help="print the results only (latent mode)")
     args = p.parse_args()
+    if args.model == "latent":
+        args.ddim_steps = args.ddim_steps or [25]
+        args.guidance = args.guidance or [1.0, 2.0, 3.0, 4.0, 6.0]
+        main_latent(args)
+        return
+    args.budget = 600.0 if args.budget is None else args.budget
+    args.ddim_steps = args.ddim_steps or [50]
+    args.guidance = args.guidance or [1.0, 1.5, 2.0]
 
     torch.set_num_threads(args.threads)
     images, labels = load_mnist("train")

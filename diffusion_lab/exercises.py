@@ -24,6 +24,9 @@ __all__ = [
     "check_ddpm_step",
     "check_ddim_step",
     "check_timesteps_answer",
+    "check_reparameterize",
+    "check_gaussian_kl",
+    "check_scaling_factor",
 ]
 
 
@@ -196,3 +199,76 @@ def check_timesteps_answer(answer, n: int, spacing: str, T: int = 1000) -> bool:
         what,
         "call set_timesteps(n) on the scheduler and read .timesteps (in the order it returns them)",
     )
+
+
+# --------------------------------------------------------------------------------------------- notebook 04
+
+
+def _call(fn: Callable, what: str, *args):
+    """(result, None) or (None, the ❌ line's hint) when the student's function raised or returned None."""
+    try:
+        out = fn(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
+    except Exception as e:
+        return None, f"your function raised {type(e).__name__}: {e}"
+    if out is None:
+        return None, "your function returns None: fill in its body and return the result"
+    return out, None
+
+
+def check_reparameterize(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(mean, logvar, eps)`` must return z = μ + σ·ε with σ = exp(½·log σ²) (the reparameterisation trick)."""
+    what = "reparameterised sample"
+    g = torch.Generator().manual_seed(11)
+    mean, logvar, eps = (torch.randn(3, 4, 7, 7, generator=g) for _ in range(3))
+    want = mean + torch.exp(0.5 * logvar) * eps
+    got, hint = _call(fn, what, mean, logvar, eps)
+    if hint:
+        return _report(False, what, hint)
+    got = torch.as_tensor(got).to(want.dtype)
+    if got.shape != want.shape:
+        return _report(False, what, f"return one z per input, shape {tuple(want.shape)}, not {tuple(got.shape)}")
+    if torch.allclose(got, mean + torch.exp(logvar) * eps, atol=1e-5):
+        return _report(False, what, "exp(logvar) is the variance σ²; the sample needs σ = exp(0.5·logvar)")
+    return _report(torch.allclose(got.to(want.dtype), want, atol=1e-5), what, "z = mean + exp(0.5·logvar)·eps")
+
+
+def check_gaussian_kl(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(mean, logvar)`` (B, L, h, w) must return KL(N(μ, σ²) ‖ N(0, 1)) summed over all but the batch: (B,)."""
+    what = "KL to the standard normal"
+    g = torch.Generator().manual_seed(12)
+    mean, logvar = torch.randn(5, 4, 7, 7, generator=g), torch.randn(5, 4, 7, 7, generator=g)
+    want = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1)
+    got, hint = _call(fn, what, mean, logvar)
+    if hint:
+        return _report(False, what, hint)
+    got = torch.as_tensor(got).to(want.dtype)
+    if got.numel() == 1 and torch.allclose(got.reshape(()).to(want.dtype), want.sum(), rtol=1e-4):
+        return _report(False, what, "return one KL per sample (shape (B,)): sum over dims 1.., not over the batch")
+    if got.shape != want.shape:
+        return _report(False, what, f"return shape {tuple(want.shape)} (one KL per sample), not {tuple(got.shape)}")
+    return _report(
+        torch.allclose(got.to(want.dtype), want, rtol=1e-4, atol=1e-4),
+        what,
+        "KL = ½·Σ(μ² + σ² − 1 − log σ²) with σ² = exp(logvar), summed over channels and positions",
+    )
+
+
+def check_scaling_factor(fn: Callable[[torch.Tensor], float]) -> bool:
+    """``fn(latents)`` must return s = 1 / std(latents) over all numbers, so that s·latents has unit variance."""
+    what = "scaling factor"
+    g = torch.Generator().manual_seed(13)
+    for scale in (0.2, 5.0):
+        z = torch.randn(64, 4, 7, 7, generator=g) * scale + 0.3
+        want = 1.0 / z.std().item()
+        got, hint = _call(fn, what, z)
+        if hint:
+            return _report(False, what, hint)
+        try:
+            got = float(got)
+        except (TypeError, ValueError, RuntimeError):
+            return _report(False, what, "return one number s (a float), e.g. 1 / latents.std().item()")
+        if abs(got - z.std().item()) < 1e-3 * z.std().item():
+            return _report(False, what, "that is the standard deviation itself; the factor is its inverse, 1 / std")
+        if abs(got - want) > 1e-3 * want:
+            return _report(False, what, "s = 1 / std over all numbers at once (batch, channels, positions)")
+    return _report(True, what, "")

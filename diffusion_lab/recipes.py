@@ -6,15 +6,33 @@ benchmark call the same function, so the figures in the README are the notebook'
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
 
+from diffusion_lab.autoencoder import AutoencoderConfig, AutoencoderKL, train_autoencoder
+from diffusion_lab.diffusion import PREDICTION_TYPES, q_sample, velocity
+from diffusion_lab.pipeline import TinyStableDiffusionPipeline
+from diffusion_lab.sampling import drop_condition
 from diffusion_lab.schedulers import DDIMScheduler, DDPMScheduler
-from diffusion_lab.training import TrainConfig, Trainer
+from diffusion_lab.schedules import check_choice
+from diffusion_lab.settings import pick
+from diffusion_lab.text import TextEncoder, TextEncoderConfig, WordTokenizer, attributes, captions_for, fit_bins
+from diffusion_lab.training import EMA, TrainConfig, Trainer, min_snr_weight
 from diffusion_lab.unet import UNet, UNetConfig
 
-__all__ = ["mnist_pixel_recipe", "train_mnist_pixel", "measure_throughput"]
+__all__ = [
+    "mnist_pixel_recipe",
+    "train_mnist_pixel",
+    "measure_throughput",
+    "LatentTextTrainConfig",
+    "latent_text_recipe",
+    "train_latent_text2img",
+]
 
 # Why these choices (measured on 2 CPU threads, see the README's benchmark section and notebook 02):
 # - patch_size=2: fold 2×2 pixels into channels (28×28×1 → 14×14×4): every convolution 4× cheaper, lossless;
@@ -119,3 +137,276 @@ def train_mnist_pixel(
     trainer = Trainer(model, images, ddpm.alphas_cumprod, train_cfg, labels=labels, callbacks=list(callbacks))
     trainer.run(time_limit_s=time_budget_s, progress=progress)
     return trainer
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The latent text-to-image recipe (issue 5): autoencoder + text encoder + cross-attention U-Net in two CPU minutes
+# ----------------------------------------------------------------------------------------------------------------------
+
+# Why these choices (measured on this 2-thread CPU, November 2026; benchmarks/cpu_train.py --model latent):
+# - everything inside the budget: autoencoder 15 s (~115 steps of batch 32), encoding 8,000 training images and
+#   fitting the caption bins ~5 s (encoding all 60,000 would take ~35 s), the denoiser the remaining ~100 s;
+# - U-Net on 7×7×4 latents: one level of 64 channels, blocks_per_level=0, so 3 ResBlocks and one SpatialTransformer
+#   (self- and cross-attention) in the middle (0.45 M parameters). Attention at the level too (4 transformers) or
+#   96 channels cost 2–5× per step, and in 100 s steps count more than width;
+# - the pooled text (the <eos> state) is added to the time embedding (SDXL): the digit reaches every ResBlock;
+# - word embeddings N(0, 1) instead of CLIP's N(0, 0.02): with the tiny init every prompt's pooled state is nearly
+#   the same at the start and the text path learns slowly (digit adherence at w = 1 went from 0.15 to 0.29 together
+#   with the smaller U-Net and lr 3e-3);
+# - batch 32 (64: 510 instead of 817 steps, about as good; 128: 270 steps, worse), AdamW 3e-3 (5e-3 was worse),
+#   cosine decay over the *time* budget, v-prediction, cosine schedule, Min-SNR-5, EMA 0.99 with warm-up (a run
+#   of ~800 steps), 10 % empty captions, attribute words dropped with p = 0.5 so that "a seven" and "a thick
+#   seven" are both captions the model has seen;
+# - what limits it: the 15 s autoencoder. Its reconstructions of real digits score FID-MNIST ~620 (n = 500; the
+#   originals 66) and 96.5 % classifier accuracy, so the FID target (<= 3x the floor) is out of reach with it;
+#   and ~800 denoiser steps give 60-75 % digit adherence, not 98 % (see benchmarks/results/cpu_train.json).
+LATENT_SCHEDULE = dict(beta_schedule="squaredcos_cap_v2")
+
+
+@dataclass
+class LatentTextTrainConfig:
+    """Budgets and optimiser settings of :func:`train_latent_text2img` (the networks' shapes are in their configs).
+
+    Every phase runs inside ``budget_s`` seconds of wall-clock time, counted from the call: the autoencoder gets
+    ``ae_seconds``, encoding the training set and writing the captions take what they take (a few seconds), and the
+    denoiser (U-Net and text encoder, trained jointly) gets whatever is left.
+    """
+
+    budget_s: float = 120.0  # total training wall time: autoencoder + data preparation + diffusion
+    num_images: int | None = 8_000  # the first N MNIST training images (None: all 60,000); encoding costs time
+    bins_images: int = 8_000  # caption bins fitted on the first N of them
+    ae_seconds: float = 15.0
+    ae_batch_size: int = 32
+    ae_lr: float = 2e-3
+    kl_weight: float = 1e-2
+    caption_drop_prob: float = 0.5  # each attribute word dropped independently, so short prompts work
+    cond_drop_prob: float = 0.1  # whole caption → "" (the unconditional prompt of classifier-free guidance)
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    final_lr_fraction: float = 0.1  # cosine decay over the diffusion phase's *time* to this fraction of lr
+    grad_clip: float | None = 1.0
+    prediction_type: str = "v_prediction"
+    min_snr_gamma: float | None = 5.0
+    ema_decay: float = 0.99
+    token_embedding_std: float | None = 1.0  # re-initialise the word embeddings N(0, σ²) (None: CLIP's σ = 0.02)
+    seed: int = 0
+
+    def __post_init__(self):
+        check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        if not self.budget_s > self.ae_seconds > 0:
+            raise ValueError(f"need budget_s > ae_seconds > 0, got {self.budget_s} and {self.ae_seconds}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lr_at(self, step: int, progress: float) -> float:
+        """Linear warm-up over ``warmup_steps``, then cosine decay in the share ``progress`` ∈ [0, 1] of the time."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        f = self.final_lr_fraction
+        return self.lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def latent_text_recipe(
+    budget_s: float = 120.0, seed: int = 0
+) -> tuple[AutoencoderConfig, TextEncoderConfig, UNetConfig, LatentTextTrainConfig]:
+    """The latent text-to-image MNIST model of issue 5: (autoencoder, text encoder, U-Net, training) configs.
+
+    Quick mode (``DIFFUSION_LAB_SMOKE=1``) shrinks data and budgets so that the whole recipe runs in seconds.
+    """
+    vocab_size = WordTokenizer.from_texts([]).vocab_size  # the caption vocabulary is fixed (text.BASE_WORDS)
+    width = 64
+    vae = AutoencoderConfig(channels=(16, 32), latent_channels=4, extra={"recipe": "latent_text"})
+    text = TextEncoderConfig(
+        vocab_size=vocab_size, hidden_size=width, num_layers=2, num_heads=4, max_position=8,
+        extra={"recipe": "latent_text"},
+    )  # fmt: skip
+    unet = UNetConfig(
+        in_channels=4,
+        out_channels=4,
+        channels=(64,),
+        attention_levels=(False,),  # only the middle block attends (self + cross): 3 ResBlocks, 1 SpatialTransformer
+        blocks_per_level=0,
+        time_embed_dim=128,
+        heads=4,
+        cross_attention_dim=width,
+        pooled_dim=width,
+        extra={"recipe": "latent_text", "schedule": LATENT_SCHEDULE},
+    )
+    train = LatentTextTrainConfig(
+        budget_s=pick(budget_s, 4.0),
+        num_images=pick(8_000, 1000),
+        bins_images=pick(8_000, 1000),
+        ae_seconds=pick(15.0, 1.0),
+        batch_size=32,
+        lr=3e-3,
+        warmup_steps=20,
+        ema_decay=0.99,
+        seed=seed,
+    )
+    return vae, text, unet, train
+
+
+def _latent_schedulers(unet_config: UNetConfig, prediction_type: str) -> tuple[DDPMScheduler, DDIMScheduler]:
+    kw = dict(unet_config.extra.get("schedule", LATENT_SCHEDULE), prediction_type=prediction_type, clip_sample=False)
+    return DDPMScheduler(**kw), DDIMScheduler(timestep_spacing="trailing", **kw)
+
+
+@torch.no_grad()
+def _encode_means(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Posterior means μ (N, L, 7, 7) of ``images`` (N, 1, 28, 28), unscaled."""
+    return torch.cat(
+        [vae.encode(images[i : i + batch_size]).latent_dist.mode() for i in range(0, len(images), batch_size)]
+    )
+
+
+def train_latent_text2img(
+    budget_s: float = 120.0,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    images: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    train_config: LatentTextTrainConfig | None = None,
+    unet_config: UNetConfig | None = None,
+    text_config: TextEncoderConfig | None = None,
+    vae_config: AutoencoderConfig | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> tuple[TinyStableDiffusionPipeline, dict]:
+    """Train the tiny Stable Diffusion of :func:`latent_text_recipe` from scratch within ``budget_s`` seconds.
+
+    1. Autoencoder (``ae_seconds``); s = 1/std of the posterior means (:func:`estimate_scaling_factor`).
+    2. Data (counted in the budget): the posterior means μ of every training image, times s, encoded once (the
+       denoiser learns the distribution of s·μ; the decoder maps μ back to the digit); attributes and caption bins.
+    3. Text encoder + U-Net jointly on the rest of the budget: each step draws a batch, writes fresh captions with
+       attribute-word dropout, replaces 10 % of them by "" (:func:`drop_condition` on the token ids), and takes one
+       AdamW step on the Min-SNR-weighted v-prediction loss; EMA of both networks.
+
+    Returns the pipeline (EMA weights, eval mode, DDIM with the training schedule) and ``info``: seconds per phase,
+    steps, images per second, final loss, parameter counts, the caption ``bins`` (for attribute adherence) and
+    the configs.
+    """
+    from tqdm.auto import tqdm
+
+    from diffusion_lab.data import load_mnist
+
+    start = time.perf_counter()
+    vae_cfg, text_cfg, unet_cfg, cfg = latent_text_recipe(budget_s, seed)
+    vae_cfg, text_cfg, unet_cfg = vae_config or vae_cfg, text_config or text_cfg, unet_config or unet_cfg
+    cfg = train_config or cfg
+    deadline = start + cfg.budget_s
+    if images is None:
+        images, labels = load_mnist("train", limit=cfg.num_images)
+    elif labels is None:
+        raise ValueError("pass labels (N,) with images")
+    info: dict = {"load_seconds": time.perf_counter() - start}
+
+    # 1. the autoencoder
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(vae_cfg)
+    history = train_autoencoder(
+        vae, images, seconds=cfg.ae_seconds, batch_size=cfg.ae_batch_size, lr=cfg.ae_lr, kl_weight=cfg.kl_weight,
+        seed=seed, progress=progress,
+    )  # fmt: skip
+    info.update(ae_seconds=time.perf_counter() - t0, ae_steps=len(history), ae_recon=history[-1]["recon"])
+
+    # 2. latents, attributes, caption bins, tokenizer
+    t0 = time.perf_counter()
+    means = _encode_means(vae, images)  # (N, L, 7, 7)
+    s = 1.0 / means.double().std().item()  # = estimate_scaling_factor(vae, images, sample_posterior=False)
+    vae.config.scaling_factor = s
+    latents = means * s
+    attrs = attributes(images)
+    bins = fit_bins(images[: cfg.bins_images], labels[: cfg.bins_images])
+    tokenizer = WordTokenizer.from_texts([], model_max_length=text_cfg.max_position)
+    null_ids = tokenizer("", max_length=text_cfg.max_position)["input_ids"]  # (1, M): <bos> <eos> <pad>…
+    info.update(encode_seconds=time.perf_counter() - t0, scaling_factor=s)
+
+    # 3. text encoder + U-Net, jointly
+    t0 = time.perf_counter()
+    torch.manual_seed(seed + 1)
+    text_encoder, unet = TextEncoder(text_cfg), UNet(unet_cfg)
+    if cfg.token_embedding_std is not None:  # distinct words from the first step: the text encoder trains from scratch
+        nn.init.normal_(text_encoder.token_embedding.weight, std=cfg.token_embedding_std)
+    both = nn.ModuleDict({"text_encoder": text_encoder, "unet": unet}).train()
+    optimizer = torch.optim.AdamW(both.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = EMA(both, cfg.ema_decay)
+    ddpm, ddim = _latent_schedulers(unet_cfg, cfg.prediction_type)
+    ab = ddpm.alphas_cumprod.float()  # (T,)
+    g = torch.Generator().manual_seed(seed)
+    n, T = len(latents), len(ab)
+    diffusion_budget = max(deadline - t0, 1e-3)
+    losses: list[float] = []
+    step = 0
+    bar = tqdm(desc="text encoder + U-Net", disable=not progress, mininterval=1.0)
+    while True:
+        now = time.perf_counter()
+        if now >= deadline and step > 0:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr_at(step, (now - t0) / diffusion_budget)
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=g)
+        z0 = latents[idx]  # (B, L, 7, 7)
+        captions = captions_for(
+            labels[idx], None, bins, attrs={k: v[idx] for k, v in attrs.items()}, generator=g,
+            drop_prob=cfg.caption_drop_prob,
+        )  # fmt: skip
+        ids = tokenizer(captions, max_length=text_cfg.max_position)["input_ids"]  # (B, M)
+        ids = drop_condition(ids, null_ids, cfg.cond_drop_prob, g)
+        mask = ids != tokenizer.pad_token_id  # (B, M)
+        text = text_encoder(ids, attention_mask=mask)
+        t = torch.randint(0, T, (cfg.batch_size,), generator=g)  # (B,)
+        noise = torch.randn(z0.shape, generator=g)
+        z_t = q_sample(z0, t, noise, ab)
+        out = unet(
+            z_t, t, encoder_hidden_states=text.last_hidden_state, encoder_attention_mask=mask,
+            pooled_text=text.pooler_output if unet_cfg.pooled_dim else None,
+        )  # fmt: skip
+        ab_t = ab[t][:, None, None, None]
+        target = {"epsilon": noise, "v_prediction": velocity(z0, noise, ab_t), "sample": z0}[cfg.prediction_type]
+        per_sample = (out - target).pow(2).flatten(1).mean(1)  # (B,)
+        if cfg.min_snr_gamma is not None:
+            per_sample = per_sample * min_snr_weight(ab[t] / (1 - ab[t]), cfg.min_snr_gamma, cfg.prediction_type)
+        loss = per_sample.mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the diffusion loss became {loss.item()} at step {step}; lower lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(both.parameters(), cfg.grad_clip)
+        optimizer.step()
+        ema.update(both)
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-25:]) / 25:.4f}", refresh=False)
+        if callback is not None:
+            callback(step, losses[-1])
+    bar.close()
+    diffusion_seconds = time.perf_counter() - t0
+    info.update(
+        diffusion_seconds=diffusion_seconds,
+        diffusion_steps=step,
+        diffusion_steps_per_s=step / diffusion_seconds,
+        diffusion_images_per_s=step * cfg.batch_size / diffusion_seconds,
+        final_loss=sum(losses[-50:]) / min(50, len(losses)),
+        total_seconds=time.perf_counter() - start,
+    )
+    text_encoder = ema.model["text_encoder"].eval()
+    unet = ema.model["unet"].eval()
+    vae.eval().requires_grad_(False)
+    pipe = TinyStableDiffusionPipeline(vae, text_encoder, tokenizer, unet, ddim)
+    info.update(
+        parameters=pipe.num_parameters(),
+        bins=bins,
+        losses=losses,
+        configs={
+            "vae": vae.config.to_dict(), "text_encoder": text_cfg.to_dict(), "unet": unet_cfg.to_dict(),
+            "train": cfg.to_dict(),
+        },
+    )  # fmt: skip
+    return pipe, info

@@ -94,3 +94,27 @@ def test_checks_accept_unusual_right_answers_and_never_crash():
     assert not check_snr_crossing(torch.tensor([496, 497]))  # forgot the [0]: a hint, not a crash
     assert check_trailing_timesteps(lambda n, T: [round(T - k * T / n) - 1 for k in range(n)])
     assert not check_trailing_timesteps(lambda n, T: [int(T - k * T / n + 0.5) - 1 for k in range(n)])  # half up
+
+
+def test_latent_exercise_checks_accept_right_and_reject_typical_mistakes(capsys):
+    from diffusion_lab.exercises import check_gaussian_kl, check_reparameterize, check_scaling_factor
+
+    assert check_reparameterize(lambda m, lv, e: m + torch.exp(0.5 * lv) * e)
+    assert check_reparameterize(lambda m, lv, e: (m.double() + (0.5 * lv.double()).exp() * e.double()).numpy())
+    assert not check_reparameterize(lambda m, lv, e: m + torch.exp(lv) * e)
+    assert "exp(logvar) is the variance" in capsys.readouterr().out
+    assert not check_reparameterize(lambda m, lv, e: None)
+    assert not check_reparameterize(lambda m, lv, e: 1 / 0)
+    assert "ZeroDivisionError" in capsys.readouterr().out
+
+    assert check_gaussian_kl(lambda m, lv: 0.5 * (m**2 + lv.exp() - 1 - lv).sum(dim=(1, 2, 3)))
+    assert not check_gaussian_kl(lambda m, lv: 0.5 * (m**2 + lv.exp() - 1 - lv).sum())
+    assert "one KL per sample" in capsys.readouterr().out
+    assert not check_gaussian_kl(lambda m, lv: 0.5 * (m**2 + lv.exp() - 1 - lv).mean(dim=(1, 2, 3)))
+
+    assert check_scaling_factor(lambda z: 1 / z.std().item())
+    assert check_scaling_factor(lambda z: torch.tensor(1.0) / z.std())
+    assert not check_scaling_factor(lambda z: z.std().item())
+    assert "inverse" in capsys.readouterr().out
+    assert not check_scaling_factor(lambda z: 1 / z.std(dim=0))
+    assert not check_scaling_factor(lambda z: None)

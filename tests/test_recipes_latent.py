@@ -1,0 +1,30 @@
+"""The latent text-to-image recipe runs end to end in quick mode and returns a working pipeline and its timings."""
+
+from __future__ import annotations
+
+import torch
+
+from diffusion_lab.pipeline import TinyStableDiffusionPipeline
+from diffusion_lab.recipes import latent_text_recipe, train_latent_text2img
+from diffusion_lab.text import AttributeBins
+
+
+def test_train_latent_text2img_quick(monkeypatch):
+    monkeypatch.setenv("DIFFUSION_LAB_SMOKE", "1")
+    torch.set_num_threads(2)
+    _, _, _, train = latent_text_recipe()
+    assert train.budget_s <= 10  # quick mode shrinks the budget
+    pipe, info = train_latent_text2img(progress=False)
+    assert isinstance(pipe, TinyStableDiffusionPipeline)
+    for key in ("load_seconds", "ae_seconds", "encode_seconds", "diffusion_seconds", "total_seconds"):
+        assert info[key] >= 0
+    assert info["diffusion_steps"] >= 1 and info["ae_steps"] >= 1
+    assert isinstance(info["bins"], AttributeBins)
+    assert pipe.vae.config.scaling_factor == info["scaling_factor"] > 0
+    assert pipe.scheduler.config.prediction_type == info["configs"]["train"]["prediction_type"]
+    assert not pipe.scheduler.config.clip_sample
+    g = torch.Generator().manual_seed(0)
+    out = pipe(["a thick seven", "a one"], num_inference_steps=2, guidance_scale=3.0, generator=g)
+    assert out.images.shape == (2, 1, 28, 28) and out.latents.shape == (2, 4, 7, 7)
+    assert torch.isfinite(out.images).all() and out.images.abs().max() <= 1
+    assert not any(m.training for m in (pipe.vae, pipe.text_encoder, pipe.unet))
