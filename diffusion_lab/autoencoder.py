@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion_lab.checkpoint import PretrainedModel
 from diffusion_lab.schedulers import randn
 
 __all__ = [
@@ -253,7 +254,7 @@ class Decoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class AutoencoderKL(nn.Module):
+class AutoencoderKL(PretrainedModel):
     """The latent autoencoder, with diffusers' API: ``encode(x).latent_dist``, ``decode(z).sample``, ``forward(x)``.
 
     The decoder's output is not squashed by tanh: x̂ is raw, like diffusers' decoders, and the MSE loss alone keeps
@@ -270,30 +271,6 @@ class AutoencoderKL(nn.Module):
         self.quant_conv = nn.Conv2d(2 * L, 2 * L, 1)  # features → [μ, log σ²]
         self.post_quant_conv = nn.Conv2d(L, L, 1)
         self.decoder = Decoder(cfg)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def save_pretrained(self, directory) -> None:
-        """Weights (safetensors) and config (JSON, scaling_factor included) in a folder, written atomically."""
-        from diffusion_lab.checkpoint import save_checkpoint
-
-        save_checkpoint(directory, self)
-
-    @classmethod
-    def from_pretrained(cls, directory, device=None) -> AutoencoderKL:
-        """Load a folder written by ``save_pretrained``, in eval mode."""
-        from diffusion_lab.checkpoint import load_model
-
-        return load_model(directory, cls, device=device).eval()
 
     def _check_images(self, x: torch.Tensor) -> None:
         cfg = self.config

@@ -30,7 +30,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_config", "load_weights", "load_model", "load_training_state"]
+__all__ = [
+    "CheckpointError",
+    "PretrainedModel",
+    "save_checkpoint",
+    "load_config",
+    "load_weights",
+    "load_model",
+    "load_training_state",
+]
 
 FORMAT = "diffusion_lab.checkpoint/1"
 
@@ -247,3 +255,33 @@ def load_training_state(
     if generator is not None:
         generator.set_state(tensors["rng.generator"])
     return int(state["step"])
+
+
+class PretrainedModel(torch.nn.Module):
+    """What every model of the course shares (UNet, AutoencoderKL, TextEncoder): a dataclass ``config`` of class
+    ``config_class``, ``device`` / ``dtype`` / ``num_parameters()``, and diffusers-style ``save_pretrained(dir)`` /
+    ``Model.from_pretrained(dir)`` through :func:`save_checkpoint` / :func:`load_model` (safetensors + JSON, atomic).
+    Like diffusers' ``from_pretrained``, loading returns the model in eval mode (EMA weights if the folder has them).
+    """
+
+    config_class: type
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Weights (safetensors) and config (JSON) in a folder, written atomically."""
+        save_checkpoint(directory, self)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None):
+        """Load a folder written by ``save_pretrained`` or ``save_checkpoint``, in eval mode."""
+        return load_model(directory, cls, device=device).eval()

@@ -115,6 +115,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion_lab.checkpoint import PretrainedModel
+
 __all__ = [
     "ATTRIBUTES",
     "ATTRIBUTE_WORDS",
@@ -828,7 +830,7 @@ class TransformerLayer(nn.Module):
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(PretrainedModel):
     """``encoder(input_ids, attention_mask=None) -> TextEncoderOutput`` (last_hidden_state, pooler_output, text_embeds).
 
     input_ids (B, L) with L ≤ ``max_position``, each row holding an <eos> (the tokenizer appends one).
@@ -858,30 +860,6 @@ class TextEncoder(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def save_pretrained(self, directory) -> None:
-        """Weights (safetensors) and config (JSON) in a folder, written atomically."""
-        from diffusion_lab.checkpoint import save_checkpoint
-
-        save_checkpoint(directory, self)
-
-    @classmethod
-    def from_pretrained(cls, directory, device=None) -> TextEncoder:
-        """Load a folder written by ``save_pretrained`` or ``save_checkpoint`` (EMA weights if present)."""
-        from diffusion_lab.checkpoint import load_model
-
-        return load_model(directory, cls, device=device)
 
     def _check_inputs(self, input_ids: object, attention_mask: object) -> None:
         cfg = self.config

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion_lab.checkpoint import PretrainedModel
+
 __all__ = ["CrossAttention", "SpatialTransformer", "UNet", "UNetConfig", "record_attention", "timestep_embedding"]
 
 
@@ -293,7 +295,7 @@ def _attention(channels: int, cfg: UNetConfig) -> nn.Module:
     return SelfAttention(channels, cfg.heads, cfg.groups)
 
 
-class UNet(nn.Module):
+class UNet(PretrainedModel):
     """ε-, v- or x0-prediction network: ``model(x_t, t, class_labels=None) -> (B, out_channels, H, W)``.
 
     With ``cross_attention_dim`` set: ``model(x_t, t, encoder_hidden_states=c, encoder_attention_mask=m,
@@ -347,30 +349,6 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels * p2, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def save_pretrained(self, directory) -> None:
-        """Weights (safetensors) and config (JSON) in a folder, written atomically."""
-        from diffusion_lab.checkpoint import save_checkpoint
-
-        save_checkpoint(directory, self)
-
-    @classmethod
-    def from_pretrained(cls, directory, device=None) -> UNet:
-        """Load a folder written by ``save_pretrained`` or ``save_checkpoint`` (EMA weights if present)."""
-        from diffusion_lab.checkpoint import load_model
-
-        return load_model(directory, cls, device=device)
 
     def _check_inputs(self, x: torch.Tensor, class_labels: torch.Tensor | None) -> None:
         cfg = self.config
