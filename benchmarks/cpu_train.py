@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from diffusion_lab.checkpoint import write_json_atomic
 from diffusion_lab.data import load_mnist
 from diffusion_lab.metrics import evaluate, load_classifier, reference_stats
 from diffusion_lab.recipes import schedulers_for, train_latent_text2img, train_mnist_pixel
@@ -49,13 +48,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine_fields(args) -> dict:
+    """Where and how a record was measured (the same fields for every model)."""
+    return {
+        "threads": args.threads,
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "seed": args.seed,
+    }
+
+
 def append_runs(runs: list[dict]) -> None:
     existing = json.loads(OUT.read_text()) if OUT.is_file() else []
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=OUT.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(existing + runs, fh, indent=2)
-    os.replace(tmp, OUT)
+    write_json_atomic(OUT, existing + runs)
 
 
 def generate(model, scheduler, n, steps, guidance, seed=0, batch=250):
@@ -149,11 +155,7 @@ def main_latent(args) -> None:
         "train_images_per_s": round(info["diffusion_images_per_s"], 1),
         "final_loss": round(info["final_loss"], 5),
         "parameters": params,
-        "threads": args.threads,
-        "cpu": cpu_name(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "seed": args.seed,
+        **machine_fields(args),
     }
     runs = []
     for steps in args.ddim_steps:
@@ -258,11 +260,7 @@ def main() -> None:
         "batch_size": trainer.config.batch_size,
         "train_images_per_s": round(trainer.step * trainer.config.batch_size / trainer.train_seconds, 1),
         "final_loss": round(sum(trainer.losses[-50:]) / min(50, len(trainer.losses)), 5),
-        "threads": args.threads,
-        "cpu": cpu_name(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "seed": args.seed,
+        **machine_fields(args),
     }
     runs = []
     plan = [("DDIM", ddim, s, w, args.n_eval) for s in args.ddim_steps for w in args.guidance]

@@ -9,18 +9,17 @@ median of many calls, and writes the figures to ``benchmarks/results/scheduler_s
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 import diffusion_lab as dl
+from diffusion_lab.checkpoint import write_json_atomic
 
 OUT = Path(__file__).resolve().parent / "results" / "scheduler_step.json"
 
@@ -88,11 +87,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=OUT.parent, suffix=".tmp")  # atomic write
-    with os.fdopen(fd, "w") as fh:
-        json.dump(result, fh, indent=2)
-    os.replace(tmp, OUT)
+    write_json_atomic(OUT, result)
     print(f"wrote {OUT}")
 
 

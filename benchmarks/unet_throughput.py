@@ -9,14 +9,12 @@ layout and bf16 autocast, and writes ``benchmarks/results/unet_throughput.json``
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from diffusion_lab.checkpoint import write_json_atomic
 from diffusion_lab.recipes import mnist_pixel_recipe
 from diffusion_lab.unet import UNet, UNetConfig
 
@@ -76,11 +74,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=OUT.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(result, fh, indent=2)
-    os.replace(tmp, OUT)
+    write_json_atomic(OUT, result)
     print(f"wrote {OUT}")
 
 
