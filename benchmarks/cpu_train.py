@@ -32,7 +32,7 @@ import torch
 from diffusion_lab.checkpoint import write_json_atomic
 from diffusion_lab.data import load_mnist
 from diffusion_lab.metrics import evaluate, load_classifier, reference_stats
-from diffusion_lab.recipes import schedulers_for, train_latent_text2img, train_mnist_pixel
+from diffusion_lab.recipes import save_tiny_sd, schedulers_for, train_latent_text2img, train_mnist_pixel
 from diffusion_lab.sampling import sample
 
 OUT = Path(__file__).resolve().parent / "results" / "cpu_train.json"
@@ -129,8 +129,7 @@ def main_latent(args) -> None:
         flush=True,
     )
     if args.save:
-        pipe.save_pretrained(args.save)
-        (args.save / "caption_bins.json").write_text(json.dumps(info["bins"].to_dict(), indent=2))
+        save_tiny_sd(pipe, info["bins"], args.save)
         print(f"saved the pipeline (EMA weights) and the caption bins to {args.save}")
 
     classifier = load_classifier()

@@ -75,6 +75,8 @@ class AutoencoderConfig:
     channels: tuple[int, ...] = (16, 32)  # level i works at resolution H / 2^i, then halves it
     blocks_per_level: int = 1  # ResBlocks per level, in the encoder and in the decoder
     groups: int = 8  # GroupNorm groups
+    patch_size: int = 1  # p: fold p×p pixels into channels before the first conv (lossless; f gains a factor p)
+    squash_output: bool = False  # decode → tanh(logits) in (−1, 1), trained with the Bernoulli loss (see vae_loss)
     scaling_factor: float = 1.0  # s: fill in with estimate_scaling_factor() after training (SD 1.x: 0.18215)
     extra: dict = field(default_factory=dict)  # free-form notes (e.g. the recipe); not used by the network
 
@@ -84,6 +86,8 @@ class AutoencoderConfig:
             raise ValueError("channels needs at least one level, e.g. (16, 32)")
         if any(c % self.groups for c in self.channels):
             raise ValueError(f"every entry of channels {self.channels} must be divisible by groups={self.groups}")
+        if not isinstance(self.patch_size, int) or self.patch_size < 1:
+            raise ValueError(f"patch_size must be a positive integer (1: no folding), got {self.patch_size!r}")
         if self.in_channels < 1 or self.latent_channels < 1 or self.blocks_per_level < 1:
             raise ValueError(
                 f"in_channels, latent_channels and blocks_per_level must be >= 1, got {self.in_channels}, "
@@ -94,8 +98,9 @@ class AutoencoderConfig:
 
     @property
     def downsampling(self) -> int:
-        """Total downsampling factor f = 2^levels: H and W must be multiples of it (4 for two levels)."""
-        return 2 ** len(self.channels)
+        """Total downsampling factor f = p·2^levels: H and W must be multiples of it (4 for two levels, or p = 2 and
+        one level)."""
+        return self.patch_size * 2 ** len(self.channels)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -199,7 +204,8 @@ class Encoder(nn.Module):
     def __init__(self, cfg: AutoencoderConfig):
         super().__init__()
         ch = cfg.channels
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.patch_size = p = cfg.patch_size
+        self.conv_in = nn.Conv2d(cfg.in_channels * p * p, ch[0], 3, padding=1)
         self.levels = nn.ModuleList()
         self.downsample = nn.ModuleList()
         c_prev = ch[0]
@@ -214,9 +220,11 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)  # (B, C_0, H, W)
+        if self.patch_size > 1:
+            x = F.pixel_unshuffle(x, self.patch_size)  # (B, C·p², H/p, W/p): each p×p patch → channels
+        h = self.conv_in(x)  # (B, C_0, H/p, W/p)
         for level, down in zip(self.levels, self.downsample, strict=True):
-            h = down(level(h))  # (B, C_i, H/2^(i+1), W/2^(i+1))
+            h = down(level(h))  # (B, C_i, H/(p·2^(i+1)), W/(p·2^(i+1)))
         h = self.mid(h)  # (B, C_last, H/f, W/f)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, 2L, H/f, W/f)
 
@@ -240,13 +248,17 @@ class Decoder(nn.Module):
             self.levels.append(nn.Sequential(*(ResBlock(c, c, cfg.groups) for _ in range(cfg.blocks_per_level))))
             c_prev = c
         self.norm_out = nn.GroupNorm(cfg.groups, ch[0])
-        self.conv_out = nn.Conv2d(ch[0], cfg.in_channels, 3, padding=1)
+        self.patch_size = p = cfg.patch_size
+        self.conv_out = nn.Conv2d(ch[0], cfg.in_channels * p * p, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))  # (B, C_last, H/f, W/f)
         for up, level in zip(self.upsample, self.levels, strict=True):
-            h = level(up(h))  # (B, C_i, H/2^i, W/2^i)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C, H, W), not squashed (see AutoencoderKL)
+            h = level(up(h))  # (B, C_i, H/(p·2^i), W/(p·2^i))
+        h = self.conv_out(F.silu(self.norm_out(h)))  # (B, C·p², H/p, W/p)
+        if self.patch_size > 1:
+            h = F.pixel_shuffle(h, self.patch_size)  # channels → p×p patches
+        return h  # (B, C, H, W), not squashed (see AutoencoderKL)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -257,8 +269,9 @@ class Decoder(nn.Module):
 class AutoencoderKL(PretrainedModel):
     """The latent autoencoder, with diffusers' API: ``encode(x).latent_dist``, ``decode(z).sample``, ``forward(x)``.
 
-    The decoder's output is not squashed by tanh: x̂ is raw, like diffusers' decoders, and the MSE loss alone keeps
-    it near [−1, 1]; clamp it when saving or scoring images (the metrics do).
+    By default the decoder's output is not squashed: x̂ is raw, like diffusers' decoders, and the MSE loss alone
+    keeps it near [−1, 1]; clamp it when saving or scoring images (the metrics do). With ``squash_output`` the
+    decoder outputs tanh(·), a Bernoulli mean for each pixel (see :func:`vae_loss`).
     """
 
     config_class = AutoencoderConfig
@@ -305,8 +318,14 @@ class AutoencoderKL(PretrainedModel):
 
     def decode(self, z: torch.Tensor) -> DecoderOutput:
         """z (B, L, h, w) → x̂ (B, C, h·f, w·f). Unscaled: divide the diffusion model's latents by s first."""
+        out = self.decode_logits(z)  # (B, C, H, W)
+        return DecoderOutput(sample=torch.tanh(out) if self.config.squash_output else out)
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's raw output (B, C, H, W) before any squashing (``decode`` = tanh of it if ``squash_output``).
+        With ``squash_output`` it is half the logit of a white pixel: P(white) = σ(2·out) = (tanh(out) + 1) / 2."""
         self._check_latents(z)
-        return DecoderOutput(sample=self.decoder(self.post_quant_conv(z)))
+        return self.decoder(self.post_quant_conv(z))
 
     def forward(
         self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
@@ -327,17 +346,29 @@ def vae_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, recon, kl) for the batch x (B, C, H, W), three scalars; ``total`` is what to minimise.
 
-    recon = (1/B) Σ_b ‖x_b − x̂_b‖² / D   (the mean squared error per pixel)
+    recon = (1/B) Σ_b ‖x_b − x̂_b‖² / D   (the mean squared error per pixel; Gaussian decoder)
     kl    = (1/B) Σ_b KL(q(z | x_b) ‖ N(0, I)) / D   (per-sample KL sum, per pixel: the same normalisation)
     total = recon + β·kl
     so β weighs one nat of KL against one unit of summed squared error, whatever the image size.
+
+    With ``model.config.squash_output`` the decoder is Bernoulli instead (MNIST pixels are nearly black or white):
+    with ℓ = 2·``decode_logits(z)`` the logit of a white pixel and y = (x + 1)/2 ∈ [0, 1] the target,
+    recon = (1/(B·D)) Σ −[y·log σ(ℓ) + (1 − y)·log(1 − σ(ℓ))]   (binary cross-entropy, nats per pixel)
+    — the exact negative log-likelihood per pixel, so total is then the β-weighted negative ELBO per pixel. The mean
+    of a Gaussian decoder is blurred where the strokes are uncertain; the Bernoulli decoder is pushed to commit to
+    black or white, and its digits are much sharper after the same training time (``recipes.py`` has the figures).
     """
     if kl_weight < 0:
         raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
-    out = model(x, sample_posterior=True, generator=generator)
+    posterior = model.encode(x).latent_dist
+    z = posterior.sample(generator)  # (B, L, h, w)
     d = x[0].numel()  # D = C·H·W
-    recon = (out.sample.float() - x.float()).pow(2).mean()
-    kl = out.latent_dist.kl().float().mean() / d
+    if model.config.squash_output:
+        logits = 2.0 * model.decode_logits(z).float()  # (B, C, H, W): P(white) = σ(ℓ) = (tanh(ℓ/2) + 1)/2
+        recon = F.binary_cross_entropy_with_logits(logits, (x.float() + 1) / 2)
+    else:
+        recon = (model.decode(z).sample.float() - x.float()).pow(2).mean()
+    kl = posterior.kl().float().mean() / d
     return recon + kl_weight * kl, recon, kl
 
 

@@ -109,8 +109,10 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         d = self.current_decay()
-        for p_ema, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            p_ema.lerp_(p.detach(), 1 - d)  # θ_ema ← d·θ_ema + (1 − d)·θ
+        ema_params, params = list(self.model.parameters()), [p.detach() for p in model.parameters()]
+        if len(ema_params) != len(params):
+            raise ValueError(f"the model has {len(params)} parameter tensors, its EMA copy {len(ema_params)}")
+        torch._foreach_lerp_(ema_params, params, 1 - d)  # θ_ema ← d·θ_ema + (1 − d)·θ, all tensors in one call
         for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
         self.updates += 1

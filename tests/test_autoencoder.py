@@ -162,3 +162,39 @@ def test_training_lowers_the_loss_and_is_deterministic():
     assert len(seen) == 50 and not model.training
     # a time budget stops the run too
     assert 1 <= len(train_autoencoder(tiny_model(), x, seconds=1e-6, batch_size=4, progress=False)) <= 2
+
+
+def test_patch_size_folds_pixels_and_multiplies_the_factor():
+    cfg = AutoencoderConfig(channels=(8,), groups=4, patch_size=2)
+    assert cfg.downsampling == 4  # 2×2 folding, then one stride-2 level: 28 → 14 → 7
+    torch.manual_seed(0)
+    model = AutoencoderKL(cfg)
+    assert model.encoder.conv_in.in_channels == 4 and model.decoder.conv_out.out_channels == 4  # C·p²
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    z = model.encode(x).latent_dist.mode()
+    assert z.shape == (3, 4, 7, 7)
+    assert model.decode(z).sample.shape == (3, 1, 28, 28)
+    # the folding is the lossless pixel_unshuffle: the first conv sees each 2×2 patch as 4 channels
+    torch.testing.assert_close(
+        model.encoder.conv_in(torch.nn.functional.pixel_unshuffle(x, 2)),
+        model.encoder.conv_in(x.reshape(3, 1, 14, 2, 14, 2).permute(0, 1, 3, 5, 2, 4).reshape(3, 4, 14, 14)),
+    )
+    with pytest.raises(ValueError, match="multiples of 4"):
+        model.encode(torch.zeros(1, 1, 30, 30))
+    with pytest.raises(ValueError, match="patch_size"):
+        AutoencoderConfig(patch_size=0)
+
+
+def test_squashed_output_and_bernoulli_loss():
+    model = tiny_model(squash_output=True)
+    x = blobs(4, size=8)
+    z = model.encode(x).latent_dist.sample(torch.Generator().manual_seed(0))
+    out = model.decode(z).sample
+    torch.testing.assert_close(out, torch.tanh(model.decode_logits(z)))
+    assert out.abs().max() < 1  # tanh: always a valid image
+    total, recon, kl = vae_loss(model, x, kl_weight=0.1, generator=torch.Generator().manual_seed(0))
+    # recon = mean over pixels of −[y log p + (1 − y) log(1 − p)], p = (x̂ + 1)/2, y = (x + 1)/2  (docstring formula)
+    p, y = (out.double() + 1) / 2, (x.double() + 1) / 2
+    bce = -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+    torch.testing.assert_close(recon.double(), bce, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(total, recon + 0.1 * kl)
