@@ -27,6 +27,15 @@ __all__ = [
     "check_reparameterize",
     "check_gaussian_kl",
     "check_scaling_factor",
+    "check_tokenize",
+    "check_cross_attention",
+    "check_pooled_output",
+    "check_cfg_combine",
+    "check_rescale_noise_cfg",
+    "check_best_guidance",
+    "check_img2img_start",
+    "check_latent_mask",
+    "check_inpaint_blend",
 ]
 
 
@@ -271,4 +280,327 @@ def check_scaling_factor(fn: Callable[[torch.Tensor], float]) -> bool:
             return _report(False, what, "that is the standard deviation itself; the factor is its inverse, 1 / std")
         if abs(got - want) > 1e-3 * want:
             return _report(False, what, "s = 1 / std over all numbers at once (batch, channels, positions)")
+    return _report(True, what, "")
+
+
+# --------------------------------------------------------------------------------------------- notebook 05
+
+
+def check_tokenize(fn: Callable[[str, list[str], int], tuple[list[int], list[int]]]) -> bool:
+    """``fn(text, vocab, max_length)`` must return (input_ids, attention_mask) like ``WordTokenizer``: two lists of
+    ``max_length`` ints, <bos> (2) word ids <eos> (3) then <pad> (0); unknown words → <unk> (1); lower-case words
+    split on anything that is not a letter or digit; too long: keep <bos>, the first max_length − 2 words, <eos>."""
+    import warnings
+
+    from diffusion_lab.text import WordTokenizer
+
+    what = "tokenizer"
+    vocab = WordTokenizer.from_texts([]).vocab
+    cases = [
+        ("a thick seven", 8, "a plain caption"),
+        ("", 8, 'the empty prompt "" (it still gets <bos> and <eos>)'),
+        ("A Thick, slanted SEVEN!", 8, "capitals and punctuation (lower-case; split on non-letters)"),
+        ("a purple seven", 8, "an unknown word (it becomes <unk>, id 1)"),
+        ("a large thick slanted handwritten seven", 6, "a prompt longer than max_length (truncate the words)"),
+    ]
+    for text, max_length, about in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the reference warns about "purple"
+            enc = WordTokenizer(vocab, model_max_length=max_length)(text, return_tensors=None)
+        want = (enc["input_ids"][0], enc["attention_mask"][0])
+        got, hint = _call(fn, what, text, list(vocab), max_length)
+        if hint:
+            return _report(False, what, hint)
+        try:
+            ids, mask = ([int(i) for i in seq] for seq in got)
+        except (TypeError, ValueError):
+            return _report(False, what, "return two lists of ints: (input_ids, attention_mask)")
+        if (ids, mask) == want:
+            continue
+        if len(ids) != max_length or len(mask) != max_length:
+            hint = f"both lists must have max_length = {max_length} entries (pad ids with 0, the mask with 0)"
+        elif ids[:1] != [2] or 3 not in ids:
+            hint = "start with <bos> (id 2) and end the words with <eos> (id 3), before the padding"
+        elif ids == want[0]:
+            hint = "the mask is 1 on <bos>, the words and <eos>, and 0 on the padding"
+        else:
+            hint = f"expected ids {want[0]}, got {ids}"
+        return _report(False, what, f"wrong for {text!r} ({about}): {hint}")
+    return _report(True, what, "")
+
+
+def check_cross_attention(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(q, k, v, mask)`` must return softmax(Q Kᵀ/√d, padded keys removed) V.
+
+    q (B, heads, N, d) from the image positions; k, v (B, heads, M, d) from the text tokens; mask (B, M), 1 for
+    real tokens and 0 for padding; the result is (B, heads, N, d).
+    """
+    what = "cross-attention"
+    g = torch.Generator().manual_seed(14)
+    for b, nh, n, m, d in [(2, 4, 49, 8, 16), (3, 1, 5, 6, 8)]:
+        q = torch.randn(b, nh, n, d, generator=g)  # (B, heads, N, d)
+        k, v = torch.randn(2, b, nh, m, d, generator=g).unbind(0)  # (B, heads, M, d) each
+        lengths = torch.randint(2, m + 1, (b,), generator=g)
+        lengths[0] = 2  # at least one row with padding
+        mask = (torch.arange(m)[None] < lengths[:, None]).long()  # (B, M)
+        scores = q @ k.transpose(-1, -2)  # (B, heads, N, M)
+        hide = mask[:, None, None, :] == 0
+        want = (scores / d**0.5).masked_fill(hide, float("-inf")).softmax(-1) @ v
+        got, hint = _call(fn, what, q, k, v, mask)
+        if hint:
+            return _report(False, what, hint)
+        got = torch.as_tensor(got).to(want.dtype)
+        if got.shape != want.shape:
+            return _report(
+                False, what, f"return (B, heads, N, d) = {tuple(want.shape)}, not {tuple(got.shape)}: A V, not A"
+            )
+        if torch.allclose(got, want, atol=1e-5):
+            continue
+        if torch.allclose(got, scores.masked_fill(hide, float("-inf")).softmax(-1) @ v, atol=1e-5):
+            hint = "divide the scores Q Kᵀ by √d (d = q.shape[-1]) before the softmax"
+        elif torch.allclose(got, (scores / d**0.5).softmax(-1) @ v, atol=1e-5):
+            hint = "padded keys still get weight: set their scores to −inf where mask == 0 before the softmax"
+        else:
+            hint = "A = softmax over the keys (the last axis, M) of Q Kᵀ/√d with −inf at padding; return A V"
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def check_pooled_output(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(last_hidden_state, input_ids, eos_token_id)`` must return each row's state at its first <eos>: (B, D).
+
+    last_hidden_state (B, M, D), input_ids (B, M) padded on the right with 0, as the tokenizer returns them.
+    """
+    what = "pooled output"
+    g = torch.Generator().manual_seed(15)
+    b, m, dim, eos = 4, 8, 16, 3
+    lengths = torch.tensor([2, 5, 8, 4])  # <bos> … <eos>, then padding
+    ids = torch.zeros(b, m, dtype=torch.long)
+    for i, n in enumerate(lengths.tolist()):
+        ids[i, :n] = torch.randint(4, 26, (n,), generator=g)
+        ids[i, 0], ids[i, n - 1] = 2, eos
+    h = torch.randn(b, m, dim, generator=g)
+    want = h[torch.arange(b), lengths - 1]
+    got, hint = _call(fn, what, h, ids, eos)
+    if hint:
+        return _report(False, what, hint)
+    got = torch.as_tensor(got).to(want.dtype)
+    if got.shape != want.shape:
+        return _report(False, what, f"return one vector per prompt, shape {tuple(want.shape)}, not {tuple(got.shape)}")
+    if torch.allclose(got, h[:, -1]):
+        return _report(False, what, "the last position is padding for short prompts: take the position of <eos>")
+    if torch.allclose(got, h.mean(1)):
+        return _report(False, what, "CLIP does not average the tokens: it takes the state at the <eos> position")
+    return _report(
+        torch.allclose(got, want),
+        what,
+        "find each row's <eos>, e.g. (input_ids == eos_token_id).int().argmax(1), then index h[arange(B), eos]",
+    )
+
+
+# --------------------------------------------------------------------------------------------- notebook 06
+
+
+def check_cfg_combine(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(cond, uncond, guidance_scale)`` must return ε̃ = ε_∅ + w·(ε_c − ε_∅) (diffusers' w: 1 = no guidance)."""
+    what = "classifier-free guidance"
+    g = torch.Generator().manual_seed(16)
+    cond, uncond = torch.randn(2, 3, 4, 7, 7, generator=g).unbind(0)  # (B, L, h, w) each
+    for w in (2.5, 0.0, 1.0, 7.5):  # 2.5 first: it tells the typical mistakes apart
+        want = uncond + w * (cond - uncond)
+        got, hint = _call(fn, what, cond, uncond, w)
+        if hint:
+            return _report(False, what, hint)
+        got = torch.as_tensor(got).to(want.dtype)
+        if got.shape != want.shape:
+            return _report(
+                False, what, f"return one prediction per sample, shape {tuple(want.shape)}, not {tuple(got.shape)}"
+            )
+        if torch.allclose(got, want, atol=1e-5):
+            continue
+        if torch.allclose(got, (1 + w) * cond - w * uncond, atol=1e-5):
+            hint = (
+                "that is the paper's (1 + w)·ε_c − w·ε_∅; with diffusers' guidance scale, w = 1 must give ε_c: "
+                "ε_∅ + w·(ε_c − ε_∅)"
+            )
+        elif torch.allclose(got, cond + w * (uncond - cond), atol=1e-5):
+            hint = "cond and uncond are swapped: w = 0 must give the unconditional ε_∅, w = 1 the conditional ε_c"
+        else:
+            hint = f"wrong for w = {w}: start at ε_∅ and move w times the difference ε_c − ε_∅"
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def check_rescale_noise_cfg(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(noise_cfg, noise_pred_text, guidance_rescale)`` must return guidance rescale (Lin et al. 2024, Eq. 15-16):
+    φ·ε̃·σ(ε_c)/σ(ε̃) + (1 − φ)·ε̃, with σ the standard deviation of each sample over all its other dimensions."""
+    from diffusion_lab.sampling import rescale_noise_cfg
+
+    what = "guidance rescale"
+    g = torch.Generator().manual_seed(17)
+    text = torch.randn(3, 4, 7, 7, generator=g) * torch.tensor([0.5, 1.0, 2.0]).reshape(3, 1, 1, 1)
+    cfg = text * torch.tensor([3.0, 1.5, 6.0]).reshape(3, 1, 1, 1) + torch.randn(3, 4, 7, 7, generator=g)
+    for phi in (0.7, 0.0, 1.0):
+        want = rescale_noise_cfg(cfg, text, phi)
+        got, hint = _call(fn, what, cfg, text, phi)
+        if hint:
+            return _report(False, what, hint)
+        got = torch.as_tensor(got).to(want.dtype)
+        if got.shape != want.shape:
+            return _report(
+                False, what, f"return the rescaled prediction, shape {tuple(want.shape)}, not {tuple(got.shape)}"
+            )
+        if torch.allclose(got, want, atol=1e-5):
+            continue
+        batch_wide = phi * cfg * text.std() / cfg.std() + (1 - phi) * cfg
+        inverted = phi * cfg * cfg.std((1, 2, 3), keepdim=True) / text.std((1, 2, 3), keepdim=True) + (1 - phi) * cfg
+        rescaled = cfg * text.std((1, 2, 3), keepdim=True) / cfg.std((1, 2, 3), keepdim=True)
+        if torch.allclose(got, batch_wide, atol=1e-5):
+            hint = "take σ per sample (over dims 1, 2, 3, keepdim=True), not over the whole batch"
+        elif torch.allclose(got, inverted, atol=1e-5):
+            hint = "the ratio is upside down: multiply by σ(ε_c)/σ(ε̃), which shrinks an inflated ε̃"
+        elif torch.allclose(got, (1 - phi) * rescaled + phi * cfg, atol=1e-5) or torch.allclose(
+            got, rescaled, atol=1e-5
+        ):
+            hint = f"wrong for φ = {phi}: φ = 0 must return ε̃ unchanged and φ = 1 the fully rescaled ε̃·σ(ε_c)/σ(ε̃)"
+        else:
+            hint = f"wrong for φ = {phi}: rescaled = ε̃·σ(ε_c)/σ(ε̃) per sample, then φ·rescaled + (1 − φ)·ε̃"
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def check_best_guidance(answer, guidance_scales, values, *, lower_is_better: bool = False) -> bool:
+    """``answer`` must be the guidance scale w (from ``guidance_scales``) at which the measured ``values`` are best:
+    the highest, or the lowest with ``lower_is_better`` (e.g. FID)."""
+    what = "best guidance scale"
+    ws = [float(w) for w in guidance_scales]
+    v = np.asarray([float(x) for x in values], dtype=float)
+    if len(ws) != len(v) or not len(ws):
+        return _report(False, what, "pass the guidance scales and one measured value per scale (two equal lists)")
+    if answer is None:
+        return _report(False, what, "set your answer to a guidance scale w, a number from the list of scales")
+    try:
+        answer = float(answer)
+    except (TypeError, ValueError):
+        return _report(False, what, "answer with one number, the guidance scale w itself")
+    best = int(np.nanargmin(v) if lower_is_better else np.nanargmax(v))
+    worst = int(np.nanargmax(v) if lower_is_better else np.nanargmin(v))
+    if np.isclose(answer, ws[best]):
+        return _report(True, what, "")
+    if answer == best and answer not in ws:
+        hint = "that is the position in the list; answer the guidance scale w at that position"
+    elif np.isclose(answer, ws[worst]):
+        hint = (
+            "that is the worst one: lower is better here"
+            if lower_is_better
+            else "that is the worst one: higher is better here"
+        )
+    else:
+        hint = "find the " + ("lowest" if lower_is_better else "highest") + " measured value and read off its w"
+    return _report(False, what, hint)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Notebook 07: the tiny Stable Diffusion (img2img and inpainting)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _img2img_start(num_inference_steps: int, strength: float) -> int:
+    """diffusers' ``get_timesteps``: keep the last int(N·γ) of the N steps, so the loop starts at index N − int(N·γ)."""
+    init_steps = min(int(num_inference_steps * strength), num_inference_steps)
+    return max(num_inference_steps - init_steps, 0)
+
+
+def check_img2img_start(fn: Callable[[int, float], int]) -> bool:
+    """``fn(num_inference_steps, strength)`` must return t_start, the index of the first of the N inference
+    timesteps that img2img runs: N − int(N·γ) (diffusers' ``get_timesteps``; int() truncates)."""
+    what = "img2img start index"
+    cases = [(50, 0.8), (25, 0.3), (25, 0.5), (10, 0.75), (4, 0.6), (20, 0.0), (20, 1.0), (1, 0.5), (30, 0.35)]
+    for n, strength in cases:
+        want = _img2img_start(n, strength)
+        got, hint = _call(fn, what, n, strength)
+        if hint:
+            return _report(False, what, hint)
+        try:
+            got_f = float(got)
+        except (TypeError, ValueError):
+            return _report(False, what, f"return one whole number (an index), got {type(got).__name__}")
+        if got_f == want:
+            continue
+        if got_f == round(n * (1 - strength)) or got_f == int(n * (1 - strength)):
+            hint = (
+                f"for N = {n}, γ = {strength}: diffusers counts the steps to run first, int(N·γ) (truncated), and "
+                "starts at N minus that; rounding or truncating N·(1 − γ) differs when N·γ is not a whole number"
+            )
+        elif got_f == n - want:
+            hint = f"for N = {n}, γ = {strength} that is the number of steps run; return where they start: N − int(N·γ)"
+        else:
+            hint = f"for N = {n}, γ = {strength} the answer is not {got}: run int(N·γ) steps, the last ones"
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def check_latent_mask(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> bool:
+    """``fn(mask, f)`` must turn a pixel mask (B, 1, H, W) in [0, 1] into the latent mask (B, 1, H/f, W/f) this
+    course's pipeline uses: each latent cell gets the mean of its f×f pixels (the share of the cell to repaint)."""
+    import torch.nn.functional as F
+
+    what = "latent mask"
+    g = torch.Generator().manual_seed(7)
+    box = torch.zeros(2, 1, 28, 28)
+    box[0, :, 10:, :] = 1  # a bottom part whose edge cuts through latent cells (f = 4)
+    box[1, :, 5:19, 3:13] = 1
+    soft = torch.rand(2, 1, 16, 16, generator=g)
+    for mask, f in ((box, 4), (soft, 2), (soft, 8)):
+        want = F.avg_pool2d(mask, f)
+        got, hint = _call(fn, what, mask, f)
+        if hint:
+            return _report(False, what, hint)
+        got = torch.as_tensor(got).to(want.dtype)
+        if got.shape != want.shape:
+            return _report(
+                False, what, f"for f = {f} return shape {tuple(want.shape)} (one value per latent cell), not "
+                f"{tuple(got.shape)}"
+            )  # fmt: skip
+        if torch.allclose(got, want, atol=1e-6):
+            continue
+        if torch.allclose(got, mask[..., ::f, ::f]) or torch.allclose(got, F.interpolate(mask, scale_factor=1 / f)):
+            hint = (
+                "that is nearest sampling (one pixel per cell; diffusers' inpainting pipelines do that): here each "
+                "latent cell gets the mean of its f×f pixels, so a cell half inside the mask is repainted by half"
+            )
+        elif torch.allclose(got, F.max_pool2d(mask, f)):
+            hint = "max-pooling repaints every cell the mask touches at all; take the mean of each f×f block"
+        else:
+            hint = "average each f×f block of pixels: F.avg_pool2d(mask, f) or F.interpolate(..., mode='area')"
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def check_inpaint_blend(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(latents, known, mask)`` must return the inpainting blend after a step: (1 − m)·known + m·latents, where
+    ``latents`` is the model's z, ``known`` the image's latents noised to the same timestep and m = 1 repaints."""
+    what = "inpainting blend"
+    g = torch.Generator().manual_seed(11)
+    z, known = torch.randn(3, 4, 7, 7, generator=g), torch.randn(3, 4, 7, 7, generator=g)
+    binary = torch.zeros(1, 1, 7, 7)
+    binary[..., 4:, :] = 1
+    soft = torch.rand(3, 1, 7, 7, generator=g)
+    for mask in (binary, soft):
+        want = (1 - mask) * known + mask * z
+        got, hint = _call(fn, what, z, known, mask)
+        if hint:
+            return _report(False, what, hint)
+        got = torch.as_tensor(got).to(want.dtype)
+        if got.shape != want.shape:
+            return _report(False, what, f"return latents of shape {tuple(want.shape)}, not {tuple(got.shape)}")
+        if torch.allclose(got, want, atol=1e-6):
+            continue
+        if torch.allclose(got, mask * known + (1 - mask) * z, atol=1e-6):
+            hint = "the mask is the wrong way round: m = 1 means repaint (take the model's latents), 0 means keep"
+        elif torch.allclose(got, z, atol=1e-6) or torch.allclose(got, known, atol=1e-6):
+            hint = "return a blend of both: the known latents where m = 0, the model's where m = 1"
+        else:
+            hint = "blend per position: (1 − m)·known + m·latents (a soft mask mixes the two)"
+        return _report(False, what, hint)
     return _report(True, what, "")

@@ -159,23 +159,30 @@ def train_mnist_pixel(
 # ----------------------------------------------------------------------------------------------------------------------
 
 # Why these choices (measured on this 2-thread CPU, November 2026; benchmarks/cpu_train.py --model latent):
-# - everything inside the budget: autoencoder 15 s (~115 steps of batch 32), encoding 8,000 training images and
-#   fitting the caption bins ~5 s (encoding all 60,000 would take ~35 s), the denoiser the remaining ~100 s;
+# - everything inside the budget: autoencoder 20 s, encoding 8,000 training images and fitting the caption bins
+#   ~5 s (encoding all 60,000 would take ~35 s), the denoiser the remaining ~95 s;
+# - the autoencoder folds 2×2 pixels into channels first (28×28×1 → 14×14×4), then one stride-2 level of 16
+#   channels: 7×7×4 latents, 27 k parameters, ~700 steps of batch 16 in 20 s. Its decoder is Bernoulli (tanh output,
+#   binary cross-entropy): MNIST pixels are nearly black or white, and the Gaussian/MSE decoder's blurred strokes
+#   scored FID-MNIST ~520 after 15 s (reconstructions of 1,000 test digits; the digits themselves: 37) where the
+#   Bernoulli one scores ~50 after 20 s. KL weight 1e-3 (0.1 reconstructs as well but did not sample better);
 # - U-Net on 7×7×4 latents: one level of 64 channels, blocks_per_level=0, so 3 ResBlocks and one SpatialTransformer
 #   (self- and cross-attention) in the middle (0.45 M parameters). Attention at the level too (4 transformers) or
 #   96 channels cost 2–5× per step, and in 100 s steps count more than width;
 # - the pooled text (the <eos> state) is added to the time embedding (SDXL): the digit reaches every ResBlock;
 # - word embeddings N(0, 1) instead of CLIP's N(0, 0.02): with the tiny init every prompt's pooled state is nearly
-#   the same at the start and the text path learns slowly (digit adherence at w = 1 went from 0.15 to 0.29 together
-#   with the smaller U-Net and lr 3e-3);
-# - batch 32 (64: 510 instead of 817 steps, about as good; 128: 270 steps, worse), AdamW 3e-3 (5e-3 was worse),
-#   cosine decay over the *time* budget, v-prediction, cosine schedule, Min-SNR-5, EMA 0.99 with warm-up (a run
-#   of ~800 steps), 10 % empty captions, attribute words dropped with p = 0.5 so that "a seven" and "a thick
-#   seven" are both captions the model has seen;
-# - what limits it: the 15 s autoencoder. Its reconstructions of real digits score FID-MNIST ~620 (n = 500; the
-#   originals 66) and 96.5 % classifier accuracy, so the FID target (<= 3x the floor) is out of reach with it;
-#   and ~800 denoiser steps give 60-75 % digit adherence, not 98 % (see benchmarks/results/cpu_train.json).
-LATENT_SCHEDULE = dict(beta_schedule="squaredcos_cap_v2")
+#   the same at the start and the text path learns slowly;
+# - SD's own latent schedule, scaled_linear β from 0.00085 to 0.012: at 900 steps, same seed, n = 500, digit
+#   adherence 0.70 / 0.75 at w = 2 / 3 against 0.51 / 0.60 with the cosine schedule (FID alike);
+# - batch 32 (64: 510 instead of 817 steps, about as good; 128: 270 steps, worse), fused AdamW 3e-3 (5e-3 was
+#   worse), cosine decay over the *time* budget, v-prediction, Min-SNR-5, EMA 0.99 with warm-up (a run of ~900
+#   steps), 10 % empty captions, attribute words dropped with p = 0.5 so that "a seven" and "a thick seven" are both
+#   captions the model has seen;
+# - what limits it: the denoiser's ~900 steps (29 k noisy latents). Its unguided samples are digit-shaped but often
+#   malformed (FID-MNIST ~570 at n = 500, reconstructions ~50), digit adherence stays near 75 % and guidance above
+#   w ≈ 2 raises FID. Captions of digits alone ("a seven", i.e. class conditioning) learned no faster, so the text
+#   path is not the bottleneck; the denoiser's sample efficiency is (benchmarks/results/cpu_train.json).
+LATENT_SCHEDULE = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # SD 1.x–2.x, SDXL
 
 
 @dataclass
@@ -191,6 +198,8 @@ class LatentTextTrainConfig:
     num_images: int | None = 8_000  # the first N MNIST training images (None: all 60,000); encoding costs time
     bins_images: int = 8_000  # caption bins fitted on the first N of them
     ae_seconds: float = 20.0
+    ae_steps: int | None = None  # also stop the autoencoder after this many steps (reproducible on any machine)
+    max_steps: int | None = None  # also stop the denoiser after this many steps; the lr schedule then follows steps
     ae_batch_size: int = 16
     ae_lr: float = 3e-3
     kl_weight: float = 1e-3
@@ -212,6 +221,10 @@ class LatentTextTrainConfig:
         check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         if not self.budget_s > self.ae_seconds > 0:
             raise ValueError(f"need budget_s > ae_seconds > 0, got {self.budget_s} and {self.ae_seconds}")
+        for name in ("ae_steps", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -325,7 +338,7 @@ def train_latent_text2img(
     torch.manual_seed(seed)
     vae = AutoencoderKL(vae_cfg)
     history = train_autoencoder(
-        vae, images, seconds=cfg.ae_seconds, batch_size=cfg.ae_batch_size, lr=cfg.ae_lr, kl_weight=cfg.kl_weight,
+        vae, images, seconds=cfg.ae_seconds, steps=cfg.ae_steps, batch_size=cfg.ae_batch_size, lr=cfg.ae_lr, kl_weight=cfg.kl_weight,
         seed=seed, progress=progress,
     )  # fmt: skip
     info.update(ae_seconds=time.perf_counter() - t0, ae_steps=len(history), ae_recon=history[-1]["recon"])
@@ -362,10 +375,11 @@ def train_latent_text2img(
     bar = tqdm(desc="text encoder + U-Net", disable=not progress, mininterval=1.0)
     while True:
         now = time.perf_counter()
-        if now >= deadline and step > 0:
+        if (now >= deadline and step > 0) or (cfg.max_steps is not None and step >= cfg.max_steps):
             break
+        progress_share = step / cfg.max_steps if cfg.max_steps else (now - t0) / diffusion_budget
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr_at(step, (now - t0) / diffusion_budget)
+            group["lr"] = cfg.lr_at(step, progress_share)
         idx = torch.randint(0, n, (cfg.batch_size,), generator=g)
         z0 = latents[idx]  # (B, L, 7, 7)
         captions = captions_for(

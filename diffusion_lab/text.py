@@ -17,7 +17,7 @@ code                   symbol           meaning
 ``slant``              s                −μ₁₁/μ₀₂: pixels of lean to the right per pixel of height (top right: s > 0)
 ``size``               d                4·(μ₂₀μ₀₂ − μ₁₁²)^¼: diameter of the disc with the moment ellipse's area
 ``AttributeBins``      q_lo, q_½, q_hi  per attribute and digit: the low_q, 0.5 and high_q quantiles on MNIST
-``input_ids``          (B, L)           token ids <bos> words <eos> <pad>…; L = max_length (16 for the tiny model)
+``input_ids``          (B, L)           token ids <bos> words <eos> <pad>…; L = max_length (8 in the course recipe: the longest caption has 7 tokens)
 ``last_hidden_state``  h                (B, L, D) per-token states, what cross-attention in the U-Net reads
 ``pooler_output``      h_eos            (B, D) the state at the <eos> position, one vector per prompt
 =====================  ===============  =============================================================================
@@ -93,7 +93,7 @@ SD3 (Esser et al. 2024) uses CLIP-L, CLIP-G and T5-XXL. SD 1.x hands all 77 stat
 and does not mask them.
 
 Here the vocabulary is a few dozen words, so :class:`TextEncoder` is a tiny CLIP-like transformer (width 64,
-2 layers, 16 positions) trained *jointly* with the denoiser; it can be frozen afterwards. As in CLIP's text model:
+2 layers, 8 positions in the recipe) trained *jointly* with the denoiser; it can be frozen afterwards. As in CLIP's text model:
 token + learned position embeddings, pre-LayerNorm blocks with causal self-attention, a final LayerNorm, and the
 pooled output taken at the <eos> token. :class:`WordTokenizer` mirrors ``pipe.tokenizer(...)`` of transformers: it
 returns ``input_ids`` and ``attention_mask`` padded to ``max_length``, with <bos>/<eos> like CLIP's

@@ -250,6 +250,9 @@ def record_attention(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
 
     Yields a dict filled as the model runs: module name → the last attention probabilities (B, heads, H·W, L) of
     that text cross-attention (self-attention maps are not kept). Recording stops when the block ends.
+
+    Each forward pass overwrites the entry, so after a whole sampling loop the dict holds the *last* step's maps; to
+    aggregate over steps (as DAAM does), read the dict in the pipeline's ``callback`` after every step.
     """
     maps: dict[str, torch.Tensor] = {}
     modules = {name: m for name, m in model.named_modules() if isinstance(m, CrossAttention) and name.endswith("attn2")}

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from diffusion_lab.pipeline import TinyStableDiffusionPipeline
-from diffusion_lab.recipes import latent_text_recipe, train_latent_text2img
+from diffusion_lab.recipes import (
+    latent_text_recipe,
+    load_tiny_sd,
+    pretrained_tiny_sd_path,
+    save_tiny_sd,
+    train_latent_text2img,
+)
 from diffusion_lab.text import AttributeBins
 
 
@@ -28,3 +35,25 @@ def test_train_latent_text2img_quick(monkeypatch):
     assert out.images.shape == (2, 1, 28, 28) and out.latents.shape == (2, 4, 7, 7)
     assert torch.isfinite(out.images).all() and out.images.abs().max() <= 1
     assert not any(m.training for m in (pipe.vae, pipe.text_encoder, pipe.unet))
+
+
+def test_shipped_tiny_sd_loads_and_round_trips(tmp_path):
+    """The checkpoint in data/pretrained/tiny_sd (notebooks 05-07 load it): loads, samples, and saves/reloads exactly."""
+    pipe, bins = load_tiny_sd()
+    assert isinstance(pipe, TinyStableDiffusionPipeline) and isinstance(bins, AttributeBins)
+    assert pretrained_tiny_sd_path().is_dir()
+    assert not any(m.training for m in (pipe.vae, pipe.text_encoder, pipe.unet))
+    g = torch.Generator().manual_seed(0)
+    images = pipe(["a thick seven", ""], num_inference_steps=3, generator=g).images
+    assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all()
+
+    save_tiny_sd(pipe, bins, tmp_path / "copy")
+    again, bins_again = load_tiny_sd(tmp_path / "copy")
+    assert bins_again.to_dict() == bins.to_dict()
+    for name in ("vae", "text_encoder", "unet"):
+        before, after = getattr(pipe, name).state_dict(), getattr(again, name).state_dict()
+        assert before.keys() == after.keys()
+        for k in before:
+            assert torch.equal(before[k], after[k]), f"{name}.{k} changed in the round trip"
+    with pytest.raises(FileNotFoundError, match="caption_bins.json"):
+        load_tiny_sd(tmp_path / "nowhere")

@@ -46,9 +46,9 @@ SCREENSHOTS = ROOT / "build" / "test-results" / "browser"
 class Control:
     """One ipywidgets control, found by its ``description`` label, and how to change it."""
 
-    kind: str  # "slider" (press a key on its handle), "dropdown" (pick the next option), "int" (type a value)
+    kind: str  # "slider" (press a key on its handle), "dropdown" (pick the next option), "text" (type, then Enter)
     label: str
-    value: str = ""  # "slider": the key pressed (default ArrowRight; End jumps to the maximum); "int": the text typed
+    value: str = ""  # "slider": the key pressed (default ArrowRight; End jumps to the maximum); "text": what is typed
 
 
 # One list: every notebook with widgets, and the controls to move in it. A notebook that imports ipywidgets or
@@ -58,7 +58,17 @@ WIDGET_NOTEBOOKS: dict[str, list[Control]] = {
     "03_ddim_and_samplers.ipynb": [
         Control("slider", "steps"),
         Control("slider", "eta"),
-        Control("int", "seed", "7"),
+        Control("text", "seed", "7"),
+    ],
+    "06_classifier_free_guidance.ipynb": [
+        Control("slider", "guidance"),
+        Control("text", "prompt", "a thick two"),
+        Control("text", "seed", "7"),
+    ],
+    "07_tiny_stable_diffusion.ipynb": [
+        Control("slider", "strength"),
+        Control("text", "prompt", "a zero"),
+        Control("text", "seed", "7"),
     ],
 }
 
@@ -369,7 +379,7 @@ def _shutdown_kernels(base: str, token: str) -> None:
 
 
 def _control(page, c: Control):
-    css = {"slider": ".widget-slider", "dropdown": ".widget-dropdown", "int": ".widget-text"}[c.kind]
+    css = {"slider": ".widget-slider", "dropdown": ".widget-dropdown", "text": ".widget-text"}[c.kind]
     box = page.locator(css).filter(has=page.locator(".widget-label", has_text=re.compile(rf"^{re.escape(c.label)}$")))
     assert box.count() == 1, f"expected one {c.kind} labelled {c.label!r}, found {box.count()}"
     return box

@@ -1,0 +1,130 @@
+"""Notebook 06 (classifier-free guidance): its exercise checks and its GuidanceExplorer widget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_lab.exercises import check_best_guidance, check_cfg_combine, check_rescale_noise_cfg
+from diffusion_lab.sampling import cfg_combine, rescale_noise_cfg
+
+
+def test_cfg_combine_check_accepts_right_and_rejects_typical_mistakes(capsys):
+    assert check_cfg_combine(cfg_combine)
+    assert check_cfg_combine(lambda c, u, w: u + w * (c - u))
+    assert check_cfg_combine(lambda c, u, w: ((1 - w) * u.double() + w * c.double()).numpy())  # numpy, float64
+    assert capsys.readouterr().out.count("✅") == 3
+
+    assert not check_cfg_combine(lambda c, u, w: (1 + w) * c - w * u)  # the paper's convention
+    assert "paper's (1 + w)" in capsys.readouterr().out
+    assert not check_cfg_combine(lambda c, u, w: c + w * (u - c))  # swapped branches
+    assert "swapped" in capsys.readouterr().out
+    assert not check_cfg_combine(lambda c, u, w: u + w * c)
+    assert not check_cfg_combine(lambda c, u, w: (u + w * (c - u)).mean(0))  # one prediction for the batch
+    assert "one prediction per sample" in capsys.readouterr().out
+    assert not check_cfg_combine(lambda c, u, w: None)
+    assert not check_cfg_combine(lambda c, u, w: 1 / 0)
+    out = capsys.readouterr().out
+    assert "returns None" in out and "ZeroDivisionError" in out and "✅" not in out
+
+
+def test_rescale_check_accepts_right_and_rejects_typical_mistakes(capsys):
+    def right(cfg, text, phi):
+        rescaled = cfg * text.std(dim=(1, 2, 3), keepdim=True) / cfg.std(dim=(1, 2, 3), keepdim=True)
+        return phi * rescaled + (1 - phi) * cfg
+
+    def numpy_population_std(cfg, text, phi):  # np.std has ddof=0: the ratio of the two σ is the same
+        c, t = cfg.numpy(), text.numpy()
+        ratio = t.std(axis=(1, 2, 3), keepdims=True) / c.std(axis=(1, 2, 3), keepdims=True)
+        return phi * c * ratio + (1 - phi) * c
+
+    assert check_rescale_noise_cfg(rescale_noise_cfg)
+    assert check_rescale_noise_cfg(right)
+    assert check_rescale_noise_cfg(numpy_population_std)
+    assert capsys.readouterr().out.count("✅") == 3
+
+    assert not check_rescale_noise_cfg(lambda cfg, text, phi: phi * cfg * text.std() / cfg.std() + (1 - phi) * cfg)
+    assert "per sample" in capsys.readouterr().out
+
+    def inverted(cfg, text, phi):
+        return phi * cfg * cfg.std((1, 2, 3), keepdim=True) / text.std((1, 2, 3), keepdim=True) + (1 - phi) * cfg
+
+    assert not check_rescale_noise_cfg(inverted)
+    assert "upside down" in capsys.readouterr().out
+    assert not check_rescale_noise_cfg(lambda cfg, text, phi: right(cfg, text, 1 - phi))  # blend reversed
+    assert not check_rescale_noise_cfg(lambda cfg, text, phi: right(cfg, text, 1.0))  # φ ignored
+    assert "φ = 0 must return ε̃ unchanged" in capsys.readouterr().out
+    assert not check_rescale_noise_cfg(lambda cfg, text, phi: right(cfg, text, phi)[0])
+    assert not check_rescale_noise_cfg(lambda cfg, text, phi: None)
+    assert "✅" not in capsys.readouterr().out
+
+
+def test_best_guidance_check(capsys):
+    ws = [0, 1, 2, 3, 5, 8]
+    adherence = [0.1, 0.4, 0.6, 0.7, 0.72, 0.69]
+    fid = [500.0, 420.0, 380.0, 390.0, 410.0, 460.0]
+    assert check_best_guidance(5, ws, adherence)
+    assert check_best_guidance(np.float64(5.0), ws, adherence)
+    assert check_best_guidance(torch.tensor(2.0), ws, fid, lower_is_better=True)
+    assert capsys.readouterr().out.count("✅") == 3
+
+    assert not check_best_guidance(0, ws, fid, lower_is_better=True)  # the worst, and its highest value
+    assert "lower is better" in capsys.readouterr().out
+    assert not check_best_guidance(4, ws, adherence)  # the index of 5, not the scale
+    assert "position in the list" in capsys.readouterr().out
+    assert not check_best_guidance(3, ws, adherence)
+    assert not check_best_guidance(None, ws, adherence)
+    assert not check_best_guidance("five", ws, adherence)
+    assert not check_best_guidance(5, ws, adherence[:-1])
+    assert "✅" not in capsys.readouterr().out
+
+
+def test_guidance_explorer_redraws_when_controls_move():
+    pytest.importorskip("ipywidgets")
+    from diffusion_lab.autoencoder import AutoencoderConfig, AutoencoderKL
+    from diffusion_lab.metrics import ClassifierConfig, MnistClassifier
+    from diffusion_lab.pipeline import TinyStableDiffusionPipeline
+    from diffusion_lab.schedulers import DDIMScheduler
+    from diffusion_lab.text import TextEncoder, TextEncoderConfig, WordTokenizer
+    from diffusion_lab.unet import UNet, UNetConfig
+    from diffusion_lab.widgets import GuidanceExplorer
+
+    torch.manual_seed(0)
+    tokenizer = WordTokenizer.from_texts([], model_max_length=8)
+    text_encoder = TextEncoder(
+        TextEncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_layers=1, num_heads=2, max_position=8)
+    ).eval()
+    vae = AutoencoderKL(AutoencoderConfig(channels=(8, 8), latent_channels=4, groups=4)).eval()
+    unet = UNet(
+        UNetConfig(
+            in_channels=4, out_channels=4, channels=(16,), attention_levels=(True,), cross_attention_dim=16,
+            pooled_dim=16, groups=4, time_embed_dim=32, heads=2,
+        )
+    ).eval()  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # random weights everywhere, so that prompts and guidance change the picture
+        for m in (text_encoder, vae, unet):
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    pipe = TinyStableDiffusionPipeline(vae, text_encoder, tokenizer, unet, DDIMScheduler(clip_sample=False))
+    classifier = MnistClassifier(ClassifierConfig())
+
+    ex = GuidanceExplorer(pipe, prompt="a seven", guidance_scale=3.0, n=4, steps=3, classifier=classifier)
+    first = ex.image.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"
+    for control, value in (
+        (ex.guidance, 8.0),
+        (ex.prompt, "a thick two"),
+        (ex.negative_prompt, "a thin two"),
+        (ex.seed, 5),
+    ):
+        before = ex.image.value
+        control.value = value
+        assert ex.image.value != before, f"moving {control.description} did not redraw"
+    ex.guidance.value = 1.0  # no guidance: one branch only, still draws
+    assert ex.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="n must be between 1 and 16"):
+        GuidanceExplorer(pipe, n=0)
+    with pytest.raises(ValueError, match="guidance_scale must be in"):
+        GuidanceExplorer(pipe, guidance_scale=20.0)

@@ -1,0 +1,131 @@
+"""Notebook 07 (the tiny Stable Diffusion): its exercise checks and its Img2ImgExplorer widget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusion_lab.exercises import check_img2img_start, check_inpaint_blend, check_latent_mask
+
+
+def _tiny_pipe():
+    """A randomly initialised tiny text-to-image pipeline (seconds to build, no files)."""
+    from diffusion_lab.autoencoder import AutoencoderConfig, AutoencoderKL
+    from diffusion_lab.pipeline import TinyStableDiffusionPipeline
+    from diffusion_lab.schedulers import DDIMScheduler
+    from diffusion_lab.text import TextEncoder, TextEncoderConfig, WordTokenizer
+    from diffusion_lab.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    tokenizer = WordTokenizer.from_texts([], model_max_length=8)
+    text_encoder = TextEncoder(
+        TextEncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_layers=1, num_heads=2, max_position=8)
+    ).eval()
+    vae = AutoencoderKL(AutoencoderConfig(channels=(8, 8), latent_channels=4, groups=4)).eval()
+    unet = UNet(
+        UNetConfig(
+            in_channels=4, out_channels=4, channels=(16,), attention_levels=(True,), cross_attention_dim=16,
+            pooled_dim=16, groups=4, time_embed_dim=32, heads=2,
+        )
+    ).eval()  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # random weights everywhere, so that prompts and strengths change the picture
+        for m in (text_encoder, vae, unet):
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return TinyStableDiffusionPipeline(vae, text_encoder, tokenizer, unet, DDIMScheduler(clip_sample=False))
+
+
+def test_img2img_start_check_accepts_right_and_rejects_typical_mistakes(capsys):
+    def diffusers_rule(n, strength):
+        init_timestep = min(int(n * strength), n)
+        return max(n - init_timestep, 0)
+
+    assert check_img2img_start(diffusers_rule)
+    assert check_img2img_start(lambda n, s: n - int(n * s))
+    assert check_img2img_start(lambda n, s: np.int64(n - int(n * s)))  # numpy integers are fine
+    assert check_img2img_start(lambda n, s: torch.tensor(n - int(n * s)))
+    assert capsys.readouterr().out.count("✅") == 4
+
+    assert not check_img2img_start(lambda n, s: int(n * s))  # the steps run, not where they start
+    assert "steps run" in capsys.readouterr().out
+    assert not check_img2img_start(lambda n, s: round(n * (1 - s)))
+    assert "truncated" in capsys.readouterr().out
+    assert not check_img2img_start(lambda n, s: int(n * (1 - s)))
+    assert "truncated" in capsys.readouterr().out
+    assert not check_img2img_start(lambda n, s: 0)
+    assert not check_img2img_start(lambda n, s: "ten")
+    assert not check_img2img_start(lambda n, s: None)
+    assert not check_img2img_start(lambda n, s: 1 / 0)
+    out = capsys.readouterr().out
+    assert "returns None" in out and "ZeroDivisionError" in out and "✅" not in out
+
+
+def test_latent_mask_check_accepts_right_and_rejects_typical_mistakes(capsys):
+    assert check_latent_mask(lambda m, f: F.avg_pool2d(m, f))
+    assert check_latent_mask(lambda m, f: F.interpolate(m, size=(m.shape[-2] // f, m.shape[-1] // f), mode="area"))
+    assert check_latent_mask(lambda m, f: m.unflatten(-1, (-1, f)).unflatten(-3, (-1, f)).mean((-1, -3)).numpy())
+    assert capsys.readouterr().out.count("✅") == 3
+
+    assert not check_latent_mask(lambda m, f: m[..., ::f, ::f])
+    assert "nearest" in capsys.readouterr().out
+    assert not check_latent_mask(lambda m, f: F.interpolate(m, scale_factor=1 / f))
+    assert "nearest" in capsys.readouterr().out
+    assert not check_latent_mask(lambda m, f: F.max_pool2d(m, f))
+    assert "max-pooling" in capsys.readouterr().out
+    assert not check_latent_mask(lambda m, f: F.avg_pool2d(m, 2))  # f ignored: wrong shape for f = 4
+    assert "shape" in capsys.readouterr().out
+    assert not check_latent_mask(lambda m, f: (F.avg_pool2d(m, f) > 0.5).float())  # thresholded
+    assert not check_latent_mask(lambda m, f: None)
+    assert "✅" not in capsys.readouterr().out
+
+
+def test_inpaint_blend_check_accepts_right_and_rejects_typical_mistakes(capsys):
+    assert check_inpaint_blend(lambda z, known, m: (1 - m) * known + m * z)
+    assert check_inpaint_blend(lambda z, known, m: torch.lerp(known, z, m.expand_as(z)))
+    assert check_inpaint_blend(lambda z, known, m: known + m * (z - known))
+    assert capsys.readouterr().out.count("✅") == 3
+
+    assert not check_inpaint_blend(lambda z, known, m: m * known + (1 - m) * z)  # diffusers' rule inverted
+    assert "wrong way round" in capsys.readouterr().out
+    assert not check_inpaint_blend(lambda z, known, m: z)
+    assert "blend of both" in capsys.readouterr().out
+    assert not check_inpaint_blend(lambda z, known, m: torch.where(m > 0.5, z, known))  # a soft mask is not binary
+    assert not check_inpaint_blend(lambda z, known, m: ((1 - m) * known + m * z)[0])
+    assert not check_inpaint_blend(lambda z, known, m: 1 / 0)
+    assert "✅" not in capsys.readouterr().out
+
+
+def test_img2img_explorer_redraws_when_controls_move():
+    pytest.importorskip("ipywidgets")
+    from diffusion_lab.metrics import ClassifierConfig, MnistClassifier
+    from diffusion_lab.widgets import Img2ImgExplorer
+
+    pipe = _tiny_pipe()
+    image = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    classifier = MnistClassifier(ClassifierConfig())
+    ex = Img2ImgExplorer(pipe, image, prompt="an eight", strength=0.5, n=3, steps=4, classifier=classifier)
+    first = ex.image.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"
+    for control, value in ((ex.strength, 1.0), (ex.prompt, "a thick two"), (ex.seed, 5), (ex.strength, 0.0)):
+        before = ex.image.value
+        control.value = value
+        assert ex.image.value != before, f"moving {control.description} did not redraw"
+
+    # image i depends on seed + i only: the widget's second image is the first image of seed + 1
+    strength, steps = 0.75, 4
+    noise = [torch.randn(1, 4, 7, 7, generator=torch.Generator().manual_seed(s)) for s in (5, 6)]
+    batched = pipe(
+        ["an eight"] * 2, image=image, strength=strength, num_inference_steps=steps, latents=torch.cat(noise)
+    )
+    alone = pipe("an eight", image=image, strength=strength, num_inference_steps=steps, latents=noise[1])
+    torch.testing.assert_close(batched.images[1:], alone.images)
+
+    with pytest.raises(ValueError, match="image must be one image"):
+        Img2ImgExplorer(pipe, image[0])
+    with pytest.raises(ValueError, match="n must be between 1 and 8"):
+        Img2ImgExplorer(pipe, image, n=0)
+    with pytest.raises(ValueError, match="strength must be in"):
+        Img2ImgExplorer(pipe, image, strength=1.5)

@@ -1,0 +1,161 @@
+"""The notebook-05 exercise checks: a right answer passes, typical wrong answers fail with a ❌ line."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from diffusion_lab.exercises import check_cross_attention, check_pooled_output, check_tokenize
+from diffusion_lab.text import TextEncoder, TextEncoderConfig, WordTokenizer
+from diffusion_lab.unet import CrossAttention
+
+
+def _lines(capsys) -> list[str]:
+    return capsys.readouterr().out.splitlines()
+
+
+def tokenize(text, vocab, max_length):
+    ids = [vocab.index(w) if w in vocab else 1 for w in re.findall(r"[a-z0-9]+", text.lower())]
+    ids = [2, *ids[: max_length - 2], 3]
+    mask = [1] * len(ids) + [0] * (max_length - len(ids))
+    return ids + [0] * (max_length - len(ids)), mask
+
+
+def test_check_tokenize_accepts_right_and_tuples(capsys):
+    assert check_tokenize(tokenize)
+    assert check_tokenize(lambda t, v, n: tuple(torch.tensor(s) for s in tokenize(t, v, n)))
+    assert all(line.startswith("✅") for line in _lines(capsys))
+
+
+def test_check_tokenize_rejects_typical_mistakes(capsys):
+    def no_specials(text, vocab, max_length):
+        ids, _ = tokenize(text, vocab, max_length)
+        words = [i for i in ids if i > 3]
+        return words + [0] * (max_length - len(words)), [1] * len(words) + [0] * (max_length - len(words))
+
+    def no_padding(text, vocab, max_length):
+        ids, mask = tokenize(text, vocab, max_length)
+        n = sum(mask)
+        return ids[:n], mask[:n]
+
+    def mask_all_ones(text, vocab, max_length):
+        return tokenize(text, vocab, max_length)[0], [1] * max_length
+
+    def keeps_case(text, vocab, max_length):
+        ids = [vocab.index(w) if w in vocab else 1 for w in re.findall(r"[A-Za-z0-9]+", text)][: max_length - 2]
+        ids = [2, *ids, 3]
+        return ids + [0] * (max_length - len(ids)), [1] * len(ids) + [0] * (max_length - len(ids))
+
+    def truncates_eos(text, vocab, max_length):
+        ids = [vocab.index(w) if w in vocab else 1 for w in re.findall(r"[a-z0-9]+", text.lower())]
+        ids = [2, *ids, 3][:max_length]
+        return ids + [0] * (max_length - len(ids)), [1] * len(ids) + [0] * (max_length - len(ids))
+
+    def crashes_on_unknown(text, vocab, max_length):
+        ids = [vocab.index(w) for w in re.findall(r"[a-z0-9]+", text.lower())]
+        return tokenize(" ".join(vocab[i] for i in ids), vocab, max_length)
+
+    wrong = [no_specials, no_padding, mask_all_ones, keeps_case, truncates_eos, crashes_on_unknown, lambda *a: None]
+    for fn in wrong:
+        assert not check_tokenize(fn), fn
+    lines = _lines(capsys)
+    assert len(lines) == len(wrong) and all(line.startswith("❌") for line in lines)
+    assert "<bos>" in lines[0] and "max_length" in lines[1] and "mask" in lines[2]
+    assert "raised ValueError" in lines[5] and "returns None" in lines[6]
+
+
+def test_check_tokenize_agrees_with_the_library_tokenizer_on_its_own_cases(capsys):
+    import warnings
+
+    def library(text, vocab, max_length):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            enc = WordTokenizer(vocab, model_max_length=max_length)(text, return_tensors=None)
+        return enc["input_ids"][0], enc["attention_mask"][0]
+
+    assert check_tokenize(library)
+
+
+def reference_attention(q, k, v, mask):
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, heads, N, M)
+    scores = scores.masked_fill(mask[:, None, None, :] == 0, float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def test_check_cross_attention_accepts_right_answers(capsys):
+    assert check_cross_attention(reference_attention)
+    # PyTorch's fused kernel takes a boolean mask, True = attend
+    assert check_cross_attention(
+        lambda q, k, v, m: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m[:, None, None].bool())
+    )
+    assert all(line.startswith("✅") for line in _lines(capsys))
+
+
+def test_check_cross_attention_rejects_typical_mistakes(capsys):
+    def no_scale(q, k, v, mask):
+        return reference_attention(q * math.sqrt(q.shape[-1]), k, v, mask)
+
+    def no_mask(q, k, v, mask):
+        return reference_attention(q, k, v, torch.ones_like(mask))
+
+    def wrong_axis(q, k, v, mask):
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(
+            mask[:, None, None, :] == 0, float("-inf")
+        )
+        return torch.nan_to_num(scores.softmax(-2)) @ v
+
+    def returns_probs(q, k, v, mask):
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        return scores.masked_fill(mask[:, None, None, :] == 0, float("-inf")).softmax(-1)
+
+    def crashes(q, k, v, mask):
+        raise NotImplementedError
+
+    for fn in (no_scale, no_mask, wrong_axis, returns_probs, crashes):
+        assert not check_cross_attention(fn), fn
+    lines = _lines(capsys)
+    assert all(line.startswith("❌") for line in lines)
+    assert "√d" in lines[0] and "−inf" in lines[1] and "last axis" in lines[2] and "A V" in lines[3]
+    assert "raised NotImplementedError" in lines[4]
+
+
+def test_check_cross_attention_matches_the_library_module():
+    """The formula the check holds is the one CrossAttention computes (one head, identity projections)."""
+    attn = CrossAttention(8, 8, heads=1)
+    with torch.no_grad():
+        for lin in (attn.to_q, attn.to_k, attn.to_v, attn.to_out):
+            lin.weight.copy_(torch.eye(8))
+        attn.to_out.bias.zero_()
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(2, 5, 8, generator=g), torch.randn(2, 4, 8, generator=g)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    want = reference_attention(x[:, None], c[:, None], c[:, None], mask)[:, 0]
+    torch.testing.assert_close(attn(x, c, mask), want)
+
+
+def pooled(h, ids, eos):
+    first = (ids == eos).int().argmax(1)  # (B,)
+    return h[torch.arange(len(h)), first]
+
+
+def test_check_pooled_output_accepts_right_and_rejects_wrong(capsys):
+    assert check_pooled_output(pooled)
+    assert not check_pooled_output(lambda h, ids, eos: h[:, -1])
+    assert not check_pooled_output(lambda h, ids, eos: h.mean(1))
+    assert not check_pooled_output(lambda h, ids, eos: h[:, 0])
+    assert not check_pooled_output(lambda h, ids, eos: h)
+    assert not check_pooled_output(lambda h, ids, eos: None)
+    lines = _lines(capsys)
+    assert lines[0].startswith("✅") and all(line.startswith("❌") for line in lines[1:])
+    assert "padding" in lines[1] and "average" in lines[2] and "shape" in lines[4]
+
+
+def test_check_pooled_output_matches_the_text_encoder():
+    tok = WordTokenizer.from_texts([], model_max_length=8)
+    enc = tok(["a thick seven", "", "a large thin upright two"])
+    torch.manual_seed(0)
+    model = TextEncoder(TextEncoderConfig(vocab_size=tok.vocab_size, max_position=8)).eval()
+    out = model(enc.input_ids, enc.attention_mask)
+    torch.testing.assert_close(pooled(out.last_hidden_state, enc.input_ids, tok.eos_token_id), out.pooler_output)
