@@ -14,6 +14,7 @@ from diffusion_lab.diffusion import (
     q_step,
     velocity,
 )
+from diffusion_lab.flow import FlowMatchEulerDiscreteScheduler, flow_interpolate, flow_velocity
 from diffusion_lab.pipeline import TinyStableDiffusionPipeline
 from diffusion_lab.sampling import cfg_combine, drop_condition, rescale_noise_cfg
 from diffusion_lab.schedulers import DDIMScheduler, DDPMScheduler, SchedulerOutput
@@ -38,6 +39,9 @@ __all__ = [
     "rescale_noise_cfg",
     "DDIMScheduler",
     "DDPMScheduler",
+    "FlowMatchEulerDiscreteScheduler",
+    "flow_interpolate",
+    "flow_velocity",
     "SchedulerOutput",
     "alphas_cumprod_from_betas",
     "ddim_sigma",
