@@ -15,6 +15,7 @@ from diffusion_lab.diffusion import (
     velocity,
 )
 from diffusion_lab.flow import FlowMatchEulerDiscreteScheduler, flow_interpolate, flow_velocity
+from diffusion_lab.mmdit import MMDiT, MMDiTConfig
 from diffusion_lab.pipeline import TinyStableDiffusionPipeline
 from diffusion_lab.sampling import cfg_combine, drop_condition, rescale_noise_cfg
 from diffusion_lab.schedulers import DDIMScheduler, DDPMScheduler, SchedulerOutput
@@ -40,6 +41,8 @@ __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
     "FlowMatchEulerDiscreteScheduler",
+    "MMDiT",
+    "MMDiTConfig",
     "flow_interpolate",
     "flow_velocity",
     "SchedulerOutput",
