@@ -80,34 +80,12 @@ def test_best_guidance_check(capsys):
     assert "✅" not in capsys.readouterr().out
 
 
-def test_guidance_explorer_redraws_when_controls_move():
+def test_guidance_explorer_redraws_when_controls_move(random_tiny_pipe):
     pytest.importorskip("ipywidgets")
-    from diffusion_lab.autoencoder import AutoencoderConfig, AutoencoderKL
     from diffusion_lab.metrics import ClassifierConfig, MnistClassifier
-    from diffusion_lab.pipeline import TinyStableDiffusionPipeline
-    from diffusion_lab.schedulers import DDIMScheduler
-    from diffusion_lab.text import TextEncoder, TextEncoderConfig, WordTokenizer
-    from diffusion_lab.unet import UNet, UNetConfig
     from diffusion_lab.widgets import GuidanceExplorer
 
-    torch.manual_seed(0)
-    tokenizer = WordTokenizer.from_texts([], model_max_length=8)
-    text_encoder = TextEncoder(
-        TextEncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_layers=1, num_heads=2, max_position=8)
-    ).eval()
-    vae = AutoencoderKL(AutoencoderConfig(channels=(8, 8), latent_channels=4, groups=4)).eval()
-    unet = UNet(
-        UNetConfig(
-            in_channels=4, out_channels=4, channels=(16,), attention_levels=(True,), cross_attention_dim=16,
-            pooled_dim=16, groups=4, time_embed_dim=32, heads=2,
-        )
-    ).eval()  # fmt: skip
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # random weights everywhere, so that prompts and guidance change the picture
-        for m in (text_encoder, vae, unet):
-            for p in m.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    pipe = TinyStableDiffusionPipeline(vae, text_encoder, tokenizer, unet, DDIMScheduler(clip_sample=False))
+    pipe = random_tiny_pipe
     classifier = MnistClassifier(ClassifierConfig())
 
     ex = GuidanceExplorer(pipe, prompt="a seven", guidance_scale=3.0, n=4, steps=3, classifier=classifier)

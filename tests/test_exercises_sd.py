@@ -10,34 +10,6 @@ import torch.nn.functional as F
 from diffusion_lab.exercises import check_img2img_start, check_inpaint_blend, check_latent_mask
 
 
-def _tiny_pipe():
-    """A randomly initialised tiny text-to-image pipeline (seconds to build, no files)."""
-    from diffusion_lab.autoencoder import AutoencoderConfig, AutoencoderKL
-    from diffusion_lab.pipeline import TinyStableDiffusionPipeline
-    from diffusion_lab.schedulers import DDIMScheduler
-    from diffusion_lab.text import TextEncoder, TextEncoderConfig, WordTokenizer
-    from diffusion_lab.unet import UNet, UNetConfig
-
-    torch.manual_seed(0)
-    tokenizer = WordTokenizer.from_texts([], model_max_length=8)
-    text_encoder = TextEncoder(
-        TextEncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_layers=1, num_heads=2, max_position=8)
-    ).eval()
-    vae = AutoencoderKL(AutoencoderConfig(channels=(8, 8), latent_channels=4, groups=4)).eval()
-    unet = UNet(
-        UNetConfig(
-            in_channels=4, out_channels=4, channels=(16,), attention_levels=(True,), cross_attention_dim=16,
-            pooled_dim=16, groups=4, time_embed_dim=32, heads=2,
-        )
-    ).eval()  # fmt: skip
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # random weights everywhere, so that prompts and strengths change the picture
-        for m in (text_encoder, vae, unet):
-            for p in m.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return TinyStableDiffusionPipeline(vae, text_encoder, tokenizer, unet, DDIMScheduler(clip_sample=False))
-
-
 def test_img2img_start_check_accepts_right_and_rejects_typical_mistakes(capsys):
     def diffusers_rule(n, strength):
         init_timestep = min(int(n * strength), n)
@@ -98,12 +70,12 @@ def test_inpaint_blend_check_accepts_right_and_rejects_typical_mistakes(capsys):
     assert "✅" not in capsys.readouterr().out
 
 
-def test_img2img_explorer_redraws_when_controls_move():
+def test_img2img_explorer_redraws_when_controls_move(random_tiny_pipe):
     pytest.importorskip("ipywidgets")
     from diffusion_lab.metrics import ClassifierConfig, MnistClassifier
     from diffusion_lab.widgets import Img2ImgExplorer
 
-    pipe = _tiny_pipe()
+    pipe = random_tiny_pipe
     image = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(2)) * 2 - 1
     classifier = MnistClassifier(ClassifierConfig())
     ex = Img2ImgExplorer(pipe, image, prompt="an eight", strength=0.5, n=3, steps=4, classifier=classifier)
