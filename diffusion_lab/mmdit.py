@@ -29,7 +29,25 @@ text tokens read the image, in the same softmax. Text padding is masked out of t
 
 SD3's depth parameterisation (§5.3): hidden size 64·depth, heads = depth (head size 64); SD3-medium has depth 24
 (D = 1536, 24 heads, 2 B parameters). :meth:`MMDiTConfig.from_depth` builds that family; our MNIST model is a tiny
-member of it. Timesteps: this model takes t ∈ [0, 1] and embeds 1000·t, the value diffusers' SD3 transformer receives.
+member of it. Our config against SD3-medium's (``SD3_MEDIUM_DIFFUSERS`` holds diffusers' names, tested):
+
+========================  ==========================  ===========================================================
+ours (``MMDiTConfig``)    SD3-medium                  diffusers ``SD3Transformer2DModel``
+========================  ==========================  ===========================================================
+``depth``                 24                          ``num_layers``
+``hidden_size``           1536 = 64·24                ``num_attention_heads · attention_head_dim``, ``caption_projection_dim``
+``num_heads``             24                          ``num_attention_heads`` (``attention_head_dim`` 64)
+``patch_size``            2                           ``patch_size``
+``in/out_channels``       16 (SD3's 16-channel VAE)   ``in_channels``, ``out_channels``
+``sample_size``           128 (1024 px / 8)           ``sample_size`` (positions cropped from ``pos_embed_max_size`` 192)
+``joint_attention_dim``   4096 (CLIP-L + CLIP-G       ``joint_attention_dim``
+                          states padded, and T5-XXL)
+``pooled_projection_dim`` 2048 (768 + 1280 pooled)    ``pooled_projection_dim``
+``max_text_tokens``       77 + 256 = 333              (the pipeline's ``max_sequence_length`` 256 for T5)
+========================  ==========================  ===========================================================
+
+Differences kept for clarity: SD3's last block updates only the image stream (``context_pre_only``), its positions
+are a cropped larger table, and later versions add q/k normalisation (SD3.5). Timesteps: this model takes t ∈ [0, 1] and embeds 1000·t, the value diffusers' SD3 transformer receives.
 """
 
 from __future__ import annotations
@@ -43,7 +61,17 @@ from torch import nn
 from diffusion_lab.checkpoint import PretrainedModel
 from diffusion_lab.unet import timestep_embedding
 
-__all__ = ["MMDiTConfig", "MMDiT", "DiTBlock", "JointTransformerBlock", "patchify", "unpatchify", "sincos_pos_embed_2d"]
+__all__ = [
+    "SD3_MEDIUM_DIFFUSERS",
+    "sd3_medium_config",
+    "MMDiTConfig",
+    "MMDiT",
+    "DiTBlock",
+    "JointTransformerBlock",
+    "patchify",
+    "unpatchify",
+    "sincos_pos_embed_2d",
+]
 
 
 @dataclass
@@ -87,6 +115,25 @@ class MMDiTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# SD3-medium's transformer in diffusers' names (stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json)
+SD3_MEDIUM_DIFFUSERS = dict(
+    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
+    joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+    pos_embed_max_size=192,
+)  # fmt: skip
+
+
+def sd3_medium_config() -> MMDiTConfig:
+    """Our config with SD3-medium's shape (build it on the meta device: 2 B parameters in float32 are 8 GB)."""
+    d = SD3_MEDIUM_DIFFUSERS
+    return MMDiTConfig.from_depth(
+        d["num_layers"], sample_size=d["sample_size"], patch_size=d["patch_size"], in_channels=d["in_channels"],
+        out_channels=d["out_channels"], joint_attention_dim=d["joint_attention_dim"],
+        pooled_projection_dim=d["pooled_projection_dim"], max_text_tokens=77 + 256,
+        extra={"counterpart": "SD3-medium (stabilityai/stable-diffusion-3-medium-diffusers)"},
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------------

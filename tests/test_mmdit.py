@@ -7,7 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_lab.mmdit import JointTransformerBlock, MMDiT, MMDiTConfig, patchify, sincos_pos_embed_2d, unpatchify
+from diffusion_lab.mmdit import (
+    SD3_MEDIUM_DIFFUSERS,
+    JointTransformerBlock,
+    MMDiT,
+    MMDiTConfig,
+    patchify,
+    sd3_medium_config,
+    sincos_pos_embed_2d,
+    unpatchify,
+)
 
 
 def tiny(**kw) -> MMDiT:
@@ -142,3 +151,22 @@ def test_bad_input_raises_clear_errors():
         MMDiTConfig(sample_size=7, patch_size=2)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         MMDiTConfig(hidden_size=30, num_heads=4)
+
+
+def test_sd3_medium_mapping_matches_diffusers():
+    """The documented SD3-medium config builds in diffusers (meta device: shapes only) with the widths we map to."""
+    from diffusers import SD3Transformer2DModel
+
+    with torch.device("meta"):
+        ref = SD3Transformer2DModel(**SD3_MEDIUM_DIFFUSERS)
+        ours = MMDiT(sd3_medium_config())
+    cfg = ours.config
+    assert cfg.hidden_size == ref.inner_dim == 1536 and cfg.num_heads == ref.config.num_attention_heads == 24
+    assert len(ours.blocks) == len(ref.transformer_blocks) == 24
+    assert ref.context_embedder.in_features == cfg.joint_attention_dim
+    assert ref.time_text_embed.text_embedder.linear_1.in_features == cfg.pooled_projection_dim
+    assert ref.pos_embed.proj.kernel_size == (cfg.patch_size, cfg.patch_size)
+    n_ref = sum(p.numel() for p in ref.parameters())
+    n_ours = sum(p.numel() for p in ours.parameters())
+    assert 1.9e9 < n_ref < 2.1e9  # "2 B parameters"
+    assert abs(n_ours / n_ref - 1) < 0.1  # same family: within 10 % (last block, q/k layout, embedders differ)
