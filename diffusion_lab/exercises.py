@@ -224,18 +224,27 @@ def _call(fn: Callable, what: str, *args):
     return out, None
 
 
+def _call_tensor(fn: Callable, what: str, want: torch.Tensor, wrong_shape: str, *args) -> tuple[torch.Tensor, str]:
+    """``fn(*args)`` as a tensor of ``want``'s dtype, and a hint if it raised, returned a placeholder or has the
+    wrong shape (``wrong_shape`` is the hint then, formatted with ``want=`` and ``got=`` shapes)."""
+    got, hint = _call(fn, what, *args)
+    if hint:
+        return got, hint
+    got = torch.as_tensor(got).to(want.dtype)
+    if got.shape != want.shape:
+        return got, wrong_shape.format(want=tuple(want.shape), got=tuple(got.shape))
+    return got, ""
+
+
 def check_reparameterize(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(mean, logvar, eps)`` must return z = μ + σ·ε with σ = exp(½·log σ²) (the reparameterisation trick)."""
     what = "reparameterised sample"
     g = torch.Generator().manual_seed(11)
     mean, logvar, eps = (torch.randn(3, 4, 7, 7, generator=g) for _ in range(3))
     want = mean + torch.exp(0.5 * logvar) * eps
-    got, hint = _call(fn, what, mean, logvar, eps)
+    got, hint = _call_tensor(fn, what, want, "return one z per input, shape {want}, not {got}", mean, logvar, eps)
     if hint:
         return _report(False, what, hint)
-    got = torch.as_tensor(got).to(want.dtype)
-    if got.shape != want.shape:
-        return _report(False, what, f"return one z per input, shape {tuple(want.shape)}, not {tuple(got.shape)}")
     if torch.allclose(got, mean + torch.exp(logvar) * eps, atol=1e-5):
         return _report(False, what, "exp(logvar) is the variance σ²; the sample needs σ = exp(0.5·logvar)")
     return _report(torch.allclose(got.to(want.dtype), want, atol=1e-5), what, "z = mean + exp(0.5·logvar)·eps")
@@ -346,14 +355,10 @@ def check_cross_attention(fn: Callable[..., torch.Tensor]) -> bool:
         scores = q @ k.transpose(-1, -2)  # (B, heads, N, M)
         hide = mask[:, None, None, :] == 0
         want = (scores / d**0.5).masked_fill(hide, float("-inf")).softmax(-1) @ v
-        got, hint = _call(fn, what, q, k, v, mask)
+        shape_hint = "return (B, heads, N, d) = {want}, not {got}: A V, not A"
+        got, hint = _call_tensor(fn, what, want, shape_hint, q, k, v, mask)
         if hint:
             return _report(False, what, hint)
-        got = torch.as_tensor(got).to(want.dtype)
-        if got.shape != want.shape:
-            return _report(
-                False, what, f"return (B, heads, N, d) = {tuple(want.shape)}, not {tuple(got.shape)}: A V, not A"
-            )
         if torch.allclose(got, want, atol=1e-5):
             continue
         if torch.allclose(got, scores.masked_fill(hide, float("-inf")).softmax(-1) @ v, atol=1e-5):
@@ -381,12 +386,9 @@ def check_pooled_output(fn: Callable[..., torch.Tensor]) -> bool:
         ids[i, 0], ids[i, n - 1] = 2, eos
     h = torch.randn(b, m, dim, generator=g)
     want = h[torch.arange(b), lengths - 1]
-    got, hint = _call(fn, what, h, ids, eos)
+    got, hint = _call_tensor(fn, what, want, "return one vector per prompt, shape {want}, not {got}", h, ids, eos)
     if hint:
         return _report(False, what, hint)
-    got = torch.as_tensor(got).to(want.dtype)
-    if got.shape != want.shape:
-        return _report(False, what, f"return one vector per prompt, shape {tuple(want.shape)}, not {tuple(got.shape)}")
     if torch.allclose(got, h[:, -1]):
         return _report(False, what, "the last position is padding for short prompts: take the position of <eos>")
     if torch.allclose(got, h.mean(1)):
@@ -408,14 +410,10 @@ def check_cfg_combine(fn: Callable[..., torch.Tensor]) -> bool:
     cond, uncond = torch.randn(2, 3, 4, 7, 7, generator=g).unbind(0)  # (B, L, h, w) each
     for w in (2.5, 0.0, 1.0, 7.5):  # 2.5 first: it tells the typical mistakes apart
         want = uncond + w * (cond - uncond)
-        got, hint = _call(fn, what, cond, uncond, w)
+        shape_hint = "return one prediction per sample, shape {want}, not {got}"
+        got, hint = _call_tensor(fn, what, want, shape_hint, cond, uncond, w)
         if hint:
             return _report(False, what, hint)
-        got = torch.as_tensor(got).to(want.dtype)
-        if got.shape != want.shape:
-            return _report(
-                False, what, f"return one prediction per sample, shape {tuple(want.shape)}, not {tuple(got.shape)}"
-            )
         if torch.allclose(got, want, atol=1e-5):
             continue
         if torch.allclose(got, (1 + w) * cond - w * uncond, atol=1e-5):
@@ -442,14 +440,10 @@ def check_rescale_noise_cfg(fn: Callable[..., torch.Tensor]) -> bool:
     cfg = text * torch.tensor([3.0, 1.5, 6.0]).reshape(3, 1, 1, 1) + torch.randn(3, 4, 7, 7, generator=g)
     for phi in (0.7, 0.0, 1.0):
         want = rescale_noise_cfg(cfg, text, phi)
-        got, hint = _call(fn, what, cfg, text, phi)
+        shape_hint = "return the rescaled prediction, shape {want}, not {got}"
+        got, hint = _call_tensor(fn, what, want, shape_hint, cfg, text, phi)
         if hint:
             return _report(False, what, hint)
-        got = torch.as_tensor(got).to(want.dtype)
-        if got.shape != want.shape:
-            return _report(
-                False, what, f"return the rescaled prediction, shape {tuple(want.shape)}, not {tuple(got.shape)}"
-            )
         if torch.allclose(got, want, atol=1e-5):
             continue
         batch_wide = phi * cfg * text.std() / cfg.std() + (1 - phi) * cfg
@@ -553,15 +547,10 @@ def check_latent_mask(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> bool:
     soft = torch.rand(2, 1, 16, 16, generator=g)
     for mask, f in ((box, 4), (soft, 2), (soft, 8)):
         want = F.avg_pool2d(mask, f)
-        got, hint = _call(fn, what, mask, f)
+        shape_hint = f"for f = {f} return shape {{want}} (one value per latent cell), not {{got}}"
+        got, hint = _call_tensor(fn, what, want, shape_hint, mask, f)
         if hint:
             return _report(False, what, hint)
-        got = torch.as_tensor(got).to(want.dtype)
-        if got.shape != want.shape:
-            return _report(
-                False, what, f"for f = {f} return shape {tuple(want.shape)} (one value per latent cell), not "
-                f"{tuple(got.shape)}"
-            )  # fmt: skip
         if torch.allclose(got, want, atol=1e-6):
             continue
         if torch.allclose(got, mask[..., ::f, ::f]) or torch.allclose(got, F.interpolate(mask, scale_factor=1 / f)):
@@ -588,12 +577,9 @@ def check_inpaint_blend(fn: Callable[..., torch.Tensor]) -> bool:
     soft = torch.rand(3, 1, 7, 7, generator=g)
     for mask in (binary, soft):
         want = (1 - mask) * known + mask * z
-        got, hint = _call(fn, what, z, known, mask)
+        got, hint = _call_tensor(fn, what, want, "return latents of shape {want}, not {got}", z, known, mask)
         if hint:
             return _report(False, what, hint)
-        got = torch.as_tensor(got).to(want.dtype)
-        if got.shape != want.shape:
-            return _report(False, what, f"return latents of shape {tuple(want.shape)}, not {tuple(got.shape)}")
         if torch.allclose(got, want, atol=1e-6):
             continue
         if torch.allclose(got, mask * known + (1 - mask) * z, atol=1e-6):
