@@ -203,7 +203,7 @@ def main() -> None:
     p.add_argument("--n-eval", type=int, default=1000, help="samples per DDIM evaluation")
     p.add_argument("--ddim-steps", type=int, nargs="+", default=None, help="DDIM steps (pixel 50, latent 25)")
     p.add_argument(
-        "--guidance", type=float, nargs="+", default=None, help="guidance scales (pixel 1 1.5 2, latent 1 2 3 4 6)"
+        "--guidance", type=float, nargs="+", default=None, help="guidance scales (pixel 1 1.5 2, latent 1 1.5 2 3 4)"
     )
     p.add_argument("--ddpm-guidance", type=float, default=1.5)
     p.add_argument("--ddpm-n", type=int, default=0, help="samples for the DDPM-1000 evaluation (0: skip)")
@@ -213,7 +213,7 @@ def main() -> None:
     args = p.parse_args()
     if args.model == "latent":
         args.ddim_steps = args.ddim_steps or [25]
-        args.guidance = args.guidance or [1.0, 2.0, 3.0, 4.0, 6.0]
+        args.guidance = args.guidance or [1.0, 1.5, 2.0, 3.0, 4.0]
         main_latent(args)
         return
     args.budget = 600.0 if args.budget is None else args.budget

@@ -16,7 +16,7 @@ from diffusion_lab.diffusion import (
 )
 from diffusion_lab.flow import FlowMatchEulerDiscreteScheduler, flow_interpolate, flow_velocity
 from diffusion_lab.mmdit import MMDiT, MMDiTConfig
-from diffusion_lab.pipeline import TinyStableDiffusionPipeline
+from diffusion_lab.pipeline import TinySD3Pipeline, TinyStableDiffusionPipeline
 from diffusion_lab.sampling import cfg_combine, drop_condition, rescale_noise_cfg
 from diffusion_lab.schedulers import DDIMScheduler, DDPMScheduler, SchedulerOutput
 from diffusion_lab.schedules import alphas_cumprod_from_betas, inference_timesteps, make_betas, snr, snr_db
@@ -31,6 +31,7 @@ __all__ = [
     "AutoencoderKL",
     "TextEncoder",
     "TextEncoderConfig",
+    "TinySD3Pipeline",
     "TinyStableDiffusionPipeline",
     "UNet",
     "UNetConfig",

@@ -68,6 +68,7 @@ __all__ = [
     "MMDiT",
     "DiTBlock",
     "JointTransformerBlock",
+    "pad_to_patch",
     "patchify",
     "unpatchify",
     "sincos_pos_embed_2d",
@@ -139,6 +140,15 @@ def sd3_medium_config() -> MMDiTConfig:
 # ----------------------------------------------------------------------------------------------------------------------
 # Patches and positions
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def pad_to_patch(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Zero-pad (B, C, H, W) at the bottom and right to the next multiples of p: (B, C, ⌈H/p⌉·p, ⌈W/p⌉·p).
+
+    Our MNIST latents are 7×7; with 2×2 patches they become 8×8 = 16 tokens. Crop the model's output back with
+    ``out[..., :H, :W]`` (the pipeline and the flow recipe do both)."""
+    H, W = x.shape[-2:]
+    return F.pad(x, (0, -W % p, 0, -H % p))
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:

@@ -48,9 +48,7 @@ from diffusion_lab.checkpoint import write_json_atomic
 from diffusion_lab.sampling import cfg_combine, rescale_noise_cfg
 from diffusion_lab.schedulers import randn
 
-__all__ = ["TinyStableDiffusionPipeline", "PipelineOutput"]
-
-_COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+__all__ = ["TinyStableDiffusionPipeline", "TinySD3Pipeline", "PipelineOutput"]
 
 
 @dataclass
@@ -70,6 +68,8 @@ class PipelineOutput:
 class TinyStableDiffusionPipeline:
     """``pipe(prompt, negative_prompt=None, num_inference_steps=25, guidance_scale=3.0, generator=None,
     height=28, width=28, image=None, strength=None, mask_image=None)`` → :class:`PipelineOutput`."""
+
+    _components = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
         self.vae, self.text_encoder, self.tokenizer, self.unet, self.scheduler = (
@@ -91,11 +91,16 @@ class TinyStableDiffusionPipeline:
 
     @property
     def components(self) -> dict:
-        return {name: getattr(self, name) for name in _COMPONENTS}
+        return {name: getattr(self, name) for name in self._components}
+
+    @property
+    def denoiser(self):
+        """The network that predicts the noise / velocity (the U-Net here, SD3's transformer in TinySD3Pipeline)."""
+        return self.unet
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.denoiser.device
 
     @property
     def vae_scale_factor(self) -> int:
@@ -107,14 +112,14 @@ class TinyStableDiffusionPipeline:
         return self.text_encoder.config.max_position
 
     def to(self, device) -> TinyStableDiffusionPipeline:
-        for module in (self.vae, self.text_encoder, self.unet):
+        for module in (self.vae, self.text_encoder, self.denoiser):
             module.to(device)
         return self
 
     def num_parameters(self) -> dict[str, int]:
         return {
             n: m.num_parameters()
-            for n, m in (("vae", self.vae), ("text_encoder", self.text_encoder), ("unet", self.unet))
+            for n, m in (("vae", self.vae), ("text_encoder", self.text_encoder), (self._components[3], self.denoiser))
         }
 
     @staticmethod
@@ -140,9 +145,19 @@ class TinyStableDiffusionPipeline:
         out = self.text_encoder(ids, attention_mask=mask)
         return out.last_hidden_state, mask, out.pooler_output
 
-    def _unet(self, z: torch.Tensor, t, c: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    def _predict(self, z: torch.Tensor, t, c: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """The denoiser's prediction for latents z (B, L, h, w) at the scheduler's timestep t."""
         kw = {"pooled_text": pooled} if self.unet.config.pooled_dim else {}
         return self.unet(z, t, encoder_hidden_states=c, encoder_attention_mask=mask, **kw)
+
+    def _add_noise(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """z_t from clean latents at the scheduler's timesteps t (B,): √ᾱ_t z_0 + √(1 − ᾱ_t) ε."""
+        return self.scheduler.add_noise(z0, noise, t)
+
+    @property
+    def latent_multiple(self) -> int:
+        """Height and width must be multiples of this: autoencoder factor × U-Net factor (4 × 1 = 4 here)."""
+        return self.vae_scale_factor * self.unet.config.downsampling
 
     def _images(self, image: torch.Tensor, b: int, height: int, width: int, what: str) -> torch.Tensor:
         c = self.vae.config.in_channels
@@ -165,11 +180,11 @@ class TinyStableDiffusionPipeline:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
             raise ValueError(f"guidance_scale must be a finite number >= 0 (1 = no guidance), got {guidance_scale!r}")
-        f = self.vae_scale_factor * self.unet.config.downsampling
+        f = self.latent_multiple
         if height % f or width % f or height < f or width < f:
             raise ValueError(
                 f"height and width must be positive multiples of {f} (autoencoder factor {self.vae_scale_factor} × "
-                f"U-Net factor {self.unet.config.downsampling}), got {height}x{width}; e.g. 28x28"
+                f"denoiser factor {f // self.vae_scale_factor}), got {height}x{width}; e.g. 28x28"
             )
         if strength is not None and not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):
             raise ValueError(f"strength must be in [0, 1] (0 = keep the image, 1 = ignore it), got {strength!r}")
@@ -258,11 +273,11 @@ class TinyStableDiffusionPipeline:
             x0 = self._images(image, b, height, width, "image").to(device, self.vae.dtype)
             known = self.vae.encode(x0).latent_dist.mode() * s  # z_0 = s·E(x)  (B, L, h, w)
         if image is None or strength == 1.0:
-            z = noise * self.scheduler.init_noise_sigma  # pure noise: γ = 1 ignores the image
+            z = noise * getattr(self.scheduler, "init_noise_sigma", 1.0)  # pure noise: γ = 1 ignores the image
         elif len(timesteps) == 0:
             z = known  # γ = 0: nothing to denoise
         else:
-            z = self.scheduler.add_noise(known, noise, timesteps[:1].repeat(b))  # z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε
+            z = self._add_noise(known, noise, timesteps[:1].repeat(b))  # z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε
         m = None
         if mask_image is not None:
             m = F.interpolate(mask_image.to(device, z.dtype), size=shape[-2:], mode="area").expand(b, -1, -1, -1)
@@ -274,8 +289,10 @@ class TinyStableDiffusionPipeline:
             step_kw["eta"] = eta
         out = PipelineOutput(images=torch.empty(0), latents=torch.empty(0))
         for i, t in enumerate(timesteps):
-            z_in = self.scheduler.scale_model_input(torch.cat([z, z]) if guided else z, t)
-            pred = self._unet(z_in, t, c, mask, pooled)  # (2B or B, L, h, w)
+            z_in = torch.cat([z, z]) if guided else z
+            if hasattr(self.scheduler, "scale_model_input"):  # flow schedulers (diffusers') have none
+                z_in = self.scheduler.scale_model_input(z_in, t)
+            pred = self._predict(z_in, t, c, mask, pooled)  # (2B or B, L, h, w)
             if guided:
                 pred_uncond, pred_text = pred.chunk(2)
                 pred = cfg_combine(pred_text, pred_uncond, guidance_scale)
@@ -285,7 +302,7 @@ class TinyStableDiffusionPipeline:
             if m is not None:  # keep the known region: the image's latents noised to the next timestep
                 keep = known
                 if i < len(timesteps) - 1:
-                    keep = self.scheduler.add_noise(known, noise, timesteps[i + 1 : i + 2].repeat(b))
+                    keep = self._add_noise(known, noise, timesteps[i + 1 : i + 2].repeat(b))
                 z = (1 - m) * keep + m * z
             if return_intermediates:
                 out.intermediates.append(z.cpu())
@@ -318,46 +335,124 @@ class TinyStableDiffusionPipeline:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for name in ("vae", "text_encoder", "unet", "tokenizer"):
+        for name in self._components[:-1]:  # vae, text_encoder, tokenizer, unet / transformer
             getattr(self, name).save_pretrained(directory / name)
         (directory / "scheduler").mkdir(exist_ok=True)
         config = {"_class_name": type(self.scheduler).__name__, "_module": type(self.scheduler).__module__}
         config.update(dict(self.scheduler.config))
         write_json_atomic(directory / "scheduler" / "scheduler_config.json", config)
         index = {"_class_name": type(self).__name__}
-        index.update({n: [type(getattr(self, n)).__module__, type(getattr(self, n)).__name__] for n in _COMPONENTS})
+        index.update(
+            {n: [type(getattr(self, n)).__module__, type(getattr(self, n)).__name__] for n in self._components}
+        )
         write_json_atomic(directory / "model_index.json", index)
         return directory
+
+    @staticmethod
+    def _denoiser_class():
+        from diffusion_lab.unet import UNet
+
+        return UNet
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, scheduler=None, device=None) -> TinyStableDiffusionPipeline:
         """Load a folder written by :meth:`save_pretrained`; ``scheduler`` replaces the stored one."""
         from diffusion_lab.autoencoder import AutoencoderKL
         from diffusion_lab.text import TextEncoder, WordTokenizer
-        from diffusion_lab.unet import UNet
 
         directory = Path(directory)
         if not (directory / "model_index.json").is_file():
             raise FileNotFoundError(
                 f"{directory} holds no model_index.json: is it a folder written by save_pretrained?"
             )
+        stored = json.loads((directory / "model_index.json").read_text("utf-8")).get("_class_name")
+        if stored != cls.__name__:
+            raise ValueError(f"{directory} holds a {stored}: load it with {stored}.from_pretrained(...)")
         if scheduler is None:
             scheduler = _load_scheduler(directory / "scheduler" / "scheduler_config.json")
+        name = cls._components[3]  # "unet" or "transformer"
         return cls(
-            vae=AutoencoderKL.from_pretrained(directory / "vae", device=device),
-            text_encoder=TextEncoder.from_pretrained(directory / "text_encoder", device=device).eval(),
-            tokenizer=WordTokenizer.from_pretrained(directory / "tokenizer"),
-            unet=UNet.from_pretrained(directory / "unet", device=device).eval(),
-            scheduler=scheduler,
+            AutoencoderKL.from_pretrained(directory / "vae", device=device),
+            TextEncoder.from_pretrained(directory / "text_encoder", device=device).eval(),
+            WordTokenizer.from_pretrained(directory / "tokenizer"),
+            cls._denoiser_class().from_pretrained(directory / name, device=device).eval(),
+            scheduler,
         )
 
 
+class TinySD3Pipeline(TinyStableDiffusionPipeline):
+    """The same pipeline with SD3's two changes (diffusers' ``StableDiffusion3Pipeline``): an MMDiT ``transformer``
+    (:class:`~diffusion_lab.mmdit.MMDiT`) that predicts the velocity v = ε − z_0, and rectified-flow sampling with
+    :class:`~diffusion_lab.flow.FlowMatchEulerDiscreteScheduler` (or diffusers' own).
+
+    - the transformer receives t = timestep / num_train_timesteps ∈ [0, 1] (the scheduler's timesteps are 1000·σ);
+    - classifier-free guidance combines velocities with the same formula, v_∅ + w·(v_c − v_∅);
+    - img2img and inpainting put the image on the straight path, z_σ = (1 − σ)·z_0 + σ·ε (``scheduler.scale_noise``);
+    - latents whose side is not a multiple of the patch size (7×7 with p = 2) are zero-padded at the bottom and
+      right before the transformer (:func:`~diffusion_lab.mmdit.pad_to_patch`, 7×7 → 8×8) and its output is cropped
+      back; training pads the same way, so the border is always 0 and never part of the loss.
+    """
+
+    _components = ("vae", "text_encoder", "tokenizer", "transformer", "scheduler")
+
+    def __init__(self, vae, text_encoder, tokenizer, transformer, scheduler):
+        self.vae, self.text_encoder, self.tokenizer, self.transformer, self.scheduler = (
+            vae, text_encoder, tokenizer, transformer, scheduler,
+        )  # fmt: skip
+        if transformer.config.joint_attention_dim is None:
+            raise ValueError("the transformer needs a text stream: build it with MMDiTConfig(joint_attention_dim=...)")
+        if transformer.config.in_channels != vae.config.latent_channels:
+            raise ValueError(
+                f"the transformer reads {transformer.config.in_channels} channels but the autoencoder's latents have "
+                f"{vae.config.latent_channels}"
+            )
+        if not hasattr(scheduler, "scale_noise"):
+            raise ValueError(
+                f"{type(scheduler).__name__} is not a flow-matching scheduler: use FlowMatchEulerDiscreteScheduler "
+                "(the transformer predicts a velocity, not ε)"
+            )
+
+    @property
+    def denoiser(self):
+        return self.transformer
+
+    @property
+    def latent_multiple(self) -> int:
+        """The autoencoder factor alone: the transformer pads latents to its patch size itself."""
+        return self.vae_scale_factor
+
+    def _predict(self, z, t, c, mask, pooled):
+        from diffusion_lab.mmdit import pad_to_patch
+
+        cfg = self.transformer.config
+        h, w = z.shape[-2:]
+        t01 = torch.as_tensor(t, dtype=z.dtype, device=z.device) / self.scheduler.config.num_train_timesteps
+        t01 = t01.clamp(0, 1).reshape(-1).expand(z.shape[0])  # (B,) flow time
+        v = self.transformer(
+            pad_to_patch(z, cfg.patch_size), t01, encoder_hidden_states=c, encoder_attention_mask=mask,
+            pooled_projections=pooled if cfg.pooled_projection_dim else None,
+        )  # fmt: skip
+        return v[..., :h, :w]  # (B, L, h, w)
+
+    def _add_noise(self, z0, noise, t):
+        return self.scheduler.scale_noise(z0, t, noise)  # (1 − σ)·z_0 + σ·ε
+
+    @staticmethod
+    def _denoiser_class():
+        from diffusion_lab.mmdit import MMDiT
+
+        return MMDiT
+
+
 def _load_scheduler(path: Path):
-    """Our DDPM/DDIM schedulers, or a diffusers scheduler by its class name."""
+    """Our DDPM/DDIM/flow schedulers, or a diffusers scheduler by its class name."""
     from diffusion_lab import schedulers as ours
+    from diffusion_lab.flow import FlowMatchEulerDiscreteScheduler
 
     config = json.loads(path.read_text("utf-8"))
     name, module = config.pop("_class_name"), config.pop("_module", "")
+    if module.startswith("diffusion_lab") and name == FlowMatchEulerDiscreteScheduler.__name__:
+        return FlowMatchEulerDiscreteScheduler.from_config(config)
     if module.startswith("diffusion_lab") and name in ours.__all__:
         return getattr(ours, name).from_config(config)
     import diffusers
