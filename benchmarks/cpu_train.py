@@ -17,6 +17,15 @@ attribute adherence (``diffusion_lab.text.attribute_adherence``) and FID-MNIST w
 
 Targets (issue 5): <= 120 s of training in all; >= 98 % digit adherence at the best guidance scale; >= 90 %
 attribute adherence; FID-MNIST <= 3x the floor at a guidance scale with >= 95 % digit adherence.
+
+``--model flow`` is the steps-vs-quality comparison of issue 6 at equal training time: it trains the rectified-flow
+MMDiT (``diffusion_lab.recipes.train_latent_flow``) on the shipped tiny_sd's autoencoder for as many seconds as
+that model's U-Net trained (its ``diffusion_seconds`` in this file), then samples both with the same prompts: the
+MMDiT with Euler at 4, 8, 16, 32 steps, the U-Net with DDIM at 10, 25, 50.
+
+    .venv/bin/python benchmarks/cpu_train.py --model flow --threads 2 --save data/pretrained/tiny_sd3
+
+Target (issue 6): the flow model at 8 steps matches or beats DDIM at 25 steps on FID-MNIST and adherence.
 """
 
 from __future__ import annotations
@@ -32,7 +41,15 @@ import torch
 from diffusion_lab.checkpoint import write_json_atomic
 from diffusion_lab.data import load_mnist
 from diffusion_lab.metrics import evaluate, load_classifier, reference_stats
-from diffusion_lab.recipes import save_tiny_sd, schedulers_for, train_latent_text2img, train_mnist_pixel
+from diffusion_lab.recipes import (
+    load_tiny_sd,
+    pretrained_tiny_sd_path,
+    save_tiny_sd,
+    schedulers_for,
+    train_latent_flow,
+    train_latent_text2img,
+    train_mnist_pixel,
+)
 from diffusion_lab.sampling import sample
 
 OUT = Path(__file__).resolve().parent / "results" / "cpu_train.json"
@@ -192,25 +209,130 @@ def main_latent(args) -> None:
         print(f"appended {len(runs)} runs to {OUT}")
 
 
+def unet_denoiser_seconds() -> float:
+    """The denoiser time of the shipped tiny_sd: the last unlabelled latent record of this file."""
+    runs = json.loads(OUT.read_text()) if OUT.is_file() else []
+    for run in reversed(runs):
+        if run.get("model") == "latent" and not run.get("label") and "diffusion_seconds" in run:
+            return float(run["diffusion_seconds"])
+    raise SystemExit("no latent record in cpu_train.json: run --model latent --save data/pretrained/tiny_sd first")
+
+
+def main_flow(args) -> None:
+    from diffusion_lab.flow import FlowMatchEulerDiscreteScheduler
+    from diffusion_lab.text import attribute_adherence
+
+    torch.set_num_threads(args.threads)
+    unet_pipe, bins = load_tiny_sd(pretrained_tiny_sd_path("tiny_sd"))
+    budget = unet_denoiser_seconds() if args.budget is None else args.budget
+    print(f"training the MMDiT for {budget:.1f} s, the shipped U-Net's denoiser time", flush=True)
+    t0 = time.perf_counter()
+    pipe, info = train_latent_flow(
+        unet_pipe.vae, budget_s=budget, seed=args.seed, text_config=unet_pipe.text_encoder.config
+    )
+    print(
+        f"trained in {time.perf_counter() - t0:.1f} s wall: data {info['data_seconds']:.1f} s, text encoder + MMDiT "
+        f"{info['diffusion_seconds']:.1f} s ({info['diffusion_steps']} steps, {info['diffusion_steps_per_s']:.2f} "
+        f"steps/s); parameters {info['parameters']}",
+        flush=True,
+    )
+    if args.save:
+        save_tiny_sd(pipe, info["bins"], args.save)
+        print(f"saved the pipeline (EMA weights) and the caption bins to {args.save}")
+    classifier = load_classifier()
+    ref = reference_stats(classifier)
+    prompts, labels = latent_prompts(args.n_eval)
+    shift = info["configs"]["train"]["shift"]
+    common = {
+        "comparison": "equal denoiser training time (issue 6)",
+        "label": args.label,
+        "denoiser_seconds_budget": round(budget, 1),
+        "n": len(prompts),
+        **machine_fields(args),
+    }
+    flow_fields = {
+        "model": "flow",
+        "description": f"rectified flow + MMDiT {info['parameters']['transformer'] / 1e6:.2f} M params on tiny_sd's "
+        "autoencoder",
+        "recipe": "diffusion_lab.recipes.latent_flow_recipe",
+        "diffusion_seconds": round(info["diffusion_seconds"], 1),
+        "train_steps": info["diffusion_steps"],
+        "final_loss": round(info["final_loss"], 5),
+        "parameters": info["parameters"],
+        "shift": shift,
+    }
+    unet_fields = {
+        "model": "latent",
+        "description": "the shipped tiny_sd (U-Net), sampled for the comparison",
+        "diffusion_seconds": round(budget, 1),
+        "parameters": unet_pipe.num_parameters(),
+    }
+    plan = [("Euler", pipe, FlowMatchEulerDiscreteScheduler(shift=shift), s, flow_fields) for s in args.flow_steps]
+    plan += [("DDIM", unet_pipe, unet_pipe.scheduler, s, unet_fields) for s in args.ddim_steps]
+    runs = []
+    for w in args.guidance:
+        for sampler, p, scheduler, steps, fields in plan:
+            p.scheduler = scheduler
+            x, secs = generate_latent(p, prompts, steps, w)
+            m = evaluate(x, labels, classifier, reference=ref)
+            a = attribute_adherence(x, prompts, bins)
+            run = {
+                **fields, **common, "sampler": sampler, "steps": steps, "guidance_scale": w,
+                "digit_adherence": round(m["adherence"], 4), "attribute_adherence": round(a["adherence"], 4),
+                "fid": round(m["fid_mnist"], 2), "fid_floor": round(m["fid_floor"], 2),
+                "diversity": round(m["diversity"], 3), "sample_seconds_per_image": round(secs / len(prompts), 4),
+            }  # fmt: skip
+            runs.append(run)
+            print(
+                f"{fields['model']:6s} {sampler}-{steps} w={w}: digit {run['digit_adherence']:.3f}  attribute "
+                f"{run['attribute_adherence']:.3f}  FID-MNIST {run['fid']:.1f} (floor {run['fid_floor']:.1f}, n={run['n']})"
+                f"  {secs:.0f} s",
+                flush=True,
+            )
+    if not args.no_record:
+        append_runs(runs)
+        print(f"appended {len(runs)} runs to {OUT}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=("pixel", "latent"), default="pixel", help="which recipe to benchmark")
     p.add_argument(
-        "--budget", type=float, default=None, help="training wall-clock budget in seconds (pixel 600, latent 120)"
+        "--model",
+        choices=("pixel", "latent", "flow"),
+        default="pixel",
+        help="pixel (issue 4), latent (issue 5) or flow (issue 6: MMDiT vs U-Net at equal time)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="training wall-clock budget in seconds (pixel 600, latent 120, flow: the U-Net's denoiser time)",
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-eval", type=int, default=1000, help="samples per DDIM evaluation")
-    p.add_argument("--ddim-steps", type=int, nargs="+", default=None, help="DDIM steps (pixel 50, latent 25)")
     p.add_argument(
-        "--guidance", type=float, nargs="+", default=None, help="guidance scales (pixel 1 1.5 2, latent 1 1.5 2 3 4)"
+        "--ddim-steps", type=int, nargs="+", default=None, help="DDIM steps (pixel 50, latent 25, flow 10 25 50)"
     )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        default=None,
+        help="guidance scales (pixel 1 1.5 2, latent 1 1.5 2 3 4, flow 2 3)",
+    )
+    p.add_argument("--flow-steps", type=int, nargs="+", default=[4, 8, 16, 32], help="Euler steps (flow)")
     p.add_argument("--ddpm-guidance", type=float, default=1.5)
     p.add_argument("--ddpm-n", type=int, default=0, help="samples for the DDPM-1000 evaluation (0: skip)")
     p.add_argument("--save", type=Path, default=None, help="save the EMA model here (save_pretrained folder)")
     p.add_argument("--label", default="", help="free text stored with the runs")
     p.add_argument("--no-record", action="store_true", help="print the results only (latent mode)")
     args = p.parse_args()
+    if args.model == "flow":
+        args.ddim_steps = args.ddim_steps or [10, 25, 50]
+        args.guidance = args.guidance or [2.0, 3.0]
+        main_flow(args)
+        return
     if args.model == "latent":
         args.ddim_steps = args.ddim_steps or [25]
         args.guidance = args.guidance or [1.0, 1.5, 2.0, 3.0, 4.0]

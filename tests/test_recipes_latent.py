@@ -57,3 +57,20 @@ def test_shipped_tiny_sd_loads_and_round_trips(tmp_path):
             assert torch.equal(before[k], after[k]), f"{name}.{k} changed in the round trip"
     with pytest.raises(FileNotFoundError, match="caption_bins.json"):
         load_tiny_sd(tmp_path / "nowhere")
+
+
+def test_shipped_tiny_sd3_loads_and_shares_tiny_sds_autoencoder():
+    """data/pretrained/tiny_sd3 (notebook 08): an SD3-shaped pipeline on the very autoencoder of tiny_sd."""
+    from diffusion_lab.flow import FlowMatchEulerDiscreteScheduler
+    from diffusion_lab.pipeline import TinySD3Pipeline
+
+    pipe, bins = load_tiny_sd(pretrained_tiny_sd_path("tiny_sd3"))
+    unet_pipe, unet_bins = load_tiny_sd()
+    assert isinstance(pipe, TinySD3Pipeline) and isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert bins.to_dict() == unet_bins.to_dict()  # the same captions were cut with the same bins
+    for k, v in unet_pipe.vae.state_dict().items():
+        assert torch.equal(pipe.vae.state_dict()[k], v), f"vae.{k} differs from tiny_sd's"
+    assert pipe.vae.config.scaling_factor == unet_pipe.vae.config.scaling_factor
+    assert not any(m.training for m in (pipe.vae, pipe.text_encoder, pipe.transformer))
+    images = pipe(["a thick seven", ""], num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all()
