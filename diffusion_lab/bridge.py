@@ -67,6 +67,7 @@ __all__ = [
     "tiny_sd15",
     "tiny_taesd",
     "tiny_pipeline_path",
+    "quiet_hf",
     "load_pipeline",
     "count_parameters",
     "check_size",
@@ -79,6 +80,7 @@ __all__ = [
 ]
 
 HUB_HOST = ("huggingface.co", 443)
+TINY_VERSION = 1  # bump when a tiny_* builder changes, so cached copies are rebuilt
 
 
 # --- tiny, offline pipelines ------------------------------------------------------------------------------------
@@ -552,13 +554,13 @@ def tiny_pipeline_path(key: str, cache_dir: str | Path | None = None) -> Path:
     renamed into place) and return the folder that ``from_pretrained`` loads."""
     card = _card(key)
     root = Path(cache_dir) if cache_dir is not None else _cache_root()
-    target = root / "tiny" / key
+    target = root / "tiny" / f"{key}-v{TINY_VERSION}-diffusers{diffusers.__version__}"  # a stale copy is never reused
     if (target / "model_index.json").exists():
         return target
     root.joinpath("tiny").mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root / "tiny"))
     try:
-        with _quiet_hf():
+        with quiet_hf():
             card.tiny().save_pretrained(tmp)
         try:
             tmp.rename(target)
@@ -577,16 +579,20 @@ def _card(key: str) -> ModelCard:
 
 
 @contextlib.contextmanager
-def _quiet_hf() -> Iterator[None]:
-    """No progress bars from diffusers/transformers while saving or loading tiny pipelines."""
+def quiet_hf() -> Iterator[None]:
+    """No progress bars and only errors from diffusers/transformers inside the block (saving or loading tiny
+    pipelines, ``AutoPipeline.from_pipe``); the previous settings come back afterwards."""
     libs = [diffusers.utils.logging, transformers.utils.logging]
     enabled = [lib.is_progress_bar_enabled() for lib in libs]
+    levels = [lib.get_verbosity() for lib in libs]
     for lib in libs:
         lib.disable_progress_bar()
+        lib.set_verbosity_error()
     try:
         yield
     finally:
-        for lib, on in zip(libs, enabled, strict=True):
+        for lib, on, level in zip(libs, enabled, levels, strict=True):
+            lib.set_verbosity(level)
             if on:
                 lib.enable_progress_bar()
 
@@ -645,11 +651,12 @@ def load_pipeline(
         else:
             print(f"none of {[card.repo_id, *card.alternatives]} could be loaded; using the tiny pipeline")
     path = tiny_pipeline_path(key, cache_dir)
-    with _quiet_hf():
+    with quiet_hf():
         pipe = cls.from_pretrained(path, local_files_only=True, **from_pretrained_kwargs)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
-    print(f"loaded the TINY stand-in for {card.repo_id} from {path} (random weights: the pictures are noise)")
+    shown = str(path).replace(str(Path.home()), "~")
+    print(f"loaded the TINY stand-in for {card.repo_id} from {shown} (random weights: the pictures are noise)")
     return pipe
 
 

@@ -39,6 +39,9 @@ __all__ = [
     "check_flow_path",
     "check_time_shift",
     "check_flow_euler_step",
+    "check_sdxl_time_ids",
+    "check_refiner_split",
+    "check_sd3_joint_text",
 ]
 
 
@@ -678,3 +681,90 @@ def check_flow_euler_step(fn: Callable[..., torch.Tensor]) -> bool:
             hint = f"wrong from t = {t} to {t_next}: x_t + (t_next − t)·v"
         return _report(False, what, hint)
     return _report(True, what, "")
+
+
+def check_sdxl_time_ids(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(original_size, crops_coords_top_left, target_size)`` (each an (a, b) pair) must return SDXL's
+    micro-conditioning vector, shape (1, 6): (orig h, orig w, crop top, crop left, target h, target w)."""
+    what = "SDXL's time ids"
+    for orig, crop, target in (((512, 768), (0, 0), (1024, 1024)), ((300, 200), (32, 16), (896, 1152))):
+        want = torch.tensor([[*orig, *crop, *target]], dtype=torch.float32)
+        got, hint = _call_tensor(
+            fn, what, want, "return a (1, 6) tensor (one row of six numbers), not {got}", orig, crop, target
+        )
+        if hint and got is not None and torch.as_tensor(got).numel() == 6:
+            got, hint = torch.as_tensor(got).to(torch.float32).reshape(1, 6), ""
+            if torch.equal(got, want):
+                hint = "the numbers are right; return them as one row: shape (1, 6), e.g. torch.tensor([[...]])"
+        if hint:
+            return _report(False, what, hint)
+        if torch.equal(got, want):
+            continue
+        if torch.equal(got, torch.tensor([[*target, *crop, *orig]], dtype=torch.float32)):
+            hint = "original_size comes first and target_size last (the order SDXL was trained with)"
+        elif torch.equal(got, torch.tensor([[*orig[::-1], *crop[::-1], *target[::-1]]], dtype=torch.float32)):
+            hint = "each pair is (height, width) / (top, left) as given: do not swap them"
+        else:
+            hint = "concatenate the three pairs in order: original_size, crops_coords_top_left, target_size"
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def _refiner_split_reference(timesteps: list[int], fraction: float, T: int = 1000) -> tuple[list[int], list[int]]:
+    """diffusers' rule: cutoff = round(T − fraction·T); the base runs the timesteps ≥ cutoff, the refiner the rest."""
+    cutoff = int(round(T - fraction * T))
+    return [t for t in timesteps if t >= cutoff], [t for t in timesteps if t < cutoff]
+
+
+def check_refiner_split(fn: Callable[..., tuple]) -> bool:
+    """``fn(timesteps, high_noise_frac)`` (a descending list of integer timesteps out of T = 1000, and the fraction
+    of the *noise range* the base model handles) must return (base_timesteps, refiner_timesteps), as diffusers'
+    ``denoising_end`` / ``denoising_start`` split them."""
+    what = "the base/refiner hand-off"
+    for n, frac in ((10, 0.8), (25, 0.7), (40, 0.75)):
+        ts = sorted({int(round(x)) for x in np.linspace(999, 0, n)}, reverse=True)
+        want = _refiner_split_reference(ts, frac)
+        out, hint = _call(fn, what, list(ts), frac)
+        if hint:
+            return _report(False, what, hint)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            return _report(False, what, "return two lists: (base_timesteps, refiner_timesteps)")
+        got = tuple([int(t) for t in part] for part in out)
+        if got == tuple(want):
+            continue
+        if got == tuple(_refiner_split_reference(ts, 1 - frac)):
+            hint = "high_noise_frac is the share of the *noise* range the base handles: the cutoff is T − frac·T"
+        elif len(got[0]) == round(frac * n):
+            hint = "split by noise level, not by step count: the cutoff timestep is round(T − frac·T)"
+        else:
+            hint = f"with {n} steps and frac {frac}: base = timesteps ≥ round(1000 − frac·1000), refiner = the rest"
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def check_sd3_joint_text(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(clip_l, clip_g, t5)`` with shapes (B, 77, Dl), (B, 77, Dg), (B, S, D5) must return SD3's text tokens
+    (B, 77 + S, D5): CLIP-L and bigG side by side, zero-padded to T5's width, then T5's tokens after them."""
+    what = "SD3's joint text tokens"
+    g = torch.Generator().manual_seed(33)
+    clip_l, clip_g, t5 = (
+        torch.randn(2, 77, 6, generator=g),
+        torch.randn(2, 77, 10, generator=g),
+        torch.randn(2, 9, 24, generator=g),
+    )
+    clip = torch.nn.functional.pad(torch.cat([clip_l, clip_g], dim=-1), (0, 8))
+    want = torch.cat([clip, t5], dim=1)  # (2, 86, 24)
+    got, hint = _call_tensor(
+        fn, what, want, "the result must be (B, 77 + S, D_T5) = {want}, not {got}", clip_l, clip_g, t5
+    )
+    if hint:
+        return _report(False, what, hint)
+    if torch.allclose(got, want):
+        return _report(True, what, "")
+    if torch.allclose(got, torch.cat([t5, clip], dim=1)):
+        hint = "the CLIP tokens come first, then T5's"
+    elif torch.allclose(got, torch.cat([torch.nn.functional.pad(torch.cat([clip_g, clip_l], -1), (0, 8)), t5], 1)):
+        hint = "CLIP-L's features come before bigG's along the last dimension"
+    else:
+        hint = "torch.cat([clip_l, clip_g], -1), pad the last dimension with zeros to T5's width, then cat with t5 on dim 1"
+    return _report(False, what, hint)

@@ -10,7 +10,19 @@ import io
 import numpy as np
 import torch
 
-__all__ = ["image_grid", "show_images", "figure_to_png"]
+__all__ = ["as_image_batch", "image_grid", "show_images", "figure_to_png"]
+
+
+def as_image_batch(images) -> torch.Tensor:
+    """A diffusers pipeline's images (a list of PIL images, or an array (B, H, W, C) in [0, 1]) as a tensor
+    (B, C, H, W) in [−1, 1], the convention of :func:`image_grid`. A tensor is returned unchanged."""
+    if isinstance(images, torch.Tensor):
+        return images
+    if isinstance(images, np.ndarray):
+        arr = images.astype(np.float32)  # (B, H, W, C) in [0, 1]
+    else:
+        arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])  # (B, H, W, 3)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) * 2 - 1  # (B, C, H, W) in [−1, 1]
 
 
 def image_grid(x: torch.Tensor, nrow: int = 8, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from diffusion_lab.diffusion import q_sample
-from diffusion_lab.plots import figure_to_png, show_images
+from diffusion_lab.plots import as_image_batch, figure_to_png, show_images
 from diffusion_lab.schedules import BETA_SCHEDULES, alphas_cumprod_from_betas, make_betas, snr_db
 
 __all__ = ["ForwardProcessExplorer", "GuidanceExplorer", "Img2ImgExplorer", "SamplerExplorer", "schedule_table"]
@@ -211,7 +211,7 @@ class GuidanceExplorer:
             guidance_scale=float(guidance_scale),
             generator=torch.Generator().manual_seed(seed),
         )
-        images = out.images.clamp(-1, 1)  # (n, 1, 28, 28)
+        images = as_image_batch(out.images).clamp(-1, 1)  # (n, C, H, W); diffusers' PIL images converted
         minus = f' − "{negative_prompt}"' if negative_prompt else ""
         title = f'"{prompt}"{minus}, w = {guidance_scale:g}, seed {seed}'
         if self.classifier is not None:

@@ -212,7 +212,7 @@ def _tiny_env() -> bridge.Environment:
 def test_load_pipeline_tiny_path_is_the_real_from_pretrained(tmp_path, sdxl, capsys):
     pipe = bridge.load_pipeline("sdxl-base", _tiny_env(), cache_dir=tmp_path)
     assert isinstance(pipe, diffusers.StableDiffusionXLPipeline)
-    assert (tmp_path / "tiny" / "sdxl-base" / "model_index.json").exists()
+    assert (bridge.tiny_pipeline_path("sdxl-base", tmp_path) / "model_index.json").exists()
     assert "TINY" in capsys.readouterr().out
     assert not pipe.unet.training and not pipe.text_encoder.training
     assert _diff(_pipe_image(pipe), _pipe_image(sdxl)) == 0.0  # saved and reloaded: the very same pipeline
@@ -284,7 +284,7 @@ def test_network_failure_falls_back_to_tiny(monkeypatch, tmp_path, capsys):
     _FakePipeline.calls = []
     _FakePipeline.errors = {card.repo_id: OSError("Connection timed out")}
     out = bridge.load_pipeline("sdxl-base", _real_env(), pipeline_class=_FakePipeline, cache_dir=tmp_path)
-    assert out[1] == str(tmp_path / "tiny" / "sdxl-base")
+    assert out[1] == str(bridge.tiny_pipeline_path("sdxl-base", tmp_path))
     text = capsys.readouterr().out
     assert "could not load" in text and "TINY" in text
 

@@ -46,3 +46,59 @@ def test_flow_euler_step_check(capsys):
     assert not check_flow_euler_step(lambda x, v, t, tn: x - v)
     assert not check_flow_euler_step(lambda x, v, t, tn: (x + (tn - t) * v).mean(0))
     assert "shape" in capsys.readouterr().out
+
+
+# --- notebooks 09 and 10 (SDXL, SD3) ----------------------------------------------------------------------------
+
+
+def test_sdxl_time_ids_check(capsys):
+    import torch
+
+    from diffusion_lab.exercises import check_sdxl_time_ids
+
+    assert check_sdxl_time_ids(lambda o, c, t: torch.tensor([[*o, *c, *t]]))
+    assert check_sdxl_time_ids(lambda o, c, t: torch.tensor([list(o + c + t)], dtype=torch.float64))
+    assert capsys.readouterr().out.count("✅") == 2
+    assert not check_sdxl_time_ids(lambda o, c, t: torch.tensor([[*t, *c, *o]]))
+    assert "original_size comes first" in capsys.readouterr().out
+    assert not check_sdxl_time_ids(lambda o, c, t: torch.tensor([*o, *c, *t]))
+    assert "one row" in capsys.readouterr().out
+    assert not check_sdxl_time_ids(lambda o, c, t: torch.tensor([[*o[::-1], *c[::-1], *t[::-1]]]))
+    assert "do not swap" in capsys.readouterr().out
+    assert not check_sdxl_time_ids(lambda o, c, t: None)
+
+
+def test_refiner_split_check(capsys):
+    from diffusion_lab.exercises import check_refiner_split
+
+    def right(ts, frac):
+        cut = round(1000 - frac * 1000)
+        return [t for t in ts if t >= cut], [t for t in ts if t < cut]
+
+    assert check_refiner_split(right)
+    assert "✅" in capsys.readouterr().out
+    assert not check_refiner_split(lambda ts, f: right(ts, 1 - f))
+    assert "share of the *noise* range" in capsys.readouterr().out
+    assert not check_refiner_split(lambda ts, f: (ts[: round(f * len(ts))], ts[round(f * len(ts)) :]))
+    assert "not by step count" in capsys.readouterr().out
+    assert not check_refiner_split(lambda ts, f: ts)
+
+
+def test_sd3_joint_text_check(capsys):
+    import torch
+
+    from diffusion_lab.exercises import check_sd3_joint_text
+
+    def right(l, g, t5):
+        clip = torch.nn.functional.pad(torch.cat([l, g], -1), (0, t5.shape[-1] - l.shape[-1] - g.shape[-1]))
+        return torch.cat([clip, t5], 1)
+
+    assert check_sd3_joint_text(right)
+    assert "✅" in capsys.readouterr().out
+    assert not check_sd3_joint_text(lambda l, g, t5: right(l, g, t5).flip(1))
+    assert not check_sd3_joint_text(lambda l, g, t5: torch.cat([t5, right(l, g, t5)[:, :77]], 1))
+    assert "CLIP tokens come first" in capsys.readouterr().out
+    assert not check_sd3_joint_text(lambda l, g, t5: right(g, l, t5))
+    assert "CLIP-L's features come before" in capsys.readouterr().out
+    assert not check_sd3_joint_text(lambda l, g, t5: torch.cat([l, g], -1))
+    assert "(B, 77 + S, D_T5)" in capsys.readouterr().out

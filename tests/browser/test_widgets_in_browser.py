@@ -70,6 +70,11 @@ WIDGET_NOTEBOOKS: dict[str, list[Control]] = {
         Control("text", "prompt", "a zero"),
         Control("text", "seed", "7"),
     ],
+    "09_stable_diffusion_xl.ipynb": [
+        Control("slider", "guidance"),
+        Control("text", "prompt", "a castle"),
+        Control("text", "seed", "7"),
+    ],
 }
 
 # Text that JupyterLab or ipywidgets show when a widget cannot be rendered.
