@@ -70,6 +70,11 @@ __all__ = [
     "quiet_hf",
     "load_pipeline",
     "count_parameters",
+    "is_tiny",
+    "place",
+    "measure",
+    "Measurement",
+    "tiny_sdxl_turbo",
     "check_size",
     "sdxl_text_embeddings",
     "sdxl_generate",
@@ -80,7 +85,7 @@ __all__ = [
 ]
 
 HUB_HOST = ("huggingface.co", 443)
-TINY_VERSION = 1  # bump when a tiny_* builder changes, so cached copies are rebuilt
+TINY_VERSION = 2  # bump when a tiny_* builder changes, so cached copies are rebuilt
 
 
 # --- tiny, offline pipelines ------------------------------------------------------------------------------------
@@ -153,16 +158,32 @@ def _tiny_vae(latent_channels: int, **extra) -> diffusers.AutoencoderKL:
     )
 
 
+SDXL_SCHEDULER_CONFIG = {  # scheduler_config.json of stable-diffusion-xl-base-1.0 (the DDIM-only keys included)
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+}
+
+
 def _sdxl_scheduler() -> diffusers.EulerDiscreteScheduler:
-    """SDXL base's scheduler configuration (scheduler_config.json of stable-diffusion-xl-base-1.0)."""
-    return diffusers.EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-        prediction_type="epsilon",
+    """SDXL base's scheduler; ``from_config`` keeps the DDIM-only keys, so a DDIM built from it matches SDXL's."""
+    return diffusers.EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG)
+
+
+def tiny_sdxl_turbo(seed: int = 0) -> diffusers.StableDiffusionXLPipeline:
+    """:func:`tiny_sdxl` with SDXL-Turbo's scheduler: Euler *ancestral* with ``trailing`` spacing, so that one step
+    starts from pure noise at t = 999."""
+    pipe = tiny_sdxl(seed)
+    pipe.scheduler = diffusers.EulerAncestralDiscreteScheduler.from_config(
+        SDXL_SCHEDULER_CONFIG, timestep_spacing="trailing"
     )
+    return pipe
 
 
 def tiny_sdxl(seed: int = 0) -> diffusers.StableDiffusionXLPipeline:
@@ -250,8 +271,8 @@ def tiny_sdxl_refiner(base: diffusers.StableDiffusionXLPipeline, seed: int = 10)
 
 def tiny_sd3(seed: int = 0, with_t5: bool = True) -> diffusers.StableDiffusion3Pipeline:
     """A random-weight ``StableDiffusion3Pipeline`` with SD3's structure at toy width: CLIP-L and bigG stand-ins
-    (both with projections; pooled 32 + 32), a T5 encoder stand-in (d_model 64 = the MMDiT's
-    ``joint_attention_dim``; ``with_t5=False`` drops it as SD3 allows), a 2-block MMDiT (``SD3Transformer2DModel``,
+    (both with projections; pooled 32 + 32), a T5 encoder stand-in (d_model 96 = the MMDiT's
+    ``joint_attention_dim``, wider than the 64 CLIP features so the zero padding is visible, as in SD3; ``with_t5=False`` drops it as SD3 allows), a 2-block MMDiT (``SD3Transformer2DModel``,
     patch 2, 16 latent channels), a 2-level VAE with SD3's scaling and shift factors, and the flow-match Euler
     scheduler with shift 3."""
     tok = tiny_clip_tokenizer()
@@ -263,7 +284,7 @@ def tiny_sd3(seed: int = 0, with_t5: bool = True) -> diffusers.StableDiffusion3P
         tok3 = tiny_t5_tokenizer()
         t5_config = transformers.T5Config(
             vocab_size=len(tok3),
-            d_model=64,
+            d_model=96,
             d_kv=16,
             d_ff=128,
             num_layers=2,
@@ -284,7 +305,7 @@ def tiny_sd3(seed: int = 0, with_t5: bool = True) -> diffusers.StableDiffusion3P
             num_layers=2,
             attention_head_dim=16,
             num_attention_heads=4,
-            joint_attention_dim=64,
+            joint_attention_dim=96,
             caption_projection_dim=64,
             pooled_projection_dim=64,
             pos_embed_max_size=32,
@@ -367,7 +388,8 @@ def tiny_taesd(latent_channels: int = 4, seed: int = 0) -> diffusers.Autoencoder
 @dataclass(frozen=True)
 class ModelCard:
     """One model the course loads: its hub id, the diffusers class, whether its licence must be accepted first,
-    other ids that hold the same weights (tried in order when a repository disappears) and the tiny stand-in."""
+        other ids to try in order when a repository disappears (the same weights, or the nearest successor with the same
+    pipeline class) and the tiny stand-in."""
 
     repo_id: str
     pipeline_class: type
@@ -393,7 +415,7 @@ MODELS: dict[str, ModelCard] = {
     "sdxl-turbo": ModelCard(
         "stabilityai/sdxl-turbo",
         diffusers.StableDiffusionXLPipeline,
-        tiny_sdxl,
+        tiny_sdxl_turbo,
         note="adversarially distilled SDXL: 1-4 steps, guidance 0, 512²",
     ),
     "sd-turbo": ModelCard(
@@ -407,7 +429,7 @@ MODELS: dict[str, ModelCard] = {
         diffusers.StableDiffusion3Pipeline,
         tiny_sd3,
         gated=True,
-        alternatives=("stabilityai/stable-diffusion-3.5-medium",),
+        alternatives=("stabilityai/stable-diffusion-3.5-medium",),  # a newer model (MMDiT-X), same pipeline class
         note="SD3 medium: 2 B-parameter MMDiT, CLIP-L + bigG + T5-XXL; gated (accept the licence on its page)",
     ),
     "sd15": ModelCard(
@@ -490,8 +512,16 @@ class Environment:
 
     @property
     def dtype(self) -> torch.dtype:
-        """fp16 on a GPU (half the memory, tensor cores), fp32 on the CPU (no fast fp16 kernels there)."""
-        return torch.float16 if self.device == "cuda" else torch.float32
+        """bf16 on GPUs that have it (Ampere and later: A100, H100, L4; no fp16 overflow in SDXL's VAE), fp16 on
+        older ones (T4, V100), fp32 on the CPU (no fast half-precision kernels there)."""
+        if self.device != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+
+    @property
+    def small_gpu(self) -> bool:
+        """Under 24 GiB (a 16 GB T4, a 12 GB consumer card): whole pipelines do not stay on the GPU together."""
+        return self.device == "cuda" and (self.gpu_memory_gib or 0) < 24
 
     def __str__(self) -> str:
         gpu = f"{self.gpu_name} ({self.gpu_memory_gib:.0f} GiB)" if self.gpu_name else "none"
@@ -618,17 +648,20 @@ def load_pipeline(
     repo_id: str | None = None,
     pipeline_class: type | None = None,
     cache_dir: str | Path | None = None,
+    strict: bool = False,
     **from_pretrained_kwargs,
 ):
     """``pipeline_class.from_pretrained(source, ...)`` where ``source`` is the hub id when ``env.use_real`` and the
-    tiny local copy otherwise. A gated model raises with the steps to get access; a repository that disappeared
-    moves on to the card's ``alternatives``; a network failure falls back to the tiny pipeline with a message."""
+    tiny local copy otherwise. A gated model without access prints the steps to get it and falls back to the tiny
+    pipeline (``strict=True``: raises ``PermissionError`` instead); a repository that disappeared moves on to the
+    card's ``alternatives``; a network failure falls back to the tiny pipeline with a message. Never silent: every
+    path prints what was loaded."""
     card = _card(key)
     cls = pipeline_class or card.pipeline_class
     if env.use_real:
         token, _ = find_token()
         kwargs = {"dtype": env.dtype, **from_pretrained_kwargs}
-        if env.dtype == torch.float16 and "variant" not in kwargs:
+        if env.dtype in (torch.float16, torch.bfloat16) and "variant" not in kwargs:
             kwargs["variant"] = "fp16"
         for rid in [repo_id] if repo_id else [card.repo_id, *card.alternatives]:
             try:
@@ -642,7 +675,10 @@ def load_pipeline(
                         return cls.from_pretrained(rid, token=token, **kwargs)
                 message = _explain_hub_error(exc, rid)
                 if message and "gated" in message:
-                    raise PermissionError(message) from exc
+                    if strict:
+                        raise PermissionError(message) from exc
+                    print(f"{message}\nUntil then: the tiny stand-in.")
+                    break
                 if message:
                     print(f"{message}; trying the next id")
                     continue
@@ -658,6 +694,52 @@ def load_pipeline(
     shown = str(path).replace(str(Path.home()), "~")
     print(f"loaded the TINY stand-in for {card.repo_id} from {shown} (random weights: the pictures are noise)")
     return pipe
+
+
+def is_tiny(pipe) -> bool:
+    """True for the tiny stand-ins (their VAE has f = 2; every real SD, SDXL and SD3 VAE has f = 8). Decide sizes from
+    the pipeline you got, not from the environment: a failed download falls back to tiny."""
+    return pipe.vae_scale_factor < 8
+
+
+def place(pipe, env: Environment):
+    """Put a pipeline where it runs: on a GPU of 24 GiB or more entirely on the GPU; on a smaller one with
+    ``enable_model_cpu_offload()`` (each model visits the GPU only while it runs); on the CPU where it is."""
+    if env.device == "cuda":
+        if env.small_gpu:
+            pipe.enable_model_cpu_offload()
+        else:
+            pipe.to("cuda")
+    return pipe
+
+
+@dataclass
+class Measurement:
+    """What :func:`measure` saw: wall seconds (GPU work synchronised) and peak GPU memory (None on the CPU)."""
+
+    seconds: float
+    peak_gib: float | None
+
+    def __str__(self) -> str:
+        peak = f", peak GPU memory {self.peak_gib:.1f} GiB" if self.peak_gib is not None else ""
+        return f"{self.seconds:.2f} s{peak}"
+
+
+def measure(fn: Callable[[], object]) -> tuple[object, Measurement]:
+    """Run ``fn()`` once and return (its result, :class:`Measurement`). On a GPU the peak-memory counter is reset
+    first and the GPU is synchronised before the clock stops (CUDA calls return before the work is done)."""
+    import time
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = fn()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return result, Measurement(seconds, torch.cuda.max_memory_allocated() / 2**30 if cuda else None)
 
 
 def count_parameters(module: torch.nn.Module | None) -> int:

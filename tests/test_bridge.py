@@ -261,13 +261,18 @@ def _real_env() -> bridge.Environment:
     return bridge.Environment("cpu", None, None, True, "environment variable HF_TOKEN", True, ("test",))
 
 
-def test_gated_model_says_accept_the_licence_and_log_in(monkeypatch):
+def test_gated_model_says_accept_the_licence_and_log_in(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     repo = bridge.MODELS["sd3-medium"].repo_id
     _FakePipeline.calls, _FakePipeline.errors = [], {repo: _hub_error("GatedRepoError")}
     with pytest.raises(PermissionError, match="accept the licence.*hf auth login.*HF_TOKEN") as info:
-        bridge.load_pipeline("sd3-medium", _real_env(), pipeline_class=_FakePipeline)
+        bridge.load_pipeline("sd3-medium", _real_env(), pipeline_class=_FakePipeline, strict=True)
     assert "hf_secret_value" not in str(info.value)
+    # not strict (the notebooks): the same message, then the tiny stand-in, so every cell still runs
+    out = bridge.load_pipeline("sd3-medium", _real_env(), pipeline_class=_FakePipeline, cache_dir=tmp_path)
+    assert out[1] == str(bridge.tiny_pipeline_path("sd3-medium", tmp_path))
+    text = capsys.readouterr().out
+    assert "accept the licence" in text and "TINY" in text and "hf_secret_value" not in text
 
 
 def test_missing_repository_moves_to_the_alternative(monkeypatch, capsys):
@@ -372,3 +377,20 @@ def test_out_of_memory_names_the_next_knob(sdxl):
     with pytest.raises(torch.OutOfMemoryError, match="Next knob to try: pipe.enable_model_cpu_offload"):
         with bridge.suggest_on_oom(half):
             raise torch.OutOfMemoryError("CUDA out of memory")
+
+
+def test_place_measure_and_is_tiny(sdxl):
+    assert bridge.is_tiny(sdxl)
+    env = _tiny_env()
+    assert bridge.place(sdxl, env) is sdxl and not env.small_gpu and env.dtype == torch.float32
+    result, m = bridge.measure(lambda: 1 + 1)
+    assert result == 2 and m.seconds >= 0
+    if not torch.cuda.is_available():
+        assert m.peak_gib is None and "peak" not in str(m)
+
+
+def test_tiny_turbo_one_step_starts_at_pure_noise():
+    turbo = bridge.tiny_sdxl_turbo()
+    turbo.scheduler.set_timesteps(1)
+    assert turbo.scheduler.timesteps.tolist() == [999]
+    assert isinstance(turbo.scheduler, diffusers.EulerAncestralDiscreteScheduler)
