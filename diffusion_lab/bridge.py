@@ -186,6 +186,28 @@ def tiny_sdxl_turbo(seed: int = 0) -> diffusers.StableDiffusionXLPipeline:
     return pipe
 
 
+def _tiny_sdxl_unet(n_time_ids: int, cross_attention_dim: int) -> diffusers.UNet2DConditionModel:
+    """SDXL's UNet at toy width: ``text_time`` conditioning of n time ids (embedded to 8 each) plus a 32-wide pooled
+    text vector, as the pipeline checks (``projection_class_embeddings_input_dim`` = n·8 + 32)."""
+    return diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=n_time_ids * 8 + 32,
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=32,
+    )
+
+
 def tiny_sdxl(seed: int = 0) -> diffusers.StableDiffusionXLPipeline:
     """A random-weight ``StableDiffusionXLPipeline`` with SDXL's structure at toy width (about 0.9 M parameters):
     two CLIP text encoders (the second with a projection, whose pooled output and the 6 micro-conditioning numbers
@@ -196,23 +218,7 @@ def tiny_sdxl(seed: int = 0) -> diffusers.StableDiffusionXLPipeline:
     te2 = _seeded(seed + 1, lambda: transformers.CLIPTextModelWithProjection(_clip_text_config(tok, 32, 2, 32)))
     unet = _seeded(
         seed + 2,
-        lambda: diffusers.UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 2),
-            projection_class_embeddings_input_dim=6 * 8 + 32,
-            cross_attention_dim=32 + 32,
-            norm_num_groups=32,
-        ),
+        lambda: _tiny_sdxl_unet(6, 32 + 32),
     )
     vae = _seeded(seed + 3, lambda: _tiny_vae(4, scaling_factor=0.13025, force_upcast=True))
     pipe = diffusers.StableDiffusionXLPipeline(
@@ -235,23 +241,7 @@ def tiny_sdxl_refiner(base: diffusers.StableDiffusionXLPipeline, seed: int = 10)
     of the target size in its 5 micro-conditioning numbers (UNet input 5·8 + 32)."""
     unet = _seeded(
         seed,
-        lambda: diffusers.UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 2),
-            projection_class_embeddings_input_dim=5 * 8 + 32,
-            cross_attention_dim=32,
-            norm_num_groups=32,
-        ),
+        lambda: _tiny_sdxl_unet(5, 32),
     )
     pipe = diffusers.StableDiffusionXLImg2ImgPipeline(
         vae=base.vae,

@@ -123,28 +123,7 @@ def test_ddpm_pipeline_ours_equals_diffusers(tiny_unet2d, from_config):
 # --- Stable Diffusion 1.5-shaped text-to-image pipeline -------------------------------------------------------
 
 
-def _byte_level_symbols() -> list[str]:
-    """The 256 printable stand-ins GPT-2/CLIP byte-level BPE uses for the 256 byte values (``bytes_to_unicode``)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    symbols, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            symbols.append(chr(b))
-        else:
-            symbols.append(chr(256 + extra))
-            extra += 1
-    return symbols
-
-
-def tiny_clip_tokenizer() -> transformers.CLIPTokenizer:
-    """A character-level CLIP tokenizer built in memory (no merges): each byte symbol, its end-of-word ``</w>``
-    form, then ``<|startoftext|>`` and ``<|endoftext|>``. End-of-text gets the highest id, as in real CLIP,
-    because CLIP's legacy pooling picks the position of the largest token id."""
-    symbols = _byte_level_symbols()
-    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    return transformers.CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+tiny_clip_tokenizer = pytest.importorskip("diffusion_lab.bridge").tiny_clip_tokenizer  # built in memory, no hub
 
 
 def build_tiny_sd_pipeline() -> diffusers.StableDiffusionPipeline:
