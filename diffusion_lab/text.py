@@ -455,6 +455,14 @@ def _split_words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
+PLACEHOLDER_PATTERN = r"<[a-z0-9][a-z0-9_-]*>"  # an added token such as "<wide-three>" (textual inversion)
+
+
+def is_placeholder(word: str) -> bool:
+    """True for an added token written in angle brackets, e.g. ``"<wide-three>"`` (kept whole by the tokenizer)."""
+    return re.fullmatch(PLACEHOLDER_PATTERN, word) is not None
+
+
 def parse_prompt(prompt: str) -> dict[str, int | str | None]:
     """What a prompt asks for: ``{"digit": 0..9 or None, "size": "small"/"large"/None, "thickness": …, "slant": …}``.
 
@@ -576,9 +584,11 @@ class WordTokenizer:
             raise ValueError(f"vocab must start with the special tokens {list(SPECIAL_TOKENS)}, got {vocab[:4]}")
         if len(set(vocab)) != len(vocab):
             raise ValueError("vocab has repeated words")
-        bad = [w for w in vocab[4:] if _split_words(w) != [w]]
+        bad = [w for w in vocab[4:] if _split_words(w) != [w] and not is_placeholder(w)]
         if bad:
-            raise ValueError(f"vocab words must be lower-case letters and digits only, got {bad[:5]}")
+            raise ValueError(
+                f"vocab words must be lower-case letters and digits only (or an added token like '<my-token>'), got {bad[:5]}"
+            )
         if not isinstance(model_max_length, int) or model_max_length < 2:
             raise ValueError(
                 f"model_max_length must be an integer >= 2 (room for <bos> and <eos>), got {model_max_length!r}"
@@ -609,8 +619,31 @@ class WordTokenizer:
         return f"WordTokenizer(vocab_size={self.vocab_size}, model_max_length={self.model_max_length})"
 
     def tokenize(self, text: str) -> list[str]:
-        """The words of ``text`` (lower-cased, punctuation dropped), before ids and special tokens."""
-        return _split_words(text)
+        """The words of ``text`` (lower-cased, punctuation dropped), before ids and special tokens.
+
+        An added token in the vocabulary (``"<wide-three>"``, see :meth:`add_tokens`) stays one word; angle brackets
+        around anything else are punctuation (``"<wide-three>"`` is "wide", "three" until it is added)."""
+        words = []
+        for w in re.findall(PLACEHOLDER_PATTERN + r"|[a-z0-9]+", text.lower()):
+            words.extend([w] if w in self.token_to_id or not is_placeholder(w) else _split_words(w))
+        return words
+
+    def add_tokens(self, tokens: str | Sequence[str]) -> int:
+        """Append new words to the vocabulary (ids ``vocab_size``, ``vocab_size + 1``, …), as transformers'
+        ``tokenizer.add_tokens``; returns how many were new (words already known are skipped). A token is a plain
+        lower-case word ("sks") or a placeholder in angle brackets ("<wide-three>"). Afterwards the text encoder's
+        table needs the new rows: ``text_encoder.resize_token_embeddings(tokenizer.vocab_size)``."""
+        tokens = [tokens] if isinstance(tokens, str) else list(tokens)
+        bad = [t for t in tokens if not isinstance(t, str) or (_split_words(t) != [t] and not is_placeholder(t))]
+        if bad:
+            raise ValueError(
+                f"tokens must be lower-case words ('sks') or placeholders in angle brackets ('<wide-three>'), got {bad}"
+            )
+        new = [t for t in dict.fromkeys(tokens) if t not in self.token_to_id]
+        for t in new:
+            self.token_to_id[t] = len(self.vocab)
+            self.vocab.append(t)
+        return len(new)
 
     def encode(self, text: str, *, max_length: int | None = None, truncation: bool = True) -> list[int]:
         """One text → [<bos>, ids…, <eos>] (no padding). Unknown words → <unk>, with a warning naming them."""
@@ -624,7 +657,7 @@ class WordTokenizer:
         out = []
         for text in texts:
             ids = []
-            for w in _split_words(text):
+            for w in self.tokenize(text):
                 if w not in self.token_to_id:
                     unknown.add(w)
                 ids.append(self.token_to_id.get(w, self.unk_token_id))
@@ -860,6 +893,25 @@ class TextEncoder(PretrainedModel):
                 nn.init.normal_(m.weight, std=0.02)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    def resize_token_embeddings(self, new_num_tokens: int) -> nn.Embedding:
+        """Grow the token-embedding table to ``new_num_tokens`` rows (after ``tokenizer.add_tokens``), as
+        transformers' method of the same name: old rows are kept, new rows start at the mean of the old ones
+        (a neutral word; textual inversion then overwrites its row). ``config.vocab_size`` follows."""
+        old = self.token_embedding
+        if not isinstance(new_num_tokens, int) or new_num_tokens < old.num_embeddings:
+            raise ValueError(
+                f"new_num_tokens must be an integer >= the current vocab_size {old.num_embeddings} (rows are only "
+                f"added, never removed), got {new_num_tokens!r}"
+            )
+        new = nn.Embedding(new_num_tokens, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            new.weight[: old.num_embeddings] = old.weight
+            new.weight[old.num_embeddings :] = old.weight.mean(0)
+        new.weight.requires_grad_(old.weight.requires_grad)
+        self.token_embedding = new
+        self.config.vocab_size = new_num_tokens
+        return new
 
     def _check_inputs(self, input_ids: object, attention_mask: object) -> None:
         cfg = self.config
