@@ -124,7 +124,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from diffusion_lab import finetune
-from diffusion_lab.checkpoint import CheckpointError, write_json_atomic
+from diffusion_lab.checkpoint import CheckpointError, save_tensors_atomic, write_json_atomic
 from diffusion_lab.settings import pick
 
 __all__ = [
@@ -315,22 +315,6 @@ def count_lora_parameters(model: nn.Module, adapter_name: str = "default") -> Lo
     return LoraCounts(lora, base)
 
 
-def _save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """safetensors to a temporary file next to ``path``, renamed into place (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_lora(model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default") -> Path:
     """Write the adapter only: ``lora.safetensors`` (A and B of every layer, peft's key names without the adapter
     name) and ``lora_config.json`` (rank, alpha, targets), each atomically. Returns the weights file's path."""
@@ -341,7 +325,7 @@ def save_lora(model: nn.Module, directory: str | os.PathLike, adapter_name: str 
     state = get_peft_model_state_dict(model, adapter_name=adapter_name)  # {"…to_q.lora_A.weight": (r, d_in), …}
     directory = Path(directory)
     path = directory / LORA_FILE
-    _save_safetensors_atomic(state, path, {"format": FORMAT})
+    save_tensors_atomic(path, state, {"format": FORMAT})
     targets = config.target_modules
     write_json_atomic(
         directory / LORA_CONFIG_FILE,

@@ -319,6 +319,7 @@ def train_latent_text2img(
     text_config: TextEncoderConfig | None = None,
     vae_config: AutoencoderConfig | None = None,
     callback: Callable[[int, float], None] | None = None,
+    keep_raw: bool = False,
 ) -> tuple[TinyStableDiffusionPipeline, dict]:
     """Train the tiny Stable Diffusion of :func:`latent_text_recipe` from scratch within ``budget_s`` seconds.
 
@@ -331,7 +332,8 @@ def train_latent_text2img(
 
     Returns the pipeline (EMA weights, eval mode, DDIM with the training schedule) and ``info``: seconds per phase,
     steps, images per second, final loss, parameter counts, the caption ``bins`` (for attribute adherence) and
-    the configs.
+    the configs. With ``keep_raw``, ``info["raw"]`` is a second pipeline on the same autoencoder with the raw
+    weights the optimiser left (no EMA) for the text encoder and U-Net (:func:`diffusion_lab.surgery.ema_vs_raw`).
     """
 
     from diffusion_lab.data import load_mnist
@@ -404,6 +406,10 @@ def train_latent_text2img(
         final_loss=sum(losses[-50:]) / min(50, len(losses)),
         total_seconds=time.perf_counter() - start,
     )
+    if keep_raw:  # the modules _train_text_denoiser trained in place: the last iterate θ, not the average θ_ema
+        raw_text, raw_unet = text_encoder.eval().requires_grad_(False), unet.eval().requires_grad_(False)
+        raw_ddim = _latent_schedulers(unet_cfg, cfg.prediction_type)[1]  # its own scheduler: set_timesteps mutates
+        info["raw"] = TinyStableDiffusionPipeline(vae, raw_text, tokenizer, raw_unet, raw_ddim)
     text_encoder = ema.model["text_encoder"].eval()
     unet = ema.model["denoiser"].eval()
     vae.eval().requires_grad_(False)
