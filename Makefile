@@ -12,6 +12,8 @@ RESULTS := build/test-results
 FIRST_NOTEBOOK := 01_forward_diffusion.ipynb
 # extra pip options, e.g. PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu" for a CPU-only torch
 PIP_ARGS ?=
+# unit tests run in this many pytest-xdist processes (one torch thread each, see tests/conftest.py)
+TEST_WORKERS ?= 2
 # root (containers, cloud notebooks) must say so to JupyterLab
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
@@ -43,7 +45,7 @@ lab: $(STAMP)
 
 unit: $(STAMP)
 	@mkdir -p $(RESULTS)
-	$(PY) -m pytest tests --ignore=tests/browser --junitxml=$(RESULTS)/unit.xml
+	$(PY) -m pytest tests --ignore=tests/browser -n $(TEST_WORKERS) --dist loadfile --junitxml=$(RESULTS)/unit.xml
 
 notebooks: $(STAMP)
 	@mkdir -p $(RESULTS)

@@ -10,6 +10,10 @@ os.environ.update(
     HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1"
 )
 os.environ.setdefault("DIFFUSION_LAB_SMOKE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make unit` runs two pytest-xdist workers on a 2-core machine: one thread each, so they do not fight over cores
+    # (set before any test module imports torch; subprocesses the tests start inherit it)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture

@@ -1,0 +1,76 @@
+"""The self-checks of notebook 12's exercises accept right answers and explain wrong ones."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from diffusion_lab.exercises import check_control_keep, check_noise_image_embedding, check_psnr
+
+
+def test_psnr_check(capsys):
+    assert check_psnr(lambda x, y: 10 * torch.log10(4 / (x - y).pow(2).mean(dim=(1, 2, 3))))
+    assert check_psnr(lambda x, y: 20 * math.log10(2) - 10 * torch.log10(((x - y) ** 2).flatten(1).mean(1)))
+    assert capsys.readouterr().out.count("✅") == 2
+    assert not check_psnr(lambda x, y: 10 * torch.log10(1 / (x - y).pow(2).mean(dim=(1, 2, 3))))
+    assert "MAX = 2" in capsys.readouterr().out
+    assert not check_psnr(lambda x, y: 20 * torch.log10(4 / (x - y).pow(2).mean(dim=(1, 2, 3))))
+    assert "powers" in capsys.readouterr().out
+    assert not check_psnr(lambda x, y: 10 * torch.log10(4 / (x - y).pow(2).mean()))
+    assert "one PSNR per image" in capsys.readouterr().out
+    assert not check_psnr(lambda x, y: None)
+    assert "returns None" in capsys.readouterr().out
+
+
+def test_control_keep_check(capsys):
+    assert check_control_keep(lambda i, n, s, e: 1.0 - float(i / n < s or (i + 1) / n > e))
+    assert check_control_keep(lambda i, n, s, e: float(s <= i / n and (i + 1) / n <= e))
+    assert capsys.readouterr().out.count("✅") == 2
+    assert not check_control_keep(lambda i, n, s, e: float(s <= i / n <= e))
+    assert "(i + 1)/n > end" in capsys.readouterr().out
+    assert not check_control_keep(lambda i, n, s, e: 1.0)
+    assert "expected 0.0" in capsys.readouterr().out
+    assert not check_control_keep(lambda i, n, s, e: "on")
+    assert "a number" in capsys.readouterr().out
+
+
+def test_noise_image_embedding_check(capsys):
+    def right(emb, mean, std, noise, ab, level):
+        e = (emb - mean) / std
+        return (ab[level].sqrt() * e + (1 - ab[level]).sqrt() * noise) * std + mean
+
+    assert check_noise_image_embedding(right)
+    assert "✅" in capsys.readouterr().out
+    assert not check_noise_image_embedding(lambda emb, m, s, n, ab, k: ab[k].sqrt() * emb + (1 - ab[k]).sqrt() * n)
+    assert "normalise first" in capsys.readouterr().out
+    assert not check_noise_image_embedding(
+        lambda emb, m, s, n, ab, k: ab[k].sqrt() * (emb - m) / s + (1 - ab[k]).sqrt() * n
+    )
+    assert "undo the normalisation" in capsys.readouterr().out
+    assert not check_noise_image_embedding(
+        lambda emb, m, s, n, ab, k: (ab[k] * (emb - m) / s + (1 - ab[k]) * n) * s + m
+    )
+    assert "square roots" in capsys.readouterr().out
+    assert not check_noise_image_embedding(lambda emb, m, s, n, ab, k: emb[0])
+    assert "one embedding per row" in capsys.readouterr().out
+
+
+def test_noise_image_embedding_matches_diffusers():
+    """The reference of the check is Stable unCLIP's own computation: the normaliser, then DDPM's add_noise."""
+    from diffusers import DDPMScheduler
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+
+    g = torch.Generator().manual_seed(0)
+    emb, noise = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
+    norm = StableUnCLIPImageNormalizer(embedding_dim=8)
+    with torch.no_grad():
+        norm.mean.copy_(torch.randn(1, 8, generator=g))
+        norm.std.copy_(torch.rand(1, 8, generator=g) + 0.5)
+    sched = DDPMScheduler(beta_schedule="linear", num_train_timesteps=1000)
+    level = 300
+    want = norm.unscale(sched.add_noise(norm.scale(emb), noise, torch.tensor([level] * 3)))
+    ab = sched.alphas_cumprod
+    e = (emb - norm.mean[0]) / norm.std[0]
+    got = (ab[level].sqrt() * e + (1 - ab[level]).sqrt() * noise) * norm.std[0] + norm.mean[0]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
