@@ -429,11 +429,48 @@ MODELS: dict[str, ModelCard] = {
         alternatives=("stabilityai/stable-diffusion-2-1-base",),
         note="SD 1.5 (runwayml/stable-diffusion-v1-5 was deleted in 2024; this is its maintained copy), 512²",
     ),
+    # the family beyond text-to-image (diffusion_lab.family: stand-ins, checks, and the ControlNet loader)
+    "sd-x4-upscaler": ModelCard(
+        "stabilityai/stable-diffusion-x4-upscaler",
+        diffusers.StableDiffusionUpscalePipeline,
+        lambda: _family().tiny_sd_upscaler(),
+        note="x4 upscaler: low-res RGB concatenated to the latent (UNet in 7 = 4 + 3), noise level as class label",
+    ),
+    "sd15-controlnet-canny": ModelCard(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        diffusers.StableDiffusionControlNetPipeline,
+        lambda: _family().tiny_sd15_controlnet(),
+        note="SD 1.5 + canny ControlNet (lllyasviel/control_v11p_sd15_canny: load with family.load_family_pipeline)",
+    ),
+    "sd21-unclip": ModelCard(
+        "sd2-community/stable-diffusion-2-1-unclip",
+        diffusers.StableUnCLIPImg2ImgPipeline,
+        lambda: _family().tiny_unclip(),
+        alternatives=("stabilityai/stable-diffusion-2-1-unclip",),
+        note="Stable unCLIP 2.1: image variations from a CLIP image embedding (Stability removed its SD 2.x "
+        "repositories in Nov 2025; sd2-community keeps the copy)",
+    ),
+    "svd": ModelCard(
+        "stabilityai/stable-video-diffusion-img2vid-xt",
+        diffusers.StableVideoDiffusionPipeline,
+        lambda: _family().tiny_svd(),
+        gated=True,
+        alternatives=("stabilityai/stable-video-diffusion-img2vid",),
+        note="Stable Video Diffusion XT: 25 frames from one image; accept the licence on its page (gated)",
+    ),
 }
 """Hub ids the notebooks use. If a repository disappears, :func:`load_pipeline` tries ``alternatives`` in order;
 to pin your own copy, pass ``repo_id=`` to :func:`load_pipeline`. Component ids (loaded by the notebooks as
 needed): SDXL fp16-safe VAE ``madebyollin/sdxl-vae-fp16-fix``; preview decoders ``madebyollin/taesdxl`` (SDXL) and
 ``madebyollin/taesd3`` (SD3)."""
+
+
+def _family():
+    """``diffusion_lab.family``, imported when a family card's stand-in is built (that module imports this one)."""
+    from diffusion_lab import family
+
+    return family
+
 
 COMPONENT_IDS = {
     "sdxl-vae-fp16-fix": "madebyollin/sdxl-vae-fp16-fix",
