@@ -145,8 +145,13 @@ class TinyStableDiffusionPipeline:
         out = self.text_encoder(ids, attention_mask=mask)
         return out.last_hidden_state, mask, out.pooler_output
 
-    def _predict(self, z: torch.Tensor, t, c: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """The denoiser's prediction for latents z (B, L, h, w) at the scheduler's timestep t."""
+    def _predict(
+        self, z: torch.Tensor, t, c: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor, step: int = 0,
+        num_steps: int = 1,
+    ) -> torch.Tensor:  # fmt: skip
+        """The denoiser's prediction for latents z (B, L, h, w) at the scheduler's timestep t, the ``step``-th of
+        ``num_steps`` in the loop (unused here: the hook where :class:`~diffusion_lab.controlnet.TinyControlNetPipeline`
+        adds its ControlNet's residuals, on the steps inside [control_guidance_start, control_guidance_end])."""
         kw = {"pooled_text": pooled} if self.unet.config.pooled_dim else {}
         return self.unet(z, t, encoder_hidden_states=c, encoder_attention_mask=mask, **kw)
 
@@ -292,7 +297,7 @@ class TinyStableDiffusionPipeline:
             z_in = torch.cat([z, z]) if guided else z
             if hasattr(self.scheduler, "scale_model_input"):  # flow schedulers (diffusers') have none
                 z_in = self.scheduler.scale_model_input(z_in, t)
-            pred = self._predict(z_in, t, c, mask, pooled)  # (2B or B, L, h, w)
+            pred = self._predict(z_in, t, c, mask, pooled, step=i, num_steps=len(timesteps))  # (2B or B, L, h, w)
             if guided:
                 pred_uncond, pred_text = pred.chunk(2)
                 pred = cfg_combine(pred_text, pred_uncond, guidance_scale)
@@ -421,7 +426,7 @@ class TinySD3Pipeline(TinyStableDiffusionPipeline):
         """The autoencoder factor alone: the transformer pads latents to its patch size itself."""
         return self.vae_scale_factor
 
-    def _predict(self, z, t, c, mask, pooled):
+    def _predict(self, z, t, c, mask, pooled, step=0, num_steps=1):
         from diffusion_lab.mmdit import pad_to_patch
 
         cfg = self.transformer.config

@@ -27,6 +27,11 @@ from the text: softmax(Q Kᵀ/√d) V, Eq. 3 there) and a feed-forward layer, ea
 Stable Diffusion's ``BasicTransformerBlock``. :class:`CrossAttention` keeps its attention probabilities when asked
 (:func:`record_attention`), so per-word heat maps over the image can be drawn (as DAAM does for SD).
 
+Extra residuals (ControlNet, Zhang et al. 2023, Eq. 2; diffusers' ``down_block_additional_residuals`` and
+``mid_block_additional_residual``): ``forward`` can add one tensor to each skip the down path stores (the output of
+each level, before its downsampling: :meth:`UNet.residual_shapes` lists them) before the up path reads it, and one
+to the middle block's output. Without them the output is unchanged, bit for bit (see :mod:`diffusion_lab.controlnet`).
+
 Input sizes: any H, W divisible by patch_size·2^(levels − 1): 28×28 works directly with 3 levels (28 → 14 → 7), or
 with ``patch_size=2`` and 2 levels (28×28×1 → 14×14×4 → 7×7). Folding 2×2 pixels into channels first ("pixel
 unshuffle", as simple diffusion and DiT's patches do) is lossless and makes every convolution 4× cheaper.
@@ -35,7 +40,7 @@ unshuffle", as simple diffusion and DiT's patches do) is lossless and makes ever
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -302,7 +307,8 @@ class UNet(PretrainedModel):
     """ε-, v- or x0-prediction network: ``model(x_t, t, class_labels=None) -> (B, out_channels, H, W)``.
 
     With ``cross_attention_dim`` set: ``model(x_t, t, encoder_hidden_states=c, encoder_attention_mask=m,
-    pooled_text=c̄)``, the argument names of diffusers' ``UNet2DConditionModel``.
+    pooled_text=c̄)``, the argument names of diffusers' ``UNet2DConditionModel``; a ControlNet's outputs enter as
+    ``down_block_additional_residuals`` (one per skip) and ``mid_block_additional_residual``, as there.
     """
 
     config_class = UNetConfig
@@ -376,6 +382,33 @@ class UNet(PretrainedModel):
                     f"got values from {int(class_labels.min())} to {int(class_labels.max())}"
                 )
 
+    def residual_shapes(self, height: int, width: int) -> tuple[list[tuple[int, int, int]], tuple[int, int, int]]:
+        """Shapes (C, h, w) of the skips the down path stores for an input of height × width (one per level: what
+        ``down_block_additional_residuals`` must match), and of the middle block's output."""
+        cfg, p = self.config, self.config.patch_size
+        skips = [(c, height // p // 2**i, width // p // 2**i) for i, c in enumerate(cfg.channels)]
+        return skips, skips[-1]
+
+    def _check_residuals(self, x: torch.Tensor, down: Sequence[torch.Tensor] | None, mid: torch.Tensor | None) -> None:
+        b = x.shape[0]
+        skips, mid_shape = self.residual_shapes(x.shape[2], x.shape[3])
+        want = [(b, *s) for s in skips]
+        if down is not None:
+            if isinstance(down, torch.Tensor) or not isinstance(down, Sequence):
+                raise TypeError(
+                    f"down_block_additional_residuals must be a list or tuple of {len(want)} tensor(s) {want} (one per "
+                    f"skip), got {type(down).__name__}"
+                )
+            got = [tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__ for r in down]
+            if got != want:
+                raise ValueError(
+                    f"down_block_additional_residuals must hold {len(want)} tensor(s) of shapes {want} (one per skip "
+                    f"of this U-Net, for x of shape {tuple(x.shape)}), got {got}"
+                )
+        if mid is not None and (not isinstance(mid, torch.Tensor) or tuple(mid.shape) != (b, *mid_shape)):
+            got = tuple(mid.shape) if isinstance(mid, torch.Tensor) else type(mid).__name__
+            raise ValueError(f"mid_block_additional_residual must have shape {(b, *mid_shape)}, got {got}")
+
     def _check_context(
         self, b: int, context: torch.Tensor | None, mask: torch.Tensor | None, pooled: torch.Tensor | None
     ) -> None:
@@ -413,9 +446,12 @@ class UNet(PretrainedModel):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         pooled_text: torch.Tensor | None = None,
+        down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
+        mid_block_additional_residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self._check_inputs(x, class_labels)
         self._check_context(x.shape[0], encoder_hidden_states, encoder_attention_mask, pooled_text)
+        self._check_residuals(x, down_block_additional_residuals, mid_block_additional_residual)
         context, mask = encoder_hidden_states, encoder_attention_mask
         b = x.shape[0]
         t = torch.as_tensor(t, device=x.device)
@@ -437,9 +473,13 @@ class UNet(PretrainedModel):
             h = level(h, emb, context, mask)
             skips.append(h)  # (B, C_i, H/2^i, W/2^i)
             h = down(h)
+        if down_block_additional_residuals is not None:  # ControlNet (Eq. 2): its zero-conv outputs join the skips
+            skips = [s + r for s, r in zip(skips, down_block_additional_residuals, strict=True)]
         h = self.mid1(h, emb)
         h = self.mid_attn(h, context, mask) if isinstance(self.mid_attn, SpatialTransformer) else self.mid_attn(h)
         h = self.mid2(h, emb)
+        if mid_block_additional_residual is not None:
+            h = h + mid_block_additional_residual  # (B, C_last, h, w)
         for level, up in zip(self.up, self.upsample, strict=True):
             h = level(torch.cat([h, skips.pop()], dim=1), emb, context, mask)
             h = up(h)
