@@ -330,7 +330,7 @@ def test_timesteps_answer_check(spacing, capsys):
         "linspace": [round(999 * k / (n - 1)) for k in range(n)][::-1],
     }[spacing]
     assert by_hand == want
-    for answer in (want, sched.timesteps, np.array(want), tuple(float(t) for t in want)):
+    for answer in (want, by_hand, sched.timesteps, np.array(want), tuple(float(t) for t in want)):
         assert check_timesteps_answer(answer, n, spacing)
     assert all(line.startswith("✅") for line in _outcomes(capsys))
 

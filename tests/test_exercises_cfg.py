@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import ipywidgets  # noqa: F401  (a pinned requirement: a broken install fails here, it does not skip)
 import numpy as np
 import pytest
 import torch
 
 from diffusion_lab.exercises import check_best_guidance, check_cfg_combine, check_rescale_noise_cfg
-from diffusion_lab.sampling import cfg_combine, rescale_noise_cfg
 
 
 def test_cfg_combine_check_accepts_right_and_rejects_typical_mistakes(capsys):
-    assert check_cfg_combine(cfg_combine)
+    assert check_cfg_combine(lambda c, u, w: torch.lerp(u, c, w))  # u + w·(c − u)
     assert check_cfg_combine(lambda c, u, w: u + w * (c - u))
     assert check_cfg_combine(lambda c, u, w: ((1 - w) * u.double() + w * c.double()).numpy())  # numpy, float64
     assert capsys.readouterr().out.count("✅") == 3
@@ -39,7 +39,9 @@ def test_rescale_check_accepts_right_and_rejects_typical_mistakes(capsys):
         ratio = t.std(axis=(1, 2, 3), keepdims=True) / c.std(axis=(1, 2, 3), keepdims=True)
         return phi * c * ratio + (1 - phi) * c
 
-    assert check_rescale_noise_cfg(rescale_noise_cfg)
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg as diffusers_rescale
+
+    assert check_rescale_noise_cfg(lambda cfg, text, phi: diffusers_rescale(cfg, text, guidance_rescale=phi))
     assert check_rescale_noise_cfg(right)
     assert check_rescale_noise_cfg(numpy_population_std)
     assert capsys.readouterr().out.count("✅") == 3
@@ -64,6 +66,10 @@ def test_best_guidance_check(capsys):
     ws = [0, 1, 2, 3, 5, 8]
     adherence = [0.1, 0.4, 0.6, 0.7, 0.72, 0.69]
     fid = [500.0, 420.0, 380.0, 390.0, 410.0, 460.0]
+    best_by_loop = ws[0]
+    for w, a in zip(ws, adherence, strict=True):
+        best_by_loop = w if a > adherence[ws.index(best_by_loop)] else best_by_loop
+    assert best_by_loop == 5 == ws[int(np.argmax(adherence))] and min(zip(fid, ws, strict=True))[1] == 2
     assert check_best_guidance(5, ws, adherence)
     assert check_best_guidance(np.float64(5.0), ws, adherence)
     assert check_best_guidance(torch.tensor(2.0), ws, fid, lower_is_better=True)
@@ -81,7 +87,6 @@ def test_best_guidance_check(capsys):
 
 
 def test_guidance_explorer_redraws_when_controls_move(random_tiny_pipe):
-    pytest.importorskip("ipywidgets")
     from diffusion_lab.metrics import ClassifierConfig, MnistClassifier
     from diffusion_lab.widgets import GuidanceExplorer
 

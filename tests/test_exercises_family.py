@@ -29,6 +29,8 @@ def test_control_keep_check(capsys):
     assert capsys.readouterr().out.count("✅") == 2
     assert not check_control_keep(lambda i, n, s, e: float(s <= i / n <= e))
     assert "(i + 1)/n > end" in capsys.readouterr().out
+    assert not check_control_keep(lambda i, n, s, e: float(s < i / n and (i + 1) / n < e))  # strict ends
+    assert "step 0 of 10 with the window [0.0, 1.0]: expected 1.0, got 0.0" in capsys.readouterr().out
     assert not check_control_keep(lambda i, n, s, e: 1.0)
     assert "expected 0.0" in capsys.readouterr().out
     assert not check_control_keep(lambda i, n, s, e: "on")
@@ -40,8 +42,20 @@ def test_noise_image_embedding_check(capsys):
         e = (emb - mean) / std
         return (ab[level].sqrt() * e + (1 - ab[level]).sqrt() * noise) * std + mean
 
+    def expanded(emb, mean, std, noise, ab, level):  # multiplied out: √ᾱ·emb + (1 − √ᾱ)·mean + √(1 − ᾱ)·std·noise
+        a = float(ab[level])
+        return math.sqrt(a) * emb + (1 - math.sqrt(a)) * mean + math.sqrt(1 - a) * std * noise
+
+    def loop(emb, mean, std, noise, ab, level):  # one row at a time in float64
+        a = ab.double()[level]
+        rows = [((a.sqrt() * (e.double() - mean) / std + (1 - a).sqrt() * n) * std + mean) for e, n in zip(emb, noise,
+                strict=True)]  # fmt: skip
+        return torch.stack(rows)
+
     assert check_noise_image_embedding(right)
-    assert "✅" in capsys.readouterr().out
+    assert check_noise_image_embedding(expanded)
+    assert check_noise_image_embedding(loop)
+    assert capsys.readouterr().out.count("✅") == 3
     assert not check_noise_image_embedding(lambda emb, m, s, n, ab, k: ab[k].sqrt() * emb + (1 - ab[k]).sqrt() * n)
     assert "normalise first" in capsys.readouterr().out
     assert not check_noise_image_embedding(
@@ -52,6 +66,10 @@ def test_noise_image_embedding_check(capsys):
         lambda emb, m, s, n, ab, k: (ab[k] * (emb - m) / s + (1 - ab[k]) * n) * s + m
     )
     assert "square roots" in capsys.readouterr().out
+    assert not check_noise_image_embedding(lambda emb, m, s, n, ab, k: right(emb, m, s, n, ab, k + 1))  # level + 1
+    assert "wrong at level 250" in capsys.readouterr().out
+    assert not check_noise_image_embedding(lambda emb, m, s, n, ab, k: right(emb, m, s, -n, ab, k))  # sign of ε
+    assert "wrong at level 250" in capsys.readouterr().out
     assert not check_noise_image_embedding(lambda emb, m, s, n, ab, k: emb[0])
     assert "one embedding per row" in capsys.readouterr().out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from diffusion_lab.exercises import check_lora_forward, check_magnitude_prune, check_prior_preservation_loss
@@ -22,12 +23,30 @@ def test_lora_forward_check(capsys):
 
 def test_prior_preservation_loss_check(capsys):
     mse = lambda a, b: (a - b).pow(2).mean()  # noqa: E731
+    F = torch.nn.functional
     assert check_prior_preservation_loss(lambda p, t, pp, tp, lam: mse(p, t) + lam * mse(pp, tp))
-    assert "✅" in capsys.readouterr().out
+    assert check_prior_preservation_loss(lambda p, t, pp, tp, lam: F.mse_loss(p, t) + lam * F.mse_loss(pp, tp))
+
+    def loop(p, t, pp, tp, lam):  # number by number in Python floats
+        def sq(a, b):
+            return (
+                sum((x - y) ** 2 for x, y in zip(a.flatten().tolist(), b.flatten().tolist(), strict=True)) / a.numel()
+            )
+
+        return torch.tensor(sq(p, t) + lam * sq(pp, tp))
+
+    assert check_prior_preservation_loss(loop)
+    assert capsys.readouterr().out.count("✅") == 3
     assert not check_prior_preservation_loss(lambda p, t, pp, tp, lam: mse(p, t) + mse(pp, tp))
     assert "prior_weight" in capsys.readouterr().out
     assert not check_prior_preservation_loss(lambda p, t, pp, tp, lam: mse(p, t))
     assert "add the prior term" in capsys.readouterr().out
+    assert not check_prior_preservation_loss(
+        lambda p, t, pp, tp, lam: (p - t).abs().mean() + lam * (pp - tp).abs().mean()
+    )
+    assert "*squared* errors" in capsys.readouterr().out
+    assert not check_prior_preservation_loss(lambda p, t, pp, tp, lam: mse(p, t) + lam * mse(pp, t))  # wrong target
+    assert "wrong for λ = 1.0" in capsys.readouterr().out
     assert not check_prior_preservation_loss(lambda p, t, pp, tp, lam: (p - t).pow(2) + lam * (pp - tp).pow(2))
     assert "0-d" in capsys.readouterr().out
     assert not check_prior_preservation_loss(lambda p, t, pp, tp, lam: 1 / 0)
@@ -42,12 +61,36 @@ def test_magnitude_prune_check(capsys):
         threshold = w.abs().flatten().kthvalue(k).values
         return torch.where(w.abs() > threshold, w, torch.zeros_like(w))
 
+    def prune_by_rank(w, p):  # sort |w| once, zero the first k positions of the order
+        k = int(p * w.numel())
+        flat = w.flatten().clone()
+        flat[flat.abs().argsort()[:k]] = 0
+        return flat.view_as(w)
+
+    def prune_largest(w, p):  # zeroes the k largest magnitudes instead of the k smallest
+        k = int(p * w.numel())
+        flat = w.flatten().clone()
+        flat[flat.abs().argsort(descending=True)[:k]] = 0
+        return flat.view_as(w)
+
+    def prune_loop(w, p):  # numpy, one weight at a time against the k-th smallest magnitude
+        a = w.numpy().copy().ravel()
+        k = int(p * a.size)
+        cut = np.sort(np.abs(a))[k - 1] if k else -1.0
+        return torch.from_numpy(np.array([0.0 if abs(x) <= cut else x for x in a], dtype=np.float32).reshape(w.shape))
+
     assert check_magnitude_prune(prune)
-    assert "✅" in capsys.readouterr().out
+    assert check_magnitude_prune(prune_by_rank)
+    assert check_magnitude_prune(prune_loop)
+    assert capsys.readouterr().out.count("✅") == 3
     assert not check_magnitude_prune(
         lambda w, p: torch.where(w > w.flatten().kthvalue(max(1, int(p * w.numel()))).values, w, 0 * w)
     )
     assert "|w|" in capsys.readouterr().out
+    assert not check_magnitude_prune(prune_largest)
+    assert "rank the weights by |w|" in capsys.readouterr().out
+    assert not check_magnitude_prune(lambda w, p: prune(w, min(p + 0.01, 0.99)))  # one weight too many
+    assert "exactly ⌊p·N⌋" in capsys.readouterr().out
     assert not check_magnitude_prune(lambda w, p: w)
     assert "must be zero" in capsys.readouterr().out
     assert not check_magnitude_prune(lambda w, p: w.flatten())

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import torch
+
 from diffusion_lab.exercises import check_flow_euler_step, check_flow_path, check_time_shift
-from diffusion_lab.flow import flow_euler_step, flow_interpolate, flow_velocity, shift_sigmas
+
+
+def _path(x0, e, t):  # (1 − t)·x₀ + t·ε, t broadcast over (L, h, w)
+    return torch.lerp(x0, e, t.view(-1, 1, 1, 1))
 
 
 def test_flow_path_check(capsys):
-    assert check_flow_path(lambda x0, e, t: (flow_interpolate(x0, e, t), flow_velocity(x0, e)))
+    def finite_difference(x0, e, t):  # v = dx_t/dt by a central difference along the path, exact for a line
+        h = 1e-2
+        return _path(x0, e, t), (
+            _path(x0.double(), e.double(), t.double() + h) - _path(x0.double(), e.double(), t.double() - h)
+        ) / (2 * h)
+
+    assert check_flow_path(lambda x0, e, t: (_path(x0, e, t), e - x0))
     assert check_flow_path(lambda x0, e, t: ((1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * e, e - x0))
-    assert capsys.readouterr().out.count("✅") == 2
+    assert check_flow_path(finite_difference)
+    assert capsys.readouterr().out.count("✅") == 3
     tb = lambda t: t[:, None, None, None]  # noqa: E731
     assert not check_flow_path(lambda x0, e, t: (tb(t) * x0 + (1 - tb(t)) * e, e - x0))
     assert "reversed" in capsys.readouterr().out
     assert not check_flow_path(lambda x0, e, t: ((1 - tb(t)).sqrt() * x0 + tb(t).sqrt() * e, e - x0))
     assert "no square roots" in capsys.readouterr().out
-    assert not check_flow_path(lambda x0, e, t: (flow_interpolate(x0, e, t), x0 - e))
+    assert not check_flow_path(lambda x0, e, t: (_path(x0, e, t), x0 - e))
     assert "wrong way" in capsys.readouterr().out
-    assert not check_flow_path(lambda x0, e, t: flow_interpolate(x0, e, t))
+    assert not check_flow_path(lambda x0, e, t: (_path(x0, e, t), tb(t) * (e - x0)))  # v scaled by t
+    assert "does not depend on t" in capsys.readouterr().out
+    assert not check_flow_path(lambda x0, e, t: _path(x0, e, t))
     assert "two tensors" in capsys.readouterr().out
     assert not check_flow_path(lambda x0, e, t: ((1 - t) * x0 + t * e, e - x0))  # t not broadcast
     assert not check_flow_path(lambda x0, e, t: None)
@@ -25,9 +39,10 @@ def test_flow_path_check(capsys):
 
 
 def test_time_shift_check(capsys):
-    assert check_time_shift(lambda t, a: shift_sigmas(t, a))
+    assert check_time_shift(lambda t, a: a * t / (1 + (a - 1) * t))
     assert check_time_shift(lambda t, a: (a * t / (1 + (a - 1) * t)).numpy())  # numpy is fine
-    assert capsys.readouterr().out.count("✅") == 2
+    assert check_time_shift(lambda t, a: 1 / (1 + (1 / t - 1) / a))  # the same map on the odds: (1−t)/t ÷ α
+    assert capsys.readouterr().out.count("✅") == 3
     assert not check_time_shift(lambda t, a: t / (a - (a - 1) * t))
     assert "inverse shift" in capsys.readouterr().out
     assert not check_time_shift(lambda t, a: a * t)
@@ -38,12 +53,15 @@ def test_time_shift_check(capsys):
 
 
 def test_flow_euler_step_check(capsys):
-    assert check_flow_euler_step(flow_euler_step)
+    assert check_flow_euler_step(lambda x, v, t, tn: x - (t - tn) * v)
     assert check_flow_euler_step(lambda x, v, t, tn: x + (tn - t) * v)
-    assert capsys.readouterr().out.count("✅") == 2
+    assert check_flow_euler_step(lambda x, v, t, tn: torch.add(x.double(), v.double(), alpha=tn - t).numpy())
+    assert capsys.readouterr().out.count("✅") == 3
     assert not check_flow_euler_step(lambda x, v, t, tn: x + (t - tn) * v)
     assert "wrong way" in capsys.readouterr().out
-    assert not check_flow_euler_step(lambda x, v, t, tn: x - v)
+    assert not check_flow_euler_step(lambda x, v, t, tn: x - v)  # a full unit step
+    assert "wrong from t = 1.0 to 0.75" in capsys.readouterr().out
+    assert not check_flow_euler_step(lambda x, v, t, tn: x + tn * v)  # t_next instead of the step
     assert not check_flow_euler_step(lambda x, v, t, tn: (x + (tn - t) * v).mean(0))
     assert "shape" in capsys.readouterr().out
 
@@ -75,8 +93,16 @@ def test_refiner_split_check(capsys):
         cut = round(1000 - frac * 1000)
         return [t for t in ts if t >= cut], [t for t in ts if t < cut]
 
+    def by_index(ts, frac):  # diffusers' counting: how many timesteps are ≥ the cutoff, then slice there
+        import bisect
+
+        ascending = ts[::-1]
+        k = len(ts) - bisect.bisect_left(ascending, int(round(1000 * (1 - frac))))
+        return ts[:k], ts[k:]
+
     assert check_refiner_split(right)
-    assert "✅" in capsys.readouterr().out
+    assert check_refiner_split(by_index)
+    assert capsys.readouterr().out.count("✅") == 2
     assert not check_refiner_split(lambda ts, f: right(ts, 1 - f))
     assert "share of the *noise* range" in capsys.readouterr().out
     assert not check_refiner_split(lambda ts, f: (ts[: round(f * len(ts))], ts[round(f * len(ts)) :]))
@@ -93,8 +119,16 @@ def test_sd3_joint_text_check(capsys):
         clip = torch.nn.functional.pad(torch.cat([l, g], -1), (0, t5.shape[-1] - l.shape[-1] - g.shape[-1]))
         return torch.cat([clip, t5], 1)
 
+    def filled(l, g, t5):  # an empty (B, 77 + S, D_T5) tensor, filled piece by piece
+        out = torch.zeros(l.shape[0], 77 + t5.shape[1], t5.shape[2])
+        out[:, :77, : l.shape[-1]] = l
+        out[:, :77, l.shape[-1] : l.shape[-1] + g.shape[-1]] = g
+        out[:, 77:] = t5
+        return out
+
     assert check_sd3_joint_text(right)
-    assert "✅" in capsys.readouterr().out
+    assert check_sd3_joint_text(filled)
+    assert capsys.readouterr().out.count("✅") == 2
     assert not check_sd3_joint_text(lambda l, g, t5: right(l, g, t5).flip(1))
     assert not check_sd3_joint_text(lambda l, g, t5: torch.cat([t5, right(l, g, t5)[:, :77]], 1))
     assert "CLIP tokens come first" in capsys.readouterr().out

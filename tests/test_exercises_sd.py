@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipywidgets  # noqa: F401  (a pinned requirement: a broken install fails here, it does not skip)
 import numpy as np
 import pytest
 import torch
@@ -15,11 +16,21 @@ def test_img2img_start_check_accepts_right_and_rejects_typical_mistakes(capsys):
         init_timestep = min(int(n * strength), n)
         return max(n - init_timestep, 0)
 
+    def from_diffusers(n, strength):  # diffusers' own get_timesteps: the steps it keeps start at index n − kept
+        import diffusers
+
+        scheduler = diffusers.DDIMScheduler()
+        scheduler.set_timesteps(n)
+        host = type("Host", (), {"scheduler": scheduler})()
+        _, kept = diffusers.StableDiffusionImg2ImgPipeline.get_timesteps(host, n, strength, "cpu")
+        return n - kept
+
+    assert check_img2img_start(from_diffusers)
     assert check_img2img_start(diffusers_rule)
     assert check_img2img_start(lambda n, s: n - int(n * s))
     assert check_img2img_start(lambda n, s: np.int64(n - int(n * s)))  # numpy integers are fine
     assert check_img2img_start(lambda n, s: torch.tensor(n - int(n * s)))
-    assert capsys.readouterr().out.count("✅") == 4
+    assert capsys.readouterr().out.count("✅") == 5
 
     assert not check_img2img_start(lambda n, s: int(n * s))  # the steps run, not where they start
     assert "steps run" in capsys.readouterr().out
@@ -71,7 +82,6 @@ def test_inpaint_blend_check_accepts_right_and_rejects_typical_mistakes(capsys):
 
 
 def test_img2img_explorer_redraws_when_controls_move(random_tiny_pipe):
-    pytest.importorskip("ipywidgets")
     from diffusion_lab.metrics import ClassifierConfig, MnistClassifier
     from diffusion_lab.widgets import Img2ImgExplorer
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 
+import pytest
 import torch
 
 from diffusion_lab.exercises import check_cross_attention, check_pooled_output, check_tokenize
@@ -23,10 +24,28 @@ def tokenize(text, vocab, max_length):
     return ids + [0] * (max_length - len(ids)), mask
 
 
-def test_check_tokenize_accepts_right_and_tuples(capsys):
+def tokenize_by_hand(text, vocab, max_length):
+    """The same rule without regular expressions: scan the characters, cut at anything not a letter or digit."""
+    words, word = [], ""
+    for ch in text.lower() + " ":
+        if ch.isascii() and ch.isalnum():
+            word += ch
+        elif word:
+            words.append(word)
+            word = ""
+    index = {w: i for i, w in enumerate(vocab)}
+    ids = [index.get(w, 1) for w in words]  # <unk> = 1
+    ids = [2] + ids[: max_length - 2] + [3]  # <bos> … <eos>, the words truncated
+    n = len(ids)
+    return ids + [0] * (max_length - n), [1] * n + [0] * (max_length - n)
+
+
+def test_check_tokenize_accepts_right_answers(capsys):
     assert check_tokenize(tokenize)
-    assert check_tokenize(lambda t, v, n: tuple(torch.tensor(s) for s in tokenize(t, v, n)))
-    assert all(line.startswith("✅") for line in _lines(capsys))
+    assert check_tokenize(tokenize_by_hand)
+    assert check_tokenize(lambda t, v, n: tuple(torch.tensor(s) for s in tokenize(t, v, n)))  # tensors are fine
+    lines = _lines(capsys)
+    assert len(lines) == 3 and all(line.startswith("✅") for line in lines)
 
 
 def test_check_tokenize_rejects_typical_mistakes(capsys):
@@ -66,16 +85,28 @@ def test_check_tokenize_rejects_typical_mistakes(capsys):
     assert "raised ValueError" in lines[5] and "returns None" in lines[6]
 
 
-def test_check_tokenize_agrees_with_the_library_tokenizer_on_its_own_cases(capsys):
+@pytest.mark.parametrize(
+    "text, max_length",
+    [
+        ("a thick seven", 8),
+        ("", 8),
+        ("A Thick, slanted SEVEN!", 8),
+        ("a purple seven", 8),
+        ("a large thick slanted handwritten seven", 6),
+        ("eight  8   ... nine-9", 10),
+        ("zero one two three four five six", 4),
+    ],
+)
+def test_the_checks_reference_tokenizer_equals_the_rule_written_out(text, max_length):
+    """check_tokenize compares with WordTokenizer: it must follow the stated rule, written out twice above."""
     import warnings
 
-    def library(text, vocab, max_length):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            enc = WordTokenizer(vocab, model_max_length=max_length)(text, return_tensors=None)
-        return enc["input_ids"][0], enc["attention_mask"][0]
-
-    assert check_tokenize(library)
+    vocab = WordTokenizer.from_texts([]).vocab
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unknown words warn
+        enc = WordTokenizer(vocab, model_max_length=max_length)(text, return_tensors=None)
+    library = (enc["input_ids"][0], enc["attention_mask"][0])
+    assert library == tokenize(text, vocab, max_length) == tokenize_by_hand(text, vocab, max_length)
 
 
 def reference_attention(q, k, v, mask):
@@ -84,8 +115,23 @@ def reference_attention(q, k, v, mask):
     return scores.softmax(-1) @ v
 
 
+def loop_attention(q, k, v, mask):
+    """One query at a time over the real keys only: a softmax written out with exp and a sum."""
+    out = torch.zeros_like(q)
+    d = q.shape[-1]
+    for b in range(q.shape[0]):
+        keys = [j for j in range(k.shape[2]) if mask[b, j]]
+        for h in range(q.shape[1]):
+            for i in range(q.shape[2]):
+                s = torch.stack([q[b, h, i] @ k[b, h, j] / math.sqrt(d) for j in keys])
+                w = (s - s.max()).exp()
+                out[b, h, i] = sum(wj * v[b, h, j] for wj, j in zip(w / w.sum(), keys, strict=True))
+    return out
+
+
 def test_check_cross_attention_accepts_right_answers(capsys):
     assert check_cross_attention(reference_attention)
+    assert check_cross_attention(loop_attention)
     # PyTorch's fused kernel takes a boolean mask, True = attend
     assert check_cross_attention(
         lambda q, k, v, m: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m[:, None, None].bool())
@@ -140,7 +186,20 @@ def pooled(h, ids, eos):
     return h[torch.arange(len(h)), first]
 
 
+def pooled_loop(h, ids, eos):
+    """Row by row: the position of the first <eos> in the list of ids."""
+    return torch.stack([h[i, row.tolist().index(eos)] for i, row in enumerate(ids)])
+
+
+def pooled_from_padding(h, ids, eos):
+    """Right padding with id 0: <eos> is the last non-padding token, at (number of non-zero ids) − 1."""
+    last = (ids != 0).sum(1) - 1
+    return torch.gather(h, 1, last[:, None, None].expand(-1, 1, h.shape[-1]))[:, 0]
+
+
 def test_check_pooled_output_accepts_right_and_rejects_wrong(capsys):
+    assert check_pooled_output(pooled_loop) and check_pooled_output(pooled_from_padding)
+    assert all(line.startswith("✅") for line in _lines(capsys))
     assert check_pooled_output(pooled)
     assert not check_pooled_output(lambda h, ids, eos: h[:, -1])
     assert not check_pooled_output(lambda h, ids, eos: h.mean(1))
