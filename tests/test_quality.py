@@ -64,9 +64,13 @@ def text_prompts(n: int) -> tuple[list[str], torch.Tensor]:
     prompts = []
     for i, d in enumerate(digits.tolist()):
         word = WORDS[(i // 10 + d) % len(WORDS)]
-        text = f"{word} {DIGIT_NAMES[d]}" if word else DIGIT_NAMES[d]
-        prompts.append(("an " if text[0] in "aeiu" else "a ") + text)  # "a one": one starts with a w sound
+        prompts.append(_sentence(f"{word} {DIGIT_NAMES[d]}" if word else DIGIT_NAMES[d]))
     return prompts, digits
+
+
+def _sentence(text: str) -> str:
+    """The article the captions use: "an eight", "an upright one", "a one" (one starts with a w sound)."""
+    return ("an " if text[0] in "aeiu" else "a ") + text
 
 
 def load_shipped(name: str):
@@ -88,16 +92,20 @@ def load_shipped(name: str):
 
 
 @torch.no_grad()
-def measure(name: str, model, bins, classifier, *, seed: int | None = None) -> dict[str, float]:
+def measure(
+    name: str, model, bins, classifier, *, seed: int | None = None, guidance_scale: float | None = None
+) -> dict[str, float]:
     """Sample model ``name`` with the settings of its floors entry and score the samples.
 
     Returns ``digit_adherence`` and, for text models, ``attribute_adherence`` and ``attribute_requests``.
-    ``model``: the shipped model, or a broken copy of it (the negative control). ``seed`` overrides the stored one.
+    ``model``: the shipped model, or a broken copy of it (the negative control). ``seed`` and ``guidance_scale``
+    override the stored ones.
     """
     from diffusion_lab.metrics import prompt_adherence
 
     entry = FLOORS[name]
-    n, steps, w = entry["n"], entry["steps"], entry["guidance_scale"]
+    n, steps = entry["n"], entry["steps"]
+    w = entry["guidance_scale"] if guidance_scale is None else guidance_scale
     generator = torch.Generator().manual_seed(entry["seed"] if seed is None else seed)
     if entry["kind"] == "class_conditional_unet":
         from diffusion_lab.checkpoint import load_config
@@ -258,6 +266,56 @@ def test_floors_separate_good_from_broken(name, classifier):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+class _NullLabels(_ShiftedLabels):
+    """A broken class-conditional U-Net: every label replaced by the null label (it no longer hears the digit)."""
+
+    def forward(self, x, t, class_labels=None):
+        return self.unet(x, t, torch.full_like(class_labels, self.config.num_classes))
+
+
+class _RewritePrompts:
+    """A text pipeline sent other prompts than the ones its samples are judged against."""
+
+    def __init__(self, pipe, rewrite):
+        self.pipe, self.rewrite = pipe, rewrite
+
+    def __call__(self, prompts, **kwargs):
+        return self.pipe([self.rewrite(p) for p in prompts], **kwargs)
+
+
+def _next_digit(prompt: str) -> str:
+    from diffusion_lab.text import DIGIT_NAMES
+
+    words = prompt.split()[1:]
+    return _sentence(" ".join(DIGIT_NAMES[(DIGIT_NAMES.index(w) + 1) % 10] if w in DIGIT_NAMES else w for w in words))
+
+
+def _swap_attributes(prompt: str) -> str:
+    from diffusion_lab.text import ATTRIBUTE_WORDS
+
+    other = {a: b for pair in ATTRIBUTE_WORDS.values() for a, b in (pair, pair[::-1])}
+    return _sentence(" ".join(other.get(w, w) for w in prompt.split()[1:]))
+
+
+def negative_controls(name: str, model) -> dict[str, tuple[object, float | None]]:
+    """Broken (and one merely weakened) variants of a shipped model: label → (model, guidance scale or None)."""
+    if FLOORS[name]["kind"] == "class_conditional_unet":
+        return {
+            "class labels shifted by one inside the model (asked 3, draws 4)": (_ShiftedLabels(model), None),
+            "every class label replaced by the null label (unconditional)": (_NullLabels(model), None),
+            "no guidance (w = 1.0)": (model, 1.0),
+        }
+    return {
+        "text embedding zeroed (token states and pooled output)": (broken(name, model), None),
+        "prompt names the next digit (judged against the asked one)": (_RewritePrompts(model, _next_digit), None),
+        "attribute words swapped (thick<->thin, large<->small, slanted<->upright)": (
+            _RewritePrompts(model, _swap_attributes),
+            None,
+        ),
+        "no guidance (w = 1.0)": (model, 1.0),
+    }
+
+
 def _main(argv: list[str]) -> None:
     import argparse
     import time
@@ -267,7 +325,7 @@ def _main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description="measure the shipped models as the quality tests do")
     parser.add_argument("models", nargs="*", default=sorted(FLOORS))
     parser.add_argument("--seeds", type=int, default=1, help="also measure seeds 0..K-1 (min/max for the JSON)")
-    parser.add_argument("--broken", action="store_true", help="also measure the broken copies (negative controls)")
+    parser.add_argument("--broken", action="store_true", help="also measure broken copies (negative controls)")
     args = parser.parse_args(argv)
     clf = load_classifier(CLASSIFIER)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -282,7 +340,9 @@ def _main(argv: list[str]) -> None:
                 print(f"  seeds 0..{args.seeds - 1} {metric}: min {min(values):.3f} max {max(values):.3f} "
                       f"mean {sum(values) / len(values):.3f}  {[round(v, 3) for v in values]}")  # fmt: skip
         if args.broken:
-            print("  broken:", measure(name, broken(name, model), bins, clf))
+            for label, (variant, w) in negative_controls(name, model).items():
+                got = measure(name, variant, bins, clf, guidance_scale=w)
+                print(f"  {label}: " + ", ".join(f"{k} {v:.3f}" for k, v in got.items() if k != "attribute_requests"))
 
 
 if __name__ == "__main__":
