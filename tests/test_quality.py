@@ -11,14 +11,16 @@ Each model samples n = 100 images with one fixed generator and the shipped MNIST
 The settings (sampler steps, guidance, n, seed, prompts), the measured values and the floors live in
 ``tests/quality_floors.json``, one entry per model; the tests read them from there. Steps are the course's quick-mode
 steps or fewer (the test checks it): ``mnist_pixel_cond`` DDIM-10 at w = 1.5 (notebook 02), ``tiny_sd`` DDIM-5 at
-w = 3 (notebook 07), ``tiny_sd3`` Euler-8 at w = 2 (notebook 08). Each floor sits a few points under the value
-measured at the stored seed and under every value measured over seeds 0..9, so reseeding alone does not fail it; a
-broken model falls far below (:func:`test_floors_separate_good_from_broken`, the negative control).
+w = 3 (notebook 07), ``tiny_sd3`` Euler-8 at w = 2 (notebook 08). Each floor is the lower of (stored value − 0.03)
+and (lowest value over seeds 0..9 − 0.02), so reseeding alone does not fail it (at n = 100 seeds spread by several
+points: tiny_sd's attribute adherence 0.895 to 0.977); a broken model falls far below
+(:func:`test_floors_separate_good_from_broken`, the negative control).
 
 Deterministic and order-independent: every random draw comes from a local ``torch.Generator`` (the sampled images are
 bit-identical with 1 and 2 torch threads), each test loads its own model, and no global torch state is changed.
 Run with ``-s`` to see the measured values. Re-measure (e.g. after retraining a model on purpose) with
-``OMP_NUM_THREADS=1 .venv/bin/python tests/test_quality.py [model ...] [--seeds 10]`` and update the JSON by hand.
+``OMP_NUM_THREADS=1 .venv/bin/python tests/test_quality.py [model ...] [--seeds 10] [--broken]`` (``--broken``: the
+negative controls) and update the JSON by hand.
 """
 
 from __future__ import annotations
