@@ -3,17 +3,16 @@ schedulers inside the real pipelines, the environment check and the faults (issu
 
 from __future__ import annotations
 
-import time
+import threading
 import types
 
+import diffusers
 import numpy as np
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-
-import diffusion_lab  # noqa: E402
-from diffusion_lab import bridge  # noqa: E402
+import diffusion_lab
+from diffusion_lab import bridge
 
 ATOL = 1e-5
 SIZE = 64
@@ -306,18 +305,39 @@ def test_environment_quick_mode_never_probes(monkeypatch):
 
 
 def test_environment_unreachable_hub_is_bounded(monkeypatch):
-    """A hub that never answers costs at most the timeout (DNS included), then the tiny path."""
+    """A hub that never answers (DNS included) costs at most the timeout, then the tiny path: the probe runs in a
+    thread that is waited for with the timeout, and check_environment returns while the probe still hangs."""
     monkeypatch.setenv("DIFFUSION_LAB_SMOKE", "0")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    release, connects, threads = threading.Event(), [], []
 
-    def never_answers(address, timeout=None):
-        time.sleep(30)
+    def never_answers(address, timeout=None):  # hangs until the test lets it go, whatever the socket timeout
+        connects.append((address, timeout))
+        release.wait(30)  # (bounded, so that a check_environment that waits for the probe fails instead of hanging)
+        raise OSError("released by the test")
+
+    class RecordedThread(threading.Thread):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.join_timeouts = []
+            threads.append(self)
+
+        def join(self, timeout=None):
+            self.join_timeouts.append(timeout)
+            super().join(timeout)
 
     monkeypatch.setattr(bridge.socket, "create_connection", never_answers)
-    start = time.perf_counter()
-    env = bridge.check_environment(hub_timeout=0.5, allow_cpu=True)
-    assert time.perf_counter() - start < 3.0
-    assert not env.use_real and "did not answer within 0.5 s" in str(env)
+    monkeypatch.setattr(bridge, "threading", types.SimpleNamespace(Thread=RecordedThread))
+    try:
+        env = bridge.check_environment(hub_timeout=0.5, allow_cpu=True)
+        (probe,) = threads
+        assert probe.daemon and probe.join_timeouts == [0.5]  # waited for at most the timeout
+        assert probe.is_alive()  # and given up on: the probe is still blocked in the connection
+        assert connects == [(bridge.HUB_HOST, 0.5)]
+        assert not env.hub and not env.use_real and "did not answer within 0.5 s" in str(env)
+    finally:
+        release.set()
+    probe.join()
 
 
 def test_environment_refused_connection(monkeypatch):
@@ -332,7 +352,10 @@ def test_environment_token_source_only(monkeypatch):
     env = bridge.check_environment()
     assert env.token_source == "environment variable HF_TOKEN"
     assert "hf_secret_value" not in str(env) and "hf_secret_value" not in repr(env)
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        bf16 = torch.cuda.get_device_capability()[0] >= 8  # Ampere and later
+        assert env.device == "cuda" and env.dtype == (torch.bfloat16 if bf16 else torch.float16)
+    else:
         assert env.dtype == torch.float32 and "no CUDA GPU" in str(env)
 
 
@@ -379,14 +402,33 @@ def test_out_of_memory_names_the_next_knob(sdxl):
             raise torch.OutOfMemoryError("CUDA out of memory")
 
 
-def test_place_measure_and_is_tiny(sdxl):
+def test_place_and_is_tiny(sdxl):
     assert bridge.is_tiny(sdxl)
     env = _tiny_env()
     assert bridge.place(sdxl, env) is sdxl and not env.small_gpu and env.dtype == torch.float32
-    result, m = bridge.measure(lambda: 1 + 1)
-    assert result == 2 and m.seconds >= 0
-    if not torch.cuda.is_available():
-        assert m.peak_gib is None and "peak" not in str(m)
+
+
+def test_measure_reads_the_clock_around_the_call(monkeypatch):
+    """measure() returns fn's result and the clock's advance during the call (a fake clock that only fn moves)."""
+    import time
+
+    now = [1000.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+
+    cuda = torch.cuda.is_available()
+
+    def work():
+        now[0] += 2.5  # the call "takes" 2.5 s
+        if cuda:  # and holds 256 MiB of GPU memory at its peak
+            torch.empty(2**26, device="cuda").fill_(1.0)
+        return "done"
+
+    result, m = bridge.measure(work)
+    assert result == "done" and m.seconds == 2.5
+    if cuda:
+        assert m.peak_gib >= 0.25 and str(m).startswith("2.50 s, peak GPU memory")
+    else:
+        assert m.peak_gib is None and str(m) == "2.50 s"
 
 
 def test_tiny_turbo_one_step_starts_at_pure_noise():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import diffusers
 import pytest
 import torch
 
@@ -154,20 +155,28 @@ def test_closed_form_equals_iterating_the_markov_chain():
     assert x.var().item() == pytest.approx(1 - ab[299].item(), abs=1e-2)
 
 
-def test_ddpm_posterior_matches_eq7_and_the_true_conditional():
-    betas = linear_betas(T)
-    ab = alphas_cumprod_from_betas(betas).double()
-    t = 500
-    _, var = ddpm_posterior(torch.zeros(1).double(), torch.zeros(1).double(), ab[t], ab[t - 1])
-    assert var.item() == pytest.approx(((1 - ab[t - 1]) / (1 - ab[t]) * betas[t]).item(), rel=1e-5)
-    # Bayes in one dimension: x_{t-1} | x0 ~ N(√ᾱ_{t−1}x0, 1−ᾱ_{t−1}); x_t | x_{t−1} ~ N(√α_t x_{t−1}, β_t)
-    x0, x_t = torch.tensor([0.3]).double(), torch.tensor([-1.2]).double()
-    alpha, beta = 1 - betas[t].double(), betas[t].double()
-    prior_mean, prior_var = ab[t - 1].sqrt() * x0, 1 - ab[t - 1]
-    post_var = 1 / (1 / prior_var + alpha / beta)
-    post_mean = post_var * (prior_mean / prior_var + alpha.sqrt() * x_t / beta)
-    mean, var = ddpm_posterior(x0, x_t, ab[t], ab[t - 1])
-    torch.testing.assert_close(mean, post_mean, rtol=1e-4, atol=0)
+def _bayes_posterior(x0, x_t, ab_t, ab_prev):
+    """q(x_{t'} | x_t, x_0) by Bayes' rule for Gaussians, independently of Eq. 7: the prior x_{t'} | x_0 ~
+    N(√ᾱ_{t'}·x_0, 1 − ᾱ_{t'}) times the likelihood x_t | x_{t'} ~ N(√α·x_{t'}, 1 − α), α = ᾱ_t/ᾱ_{t'}."""
+    alpha = ab_t / ab_prev
+    prior_mean, prior_var = ab_prev.sqrt() * x0, 1 - ab_prev
+    post_var = 1 / (1 / prior_var + alpha / (1 - alpha))  # precisions add
+    post_mean = post_var * (prior_mean / prior_var + alpha.sqrt() * x_t / (1 - alpha))
+    return post_mean, post_var
+
+
+@pytest.mark.parametrize("t, tp", [(500, 499), (1, 0), (999, 979), (100, 50)])
+def test_ddpm_posterior_matches_eq7_and_the_true_conditional(t, tp):
+    betas = linear_betas(T).double()
+    ab = alphas_cumprod_from_betas(betas)
+    if tp == t - 1:  # one step: Eq. 7's variance with the schedule's own β_t
+        _, var = ddpm_posterior(torch.zeros(1).double(), torch.zeros(1).double(), ab[t], ab[tp])
+        assert var.item() == pytest.approx(((1 - ab[tp]) / (1 - ab[t]) * betas[t]).item(), rel=1e-5)
+    g = torch.Generator().manual_seed(t)
+    x0, x_t = torch.randn(5, generator=g).double(), torch.randn(5, generator=g).double()
+    post_mean, post_var = _bayes_posterior(x0, x_t, ab[t], ab[tp])
+    mean, var = ddpm_posterior(x0, x_t, ab[t], ab[tp])
+    torch.testing.assert_close(mean, post_mean, rtol=1e-4, atol=1e-10)
     torch.testing.assert_close(var, post_var, rtol=1e-4, atol=0)
 
 
@@ -177,11 +186,15 @@ def test_ddim_eta_one_is_the_ddpm_posterior_and_eta_zero_is_deterministic():
     x0, eps = torch.randn(4, 3, generator=g).double(), torch.randn(4, 3, generator=g).double()
     for t, tp in [(999, 979), (500, 499), (100, 50)]:
         x_t = ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * eps
-        mean, var = ddpm_posterior(x0, x_t, ab[t], ab[tp])
+        mean, var = _bayes_posterior(x0, x_t, ab[t], ab[tp])
         sigma = ddim_sigma(ab[t], ab[tp], eta=1.0)
-        torch.testing.assert_close(sigma**2, var, rtol=1e-10, atol=0)  # σ²(η=1) = β̃
-        torch.testing.assert_close(ddim_step(x0, eps, ab[tp], sigma), mean, rtol=0, atol=1e-10)
-        torch.testing.assert_close(ddpm_step(x0, x_t, ab[t], ab[tp], None), mean)
+        torch.testing.assert_close(sigma**2, var, rtol=1e-8, atol=0)  # σ²(η=1) = β̃
+        torch.testing.assert_close(ddim_step(x0, eps, ab[tp], sigma), mean, rtol=0, atol=1e-8)
+        torch.testing.assert_close(ddpm_step(x0, x_t, ab[t], ab[tp], None), mean, rtol=0, atol=1e-8)
+        z = torch.randn(4, 3, generator=g).double()  # with noise: the mean plus √β̃·z (fixed_small), √β'·z (large)
+        torch.testing.assert_close(ddpm_step(x0, x_t, ab[t], ab[tp], z), mean + var.sqrt() * z, rtol=0, atol=1e-8)
+        torch.testing.assert_close(ddpm_step(x0, x_t, ab[t], ab[tp], z, variance_type="fixed_large"),
+                                   mean + (1 - ab[t] / ab[tp]).sqrt() * z, rtol=0, atol=1e-8)  # fmt: skip
     # the schedulers: η = 0 ignores the generator; η = 1 spreads samples with DDPM's variance
     s = DDIMScheduler(clip_sample=False)
     s.set_timesteps(50)
@@ -213,12 +226,17 @@ def test_scheduler_config_and_output_shape():
     s2 = DDIMScheduler.from_config({**s.config, "_class_name": "PNDMScheduler", "skip_prk_steps": True})
     assert s2.config == s.config
     s.set_timesteps(4)
-    out = s.step(torch.ones(2, 2), s.timesteps[0], torch.ones(2, 2))
-    prev, x0 = out
-    assert (
-        out[0] is prev
-        and out[1] is x0
-        and s.step(torch.ones(2, 2), 1, torch.ones(2, 2), return_dict=False)[0].shape == (2, 2)
-    )
+    theirs = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
+    theirs.set_timesteps(4)
+    assert s.timesteps.tolist() == theirs.timesteps.tolist() == [751, 501, 251, 1]
+    g = torch.Generator().manual_seed(0)
+    model_output, sample = torch.randn(2, 2, generator=g), torch.randn(2, 2, generator=g)
+    ref = theirs.step(model_output, 751, sample)
+    prev, x0 = s.step(model_output, 751, sample)  # unpacks like diffusers' output: (prev_sample, pred_original_sample)
+    torch.testing.assert_close(prev, ref.prev_sample)
+    torch.testing.assert_close(x0, ref.pred_original_sample)
+    as_tuple = s.step(model_output, 751, sample, return_dict=False)
+    assert type(as_tuple) is tuple and len(as_tuple) == 2
+    torch.testing.assert_close(as_tuple[0], ref.prev_sample)
     x = torch.ones(3, 2)
     assert torch.equal(s.scale_model_input(x, 5), x)

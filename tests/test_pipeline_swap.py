@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import contextlib
 
+import diffusers
 import numpy as np
 import pytest
 import torch
+import transformers
 
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
-
-import diffusion_lab  # noqa: E402  (after the importorskip guards)
+import diffusion_lab
+from diffusion_lab.bridge import tiny_clip_tokenizer  # built in memory, no hub
 
 ATOL = 1e-5  # max |ours − diffusers| over the image in [0, 1]
 SD_SCHEDULER_KW = dict(
@@ -121,9 +121,6 @@ def test_ddpm_pipeline_ours_equals_diffusers(tiny_unet2d, from_config):
 
 
 # --- Stable Diffusion 1.5-shaped text-to-image pipeline -------------------------------------------------------
-
-
-tiny_clip_tokenizer = pytest.importorskip("diffusion_lab.bridge").tiny_clip_tokenizer  # built in memory, no hub
 
 
 def build_tiny_sd_pipeline() -> diffusers.StableDiffusionPipeline:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import diffusers
+import ipywidgets  # noqa: F401  (a pinned requirement: a broken install fails here, it does not skip)
 import pytest
 import torch
 
@@ -50,7 +52,6 @@ def test_unet_shapes_sizes_and_conditioning():
 
 def test_untrained_unet_predicts_zero_and_embedding_matches_diffusers():
     assert UNet(TINY)(torch.randn(2, 1, 8, 8), 10).abs().max() == 0  # zero-initialised output conv
-    diffusers = pytest.importorskip("diffusers")
     t = torch.tensor([0, 1, 17, 500, 999])
     ref = diffusers.models.embeddings.get_timestep_embedding(t, 32, flip_sin_to_cos=True, downscale_freq_shift=0)
     torch.testing.assert_close(timestep_embedding(t, 32), ref)
@@ -162,7 +163,6 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoin
 
 
 def test_sample_with_our_and_diffusers_schedulers_and_cfg():
-    diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     model = UNet(TINY)
     with torch.no_grad():  # make the output depend on the input and the label
@@ -233,7 +233,6 @@ def test_ddim_inversion_round_trip_and_latents():
 
 
 def test_sampler_explorer_redraws():
-    pytest.importorskip("ipywidgets")
     from diffusion_lab.widgets import SamplerExplorer
 
     torch.manual_seed(0)
