@@ -8,15 +8,13 @@ import contextlib
 import io
 import types
 
+import diffusers
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-diffusers = pytest.importorskip("diffusers")
-
-from PIL import Image  # noqa: E402
-
-from diffusion_lab import bridge, family  # noqa: E402
+from diffusion_lab import bridge, family
 
 KEYS = {
     "sd-x4-upscaler": diffusers.StableDiffusionUpscalePipeline,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -147,8 +149,18 @@ def test_flow_train_config_refuses_bad_values():
     for kind in ("logit_normal", "uniform"):
         t = LatentFlowTrainConfig(timestep_sampling=kind).sample_t(1000, g)
         assert t.shape == (1000,) and 0 < t.min() and t.max() < 1
-    mid = LatentFlowTrainConfig().sample_t(10_000, g)
-    assert ((mid > 0.25) & (mid < 0.75)).float().mean() > 0.6  # logit-normal: mass in the middle (uniform: 0.5)
+    cfg = LatentFlowTrainConfig()
+    mid = cfg.sample_t(10_000, g)
+    # logit-normal: t = sigmoid(u), u ~ N(m, s²), so P(1/4 < t < 3/4) = P(−ln 3 < u < ln 3) = Φ((ln 3 − m)/s) −
+    # Φ((−ln 3 − m)/s): 0.670 for the recipe's m = 0.5, s = 1 (uniform: 0.5); the standard error of the share of
+    # 10,000 draws is 0.005
+    phi = lambda x: (1 + math.erf(x / math.sqrt(2))) / 2  # noqa: E731
+    m, sd = cfg.logit_mean, cfg.logit_std
+    share = ((mid > 0.25) & (mid < 0.75)).float().mean().item()
+    assert share == pytest.approx(phi((math.log(3) - m) / sd) - phi((-math.log(3) - m) / sd), abs=0.02)
+    assert (mid > 0.5).float().mean().item() == pytest.approx(1 - phi(-m / sd), abs=0.02)  # 0.69: the noisy half
+    flat = LatentFlowTrainConfig(timestep_sampling="uniform").sample_t(10_000, g)
+    assert ((flat > 0.25) & (flat < 0.75)).float().mean().item() == pytest.approx(0.5, abs=0.02)
 
 
 def test_train_latent_flow_runs_and_returns_a_working_pipeline(pipe):
@@ -159,13 +171,15 @@ def test_train_latent_flow_runs_and_returns_a_working_pipeline(pipe):
                                  max_position=8)  # fmt: skip
     model_cfg, train_cfg = latent_flow_recipe(text_cfg)
     assert model_cfg.hidden_size == 64 * model_cfg.depth and model_cfg.num_heads == model_cfg.depth  # SD3's family
-    train_cfg.max_steps, train_cfg.bins_images = 3, 600
+    # stopped by the step count only: a time budget no machine reaches (quick mode's 3 s would make it load-dependent)
+    train_cfg.max_steps, train_cfg.bins_images, train_cfg.budget_s = 3, 600, 1e6
     seen = []
     flow_pipe, info = train_latent_flow(
         pipe.vae, images=images, labels=labels, text_config=text_cfg, train_config=train_cfg, progress=False,
         callback=lambda step, loss: seen.append(loss),
     )  # fmt: skip
-    assert info["diffusion_steps"] == 3 and len(seen) == 3 and all(torch.isfinite(torch.tensor(seen)))
+    assert info["diffusion_steps"] == 3 and seen == info["losses"] and len(seen) == 3
+    assert all(torch.isfinite(torch.tensor(seen)))
     assert isinstance(flow_pipe, TinySD3Pipeline) and flow_pipe.transformer.config.sample_size == 8
     out = flow_pipe("a thick seven", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     assert out.images.shape == (1, 1, 28, 28) and torch.isfinite(out.images).all()

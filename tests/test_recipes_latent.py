@@ -1,10 +1,14 @@
-"""The latent text-to-image recipe runs end to end in quick mode and returns a working pipeline and its timings."""
+"""The latent text-to-image recipe runs end to end in quick mode (stopped by step counts) and returns a working pipeline;
+the shipped tiny SD and tiny SD3 load, sample and round-trip."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
+from diffusion_lab.data import load_mnist
 from diffusion_lab.pipeline import TinyStableDiffusionPipeline
 from diffusion_lab.recipes import (
     latent_text_recipe,
@@ -18,23 +22,34 @@ from diffusion_lab.text import AttributeBins
 
 def test_train_latent_text2img_quick(monkeypatch):
     monkeypatch.setenv("DIFFUSION_LAB_SMOKE", "1")
-    torch.set_num_threads(2)
     _, _, _, train = latent_text_recipe()
-    assert train.budget_s <= 10  # quick mode shrinks the budget
-    pipe, info = train_latent_text2img(progress=False)
+    assert (train.budget_s, train.ae_seconds, train.num_images, train.bins_images) == (4.0, 1.0, 1000, 1000)  # quick
+    # stopped by step counts only (budgets no machine reaches): the same run on a busy machine as on an idle one
+    cfg = dataclasses.replace(train, budget_s=1e6, ae_seconds=1e5, ae_steps=5, max_steps=4)
+    seen = []
+    pipe, info = train_latent_text2img(progress=False, train_config=cfg, callback=lambda *a: seen.append(a))
     assert isinstance(pipe, TinyStableDiffusionPipeline)
-    for key in ("load_seconds", "ae_seconds", "encode_seconds", "diffusion_seconds", "total_seconds"):
-        assert info[key] >= 0
-    assert info["diffusion_steps"] >= 1 and info["ae_steps"] >= 1
+    assert info["ae_steps"] == 5 and info["diffusion_steps"] == 4
+    assert [step for step, _ in seen] == [1, 2, 3, 4] and info["losses"] == [loss for _, loss in seen]
     assert isinstance(info["bins"], AttributeBins)
-    assert pipe.vae.config.scaling_factor == info["scaling_factor"] > 0
-    assert pipe.scheduler.config.prediction_type == info["configs"]["train"]["prediction_type"]
+    # s = 1/std of the posterior means of the training images, recomputed here with the returned autoencoder
+    images, _ = load_mnist("train", limit=cfg.num_images)
+    with torch.no_grad():
+        means = pipe.vae.encode(images).latent_dist.mode()
+    assert pipe.vae.config.scaling_factor == info["scaling_factor"] == pytest.approx(1 / means.double().std().item())
+    assert pipe.scheduler.config.prediction_type == info["configs"]["train"]["prediction_type"] == "v_prediction"
     assert not pipe.scheduler.config.clip_sample
     g = torch.Generator().manual_seed(0)
     out = pipe(["a thick seven", "a one"], num_inference_steps=2, guidance_scale=3.0, generator=g)
     assert out.images.shape == (2, 1, 28, 28) and out.latents.shape == (2, 4, 7, 7)
     assert torch.isfinite(out.images).all() and out.images.abs().max() <= 1
     assert not any(m.training for m in (pipe.vae, pipe.text_encoder, pipe.unet))
+    # the same steps give the same weights: nothing depends on the clock or the global RNG
+    torch.manual_seed(123)
+    again, _ = train_latent_text2img(progress=False, train_config=cfg)
+    for name in ("vae", "text_encoder", "unet"):
+        a, b = getattr(pipe, name).state_dict(), getattr(again, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
 def test_shipped_tiny_sd_loads_and_round_trips(tmp_path):

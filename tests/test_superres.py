@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import diffusers
 import numpy as np
 import pytest
 import torch
@@ -87,7 +88,6 @@ def test_low_res_schedule_is_the_original_training_codes_linear_schedule():
 
 @pytest.mark.parametrize("beta_schedule", ["scaled_linear", "linear"])
 def test_noise_augment_equals_diffusers_low_res_scheduler(beta_schedule, digits):
-    diffusers = pytest.importorskip("diffusers")
     kw = dict(LOW_RES_SCHEDULE, beta_schedule=beta_schedule)
     theirs = diffusers.DDPMScheduler(**kw)
     low = downsample(digits, 4)
@@ -161,7 +161,6 @@ def test_pipeline_concatenates_the_noised_low_res_image_and_passes_the_level(ran
 
 
 def test_pipeline_takes_diffusers_schedulers(random_pipe, digits):
-    diffusers = pytest.importorskip("diffusers")
     low = downsample(digits[:2], 4)
     ours = random_pipe(low, num_inference_steps=4, noise_level=50, generator=_gen(2)).images
     theirs_pipe = TinyUpscalePipeline(
