@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -77,7 +79,8 @@ def test_sample_is_mean_plus_std_eps_and_mode_is_mean():
     torch.testing.assert_close(z, dist.mean + dist.std * eps)
     torch.testing.assert_close(dist.sample(torch.Generator().manual_seed(7)), z)  # reproducible
     assert torch.equal(dist.mode(), params[:, :4])
-    torch.testing.assert_close(dist.var, dist.std**2)
+    torch.testing.assert_close(dist.var, params[:, 4:].exp())  # the second half of the channels is log σ²
+    torch.testing.assert_close(dist.std, (0.5 * params[:, 4:]).exp())
     # log σ² is clamped to [−30, 20], as in diffusers and sgm
     extreme = DiagonalGaussianDistribution(torch.cat([torch.zeros(1, 1), torch.full((1, 1), 100.0)], dim=1))
     torch.testing.assert_close(extreme.var, torch.exp(torch.tensor([[20.0]])))
@@ -160,8 +163,28 @@ def test_training_lowers_the_loss_and_is_deterministic():
     assert [r["step"] for r in runs[0]] == list(range(1, 26)) and set(runs[0][0]) >= {"step", "loss", "recon", "kl"}
     assert [r["loss"] for r in runs[0]] == [r["loss"] for r in runs[1]]  # same seed, same run
     assert len(seen) == 50 and not model.training
-    # a time budget stops the run too
-    assert 1 <= len(train_autoencoder(tiny_model(), x, seconds=1e-6, batch_size=4, progress=False)) <= 2
+
+
+def test_time_budget_stops_training_by_the_clock(monkeypatch):
+    """A fake clock that advances 1 s per training step (in the callback): a 3.5 s budget allows exactly 4 steps,
+    with steps as well whichever comes first, and each record carries the clock's reading."""
+    import diffusion_lab.autoencoder as ae
+
+    now = [0.0]
+    monkeypatch.setattr(ae, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def tick(record):
+        now[0] += 1.0
+
+    x = blobs(32, size=8)
+    history = train_autoencoder(tiny_model(), x, seconds=3.5, batch_size=4, progress=False, callback=tick)
+    assert [r["step"] for r in history] == [1, 2, 3, 4] and [r["seconds"] for r in history] == [0.0, 1.0, 2.0, 3.0]
+    now[0] = 0.0
+    assert (
+        len(train_autoencoder(tiny_model(), x, seconds=3.5, steps=2, batch_size=4, progress=False, callback=tick)) == 2
+    )
+    now[0] = 0.0
+    assert len(train_autoencoder(tiny_model(), x, seconds=1e-9, batch_size=4, progress=False, callback=tick)) == 1
 
 
 def test_patch_size_folds_pixels_and_multiplies_the_factor():
