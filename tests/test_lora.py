@@ -85,7 +85,11 @@ def test_lora_delta_equals_peft_merge():
         B.normal_()
     assert sum(p.numel() for p in lora.lora_parameters(model)) == lora.lora_parameter_count(6, 5, 2) == 22
     delta = lora.lora_delta(A.detach(), B.detach(), 3.0)  # (α/r)·B·A
-    torch.testing.assert_close(delta, layer.get_delta_weight("default"))
+    torch.testing.assert_close(delta, layer.get_delta_weight("default"))  # peft's own
+    torch.testing.assert_close(delta, 1.5 * B.detach() @ A.detach())  # α/r = 3/2, written out
+    x = torch.randn(4, 6)
+    with torch.no_grad():  # the layer's output: frozen W₀ plus the scaled low-rank path
+        torch.testing.assert_close(layer(x), x @ w0.T + model[0].base_layer.bias + 1.5 * x @ A.T @ B.T)
     lora.merge_lora(model)
     torch.testing.assert_close(model[0].base_layer.weight - w0, delta, atol=1e-6, rtol=1e-5)
     lora.unmerge_lora(model)
@@ -120,9 +124,11 @@ def test_parameter_count(trained):
     counts = lora.count_lora_parameters(unet)
     layers = lora.lora_layers(unet)
     assert sorted(layers) == [f"mid_attn.attn2.{n}" for n in ("to_k", "to_out", "to_q", "to_v")]
-    assert counts.lora == sum(lora.lora_parameter_count(m.in_features, m.out_features, 4) for m in layers.values())
-    assert counts.base == sum(p.numel() for p in load_tiny_sd()[0].unet.parameters())
-    assert counts.ratio > 100  # 2,048 LoRA parameters against 446,532
+    # A (r × d_in) and B (d_out × r) per layer: r·(d_in + d_out), written out from the layers' weight shapes
+    by_shapes = sum(4 * (m.base_layer.weight.shape[1] + m.base_layer.weight.shape[0]) for m in layers.values())
+    assert counts.lora == by_shapes == 2_048
+    assert counts.base == sum(p.numel() for p in load_tiny_sd()[0].unet.parameters()) == 446_532  # a fresh copy
+    assert counts.ratio == pytest.approx(446_532 / 2_048)
 
 
 def test_merge_unmerge_and_scale(trained, base_pipe):
@@ -154,10 +160,12 @@ def test_save_load_round_trip_and_file_size(trained, tmp_path):
     assert not list((tmp_path / "lora").glob(".*tmp*"))  # no temporary file left behind
 
     report = lora.size_report(pipe.unet, path, SHIPPED_UNET)
-    assert report["full_bytes"] == SHIPPED_UNET.stat().st_size
-    assert report["file_ratio"] == report["full_bytes"] / report["lora_bytes"]
-    assert report["file_ratio"] >= 10  # the issue's bar; about 199x here (9,008 vs 1,792,104 bytes)
-    assert report["file_ratio"] > 150
+    assert report["full_bytes"] == SHIPPED_UNET.stat().st_size and report["lora_bytes"] == path.stat().st_size
+    assert path == tmp_path / "lora" / lora.LORA_FILE
+    # the file holds 2,048 float32 numbers (8,192 bytes) plus its JSON header: at most a kilobyte more
+    assert 8_192 < report["lora_bytes"] < 8_192 + 1_024
+    assert report["file_ratio"] == pytest.approx(SHIPPED_UNET.stat().st_size / path.stat().st_size)
+    assert report["file_ratio"] > 150  # the issue's bar is 10; about 199x here (9,008 vs 1,792,104 bytes)
     assert abs(lora.weights_file_bytes(pipe.unet) - report["full_bytes"]) < 0.01 * report["full_bytes"]
 
     fresh = load_tiny_sd()[0]
