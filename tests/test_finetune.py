@@ -123,13 +123,26 @@ def test_concept_folder_bad_input(tmp_path, wide_threes):
 # ------------------------------------------------------------------------------------------------ the loss
 
 
-def test_denoising_loss_shapes(shipped):
+def test_denoising_loss_is_the_v_prediction_loss_written_out(shipped):
     z = encode_images(shipped, load_mnist("train", limit=4)[0])  # (4, 4, 7, 7)
+    prompts = ["a three", "a thick three", "", "a small seven"]
+    per_example = denoising_loss(shipped, z, prompts, torch.Generator().manual_seed(0), reduce=False)
+    # the same draws (t first, then ε) and the loss by hand: z_t = √ᾱ z + √(1−ᾱ) ε, target v = √ᾱ ε − √(1−ᾱ) z
     g = torch.Generator().manual_seed(0)
-    per_example = denoising_loss(shipped, z, ["a three"] * 4, g, reduce=False)
-    assert per_example.shape == (4,) and torch.isfinite(per_example).all()
+    t = torch.randint(0, 1000, (4,), generator=g)
+    eps = torch.randn(z.shape, generator=g)
+    a = shipped.scheduler.alphas_cumprod.float()[t].reshape(4, 1, 1, 1)
+    c, mask, pooled = shipped.encode_prompt(prompts)
+    with torch.no_grad():
+        out = shipped.unet(a.sqrt() * z + (1 - a).sqrt() * eps, t, encoder_hidden_states=c,
+                           encoder_attention_mask=mask, pooled_text=pooled)  # fmt: skip
+    assert shipped.scheduler.config["prediction_type"] == "v_prediction"
+    want = ((out - (a.sqrt() * eps - (1 - a).sqrt() * z)) ** 2).mean(dim=(1, 2, 3))  # (4,)
+    torch.testing.assert_close(per_example.detach(), want, rtol=1e-5, atol=1e-6)
+    mean = denoising_loss(shipped, z, prompts, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(mean.detach(), want.mean(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="one prompt per latent"):
-        denoising_loss(shipped, z, ["a three"], g)
+        denoising_loss(shipped, z, ["a three"], torch.Generator())
 
 
 # ------------------------------------------------------------------------------------------------ textual inversion
