@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import diffusers
 import ipywidgets  # noqa: F401  (a pinned requirement: a broken install fails here, it does not skip)
@@ -105,6 +106,22 @@ def test_training_reduces_the_loss():
     trainer.run(progress=False)
     first, last = sum(trainer.losses[:10]) / 10, sum(trainer.losses[-10:]) / 10
     assert last < first
+
+
+def test_time_limit_stops_the_run_by_the_clock(monkeypatch):
+    """A fake clock that a callback advances 1 s per step: a 2.5 s limit stops after exactly 3 steps; the time spent
+    inside the steps themselves (the clock does not move there) is 0."""
+    import diffusion_lab.training as training
+
+    now = [0.0]
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    trainer = make_trainer(steps=6)
+    trainer.callbacks.append(lambda tr: now.__setitem__(0, now[0] + 1.0))
+    trainer.run(time_limit_s=2.5, progress=False)
+    assert trainer.step == len(trainer.losses) == 3 and trainer.train_seconds == 0.0
+    assert not trainer.model.training
+    trainer.run(progress=False)  # no limit: on to config.steps
+    assert trainer.step == 6
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
