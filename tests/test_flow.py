@@ -53,6 +53,11 @@ def test_the_double_shift_of_the_shared_notes():
     s = FlowMatchEulerDiscreteScheduler(shift=3.0)
     s.set_timesteps(5)
     np.testing.assert_allclose(s.sigmas.numpy(), [1, 0.90036, 0.75112, 0.50299, 0.00893, 0], atol=1e-5)
+    # the same numbers from the rule: the constructor's grid is already shifted, so its smallest σ is shift(1/T),
+    # set_timesteps spaces n values between 1 and that and shifts them again, then appends 0
+    shift = lambda u: 3 * u / (1 + 2 * u)  # noqa: E731
+    twice = [shift(u) for u in np.linspace(1.0, shift(1 / 1000), 5)] + [0.0]
+    np.testing.assert_allclose(s.sigmas.numpy(), twice, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("shift", SHIFTS)
