@@ -44,7 +44,14 @@ def test_patchify_round_trip_and_order():
     torch.testing.assert_close(unpatchify(tokens, 2, 3, 4, 6), x)
 
 
-def test_sincos_positions_are_distinct_and_bounded():
+def test_sincos_positions_equal_diffusers_and_are_distinct():
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    for dim, grid in ((32, 4), (64, 7)):
+        pe = sincos_pos_embed_2d(dim, grid)
+        # DiT's convention in diffusers: positions 0..grid−1 (base_size = grid, no interpolation)
+        theirs = get_2d_sincos_pos_embed(dim, grid, base_size=grid, interpolation_scale=1.0, output_type="pt")
+        torch.testing.assert_close(pe, theirs.float(), rtol=0, atol=1e-6)
     pe = sincos_pos_embed_2d(32, 4)
     assert pe.shape == (16, 32) and pe.abs().max() <= 1
     assert torch.cdist(pe, pe).add(torch.eye(16) * 9).min() > 0.1  # every position differs
