@@ -21,6 +21,7 @@ def test_cfg_combine_check_accepts_right_and_rejects_typical_mistakes(capsys):
     assert not check_cfg_combine(lambda c, u, w: c + w * (u - c))  # swapped branches
     assert "swapped" in capsys.readouterr().out
     assert not check_cfg_combine(lambda c, u, w: u + w * c)
+    assert "wrong for w = 2.5: start at ε_∅" in capsys.readouterr().out
     assert not check_cfg_combine(lambda c, u, w: (u + w * (c - u)).mean(0))  # one prediction for the batch
     assert "one prediction per sample" in capsys.readouterr().out
     assert not check_cfg_combine(lambda c, u, w: None)
@@ -55,11 +56,15 @@ def test_rescale_check_accepts_right_and_rejects_typical_mistakes(capsys):
     assert not check_rescale_noise_cfg(inverted)
     assert "upside down" in capsys.readouterr().out
     assert not check_rescale_noise_cfg(lambda cfg, text, phi: right(cfg, text, 1 - phi))  # blend reversed
+    assert "wrong for φ = 0.7: φ = 0 must return ε̃ unchanged" in capsys.readouterr().out
     assert not check_rescale_noise_cfg(lambda cfg, text, phi: right(cfg, text, 1.0))  # φ ignored
-    assert "φ = 0 must return ε̃ unchanged" in capsys.readouterr().out
+    assert "wrong for φ = 0.7: φ = 0 must return ε̃ unchanged" in capsys.readouterr().out
+    assert not check_rescale_noise_cfg(lambda cfg, text, phi: cfg * text.std() + phi)  # something else
+    assert "rescaled = ε̃·σ(ε_c)/σ(ε̃) per sample" in capsys.readouterr().out
     assert not check_rescale_noise_cfg(lambda cfg, text, phi: right(cfg, text, phi)[0])
+    assert "return the rescaled prediction, shape (3, 4, 7, 7)" in capsys.readouterr().out
     assert not check_rescale_noise_cfg(lambda cfg, text, phi: None)
-    assert "✅" not in capsys.readouterr().out
+    assert "returns None" in capsys.readouterr().out
 
 
 def test_best_guidance_check(capsys):
@@ -80,10 +85,15 @@ def test_best_guidance_check(capsys):
     assert not check_best_guidance(4, ws, adherence)  # the index of 5, not the scale
     assert "position in the list" in capsys.readouterr().out
     assert not check_best_guidance(3, ws, adherence)
+    assert "find the highest measured value" in capsys.readouterr().out
+    assert not check_best_guidance(8, ws, fid, lower_is_better=True)
+    assert "find the lowest measured value" in capsys.readouterr().out
     assert not check_best_guidance(None, ws, adherence)
+    assert "set your answer to a guidance scale" in capsys.readouterr().out
     assert not check_best_guidance("five", ws, adherence)
+    assert "answer with one number" in capsys.readouterr().out
     assert not check_best_guidance(5, ws, adherence[:-1])
-    assert "✅" not in capsys.readouterr().out
+    assert "two equal lists" in capsys.readouterr().out
 
 
 def test_guidance_explorer_redraws_when_controls_move(random_tiny_pipe):

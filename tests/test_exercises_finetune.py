@@ -17,6 +17,11 @@ def test_lora_forward_check(capsys):
     assert not check_lora_forward(lambda x, W, A, B, a: (a / A.shape[0]) * x @ A.T @ B.T)
     assert "frozen layer" in capsys.readouterr().out
     assert not check_lora_forward(lambda x, W, A, B, a: x @ W.T)
+    assert "wrong for r = 2, α = 4.0" in capsys.readouterr().out
+    assert not check_lora_forward(lambda x, W, A, B, a: x @ W.T + x @ A.T @ B.T)  # α/r forgotten (α ≠ r)
+    assert "scaled by α/r" in capsys.readouterr().out
+    assert not check_lora_forward(lambda x, W, A, B, a: (x @ W.T + (a / A.shape[0]) * x @ A.T @ B.T).T)
+    assert "return one output row per input" in capsys.readouterr().out
     assert not check_lora_forward(lambda x, W, A, B, a: None)
     assert "returns None" in capsys.readouterr().out
 

@@ -34,6 +34,9 @@ def test_flow_path_check(capsys):
     assert not check_flow_path(lambda x0, e, t: _path(x0, e, t))
     assert "two tensors" in capsys.readouterr().out
     assert not check_flow_path(lambda x0, e, t: ((1 - t) * x0 + t * e, e - x0))  # t not broadcast
+    assert "raised RuntimeError" in capsys.readouterr().out
+    assert not check_flow_path(lambda x0, e, t: (x0.mean(1), e - x0))
+    assert "both must have x0's shape" in capsys.readouterr().out
     assert not check_flow_path(lambda x0, e, t: None)
     assert "returns None" in capsys.readouterr().out
 
@@ -48,6 +51,7 @@ def test_time_shift_check(capsys):
     assert not check_time_shift(lambda t, a: a * t)
     assert "leaves [0, 1]" in capsys.readouterr().out
     assert not check_time_shift(lambda t, a: t**a)
+    assert "wrong for shift α = 3.0" in capsys.readouterr().out
     assert not check_time_shift(lambda t, a: 1 / 0)
     assert "ZeroDivisionError" in capsys.readouterr().out
 
@@ -62,6 +66,7 @@ def test_flow_euler_step_check(capsys):
     assert not check_flow_euler_step(lambda x, v, t, tn: x - v)  # a full unit step
     assert "wrong from t = 1.0 to 0.75" in capsys.readouterr().out
     assert not check_flow_euler_step(lambda x, v, t, tn: x + tn * v)  # t_next instead of the step
+    assert "wrong from t = 1.0 to 0.75" in capsys.readouterr().out
     assert not check_flow_euler_step(lambda x, v, t, tn: (x + (tn - t) * v).mean(0))
     assert "shape" in capsys.readouterr().out
 
@@ -83,7 +88,10 @@ def test_sdxl_time_ids_check(capsys):
     assert "one row" in capsys.readouterr().out
     assert not check_sdxl_time_ids(lambda o, c, t: torch.tensor([[*o[::-1], *c[::-1], *t[::-1]]]))
     assert "do not swap" in capsys.readouterr().out
+    assert not check_sdxl_time_ids(lambda o, c, t: torch.tensor([[*o, *t, *c]]))  # crop and target swapped
+    assert "concatenate the three pairs in order" in capsys.readouterr().out
     assert not check_sdxl_time_ids(lambda o, c, t: None)
+    assert "returns None" in capsys.readouterr().out
 
 
 def test_refiner_split_check(capsys):
@@ -108,6 +116,9 @@ def test_refiner_split_check(capsys):
     assert not check_refiner_split(lambda ts, f: (ts[: round(f * len(ts))], ts[round(f * len(ts)) :]))
     assert "not by step count" in capsys.readouterr().out
     assert not check_refiner_split(lambda ts, f: ts)
+    assert "return two lists" in capsys.readouterr().out
+    assert not check_refiner_split(lambda ts, f: right(ts, f - 0.1))
+    assert "with 10 steps and frac 0.8: base = timesteps ≥ round(1000 − frac·1000)" in capsys.readouterr().out
 
 
 def test_sd3_joint_text_check(capsys):
@@ -130,6 +141,7 @@ def test_sd3_joint_text_check(capsys):
     assert check_sd3_joint_text(filled)
     assert capsys.readouterr().out.count("✅") == 2
     assert not check_sd3_joint_text(lambda l, g, t5: right(l, g, t5).flip(1))
+    assert "pad the last dimension with zeros to T5's width" in capsys.readouterr().out
     assert not check_sd3_joint_text(lambda l, g, t5: torch.cat([t5, right(l, g, t5)[:, :77]], 1))
     assert "CLIP tokens come first" in capsys.readouterr().out
     assert not check_sd3_joint_text(lambda l, g, t5: right(g, l, t5))

@@ -39,7 +39,11 @@ def test_img2img_start_check_accepts_right_and_rejects_typical_mistakes(capsys):
     assert not check_img2img_start(lambda n, s: int(n * (1 - s)))
     assert "truncated" in capsys.readouterr().out
     assert not check_img2img_start(lambda n, s: 0)
+    assert "for N = 50, γ = 0.8 the answer is not 0" in capsys.readouterr().out
+    assert not check_img2img_start(lambda n, s: n - int(n * s) + 1)  # one step late
+    assert "for N = 50, γ = 0.8 the answer is not 11" in capsys.readouterr().out
     assert not check_img2img_start(lambda n, s: "ten")
+    assert "return one whole number" in capsys.readouterr().out
     assert not check_img2img_start(lambda n, s: None)
     assert not check_img2img_start(lambda n, s: 1 / 0)
     out = capsys.readouterr().out
@@ -61,8 +65,9 @@ def test_latent_mask_check_accepts_right_and_rejects_typical_mistakes(capsys):
     assert not check_latent_mask(lambda m, f: F.avg_pool2d(m, 2))  # f ignored: wrong shape for f = 4
     assert "shape" in capsys.readouterr().out
     assert not check_latent_mask(lambda m, f: (F.avg_pool2d(m, f) > 0.5).float())  # thresholded
+    assert "average each f×f block" in capsys.readouterr().out
     assert not check_latent_mask(lambda m, f: None)
-    assert "✅" not in capsys.readouterr().out
+    assert "returns None" in capsys.readouterr().out
 
 
 def test_inpaint_blend_check_accepts_right_and_rejects_typical_mistakes(capsys):
@@ -76,9 +81,11 @@ def test_inpaint_blend_check_accepts_right_and_rejects_typical_mistakes(capsys):
     assert not check_inpaint_blend(lambda z, known, m: z)
     assert "blend of both" in capsys.readouterr().out
     assert not check_inpaint_blend(lambda z, known, m: torch.where(m > 0.5, z, known))  # a soft mask is not binary
+    assert "a soft mask mixes the two" in capsys.readouterr().out
     assert not check_inpaint_blend(lambda z, known, m: ((1 - m) * known + m * z)[0])
+    assert "return latents of shape (3, 4, 7, 7)" in capsys.readouterr().out
     assert not check_inpaint_blend(lambda z, known, m: 1 / 0)
-    assert "✅" not in capsys.readouterr().out
+    assert "ZeroDivisionError" in capsys.readouterr().out
 
 
 def test_img2img_explorer_redraws_when_controls_move(random_tiny_pipe):

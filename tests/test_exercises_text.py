@@ -203,12 +203,15 @@ def test_check_pooled_output_accepts_right_and_rejects_wrong(capsys):
     assert check_pooled_output(pooled)
     assert not check_pooled_output(lambda h, ids, eos: h[:, -1])
     assert not check_pooled_output(lambda h, ids, eos: h.mean(1))
-    assert not check_pooled_output(lambda h, ids, eos: h[:, 0])
+    assert not check_pooled_output(lambda h, ids, eos: h[:, 0])  # <bos>
     assert not check_pooled_output(lambda h, ids, eos: h)
     assert not check_pooled_output(lambda h, ids, eos: None)
+    assert not check_pooled_output(lambda h, ids, eos: pooled(h.roll(1, 1), ids, eos))  # one position late
     lines = _lines(capsys)
     assert lines[0].startswith("✅") and all(line.startswith("❌") for line in lines[1:])
-    assert "padding" in lines[1] and "average" in lines[2] and "shape" in lines[4]
+    assert "padding" in lines[1] and "average" in lines[2] and "find each row's <eos>" in lines[3]
+    assert "one vector per prompt, shape (4, 16)" in lines[4] and "returns None" in lines[5]
+    assert "find each row's <eos>" in lines[6]
 
 
 def test_check_pooled_output_matches_the_text_encoder():
