@@ -82,6 +82,7 @@ def test_check_tokenize_rejects_typical_mistakes(capsys):
     lines = _lines(capsys)
     assert len(lines) == len(wrong) and all(line.startswith("❌") for line in lines)
     assert "<bos>" in lines[0] and "max_length" in lines[1] and "mask" in lines[2]
+    assert "capitals and punctuation" in lines[3] and "a prompt longer than max_length" in lines[4]
     assert "raised ValueError" in lines[5] and "returns None" in lines[6]
 
 
