@@ -1,4 +1,5 @@
-"""Unit tests run offline (never the hub, whatever the caller's environment says) and in quick mode by default."""
+"""Unit tests run offline (never the hub, whatever the caller's environment says), in quick mode by default, and in
+any order: each starts from the same random state, and one that leaks global state fails."""
 
 from __future__ import annotations
 
@@ -14,6 +15,68 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make unit` runs two pytest-xdist workers on a 2-core machine: one thread each, so they do not fight over cores
     # (set before any test module imports torch; subprocesses the tests start inherit it)
     os.environ["OMP_NUM_THREADS"] = "1"
+
+
+# environment variables the library, torch or the hub clients read: a test may change them only through monkeypatch
+_WATCHED_ENV = ("DIFFUSION_LAB_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "DIFFUSERS_", "OMP_", "MKL_", "CUDA_",
+                "PYTORCH_", "ACCELERATE_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_")  # fmt: skip
+
+
+def _global_state() -> dict:
+    import torch
+
+    return {
+        "torch threads": torch.get_num_threads(),
+        "torch default dtype": torch.get_default_dtype(),
+        "torch grad mode": torch.is_grad_enabled(),
+        "working directory": os.getcwd(),
+        **{f"${k}": v for k, v in os.environ.items() if k.startswith(_WATCHED_ENV)},
+    }
+
+
+def _seed_everything() -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _seeded_session():
+    """The first test's module fixtures start from the same random state as every later one's."""
+    _seed_everything()
+
+
+@pytest.fixture(autouse=True)
+def _order_independent():
+    """Tests run shuffled (pytest-random-order), so none may depend on what ran before it: every test starts from the
+    same global random state (code that draws without a generator sees the same numbers in any order), and a test
+    that leaves torch's thread count, default dtype or grad mode, the working directory or a watched environment
+    variable changed fails (set them with monkeypatch, or restore them in a fixture)."""
+    import torch
+
+    _seed_everything()
+    before = _global_state()
+    yield
+    after = _global_state()
+    leaked = {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    # put everything back first, so that only the leaking test fails, not the ones after it
+    torch.set_num_threads(before["torch threads"])
+    torch.set_default_dtype(before["torch default dtype"])
+    torch.set_grad_enabled(before["torch grad mode"])
+    os.chdir(before["working directory"])
+    for key in leaked:
+        if key.startswith("$"):
+            if before.get(key) is None:
+                os.environ.pop(key[1:], None)
+            else:
+                os.environ[key[1:]] = before[key]
+    _seed_everything()  # module fixtures set up before the next test see the same state too
+    assert not leaked, f"the test changed global state (name: (before, after)): {leaked}"
 
 
 @pytest.fixture
