@@ -297,7 +297,12 @@ class Run:
         return self.rc == 0
 
     def summary(self) -> dict:
-        return {"rc": self.rc, "timed_out": self.timed_out, "seconds": round(self.seconds, 1)}
+        counts = [line.strip("= ") for line in self.output.splitlines() if RESULT_LINE.search(line)]
+        return {"rc": self.rc, "timed_out": self.timed_out, "seconds": round(self.seconds, 1),
+                "pytest": counts[-1] if counts else None}  # fmt: skip
+
+
+RESULT_LINE = re.compile(r"\b\d+ (passed|failed|errors?|deselected|skipped)\b.* in [\d.]+s")
 
 
 SUMMARY_LINE = re.compile(r"^(?:FAILED|ERROR) (.+?)(?: - (.*))?$")
