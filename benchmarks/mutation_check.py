@@ -337,7 +337,10 @@ def run_pytest(args: list[str], cwd: Path, env: dict, timeout_s: float) -> Run:
     for line in lines:
         m = SUMMARY_LINE.match(line.strip())
         if m:
-            failures.append((m.group(1), (m.group(2) or first_error)[:300]))
+            message = m.group(2) or ""  # cut to the terminal's width; the first "E" line is whole
+            if first_error and (not message or message.endswith("...")):
+                message = first_error
+            failures.append((m.group(1), message[:300]))
     return Run(rc, time.perf_counter() - start, out or "", failures)
 
 
@@ -520,6 +523,23 @@ def unit_stage(m: Mutation, base: Baselines) -> dict:
     return result
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+EXCEPTION_LINE = re.compile(r"^\w*(Error|Exception|Interrupt)\b(:.*)?$")
+
+
+def nbval_failure(output: str) -> dict:
+    """What nbval's report says about the failing cell: why (outputs differ, an exception, a timeout), the first
+    line of the cell's source, and the exception (e.g. the AssertionError of a proof that no longer holds)."""
+    lines = [line.rstrip() for line in ANSI.sub("", output).splitlines()]
+    reason = next((m.group(1) for line in lines if (m := re.match(r"^Cell \d+: (.+)$", line))), None)
+    source = None
+    if "Input:" in lines:
+        source = next((line.strip() for line in lines[lines.index("Input:") + 1 :] if line.strip()), None)
+    after = lines[lines.index("Traceback:") :] if "Traceback:" in lines else []
+    exception = next((line for line in after if EXCEPTION_LINE.match(line.strip())), None)
+    return {"reason": reason, "cell_source": source and source[:120], "exception": exception and exception[:300]}
+
+
 def notebook_stage(m: Mutation, base: Baselines) -> dict:
     out = {}
     for nb in m.notebooks:
@@ -527,15 +547,15 @@ def notebook_stage(m: Mutation, base: Baselines) -> dict:
             out[NB[nb]] = {"verdict": "baseline_failed", "caught": None, "cell": None, "seconds": 0.0}
             continue
         run = run_pytest(["--nbval", "-x", f"notebooks/{NB[nb]}"], base.scratch, base.env, NOTEBOOK_TIMEOUT_S)
-        node, msg = run.failures[0] if run.failures else (None, None)
-        cell = node.split("::", 1)[1] if node and "::" in node else None
+        node = run.failures[0][0] if run.failures else None
         if run.failed:
             verdict = "timeout" if run.timed_out else "caught"
         else:
             verdict = "survived" if run.passed else "error"
         out[NB[nb]] = {
-            "verdict": verdict, "caught": True if run.failed else (False if run.passed else None), "cell": cell,
-            "message": msg, "seconds": round(run.seconds, 1), "rc": run.rc,
+            "verdict": verdict, "caught": True if run.failed else (False if run.passed else None),
+            "cell": node.split("::", 1)[1] if node and "::" in node else None,  # nbval's name, e.g. "Cell 4"
+            **(nbval_failure(run.output) if run.failures else {}), "seconds": round(run.seconds, 1), "rc": run.rc,
         }  # fmt: skip
     return out
 
