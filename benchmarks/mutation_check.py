@@ -542,9 +542,14 @@ def nbval_failure(output: str) -> dict:
     return {"reason": reason, "cell_source": source and source[:120], "exception": exception and exception[:300]}
 
 
-def notebook_stage(m: Mutation, base: Baselines) -> dict:
+def notebook_stage(m: Mutation, base: Baselines, all_notebooks: bool = False) -> dict:
+    """Run the teaching notebooks one by one; unless ``all_notebooks``, stop at the first that catches the bug (the
+    verdict, "caught by a notebook that teaches the code", is then known; the rest are recorded as not run)."""
     out = {}
     for nb in m.notebooks:
+        if not all_notebooks and any(v["caught"] for v in out.values()):
+            out[NB[nb]] = {"verdict": "not_run", "caught": None, "cell": None, "seconds": 0.0}
+            continue
         if not base.notebook_ok(nb):
             out[NB[nb]] = {"verdict": "baseline_failed", "caught": None, "cell": None, "seconds": 0.0}
             continue
@@ -646,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the mutations (after checking them) and exit")
     parser.add_argument("--only", help="comma-separated mutation ids to run (default: all)")
     parser.add_argument("--skip-notebooks", action="store_true", help="unit stage only")
+    parser.add_argument(
+        "--all-notebooks", action="store_true", help="run every teaching notebook, not only up to the first that catches"
+    )
     parser.add_argument("--keep-scratch", action="store_true", help="keep the scratch copy (its path is printed)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
     parser.add_argument("--scratch-base", help="folder for the scratch copy (default: the system's temp folder)")
@@ -688,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
                 unit = unit_stage(m, base)
                 where = f" ({unit['stage']}: {unit['first_failure']})" if unit["first_failure"] else ""
                 print(f"  unit: {unit['verdict']}{where}, {unit['seconds']:.0f} s", flush=True)
-                notebooks = {} if args.skip_notebooks else notebook_stage(m, base)
+                notebooks = {} if args.skip_notebooks else notebook_stage(m, base, args.all_notebooks)
                 for name, v in notebooks.items():
                     where = f" at {v['cell']}" if v["cell"] else ""
                     print(f"  {name}: {v['verdict']}{where}, {v['seconds']:.0f} s", flush=True)
