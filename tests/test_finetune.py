@@ -200,6 +200,46 @@ def test_dreambooth_trains_the_unet_only(shipped, wide_threes):
     assert all(torch.equal(v, shipped.unet.state_dict()[k]) for k, v in unet_before.items())  # the original intact
 
 
+def test_dreambooth_step_weights_the_prior_term_by_lambda(shipped, wide_threes):
+    """One DreamBooth step with λ = 0.5 takes the gradient of L_instance + 0.5·L_prior (Ruiz et al. Eq. 2),
+    recomputed here on a fresh copy with the same draws (seed 0: instance indices, t, ε, then class indices, t', ε')."""
+    images, class_images, batch = wide_threes[:2], wide_threes[2:], 2
+    pipe = copy_pipeline(shipped)
+    result = dreambooth(pipe, images, class_images=class_images, prior_weight=0.5, steps=1, batch_size=batch,
+                        seed=0, progress=False)  # fmt: skip
+    got = [p.grad.clone() for p in pipe.unet.parameters()]
+
+    ref = copy_pipeline(shipped)  # the same state dreambooth starts from: "sks" added, its row at the mean
+    ref.tokenizer.add_tokens(["sks"])
+    ref.text_encoder.resize_token_embeddings(ref.tokenizer.vocab_size)
+    ref.text_encoder.eval().requires_grad_(False)
+    unet = ref.unet.train().requires_grad_(True)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, len(images), (batch,), generator=g)
+    instance = denoising_loss(ref, encode_images(ref, images)[idx], ["a sks three"] * batch, g)
+    jdx = torch.randint(0, len(class_images), (batch,), generator=g)
+    prior = denoising_loss(ref, encode_images(ref, class_images)[jdx], ["a three"] * batch, g)
+    assert result.instance_losses == pytest.approx([instance.item()], rel=1e-5)  # the same draws
+    assert result.prior_losses == pytest.approx([prior.item()], rel=1e-5)
+    params = list(unet.parameters())
+    g_inst = torch.autograd.grad(instance, params, retain_graph=True)
+    g_prior = torch.autograd.grad(prior, params)
+    want = [a + 0.5 * b for a, b in zip(g_inst, g_prior, strict=True)]  # ∇(L_inst + 0.5·L_prior)
+    with_weight_1 = [a + b for a, b in zip(g_inst, g_prior, strict=True)]
+
+    def rel_err(grads):  # the largest error of any tensor, relative to that tensor's largest entry
+        return max(
+            (x - w).abs().max().item() / w.abs().max().clamp_min(1e-12).item() for x, w in zip(got, grads, strict=True)
+        )
+
+    err, err_1 = rel_err(want), rel_err(with_weight_1)
+    assert err < 1e-4, (
+        f"the step's gradient is not that of L_inst + 0.5·L_prior (relative error {err:.3g}, "
+        f"against L_inst + 1·L_prior {err_1:.3g})"
+    )
+    assert err_1 > 1e-2  # λ = 0.5 and λ = 1 are told apart
+
+
 def test_dreambooth_bad_input(shipped, wide_threes):
     pipe = copy_pipeline(shipped)
     with pytest.raises(ValueError, match="rare token"):

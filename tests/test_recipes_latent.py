@@ -52,6 +52,31 @@ def test_train_latent_text2img_quick(monkeypatch):
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_text_recipe_drops_whole_captions_with_cond_drop_prob(monkeypatch):
+    """Classifier-free guidance dropout (whole caption → "") uses cfg.cond_drop_prob, not the per-word
+    caption_drop_prob: a spy on recipes.drop_condition records the probability of every call and delegates."""
+    from diffusion_lab import recipes
+
+    monkeypatch.setenv("DIFFUSION_LAB_SMOKE", "1")
+    real, seen = recipes.drop_condition, []
+
+    def spy(cond, null, drop_prob, generator=None):
+        seen.append(drop_prob)
+        return real(cond, null, drop_prob, generator)
+
+    monkeypatch.setattr(recipes, "drop_condition", spy)
+    images, labels = load_mnist("train", limit=600)
+    _, _, _, train = latent_text_recipe()
+    cfg = dataclasses.replace(
+        train, budget_s=1e6, ae_seconds=1e5, ae_steps=1, max_steps=2, bins_images=600, batch_size=8,
+        cond_drop_prob=0.3, caption_drop_prob=0.6,
+    )  # fmt: skip
+    assert cfg.cond_drop_prob != cfg.caption_drop_prob
+    _, info = train_latent_text2img(progress=False, images=images, labels=labels, train_config=cfg)
+    assert info["diffusion_steps"] == 2
+    assert seen == [0.3, 0.3], f"drop_condition got {seen}: whole captions must drop with cond_drop_prob = 0.3"
+
+
 def test_shipped_tiny_sd_loads_and_round_trips(tmp_path):
     """The checkpoint in data/pretrained/tiny_sd (notebooks 05-07 load it): loads, samples, and saves/reloads exactly."""
     pipe, bins = load_tiny_sd()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 
 import diffusers
@@ -99,6 +100,33 @@ def test_ema_warmup_and_average():
     for _ in range(200):
         ema.update(model)
     assert ema.current_decay() == 0.9 and ema.model.weight.item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_lr_schedule_warms_up_then_cosine_decays_to_a_tenth():
+    """TrainConfig.lr_at against the schedule written out: lr·(k+1)/W for k < W, then lr·(0.1 + 0.9·½(1 + cos πp)),
+    p = (k − W)/(steps − W): the peak at the end of warm-up, 0.55·lr half-way, 0.1·lr at ``steps``."""
+    lr, warm, steps = 2e-3, 10, 110
+    cfg = TrainConfig(steps=steps, lr=lr, warmup_steps=warm, lr_schedule="cosine")
+
+    def want(k):
+        if k < warm:
+            return lr * (k + 1) / warm
+        p = min(1.0, (k - warm) / (steps - warm))
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+    got = [cfg.lr_at(k) for k in range(steps + 1)]
+    assert got == pytest.approx([want(k) for k in range(steps + 1)], rel=1e-12), "lr_at is not the written formula"
+    assert got[:warm] == pytest.approx([lr * (k + 1) / warm for k in range(warm)])  # 0.1·lr, 0.2·lr, …, lr
+    assert got[warm - 1] == pytest.approx(lr) and got[warm] == pytest.approx(lr), "not at the peak after warm-up"
+    after = got[warm:]
+    assert all(b <= a for a, b in zip(after[:-1], after[1:], strict=True)), f"the lr rises after warm-up: {after[:3]} …"
+    assert got[warm + (steps - warm) // 2] == pytest.approx(0.55 * lr), "half-way must be lr·(0.1 + 0.45)"
+    assert got[steps - 1] == pytest.approx(0.1 * lr, rel=1e-2), f"last step {got[steps - 1]} is not ≈ 0.1·lr"
+    assert got[steps] == pytest.approx(0.1 * lr) and cfg.lr_at(10 * steps) == pytest.approx(0.1 * lr)
+
+    const = TrainConfig(steps=steps, lr=lr, warmup_steps=warm, lr_schedule="constant")
+    assert [const.lr_at(k) for k in range(warm)] == pytest.approx([lr * (k + 1) / warm for k in range(warm)])
+    assert all(const.lr_at(k) == lr for k in range(warm, steps + 1))
 
 
 def test_training_reduces_the_loss():
