@@ -542,14 +542,18 @@ def nbval_failure(output: str) -> dict:
     return {"reason": reason, "cell_source": source and source[:120], "exception": exception and exception[:300]}
 
 
-def notebook_stage(m: Mutation, base: Baselines, all_notebooks: bool = False) -> dict:
+def notebook_stage(m: Mutation, base: Baselines, unmutated_baseline, all_notebooks: bool = False) -> dict:
     """Run the teaching notebooks one by one; unless ``all_notebooks``, stop at the first that catches the bug (the
-    verdict, "caught by a notebook that teaches the code", is then known; the rest are recorded as not run)."""
+    verdict, "caught by a notebook that teaches the code", is then known; the rest are recorded as not run).
+    A notebook's unmutated baseline runs the first time it is needed, through ``unmutated_baseline(nb)``, which puts
+    the original file back while it runs."""
     out = {}
     for nb in m.notebooks:
         if not all_notebooks and any(v["caught"] for v in out.values()):
             out[NB[nb]] = {"verdict": "not_run", "caught": None, "cell": None, "seconds": 0.0}
             continue
+        if nb not in base.notebooks:
+            unmutated_baseline(nb)
         if not base.notebook_ok(nb):
             out[NB[nb]] = {"verdict": "baseline_failed", "caught": None, "cell": None, "seconds": 0.0}
             continue
@@ -681,9 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         verify_imports(scratch, env)
         base = Baselines(scratch, env)
         base.run_targeted(sorted({t for m in mutations for t in m.tests}))
-        if not args.skip_notebooks:
-            for nb in sorted({n for m in mutations for n in m.notebooks}):
-                base.run_notebook(nb)
+        # notebook baselines run lazily, the first time a mutation needs them (most mutations stop at their first)
 
         for k, m in enumerate(mutations, 1):
             path = scratch / m.file
@@ -692,11 +694,20 @@ def main(argv: list[str] | None = None) -> int:
             original = path.read_text(encoding="utf-8")
             print(f"[{k}/{len(mutations)}] {m.id} ({m.file}): {m.description}", flush=True)
             try:
-                path.write_text(original.replace(m.original, m.replacement, 1), encoding="utf-8")
+                mutated = original.replace(m.original, m.replacement, 1)
+                path.write_text(mutated, encoding="utf-8")
+
+                def unmutated_baseline(nb: str, path=path, original=original, mutated=mutated) -> None:
+                    path.write_text(original, encoding="utf-8")
+                    try:
+                        base.run_notebook(nb)
+                    finally:
+                        path.write_text(mutated, encoding="utf-8")
+
                 unit = unit_stage(m, base)
                 where = f" ({unit['stage']}: {unit['first_failure']})" if unit["first_failure"] else ""
                 print(f"  unit: {unit['verdict']}{where}, {unit['seconds']:.0f} s", flush=True)
-                notebooks = {} if args.skip_notebooks else notebook_stage(m, base, args.all_notebooks)
+                notebooks = {} if args.skip_notebooks else notebook_stage(m, base, unmutated_baseline, args.all_notebooks)
                 for name, v in notebooks.items():
                     where = f" at {v['cell']}" if v["cell"] else ""
                     print(f"  {name}: {v['verdict']}{where}, {v['seconds']:.0f} s", flush=True)
@@ -709,6 +720,10 @@ def main(argv: list[str] | None = None) -> int:
                 "teaching_notebooks": [NB[n] for n in m.notebooks], "unit": unit, "notebooks": notebooks,
                 "notebook_caught": (any(verdicts) if verdicts else None) if m.notebooks and notebooks else None,
             })  # fmt: skip
+            partial = {"summary": {**summarise(records, args.skip_notebooks), "complete": False,
+                                   "command": command, "date": started.isoformat(timespec="seconds")},
+                       "mutations": records}  # fmt: skip
+            write_json_atomic(args.out, partial)  # a run cut short still leaves what it measured
     finally:
         if args.keep_scratch:
             print(f"scratch copy kept at {scratch}", flush=True)
@@ -717,6 +732,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = summarise(records, args.skip_notebooks)
     summary.update(
+        complete=True,
         selection="all" if mutations == MUTATIONS else [m.id for m in mutations],
         notebooks_run=not args.skip_notebooks,
         baseline={"targeted_tests": base.targeted, "unit_suite": base.full, "notebooks": base.notebooks},
