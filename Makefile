@@ -18,8 +18,9 @@ TEST_WORKERS ?= 2
 # unit tests run shuffled within each module (pytest-random-order), in an order fixed by this seed so a CI run is
 # reproducible; any other seed must pass too: make unit TEST_ORDER_SEED=1234
 TEST_ORDER_SEED ?= 19
-# notebooks run in this many pytest-xdist processes, one notebook (one kernel) per process at a time
-NOTEBOOK_WORKERS ?= 2
+# notebooks run one after another by default: each kernel's torch already uses both cores, and two kernels on two
+# cores oversubscribe them (measured here: slower, not faster); NOTEBOOK_WORKERS=2 runs two notebooks at a time
+NOTEBOOK_WORKERS ?= 1
 # root (containers, cloud notebooks) must say so to JupyterLab
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
@@ -56,7 +57,8 @@ unit: $(STAMP)
 
 notebooks: $(STAMP)
 	@mkdir -p $(RESULTS)
-	$(PY) -m pytest --nbval notebooks/ -n $(NOTEBOOK_WORKERS) --dist loadfile --junitxml=$(RESULTS)/notebooks.xml
+	$(PY) -m pytest --nbval notebooks/ $(if $(filter-out 1,$(NOTEBOOK_WORKERS)),-n $(NOTEBOOK_WORKERS) --dist loadfile,) \
+		--junitxml=$(RESULTS)/notebooks.xml
 
 # Needs a system Chromium (Debian: apt-get install chromium); DIFFUSION_LAB_REQUIRE_BROWSER=1 makes a missing one fail.
 browser: $(STAMP)

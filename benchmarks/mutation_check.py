@@ -190,7 +190,7 @@ MUTATIONS: tuple[Mutation, ...] = (
       "ids = drop_condition(ids, null_ids, cfg.cond_drop_prob, g)",
       "ids = drop_condition(ids, null_ids, cfg.caption_drop_prob, g)",
       "text recipes drop whole captions with the attribute-word probability (25 %) instead of cond_drop_prob (5 %)",
-      True, ("tests/test_recipes_latent.py",), ("07", "08", "11")),
+      True, ("tests/test_recipes_latent.py",), ("06", "07", "08", "11")),
     M("flow-recipe-target-sign", "diffusion_lab/recipes.py",
       "return (v - flow_velocity(z0, noise)).pow(2).mean()",
       "return (v - flow_velocity(noise, z0)).pow(2).mean()",
