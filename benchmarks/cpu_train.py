@@ -1,6 +1,6 @@
 """From scratch to measured quality on this machine's CPU: the pixel-space class-conditional MNIST recipe.
 
-Trains ``diffusion_lab.recipes.mnist_pixel_recipe`` (the model of notebook 02) for a wall-clock budget, then samples
+Trains ``diffusion_lab.training.recipes.mnist_pixel_recipe`` (the model of notebook 02) for a wall-clock budget, then samples
 with DDIM and DDPM and measures prompt adherence and FID-MNIST (with the real-vs-real floor for the same n) using
 the shipped classifier. Appends one record per (sampler, steps, guidance) to ``benchmarks/results/cpu_train.json``.
 
@@ -8,10 +8,10 @@ the shipped classifier. Appends one record per (sampler, steps, guidance) to ``b
 
 Target (issue 4): >= 90 % adherence within 600 s of training on 2 CPU threads.
 
-``--model latent`` trains the latent text-to-image model instead (``diffusion_lab.recipes.train_latent_text2img``:
+``--model latent`` trains the latent text-to-image model instead (``diffusion_lab.training.recipes.train_latent_text2img``:
 autoencoder, text encoder and cross-attention U-Net from scratch in ``--budget`` seconds, 120 by default), samples
 prompts such as "a thick seven" with DDIM-25 at several guidance scales and measures digit adherence (classifier),
-attribute adherence (``diffusion_lab.text.attribute_adherence``) and FID-MNIST with its floor:
+attribute adherence (``diffusion_lab.mnist.captions.attribute_adherence``) and FID-MNIST with its floor:
 
     .venv/bin/python benchmarks/cpu_train.py --model latent --threads 2 --save data/pretrained/mnist_latent_text
 
@@ -19,7 +19,7 @@ Targets (issue 5): <= 120 s of training in all; >= 98 % digit adherence at the b
 attribute adherence; FID-MNIST <= 3x the floor at a guidance scale with >= 95 % digit adherence.
 
 ``--model flow`` is the steps-vs-quality comparison of issue 6 at equal training time: it trains the rectified-flow
-MMDiT (``diffusion_lab.recipes.train_latent_flow``) on the shipped tiny_sd's autoencoder for as many seconds as
+MMDiT (``diffusion_lab.training.recipes.train_latent_flow``) on the shipped tiny_sd's autoencoder for as many seconds as
 that model's U-Net trained (its ``diffusion_seconds`` in this file), then samples both with the same prompts: the
 MMDiT with Euler at 4, 8, 16, 32 steps, the U-Net with DDIM at 10, 25, 50.
 
@@ -38,10 +38,11 @@ from pathlib import Path
 
 import torch
 
-from diffusion_lab.checkpoint import write_json_atomic
-from diffusion_lab.data import load_mnist
-from diffusion_lab.metrics import evaluate, load_classifier, reference_stats
-from diffusion_lab.recipes import (
+from diffusion_lab.mnist.classifier import load_classifier
+from diffusion_lab.mnist.data import load_mnist
+from diffusion_lab.mnist.metrics import evaluate, reference_stats
+from diffusion_lab.pipelines.sampling import sample
+from diffusion_lab.training.recipes import (
     load_tiny_sd,
     pretrained_tiny_sd_path,
     save_tiny_sd,
@@ -50,7 +51,7 @@ from diffusion_lab.recipes import (
     train_latent_text2img,
     train_mnist_pixel,
 )
-from diffusion_lab.sampling import sample
+from diffusion_lab.utils.checkpoint import write_json_atomic
 
 OUT = Path(__file__).resolve().parent / "results" / "cpu_train.json"
 
@@ -110,7 +111,7 @@ EVAL_WORDS = (None, "thick", None, "thin", "slanted", None, "upright", "small", 
 
 def latent_prompts(n: int) -> tuple[list[str], torch.Tensor]:
     """n prompts (digits cycling 0..9, attribute words cycling through EVAL_WORDS per digit) and their digits."""
-    from diffusion_lab.text import DIGIT_NAMES
+    from diffusion_lab.mnist.captions import DIGIT_NAMES
 
     labels = torch.arange(n) % 10
     prompts = []
@@ -131,7 +132,7 @@ def generate_latent(pipe, prompts, steps, guidance, seed=0, batch=250):
 
 
 def main_latent(args) -> None:
-    from diffusion_lab.text import attribute_adherence
+    from diffusion_lab.mnist.captions import attribute_adherence
 
     torch.set_num_threads(args.threads)
     budget = 120.0 if args.budget is None else args.budget
@@ -157,7 +158,7 @@ def main_latent(args) -> None:
         "model": "latent",
         "description": f"latent text-to-image: AutoencoderKL {params['vae'] / 1e6:.2f} M, text encoder "
         f"{params['text_encoder'] / 1e6:.2f} M, cross-attention U-Net {params['unet'] / 1e6:.2f} M params",
-        "recipe": "diffusion_lab.recipes.latent_text_recipe",
+        "recipe": "diffusion_lab.training.recipes.latent_text_recipe",
         "label": args.label,
         "budget_seconds": budget,
         "train_seconds": round(wall, 1),
@@ -219,8 +220,8 @@ def unet_denoiser_seconds() -> float:
 
 
 def main_flow(args) -> None:
-    from diffusion_lab.flow import FlowMatchEulerDiscreteScheduler
-    from diffusion_lab.text import attribute_adherence
+    from diffusion_lab.mnist.captions import attribute_adherence
+    from diffusion_lab.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 
     torch.set_num_threads(args.threads)
     unet_pipe, bins = load_tiny_sd(pretrained_tiny_sd_path("tiny_sd"))
@@ -254,7 +255,7 @@ def main_flow(args) -> None:
         "model": "flow",
         "description": f"rectified flow + MMDiT {info['parameters']['transformer'] / 1e6:.2f} M params on tiny_sd's "
         "autoencoder",
-        "recipe": "diffusion_lab.recipes.latent_flow_recipe",
+        "recipe": "diffusion_lab.training.recipes.latent_flow_recipe",
         "diffusion_seconds": round(info["diffusion_seconds"], 1),
         "train_steps": info["diffusion_steps"],
         "final_loss": round(info["final_loss"], 5),
@@ -356,7 +357,7 @@ def main() -> None:
     if args.save:
         from dataclasses import asdict
 
-        from diffusion_lab.checkpoint import save_checkpoint
+        from diffusion_lab.utils.checkpoint import save_checkpoint
 
         save_checkpoint(
             args.save,
@@ -373,7 +374,7 @@ def main() -> None:
     common = {
         "model": f"UNet {tuple(model.config.channels)} patch {model.config.patch_size}, "
         f"{model.num_parameters() / 1e6:.2f} M params, class-conditional, pixel space",
-        "recipe": "diffusion_lab.recipes.mnist_pixel_recipe",
+        "recipe": "diffusion_lab.training.recipes.mnist_pixel_recipe",
         "label": args.label,
         "train_seconds": round(wall, 1),
         "train_step_seconds": round(trainer.train_seconds, 1),

@@ -2,7 +2,7 @@
 
 What is measured
 ----------------
-The four pipelines of ``diffusion_lab.family`` — ``StableDiffusionUpscalePipeline`` (x4 upscaler),
+The four pipelines of ``diffusion_lab.bridge.family`` — ``StableDiffusionUpscalePipeline`` (x4 upscaler),
 ``StableDiffusionControlNetPipeline`` (SD 1.5 + canny ControlNet), ``StableUnCLIPImg2ImgPipeline`` (Stable unCLIP
 2.1) and ``StableVideoDiffusionPipeline`` (SVD-XT) — loaded by ``family.load_family_pipeline``:
 
@@ -53,8 +53,9 @@ import diffusers
 import torch
 import transformers
 
-from diffusion_lab import bridge, family
-from diffusion_lab.checkpoint import write_json_atomic
+from diffusion_lab import bridge
+from diffusion_lab.bridge import family
+from diffusion_lab.utils.checkpoint import write_json_atomic
 
 OUT = Path(__file__).resolve().parent / "results" / "family_pipelines.json"
 KEYS = ("sd-x4-upscaler", "sd15-controlnet-canny", "sd21-unclip", "svd")

@@ -10,7 +10,7 @@ values of the weights, so nothing is downloaded and no licence is needed (SD3 is
 ``from_pretrained(..., dtype=...)`` sets them (in fp16 T5's ``wo`` layers stay in fp32: ``keep_in_fp32``). Each module
 is initialised directly on the GPU in its dtype, one at a time (for the offload recipes each is moved to the CPU once
 built), so building needs no more GPU memory than running, and no fp32 copy on the CPU. The tokenizers are
-the course's tiny in-memory ones (``diffusion_lab.bridge``): they only choose which ids are fed to the embedding
+the course's tiny in-memory ones (``diffusion_lab.bridge.hub``): they only choose which ids are fed to the embedding
 tables (still of the real vocabulary sizes, 49408 and 32128), and every prompt is padded to the real lengths (77 CLIP
 tokens, 256 T5 tokens), so the encoders do the same work. One 1024x1024 image, 30 steps, classifier-free guidance
 (SDXL 5.0, SD3 7.0: batch 2 through the denoiser), PIL output, as a user calls ``pipe(prompt, ...)``.
@@ -99,7 +99,7 @@ import torch
 import transformers
 
 from diffusion_lab import bridge
-from diffusion_lab.checkpoint import write_json_atomic
+from diffusion_lab.utils.checkpoint import write_json_atomic
 
 OUT = Path(__file__).resolve().parent / "results" / "gpu_pipelines.json"
 TINY_OUT = Path(__file__).resolve().parents[1] / "build" / "gpu_pipelines_tiny.json"

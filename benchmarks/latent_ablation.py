@@ -1,6 +1,6 @@
 """A/B runs of the latent text-to-image recipe at fixed step counts (issue 5): which choice buys what.
 
-Each variant overrides fields of the four configs of ``diffusion_lab.recipes.latent_text_recipe`` (``t.`` training,
+Each variant overrides fields of the four configs of ``diffusion_lab.training.recipes.latent_text_recipe`` (``t.`` training,
 ``u.`` U-Net, ``x.`` text encoder, ``v.`` autoencoder), trains with *step-count* stops (``ae_steps``, ``max_steps``;
 so the result does not depend on how loaded the machine is), samples one image per evaluation prompt with DDIM-25
 at several guidance scales and appends one JSON line per variant to ``benchmarks/results/latent_ablation.jsonl``:
@@ -56,10 +56,11 @@ def run_one(name: str, overrides: dict, n_eval: int, guidance: list[float], thre
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from cpu_train import generate_latent, latent_prompts
 
-    from diffusion_lab.data import load_mnist
-    from diffusion_lab.metrics import evaluate, load_classifier, reference_stats
-    from diffusion_lab.recipes import latent_text_recipe, train_latent_text2img
-    from diffusion_lab.text import attribute_adherence
+    from diffusion_lab.mnist.captions import attribute_adherence
+    from diffusion_lab.mnist.classifier import load_classifier
+    from diffusion_lab.mnist.data import load_mnist
+    from diffusion_lab.mnist.metrics import evaluate, reference_stats
+    from diffusion_lab.training.recipes import latent_text_recipe, train_latent_text2img
 
     vae, text, unet, train = latent_text_recipe()
     parts = {"v": {}, "x": {}, "u": {}, "t": {"budget_s": 1e9, "ae_seconds": 1e8}}

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import diffusion_lab as dl
-from diffusion_lab.checkpoint import write_json_atomic
+from diffusion_lab.utils.checkpoint import write_json_atomic
 
 OUT = Path(__file__).resolve().parent / "results" / "scheduler_step.json"
 

@@ -1,11 +1,11 @@
-"""Train the MNIST classifier behind ``diffusion_lab.metrics`` (prompt adherence and FID-MNIST).
+"""Train the MNIST classifier behind ``diffusion_lab.mnist.metrics`` (prompt adherence and FID-MNIST).
 
     python data/train_classifier.py          # about 4 minutes on a 2-core CPU (one thread), offline
 
 Writes, each atomically (temporary file in ``data/``, then ``os.replace``):
 
 - ``data/mnist_classifier.safetensors`` — the weights (float32, under 2 MB; no pickle anywhere);
-- ``data/mnist_classifier.json`` — the :class:`~diffusion_lab.metrics.ClassifierConfig`, the weights' sha256
+- ``data/mnist_classifier.json`` — the :class:`~diffusion_lab.mnist.classifier.ClassifierConfig`, the weights' sha256
   (checked by ``load_classifier``), the test accuracy, the training recipe and time, seed, torch version and date.
 
 Recipe: the small CNN of ``MnistClassifier`` (conv 32 → pool → conv 64 → pool → 128 features → 10), AdamW with a
@@ -37,8 +37,8 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without `pip install -e .`
 
-from diffusion_lab.data import load_mnist  # noqa: E402
-from diffusion_lab.metrics import ClassifierConfig, MnistClassifier, classify  # noqa: E402
+from diffusion_lab.mnist.classifier import ClassifierConfig, MnistClassifier, classify  # noqa: E402
+from diffusion_lab.mnist.data import load_mnist  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parent
 WEIGHTS = "mnist_classifier.safetensors"
@@ -143,12 +143,12 @@ def main() -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # safetensors wants contiguous
     atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     meta = {
-        "model": "diffusion_lab.metrics.MnistClassifier",
+        "model": "diffusion_lab.mnist.classifier.MnistClassifier",
         "config": dataclasses.asdict(config),
         "weights_file": WEIGHTS,
         "weights_sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
         "num_parameters": n_params,
-        "input": "float32 (B, 1, 28, 28) in [-1, 1], as diffusion_lab.data.load_mnist gives",
+        "input": "float32 (B, 1, 28, 28) in [-1, 1], as diffusion_lab.mnist.data.load_mnist gives",
         "features": f"penultimate layer before its ReLU (B, {config.feature_dim}): the FID-MNIST feature space",
         "test_accuracy": test_acc,
         "test_errors": errors,

@@ -3,8 +3,7 @@
 Light to import: torch and numpy only. Plots, widgets and diffusers are imported by the modules that need them.
 """
 
-from diffusion_lab.autoencoder import AutoencoderConfig, AutoencoderKL
-from diffusion_lab.diffusion import (
+from diffusion_lab.maths.diffusion import (
     ddim_sigma,
     ddim_step,
     ddpm_posterior,
@@ -14,15 +13,20 @@ from diffusion_lab.diffusion import (
     q_step,
     velocity,
 )
-from diffusion_lab.flow import FlowMatchEulerDiscreteScheduler, flow_interpolate, flow_velocity
-from diffusion_lab.mmdit import MMDiT, MMDiTConfig
-from diffusion_lab.pipeline import TinySD3Pipeline, TinyStableDiffusionPipeline
-from diffusion_lab.sampling import cfg_combine, drop_condition, rescale_noise_cfg
-from diffusion_lab.schedulers import DDIMScheduler, DDPMScheduler, SchedulerOutput
-from diffusion_lab.schedules import alphas_cumprod_from_betas, inference_timesteps, make_betas, snr, snr_db
-from diffusion_lab.settings import pick, smoke_mode
-from diffusion_lab.text import TextEncoder, TextEncoderConfig, WordTokenizer
-from diffusion_lab.unet import UNet, UNetConfig
+from diffusion_lab.maths.flow import flow_interpolate, flow_velocity
+from diffusion_lab.maths.guidance import cfg_combine, drop_condition, rescale_noise_cfg
+from diffusion_lab.maths.schedules import alphas_cumprod_from_betas, inference_timesteps, make_betas, snr, snr_db
+from diffusion_lab.models.autoencoder import AutoencoderConfig, AutoencoderKL
+from diffusion_lab.models.mmdit import MMDiT, MMDiTConfig
+from diffusion_lab.models.text_encoder import TextEncoder, TextEncoderConfig, WordTokenizer
+from diffusion_lab.models.unet import UNet, UNetConfig
+from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
+from diffusion_lab.pipelines.stable_diffusion_3 import TinySD3Pipeline
+from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
+from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
+from diffusion_lab.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
+from diffusion_lab.schedulers.scheduling_utils import SchedulerOutput
+from diffusion_lab.utils.settings import pick, smoke_mode
 
 __version__ = "0.1.0"
 

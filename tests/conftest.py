@@ -85,11 +85,11 @@ def random_tiny_pipe():
     strength all change its pictures, which is what the widget tests need."""
     import torch
 
-    from diffusion_lab.autoencoder import AutoencoderConfig, AutoencoderKL
-    from diffusion_lab.pipeline import TinyStableDiffusionPipeline
-    from diffusion_lab.schedulers import DDIMScheduler
-    from diffusion_lab.text import TextEncoder, TextEncoderConfig, WordTokenizer
-    from diffusion_lab.unet import UNet, UNetConfig
+    from diffusion_lab.models.autoencoder import AutoencoderConfig, AutoencoderKL
+    from diffusion_lab.models.text_encoder import TextEncoder, TextEncoderConfig, WordTokenizer
+    from diffusion_lab.models.unet import UNet, UNetConfig
+    from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
+    from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
 
     torch.manual_seed(0)
     tokenizer = WordTokenizer.from_texts([], model_max_length=8)

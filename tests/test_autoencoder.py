@@ -8,14 +8,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from diffusion_lab.autoencoder import (
-    AutoencoderConfig,
-    AutoencoderKL,
-    DiagonalGaussianDistribution,
-    estimate_scaling_factor,
-    train_autoencoder,
-    vae_loss,
-)
+from diffusion_lab.models.autoencoder import AutoencoderConfig, AutoencoderKL, DiagonalGaussianDistribution
+from diffusion_lab.training.autoencoder import estimate_scaling_factor, train_autoencoder, vae_loss
 
 
 def tiny_model(seed: int = 0, **kw) -> AutoencoderKL:
@@ -168,7 +162,7 @@ def test_training_lowers_the_loss_and_is_deterministic():
 def test_time_budget_stops_training_by_the_clock(monkeypatch):
     """A fake clock that advances 1 s per training step (in the callback): a 3.5 s budget allows exactly 4 steps,
     with steps as well whichever comes first, and each record carries the clock's reading."""
-    import diffusion_lab.autoencoder as ae
+    from diffusion_lab.training import autoencoder as ae
 
     now = [0.0]
     monkeypatch.setattr(ae, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))

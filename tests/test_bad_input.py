@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from diffusion_lab import DDIMScheduler, DDPMScheduler, pick, smoke_mode
-from diffusion_lab.diffusion import ddim_sigma, predict_x0_and_eps, q_sample
-from diffusion_lab.schedules import inference_timesteps, make_betas
+from diffusion_lab.maths.diffusion import ddim_sigma, predict_x0_and_eps, q_sample
+from diffusion_lab.maths.schedules import inference_timesteps, make_betas
 
 SCHEDULERS = [DDPMScheduler, DDIMScheduler]
 

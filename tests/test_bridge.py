@@ -1,4 +1,4 @@
-"""diffusion_lab.bridge: tiny SDXL/SD3 pipelines offline, the hand-written loops equal to ``pipe(...)``, our
+"""diffusion_lab.bridge.hub: tiny SDXL/SD3 pipelines offline, the hand-written loops equal to ``pipe(...)``, our
 schedulers inside the real pipelines, the environment check and the faults (issue 7)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 
 import diffusion_lab
 from diffusion_lab import bridge
+from diffusion_lab.bridge import hub
 
 ATOL = 1e-5
 SIZE = 64
@@ -298,7 +299,7 @@ def test_network_failure_falls_back_to_tiny(monkeypatch, tmp_path, capsys):
 
 def test_environment_quick_mode_never_probes(monkeypatch):
     monkeypatch.setenv("DIFFUSION_LAB_SMOKE", "1")
-    monkeypatch.setattr(bridge, "_hub_reachable", lambda *a: pytest.fail("the network was touched"))
+    monkeypatch.setattr(hub, "_hub_reachable", lambda *a: pytest.fail("the network was touched"))
     env = bridge.check_environment(allow_cpu=True)
     assert not env.use_real and not env.hub
     assert "quick mode" in str(env) and "TINY" in str(env)
@@ -326,14 +327,14 @@ def test_environment_unreachable_hub_is_bounded(monkeypatch):
             self.join_timeouts.append(timeout)
             super().join(timeout)
 
-    monkeypatch.setattr(bridge.socket, "create_connection", never_answers)
-    monkeypatch.setattr(bridge, "threading", types.SimpleNamespace(Thread=RecordedThread))
+    monkeypatch.setattr(hub.socket, "create_connection", never_answers)
+    monkeypatch.setattr(hub, "threading", types.SimpleNamespace(Thread=RecordedThread))
     try:
         env = bridge.check_environment(hub_timeout=0.5, allow_cpu=True)
         (probe,) = threads
         assert probe.daemon and probe.join_timeouts == [0.5]  # waited for at most the timeout
         assert probe.is_alive()  # and given up on: the probe is still blocked in the connection
-        assert connects == [(bridge.HUB_HOST, 0.5)]
+        assert connects == [(hub.HUB_HOST, 0.5)]
         assert not env.hub and not env.use_real and "did not answer within 0.5 s" in str(env)
     finally:
         release.set()

@@ -1,4 +1,4 @@
-"""ControlNet (diffusion_lab.controlnet): the exact no-op at initialisation, the weight copy, the frozen base, the
+"""ControlNet (diffusion_lab.models.controlnet): the exact no-op at initialisation, the weight copy, the frozen base, the
 zero-convolution gradients, control maps, bad input, save/load, and the same rules checked in diffusers."""
 
 from __future__ import annotations
@@ -6,11 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_lab import controlnet as cn
-from diffusion_lab.data import load_mnist
-from diffusion_lab.finetune import denoising_loss, encode_images
-from diffusion_lab.recipes import load_tiny_sd
-from diffusion_lab.unet import UNet, UNetConfig
+from diffusion_lab.maths.images import coarse_mask, edge_f1, edge_map, mask_iou
+from diffusion_lab.mnist.data import load_mnist
+from diffusion_lab.models import controlnet as cn
+from diffusion_lab.models.unet import UNet, UNetConfig
+from diffusion_lab.pipelines.controlnet import TinyControlNetPipeline, controlnet_keep
+from diffusion_lab.training.controlnet import ControlNetTrainConfig, controlnet_loss, train_controlnet
+from diffusion_lab.training.finetune import denoising_loss, encode_images
+from diffusion_lab.training.recipes import load_tiny_sd
 
 PROMPTS = ["a seven", "a thick two"]
 
@@ -93,8 +96,8 @@ def test_from_unet_copies_the_encoder_half_and_starts_the_zero_convs_at_zero(shi
 def test_zero_initialised_controlnet_reproduces_the_base_pipeline_exactly(shipped, digits):
     pipe = shipped[0]
     torch.manual_seed(0)
-    controlled = cn.TinyControlNetPipeline.from_pipe(pipe, cn.ControlNet.from_unet(pipe.unet))
-    edges = cn.edge_map(digits[0])
+    controlled = TinyControlNetPipeline.from_pipe(pipe, cn.ControlNet.from_unet(pipe.unet))
+    edges = edge_map(digits[0])
     kw = dict(num_inference_steps=4, return_intermediates=True)
     base = pipe(PROMPTS, generator=_gen(), **kw)
     for extra in ({}, {"guess_mode": True}, {"controlnet_conditioning_scale": 1.5}):
@@ -117,8 +120,8 @@ def test_zero_initialised_controlnet_reproduces_the_base_pipeline_exactly(shippe
     assert not torch.equal(late.intermediates[2], base.intermediates[2])
     assert all(torch.equal(a, b) for a, b in zip(early.intermediates[:2], full.intermediates[:2], strict=True))
     assert not torch.equal(early.intermediates[2], full.intermediates[2])
-    assert cn.controlnet_keep(4, 0.0, 0.5) == [1.0, 1.0, 0.0, 0.0]  # diffusers' controlnet_keep rule
-    assert cn.controlnet_keep(5, 0.2, 1.0) == [0.0, 1.0, 1.0, 1.0, 1.0]
+    assert controlnet_keep(4, 0.0, 0.5) == [1.0, 1.0, 0.0, 0.0]  # diffusers' controlnet_keep rule
+    assert controlnet_keep(5, 0.2, 1.0) == [0.0, 1.0, 1.0, 1.0, 1.0]
 
 
 def test_zero_convolution_gradients_reach_the_copy_from_the_second_step(shipped, digits):
@@ -127,11 +130,11 @@ def test_zero_convolution_gradients_reach_the_copy_from_the_second_step(shipped,
     pipe.unet.requires_grad_(False)  # frozen, as train_controlnet leaves it
     torch.manual_seed(0)
     net = cn.ControlNet.from_unet(pipe.unet)
-    latents, edges = encode_images(pipe, digits[0]), cn.edge_map(digits[0])
+    latents, edges = encode_images(pipe, digits[0]), edge_map(digits[0])
 
     def grads() -> dict[str, float]:
         net.zero_grad(set_to_none=True)
-        cn.controlnet_loss(pipe, net, latents, PROMPTS, edges, _gen(5)).backward()
+        controlnet_loss(pipe, net, latents, PROMPTS, edges, _gen(5)).backward()
         return {n: (p.grad.abs().sum().item() if p.grad is not None else 0.0) for n, p in net.named_parameters()}
 
     def sgd_step(lr: float = 0.1) -> None:  # θ ← θ − lr·∂L/∂θ (plain SGD, written out)
@@ -160,15 +163,15 @@ def test_loss_is_the_base_models_loss_and_training_leaves_the_base_frozen(shippe
     latents = encode_images(pipe, x[:4])
     prompts = ["a five", "", "a thick zero", "a four"]
     with torch.no_grad():
-        ours = cn.controlnet_loss(pipe, net, latents, prompts, cn.edge_map(x[:4]), _gen(2))
+        ours = controlnet_loss(pipe, net, latents, prompts, edge_map(x[:4]), _gen(2))
         theirs = denoising_loss(pipe, latents, prompts, _gen(2))
     assert torch.equal(ours, theirs)  # same draws of t and ε, zero residuals: the same number
 
     frozen = {
         n: {k: v.clone() for k, v in getattr(pipe, n).state_dict().items()} for n in ("unet", "vae", "text_encoder")
     }
-    cfg = cn.ControlNetTrainConfig(steps=3, batch_size=4, num_images=16, warmup_steps=1)
-    controlled, info = cn.train_controlnet(pipe, cn.edge_map, cfg, bins=bins, images=x, labels=y, progress=False)
+    cfg = ControlNetTrainConfig(steps=3, batch_size=4, num_images=16, warmup_steps=1)
+    controlled, info = train_controlnet(pipe, edge_map, cfg, bins=bins, images=x, labels=y, progress=False)
     for name, state in frozen.items():
         module = getattr(pipe, name)
         assert all(torch.equal(v, module.state_dict()[k]) for k, v in state.items()), name
@@ -177,8 +180,8 @@ def test_loss_is_the_base_models_loss_and_training_leaves_the_base_frozen(shippe
     assert len(info["losses"]) == 3 and all(torch.isfinite(torch.tensor(info["losses"])))
     assert controlled.controlnet.controlnet_mid_block.weight.abs().sum() > 0  # the zero convs moved
     with pytest.raises(ValueError, match="steps must be a positive integer"):
-        cn.ControlNetTrainConfig(steps=0)
-    schedule = cn.ControlNetTrainConfig(steps=100, lr=1.0, warmup_steps=10, final_lr_fraction=0.1)
+        ControlNetTrainConfig(steps=0)
+    schedule = ControlNetTrainConfig(steps=100, lr=1.0, warmup_steps=10, final_lr_fraction=0.1)
     assert schedule.lr_at(0) == 0.1 and schedule.lr_at(10) == 1.0 and schedule.lr_at(99) == pytest.approx(0.1)
 
 
@@ -188,21 +191,21 @@ def test_loss_is_the_base_models_loss_and_training_leaves_the_base_frozen(shippe
 def test_control_maps_and_agreement_measures():
     x = -torch.ones(2, 1, 28, 28)
     x[0, 0, 8:20, 8:20] = 1.0  # a white square
-    edges = cn.edge_map(x)
+    edges = edge_map(x)
     assert set(edges.unique().tolist()) <= {0.0, 1.0} and edges[1].sum() == 0
     ring = edges[0, 0].nonzero()
     assert ring[:, 0].min() >= 7 and ring[:, 0].max() <= 20 and edges[0, 0, 11:17, 11:17].sum() == 0  # outline only
     assert 40 <= edges[0].sum() <= 56  # about one pixel wide (a 12×12 square's outline has 44 pixels)
-    mask = cn.coarse_mask(x)
+    mask = coarse_mask(x)
     assert mask[0, 0, 8:20, 8:20].all() and mask[1].sum() == 0 and mask[0].sum() == 144
-    assert cn.edge_f1(edges, edges).tolist() == [1.0, 0.0]  # an empty map agrees with nothing
+    assert edge_f1(edges, edges).tolist() == [1.0, 0.0]  # an empty map agrees with nothing
     shifted = edges.roll(1, dims=-1)
-    assert cn.edge_f1(shifted, edges)[0] < 0.6 and cn.edge_f1(shifted, edges, tolerance=1)[0] == 1.0
-    assert cn.mask_iou(mask, mask)[0] == 1.0 and cn.mask_iou(mask.roll(4, -1), mask)[0] == pytest.approx(8 / 16)
+    assert edge_f1(shifted, edges)[0] < 0.6 and edge_f1(shifted, edges, tolerance=1)[0] == 1.0
+    assert mask_iou(mask, mask)[0] == 1.0 and mask_iou(mask.roll(4, -1), mask)[0] == pytest.approx(8 / 16)
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
-        cn.edge_map(torch.zeros(1, 3, 28, 28))
+        edge_map(torch.zeros(1, 3, 28, 28))
     with pytest.raises(ValueError, match="cell must be a positive integer dividing"):
-        cn.coarse_mask(x, cell=5)
+        coarse_mask(x, cell=5)
 
 
 # -------------------------------------------------------------------------------------------------- bad input
@@ -231,7 +234,7 @@ def test_control_maps_and_agreement_measures():
 )
 def test_bad_control_input_is_refused_clearly(shipped, kwargs, error, match):
     pipe = shipped[0]
-    controlled = cn.TinyControlNetPipeline.from_pipe(pipe, cn.ControlNet.from_unet(pipe.unet))
+    controlled = TinyControlNetPipeline.from_pipe(pipe, cn.ControlNet.from_unet(pipe.unet))
     kwargs = {"image": torch.zeros(1, 1, 28, 28), **kwargs}
     with pytest.raises(error, match=match):
         controlled(PROMPTS, num_inference_steps=1, **kwargs)
@@ -250,10 +253,10 @@ def test_controlnet_forward_and_pipeline_refuse_mismatches(shipped):
     other = cn.ControlNet.from_unet(UNet(UNetConfig(in_channels=4, out_channels=4, channels=(32,), attention_levels=(
         False,), blocks_per_level=0, cross_attention_dim=64, pooled_dim=64)))  # fmt: skip
     with pytest.raises(ValueError, match=r"built for another U-Net \(channels: \(32,\) vs \(64,\)\)"):
-        cn.TinyControlNetPipeline.from_pipe(pipe, other)
+        TinyControlNetPipeline.from_pipe(pipe, other)
     coarse = cn.ControlNet.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32))
     with pytest.raises(ValueError, match="reduces control images 2× but the autoencoder's factor is 4"):
-        cn.TinyControlNetPipeline.from_pipe(pipe, coarse)
+        TinyControlNetPipeline.from_pipe(pipe, coarse)
 
 
 # ------------------------------------------------------------------------------------------------- save / load
@@ -262,21 +265,21 @@ def test_controlnet_forward_and_pipeline_refuse_mismatches(shipped):
 def test_save_and_load_with_safetensors(shipped, digits, tmp_path):
     pipe = shipped[0]
     torch.manual_seed(0)
-    controlled = cn.TinyControlNetPipeline.from_pipe(pipe, cn.ControlNet.from_unet(pipe.unet))
+    controlled = TinyControlNetPipeline.from_pipe(pipe, cn.ControlNet.from_unet(pipe.unet))
     _randomise(controlled.controlnet)
-    edges = cn.edge_map(digits[0])
+    edges = edge_map(digits[0])
     before = controlled(PROMPTS, image=edges, num_inference_steps=3, generator=_gen()).images
     controlled.controlnet.save_pretrained(tmp_path / "cn")
     assert (tmp_path / "cn" / "model.safetensors").is_file()
     loaded = cn.ControlNet.from_pretrained(tmp_path / "cn")
     assert loaded.config == controlled.controlnet.config and not loaded.training
     controlled.save_pretrained(tmp_path / "pipe")
-    again = cn.TinyControlNetPipeline.from_pretrained(tmp_path / "pipe")
+    again = TinyControlNetPipeline.from_pretrained(tmp_path / "pipe")
     after = again(PROMPTS, image=edges, num_inference_steps=3, generator=_gen()).images
     assert torch.equal(before, after)
     pipe.save_pretrained(tmp_path / "base")
     with pytest.raises(ValueError, match="holds a TinyStableDiffusionPipeline, not a TinyControlNetPipeline"):
-        cn.TinyControlNetPipeline.from_pretrained(tmp_path / "base")
+        TinyControlNetPipeline.from_pretrained(tmp_path / "base")
 
 
 # ------------------------------------------------------------------------------------- the same rules in diffusers

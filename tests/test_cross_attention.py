@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_lab.unet import CrossAttention, SpatialTransformer, UNet, UNetConfig, record_attention
+from diffusion_lab.models.unet import CrossAttention, SpatialTransformer, UNet, UNetConfig, record_attention
 
 
 def _randomise(module: torch.nn.Module, seed: int = 0) -> None:

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from diffusion_lab.data import MnistFileError, from_unit_range, load_mnist, mnist_dataset, moons, swiss_roll
+from diffusion_lab.mnist.data import MnistFileError, from_unit_range, load_mnist, mnist_dataset, moons, swiss_roll
 
 
 def test_mnist_splits_shapes_and_range():
@@ -31,7 +31,7 @@ def test_missing_and_corrupt_file_give_clear_errors(tmp_path):
         load_mnist(path=bad)
     with pytest.raises(MnistFileError, match="could not read"):
         load_mnist(path=bad, verify=False)
-    from diffusion_lab.data import default_mnist_path
+    from diffusion_lab.mnist.data import default_mnist_path
 
     truncated = tmp_path / "t.npz"
     shutil.copy(default_mnist_path(), truncated)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffusion_lab import DDIMScheduler, DDPMScheduler
-from diffusion_lab.diffusion import (
+from diffusion_lab.maths.diffusion import (
     ddim_sigma,
     ddim_step,
     ddpm_posterior,
@@ -24,7 +24,7 @@ from diffusion_lab.diffusion import (
     x0_from_eps,
     x0_from_v,
 )
-from diffusion_lab.schedules import (
+from diffusion_lab.maths.schedules import (
     alphas_cumprod_from_betas,
     cosine_betas,
     inference_timesteps,

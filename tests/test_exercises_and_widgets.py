@@ -6,7 +6,7 @@ import ipywidgets  # noqa: F401  (a pinned requirement: a broken install fails h
 import pytest
 import torch
 
-from diffusion_lab.plots import image_grid
+from diffusion_lab.course.plots import image_grid
 
 
 def test_image_grid_places_each_image_in_its_tile():
@@ -28,7 +28,7 @@ def test_image_grid_places_each_image_in_its_tile():
 
 
 def test_forward_process_explorer_redraws_when_controls_move():
-    from diffusion_lab.widgets import ForwardProcessExplorer
+    from diffusion_lab.course.widgets import ForwardProcessExplorer
 
     ex = ForwardProcessExplorer(torch.zeros(4, 1, 28, 28), t=10)
     first = ex.image.value

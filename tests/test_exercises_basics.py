@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_lab.exercises import (
-    check_ddim_step,
-    check_ddpm_loss,
-    check_ddpm_step,
-    check_gaussian_kl,
+from diffusion_lab.course.exercises.nb01_forward_diffusion import (
     check_q_sample,
+    check_snr_crossing,
+    check_trailing_timesteps,
+)
+from diffusion_lab.course.exercises.nb02_ddpm import check_ddpm_loss, check_ddpm_step
+from diffusion_lab.course.exercises.nb03_samplers import check_ddim_step, check_timesteps_answer
+from diffusion_lab.course.exercises.nb04_autoencoder import (
+    check_gaussian_kl,
     check_reparameterize,
     check_scaling_factor,
-    check_snr_crossing,
-    check_timesteps_answer,
-    check_trailing_timesteps,
 )
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_lab.exercises import check_best_guidance, check_cfg_combine, check_rescale_noise_cfg
+from diffusion_lab.course.exercises.nb06_guidance import check_best_guidance, check_cfg_combine, check_rescale_noise_cfg
 
 
 def test_cfg_combine_check_accepts_right_and_rejects_typical_mistakes(capsys):
@@ -97,8 +97,8 @@ def test_best_guidance_check(capsys):
 
 
 def test_guidance_explorer_redraws_when_controls_move(random_tiny_pipe):
-    from diffusion_lab.metrics import ClassifierConfig, MnistClassifier
-    from diffusion_lab.widgets import GuidanceExplorer
+    from diffusion_lab.course.widgets import GuidanceExplorer
+    from diffusion_lab.mnist.classifier import ClassifierConfig, MnistClassifier
 
     pipe = random_tiny_pipe
     classifier = MnistClassifier(ClassifierConfig())

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffusion_lab.exercises import check_lora_forward, check_magnitude_prune, check_prior_preservation_loss
+from diffusion_lab.course.exercises.nb11_fine_tuning import (
+    check_lora_forward,
+    check_magnitude_prune,
+    check_prior_preservation_loss,
+)
 
 
 def test_lora_forward_check(capsys):

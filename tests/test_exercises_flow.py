@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from diffusion_lab.exercises import check_flow_euler_step, check_flow_path, check_time_shift
+from diffusion_lab.course.exercises.nb08_flow import check_flow_euler_step, check_flow_path, check_time_shift
 
 
 def _path(x0, e, t):  # (1 − t)·x₀ + t·ε, t broadcast over (L, h, w)
@@ -77,7 +77,7 @@ def test_flow_euler_step_check(capsys):
 def test_sdxl_time_ids_check(capsys):
     import torch
 
-    from diffusion_lab.exercises import check_sdxl_time_ids
+    from diffusion_lab.course.exercises.nb09_sdxl import check_sdxl_time_ids
 
     assert check_sdxl_time_ids(lambda o, c, t: torch.tensor([[*o, *c, *t]]))
     assert check_sdxl_time_ids(lambda o, c, t: torch.tensor([list(o + c + t)], dtype=torch.float64))
@@ -95,7 +95,7 @@ def test_sdxl_time_ids_check(capsys):
 
 
 def test_refiner_split_check(capsys):
-    from diffusion_lab.exercises import check_refiner_split
+    from diffusion_lab.course.exercises.nb09_sdxl import check_refiner_split
 
     def right(ts, frac):
         cut = round(1000 - frac * 1000)
@@ -124,7 +124,7 @@ def test_refiner_split_check(capsys):
 def test_sd3_joint_text_check(capsys):
     import torch
 
-    from diffusion_lab.exercises import check_sd3_joint_text
+    from diffusion_lab.course.exercises.nb10_sd3 import check_sd3_joint_text
 
     def right(l, g, t5):
         clip = torch.nn.functional.pad(torch.cat([l, g], -1), (0, t5.shape[-1] - l.shape[-1] - g.shape[-1]))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_lab.exercises import check_img2img_start, check_inpaint_blend, check_latent_mask
+from diffusion_lab.course.exercises.nb07_tiny_sd import check_img2img_start, check_inpaint_blend, check_latent_mask
 
 
 def test_img2img_start_check_accepts_right_and_rejects_typical_mistakes(capsys):
@@ -89,8 +89,8 @@ def test_inpaint_blend_check_accepts_right_and_rejects_typical_mistakes(capsys):
 
 
 def test_img2img_explorer_redraws_when_controls_move(random_tiny_pipe):
-    from diffusion_lab.metrics import ClassifierConfig, MnistClassifier
-    from diffusion_lab.widgets import Img2ImgExplorer
+    from diffusion_lab.course.widgets import Img2ImgExplorer
+    from diffusion_lab.mnist.classifier import ClassifierConfig, MnistClassifier
 
     pipe = random_tiny_pipe
     image = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(2)) * 2 - 1

@@ -8,9 +8,13 @@ import re
 import pytest
 import torch
 
-from diffusion_lab.exercises import check_cross_attention, check_pooled_output, check_tokenize
-from diffusion_lab.text import TextEncoder, TextEncoderConfig, WordTokenizer
-from diffusion_lab.unet import CrossAttention
+from diffusion_lab.course.exercises.nb05_text_conditioning import (
+    check_cross_attention,
+    check_pooled_output,
+    check_tokenize,
+)
+from diffusion_lab.models.text_encoder import TextEncoder, TextEncoderConfig, WordTokenizer
+from diffusion_lab.models.unet import CrossAttention
 
 
 def _lines(capsys) -> list[str]:

@@ -1,4 +1,4 @@
-"""diffusion_lab.family: the x4 upscaler, ControlNet, Stable unCLIP and SVD pipelines of diffusers, run offline on
+"""diffusion_lab.bridge.family: the x4 upscaler, ControlNet, Stable unCLIP and SVD pipelines of diffusers, run offline on
 tiny stand-ins loaded through the real ``from_pretrained`` path, and the input checks that catch what diffusers
 silently resizes or never checks."""
 
@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_lab import bridge, family
+from diffusion_lab import bridge
+from diffusion_lab.bridge import family
 
 KEYS = {
     "sd-x4-upscaler": diffusers.StableDiffusionUpscalePipeline,

@@ -1,4 +1,4 @@
-"""Textual inversion, DreamBooth and the example-image folder (diffusion_lab.finetune), and added tokens."""
+"""Textual inversion, DreamBooth and the example-image folder (diffusion_lab.training.finetune), and added tokens."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_lab.data import load_mnist
-from diffusion_lab.finetune import (
+from diffusion_lab.mnist.data import load_mnist
+from diffusion_lab.models.text_encoder import TextEncoder, TextEncoderConfig, WordTokenizer
+from diffusion_lab.training.finetune import (
     add_placeholder_token,
     aspect_ratio,
     copy_pipeline,
@@ -23,8 +24,7 @@ from diffusion_lab.finetune import (
     save_learned_embeds,
     textual_inversion,
 )
-from diffusion_lab.recipes import load_tiny_sd
-from diffusion_lab.text import TextEncoder, TextEncoderConfig, WordTokenizer
+from diffusion_lab.training.recipes import load_tiny_sd
 
 
 @pytest.fixture(scope="module")

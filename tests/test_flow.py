@@ -9,8 +9,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler as DiffusersFlow
 
-from diffusion_lab.flow import (
-    FlowMatchEulerDiscreteScheduler,
+from diffusion_lab.maths.flow import (
     flow_euler_step,
     flow_interpolate,
     flow_predict_x0,
@@ -18,6 +17,7 @@ from diffusion_lab.flow import (
     logit_normal_timesteps,
     shift_sigmas,
 )
+from diffusion_lab.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 
 SHIFTS = (1.0, 3.0, 6.0)
 STEPS = (1, 4, 28)

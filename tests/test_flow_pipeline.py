@@ -7,14 +7,16 @@ import math
 import pytest
 import torch
 
-from diffusion_lab.autoencoder import AutoencoderConfig, AutoencoderKL
-from diffusion_lab.flow import FlowMatchEulerDiscreteScheduler, flow_euler_step
-from diffusion_lab.mmdit import MMDiT, MMDiTConfig, pad_to_patch
-from diffusion_lab.pipeline import TinySD3Pipeline, TinyStableDiffusionPipeline
-from diffusion_lab.recipes import LatentFlowTrainConfig, latent_flow_recipe, train_latent_flow
-from diffusion_lab.sampling import cfg_combine
-from diffusion_lab.schedulers import DDIMScheduler
-from diffusion_lab.text import TextEncoder, TextEncoderConfig, WordTokenizer
+from diffusion_lab.maths.flow import flow_euler_step
+from diffusion_lab.maths.guidance import cfg_combine
+from diffusion_lab.models.autoencoder import AutoencoderConfig, AutoencoderKL
+from diffusion_lab.models.mmdit import MMDiT, MMDiTConfig, pad_to_patch
+from diffusion_lab.models.text_encoder import TextEncoder, TextEncoderConfig, WordTokenizer
+from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
+from diffusion_lab.pipelines.stable_diffusion_3 import TinySD3Pipeline
+from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
+from diffusion_lab.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
+from diffusion_lab.training.recipes import LatentFlowTrainConfig, latent_flow_recipe, train_latent_flow
 
 
 def _randomise(module: torch.nn.Module, seed: int) -> None:
@@ -164,7 +166,7 @@ def test_flow_train_config_refuses_bad_values():
 
 
 def test_train_latent_flow_runs_and_returns_a_working_pipeline(pipe):
-    from diffusion_lab.data import load_mnist
+    from diffusion_lab.mnist.data import load_mnist
 
     images, labels = load_mnist("train", limit=600)
     text_cfg = TextEncoderConfig(vocab_size=pipe.tokenizer.vocab_size, hidden_size=16, num_layers=1, num_heads=2,

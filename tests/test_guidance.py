@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_lab.sampling import cfg_combine, drop_condition, rescale_noise_cfg
+from diffusion_lab.maths.guidance import cfg_combine, drop_condition, rescale_noise_cfg
 
 
 @pytest.mark.parametrize("phi", [0.0, 0.3, 0.7, 1.0])

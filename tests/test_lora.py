@@ -1,4 +1,4 @@
-"""LoRA (diffusion_lab.lora): the maths against peft, the tiny model's adapter, and the diffusers SDXL round trip."""
+"""LoRA (diffusion_lab.bridge.lora): the maths against peft, the tiny model's adapter, and the diffusers SDXL round trip."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_lab import finetune, lora
-from diffusion_lab.checkpoint import CheckpointError
-from diffusion_lab.data import load_mnist
-from diffusion_lab.recipes import load_tiny_sd, pretrained_tiny_sd_path
+from diffusion_lab.bridge import lora
+from diffusion_lab.mnist.data import load_mnist
+from diffusion_lab.training import finetune
+from diffusion_lab.training.recipes import load_tiny_sd, pretrained_tiny_sd_path
+from diffusion_lab.utils.checkpoint import CheckpointError
 
 SHIPPED_UNET = pretrained_tiny_sd_path() / "unet" / "model.safetensors"
 
@@ -232,7 +233,7 @@ SDXL_KW = {"num_inference_steps": 1, "height": 16, "width": 16, "output_type": "
 def sdxl(tmp_path_factory):
     """Tiny SDXL: base image, a LoRA trained 2 steps (α ≠ r, so the saved config matters), saved, and loaded into a
     fresh pipeline through ``load_lora_weights``."""
-    from diffusion_lab.bridge import tiny_sdxl
+    from diffusion_lab.bridge.tiny import tiny_sdxl
 
     pipe = tiny_sdxl()
     base = pipe("a cat", generator=_gen(), **SDXL_KW).images
@@ -292,7 +293,7 @@ def test_sdxl_fuse_then_unfuse_restores_the_base_weights(sdxl):
 
 
 def test_sdxl_bad_input():
-    from diffusion_lab.bridge import tiny_sdxl
+    from diffusion_lab.bridge.tiny import tiny_sdxl
 
     pipe = tiny_sdxl()
     with pytest.raises(ValueError, match="rank must be >= 1"):
@@ -307,7 +308,7 @@ def test_sdxl_bad_input():
 
 def test_sdxl_half_precision_base_trains_fp32_lora():
     """The 16 GB recipe's dtypes on the CPU: an fp16 U-Net (autocast + GradScaler) with fp32 LoRA parameters."""
-    from diffusion_lab.bridge import tiny_sdxl
+    from diffusion_lab.bridge.tiny import tiny_sdxl
 
     pipe = tiny_sdxl()
     pipe.unet.to(torch.float16)

@@ -9,21 +9,23 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_lab import metrics
-from diffusion_lab.data import load_mnist
-from diffusion_lab.metrics import (
+from diffusion_lab.mnist import metrics
+from diffusion_lab.mnist.classifier import (
     ClassifierConfig,
     ClassifierFileError,
     MnistClassifier,
     classify,
     default_classifier_path,
+    load_classifier,
+)
+from diffusion_lab.mnist.data import load_mnist
+from diffusion_lab.mnist.metrics import (
     diversity,
     evaluate,
     feature_stats,
     fid_floor,
     fid_mnist,
     frechet_distance,
-    load_classifier,
     prompt_adherence,
     reference_stats,
 )

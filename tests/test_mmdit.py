@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_lab.mmdit import (
+from diffusion_lab.models.mmdit import (
     SD3_MEDIUM_DIFFUSERS,
     JointTransformerBlock,
     MMDiT,

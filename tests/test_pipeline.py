@@ -7,11 +7,12 @@ import warnings
 import pytest
 import torch
 
-from diffusion_lab.autoencoder import AutoencoderConfig, AutoencoderKL
-from diffusion_lab.pipeline import TinyStableDiffusionPipeline
-from diffusion_lab.schedulers import DDIMScheduler, DDPMScheduler
-from diffusion_lab.text import TextEncoder, TextEncoderConfig, WordTokenizer
-from diffusion_lab.unet import UNet, UNetConfig
+from diffusion_lab.models.autoencoder import AutoencoderConfig, AutoencoderKL
+from diffusion_lab.models.text_encoder import TextEncoder, TextEncoderConfig, WordTokenizer
+from diffusion_lab.models.unet import UNet, UNetConfig
+from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
+from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
+from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
 
 SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False}
 

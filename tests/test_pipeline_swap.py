@@ -18,7 +18,7 @@ import torch
 import transformers
 
 import diffusion_lab
-from diffusion_lab.bridge import tiny_clip_tokenizer  # built in memory, no hub
+from diffusion_lab.bridge.tiny import tiny_clip_tokenizer  # built in memory, no hub
 
 ATOL = 1e-5  # max |ours − diffusers| over the image in [0, 1]
 SD_SCHEDULER_KW = dict(

@@ -91,7 +91,9 @@ def _junit(path: Path, cases: list[tuple[str, str, str | None]], failed: str | N
         if name == failed:
             inner = '<failure message="boom">boom</failure>'
         body.append(f'<testcase classname="{classname}" name="{name}" time="0.1">{inner}</testcase>')
-    path.write_text(f'<testsuites><testsuite name="pytest" tests="{len(cases)}">{"".join(body)}</testsuite></testsuites>')
+    path.write_text(
+        f'<testsuites><testsuite name="pytest" tests="{len(cases)}">{"".join(body)}</testsuite></testsuites>'
+    )
 
 
 def _results(tmp_path, unit=None, notebooks=None, browser=None, failed=None):
@@ -136,7 +138,9 @@ def test_gate_refuses_failures_empty_and_missing_runs(tmp_path):
 
 def test_allowlist_entries_need_a_reason(tmp_path):
     bad = tmp_path / "allow.json"
-    bad.write_text(json.dumps({"skips": [{"tests": "*", "message_contains": "", "reason": "ok", "allowed_in_ci": True}]}))
+    bad.write_text(
+        json.dumps({"skips": [{"tests": "*", "message_contains": "", "reason": "ok", "allowed_in_ci": True}]})
+    )
     with pytest.raises(ValueError, match="real reason"):
         check_results.load_allowlist(bad)
     bad.write_text(json.dumps({"skips": [{"tests": "*", "reason": "because the hardware is missing here"}]}))

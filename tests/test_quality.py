@@ -3,9 +3,9 @@
 Each model samples n = 100 images with one fixed generator and the shipped MNIST classifier judges them:
 
 - **digit adherence** = share of samples the classifier reads as the digit asked for
-  (:func:`diffusion_lab.metrics.prompt_adherence`; chance 0.10);
+  (:func:`diffusion_lab.mnist.metrics.prompt_adherence`; chance 0.10);
 - **attribute adherence** (text models) = share of attribute words ("thick", "small", "slanted", …) the samples
-  meet, judged against the caption bins the model was trained with (:func:`diffusion_lab.text.attribute_adherence`;
+  meet, judged against the caption bins the model was trained with (:func:`diffusion_lab.mnist.captions.attribute_adherence`;
   chance 0.50).
 
 The settings (sampler steps, guidance, n, seed, prompts), the measured values and the floors live in
@@ -60,7 +60,7 @@ FLOORS = load_floors()
 def text_prompts(n: int) -> tuple[list[str], torch.Tensor]:
     """n prompts as the training captions write them ("a thick seven", "an eight", "an upright one") and their
     digits (n,)."""
-    from diffusion_lab.text import DIGIT_NAMES
+    from diffusion_lab.mnist.captions import DIGIT_NAMES
 
     digits = torch.arange(n) % 10
     prompts = []
@@ -79,12 +79,12 @@ def load_shipped(name: str):
     """The shipped model as its notebook loads it: (model or pipeline, caption bins or None)."""
     kind = FLOORS[name]["kind"]
     if kind == "class_conditional_unet":
-        from diffusion_lab.checkpoint import load_model
-        from diffusion_lab.unet import UNet
+        from diffusion_lab.models.unet import UNet
+        from diffusion_lab.utils.checkpoint import load_model
 
         return load_model(PRETRAINED / name, UNet, use_ema=True).eval(), None
     if kind == "text_to_image_pipeline":
-        from diffusion_lab.recipes import load_tiny_sd
+        from diffusion_lab.training.recipes import load_tiny_sd
 
         return load_tiny_sd(PRETRAINED / name)
     raise AssertionError(
@@ -103,16 +103,16 @@ def measure(
     ``model``: the shipped model, or a broken copy of it (the negative control). ``seed`` and ``guidance_scale``
     override the stored ones.
     """
-    from diffusion_lab.metrics import prompt_adherence
+    from diffusion_lab.mnist.metrics import prompt_adherence
 
     entry = FLOORS[name]
     n, steps = entry["n"], entry["steps"]
     w = entry["guidance_scale"] if guidance_scale is None else guidance_scale
     generator = torch.Generator().manual_seed(entry["seed"] if seed is None else seed)
     if entry["kind"] == "class_conditional_unet":
-        from diffusion_lab.checkpoint import load_config
-        from diffusion_lab.recipes import schedulers_for
-        from diffusion_lab.sampling import sample
+        from diffusion_lab.pipelines.sampling import sample
+        from diffusion_lab.training.recipes import schedulers_for
+        from diffusion_lab.utils.checkpoint import load_config
 
         prediction_type = load_config(PRETRAINED / name)["train_config"]["prediction_type"]
         _, ddim = schedulers_for(model.config, prediction_type)  # a fresh scheduler: set_timesteps mutates it
@@ -121,7 +121,7 @@ def measure(
                         guidance_scale=w, generator=generator).images.clamp(-1, 1)  # fmt: skip
         return {"digit_adherence": prompt_adherence(images, labels, classifier)}
 
-    from diffusion_lab.text import attribute_adherence
+    from diffusion_lab.mnist.captions import attribute_adherence
 
     prompts, digits = text_prompts(n)
     images = model(prompts, num_inference_steps=steps, guidance_scale=w, generator=generator).images
@@ -135,7 +135,7 @@ def measure(
 
 @pytest.fixture(scope="module")
 def classifier():
-    from diffusion_lab.metrics import load_classifier
+    from diffusion_lab.mnist.classifier import load_classifier
 
     return load_classifier(CLASSIFIER)
 
@@ -286,14 +286,14 @@ class _RewritePrompts:
 
 
 def _next_digit(prompt: str) -> str:
-    from diffusion_lab.text import DIGIT_NAMES
+    from diffusion_lab.mnist.captions import DIGIT_NAMES
 
     words = prompt.split()[1:]
     return _sentence(" ".join(DIGIT_NAMES[(DIGIT_NAMES.index(w) + 1) % 10] if w in DIGIT_NAMES else w for w in words))
 
 
 def _swap_attributes(prompt: str) -> str:
-    from diffusion_lab.text import ATTRIBUTE_WORDS
+    from diffusion_lab.mnist.captions import ATTRIBUTE_WORDS
 
     other = {a: b for pair in ATTRIBUTE_WORDS.values() for a, b in (pair, pair[::-1])}
     return _sentence(" ".join(other.get(w, w) for w in prompt.split()[1:]))
@@ -322,7 +322,7 @@ def _main(argv: list[str]) -> None:
     import argparse
     import time
 
-    from diffusion_lab.metrics import load_classifier
+    from diffusion_lab.mnist.classifier import load_classifier
 
     parser = argparse.ArgumentParser(description="measure the shipped models as the quality tests do")
     parser.add_argument("models", nargs="*", default=sorted(FLOORS))

@@ -8,16 +8,16 @@ import dataclasses
 import pytest
 import torch
 
-from diffusion_lab.data import load_mnist
-from diffusion_lab.pipeline import TinyStableDiffusionPipeline
-from diffusion_lab.recipes import (
+from diffusion_lab.mnist.captions import AttributeBins
+from diffusion_lab.mnist.data import load_mnist
+from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
+from diffusion_lab.training.recipes import (
     latent_text_recipe,
     load_tiny_sd,
     pretrained_tiny_sd_path,
     save_tiny_sd,
     train_latent_text2img,
 )
-from diffusion_lab.text import AttributeBins
 
 
 def test_train_latent_text2img_quick(monkeypatch):
@@ -55,7 +55,7 @@ def test_train_latent_text2img_quick(monkeypatch):
 def test_text_recipe_drops_whole_captions_with_cond_drop_prob(monkeypatch):
     """Classifier-free guidance dropout (whole caption → "") uses cfg.cond_drop_prob, not the per-word
     caption_drop_prob: a spy on recipes.drop_condition records the probability of every call and delegates."""
-    from diffusion_lab import recipes
+    from diffusion_lab.training import recipes
 
     monkeypatch.setenv("DIFFUSION_LAB_SMOKE", "1")
     real, seen = recipes.drop_condition, []
@@ -101,8 +101,8 @@ def test_shipped_tiny_sd_loads_and_round_trips(tmp_path):
 
 def test_shipped_tiny_sd3_loads_and_shares_tiny_sds_autoencoder():
     """data/pretrained/tiny_sd3 (notebook 08): an SD3-shaped pipeline on the very autoencoder of tiny_sd."""
-    from diffusion_lab.flow import FlowMatchEulerDiscreteScheduler
-    from diffusion_lab.pipeline import TinySD3Pipeline
+    from diffusion_lab.pipelines.stable_diffusion_3 import TinySD3Pipeline
+    from diffusion_lab.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 
     pipe, bins = load_tiny_sd(pretrained_tiny_sd_path("tiny_sd3"))
     unet_pipe, unet_bins = load_tiny_sd()

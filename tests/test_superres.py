@@ -1,4 +1,4 @@
-"""The tiny x4 upscaler (diffusion_lab.superres): resizing, the noise augmentation against diffusers' low-res
+"""The tiny x4 upscaler (diffusion_lab.pipelines.upscale): resizing, the noise augmentation against diffusers' low-res
 scheduler, PSNR, the pipeline's concatenation and checks, training in quick mode, and save / load."""
 
 from __future__ import annotations
@@ -11,23 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_lab.data import load_mnist
-from diffusion_lab.recipes import load_tiny_sd
-from diffusion_lab.schedulers import DDPMScheduler
-from diffusion_lab.superres import (
-    LOW_RES_SCHEDULE,
-    TinyUpscalePipeline,
-    UpscalerTrainConfig,
-    bicubic_upscale,
-    downsample,
-    low_res_scheduler,
-    noise_augment,
-    psnr,
-    train_upscaler,
-    upscaler_recipe,
-    upscaler_schedulers,
-)
-from diffusion_lab.unet import UNet
+from diffusion_lab.maths.images import bicubic_upscale, downsample, psnr
+from diffusion_lab.mnist.data import load_mnist
+from diffusion_lab.models.unet import UNet
+from diffusion_lab.pipelines.upscale import LOW_RES_SCHEDULE, TinyUpscalePipeline, low_res_scheduler, noise_augment
+from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
+from diffusion_lab.training.recipes import load_tiny_sd
+from diffusion_lab.training.upscaler import UpscalerTrainConfig, train_upscaler, upscaler_recipe, upscaler_schedulers
 
 
 def _gen(seed: int = 0) -> torch.Generator:

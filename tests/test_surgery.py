@@ -1,4 +1,4 @@
-"""Model surgery (diffusion_lab.surgery): pruning, int8, sizes, the evaluation of variants and the raw weights of
+"""Model surgery (diffusion_lab.training.surgery): pruning, int8, sizes, the evaluation of variants and the raw weights of
 the latent recipe. Small random models where the maths is checked; the shipped tiny_sd where the pipeline is."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from diffusion_lab import surgery as S
+from diffusion_lab.training import surgery as S
 
 
 def small_net(seed: int = 0) -> nn.Module:
@@ -32,7 +32,7 @@ def state_equal(a: nn.Module, b: nn.Module) -> bool:
 
 @pytest.fixture(scope="module")
 def shipped():
-    from diffusion_lab.recipes import load_tiny_sd
+    from diffusion_lab.training.recipes import load_tiny_sd
 
     return load_tiny_sd()
 
@@ -85,7 +85,7 @@ def test_pruning_agrees_with_torch_l1_unstructured(p):
 
 
 def test_pruning_passes_notebook_11s_exercise_check():
-    from diffusion_lab.exercises import check_magnitude_prune
+    from diffusion_lab.course.exercises.nb11_fine_tuning import check_magnitude_prune
 
     def prune_tensor(w: torch.Tensor, p: float) -> torch.Tensor:
         conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], bias=False)
@@ -193,15 +193,16 @@ def test_sizes_follow_the_encodings(shipped):
 def test_evaluate_variant_scores_the_images_it_samples(shipped, monkeypatch):
     """Each number of the result recomputed here from the same images (same prompts, steps and seed), and the time
     per image read from a fake clock."""
-    from diffusion_lab import metrics
-    from diffusion_lab.data import load_mnist
-    from diffusion_lab.text import attribute_adherence
+    from diffusion_lab.mnist import classifier as metrics
+    from diffusion_lab.mnist.captions import attribute_adherence
+    from diffusion_lab.mnist.data import load_mnist
+    from diffusion_lab.mnist.metrics import _stats, fid_mnist
 
     pipe, bins = shipped
     clf = metrics.load_classifier()
     x, y = load_mnist("test", limit=300)
     _, feats = metrics.classify(x, clf)
-    reference = metrics._stats(feats, y, "test")  # 300 test images instead of 10,000: seconds saved, FID off-scale
+    reference = _stats(feats, y, "test")  # 300 test images instead of 10,000: seconds saved, FID off-scale
     variant = S.swap_denoiser(pipe, S.magnitude_prune(pipe.unet, 0.5))
     assert variant.vae is pipe.vae and variant.text_encoder is pipe.text_encoder
     assert variant.scheduler is not pipe.scheduler
@@ -213,7 +214,7 @@ def test_evaluate_variant_scores_the_images_it_samples(shipped, monkeypatch):
     images = variant(prompts, num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
     logits, _ = metrics.classify(images.images, clf)
     assert r.digit_adherence == pytest.approx((logits.argmax(1) == labels).float().mean().item())
-    assert r.fid == pytest.approx(metrics.fid_mnist(images.images, clf, reference=reference), rel=1e-6)
+    assert r.fid == pytest.approx(fid_mnist(images.images, clf, reference=reference), rel=1e-6)
     assert r.attribute_adherence == pytest.approx(attribute_adherence(images.images, prompts, bins)["adherence"],
                                                   nan_ok=True)  # fmt: skip
     assert r.seconds_per_image == pytest.approx(0.3)  # 3 s for 10 images
@@ -269,8 +270,8 @@ def test_time_ratios_on_real_pipelines_and_plot(random_tiny_pipe):
 
 
 def test_keep_raw_gives_the_last_iterate_and_changes_nothing_else():
-    from diffusion_lab.data import load_mnist
-    from diffusion_lab.recipes import LatentTextTrainConfig, train_latent_text2img
+    from diffusion_lab.mnist.data import load_mnist
+    from diffusion_lab.training.recipes import LatentTextTrainConfig, train_latent_text2img
 
     images, labels = load_mnist("train", limit=600)
     # stopped by step counts only (budgets no machine reaches): the two runs compared bit for bit take the same steps

@@ -8,15 +8,10 @@ import math
 import pytest
 import torch
 
-from diffusion_lab.checkpoint import CheckpointError
-from diffusion_lab.data import load_mnist
-from diffusion_lab.text import (
+from diffusion_lab.mnist.captions import (
     ATTRIBUTES,
     DIGIT_NAMES,
     AttributeBins,
-    TextEncoder,
-    TextEncoderConfig,
-    WordTokenizer,
     attribute_adherence,
     attributes,
     caption,
@@ -27,6 +22,9 @@ from diffusion_lab.text import (
     slant,
     thickness,
 )
+from diffusion_lab.mnist.data import load_mnist
+from diffusion_lab.models.text_encoder import TextEncoder, TextEncoderConfig, WordTokenizer
+from diffusion_lab.utils.checkpoint import CheckpointError
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""``python -m diffusion_lab.train``: the same weights on 1 or 2 processes (``accelerate launch``), with or without
+"""``python -m diffusion_lab.training.train``: the same weights on 1 or 2 processes (``accelerate launch``), with or without
 gradient accumulation, and after a resume; bf16 fine-tuning runs; bad input fails with a message saying what to do.
 
 Equality is up to float rounding: the runs add the same numbers in another order (DDP's all-reduce, accumulation),
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from diffusion_lab import train
-from diffusion_lab.recipes import load_tiny_sd
+from diffusion_lab.training import train
+from diffusion_lab.training.recipes import load_tiny_sd
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--global-batch-size", "8", "--num-images", "64", "--no-progress"]
@@ -82,7 +82,7 @@ def test_two_processes_with_accelerate_launch_equal_one_process(reference, tmp_p
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        "-m", "diffusion_lab.train", *COMMON, "--steps", "4", "--gradient-accumulation-steps", "2",
+        "-m", "diffusion_lab.training.train", *COMMON, "--steps", "4", "--gradient-accumulation-steps", "2",
         "--output-dir", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

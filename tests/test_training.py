@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from diffusion_lab import DDIMScheduler, DDPMScheduler
-from diffusion_lab.checkpoint import CheckpointError, load_model, load_weights, save_checkpoint
-from diffusion_lab.sampling import cfg_combine, sample
-from diffusion_lab.training import EMA, TrainConfig, Trainer, diffusion_loss, min_snr_weight
-from diffusion_lab.unet import UNet, UNetConfig, timestep_embedding
+from diffusion_lab.maths.guidance import cfg_combine
+from diffusion_lab.models.unet import UNet, UNetConfig, timestep_embedding
+from diffusion_lab.pipelines.sampling import sample
+from diffusion_lab.training.loop import EMA, TrainConfig, Trainer
+from diffusion_lab.training.loss import diffusion_loss, min_snr_weight
+from diffusion_lab.utils.checkpoint import CheckpointError, load_model, load_weights, save_checkpoint
 
 TINY = UNetConfig(channels=(8, 16), attention_levels=(False, True), num_classes=10, time_embed_dim=32, heads=2)
 
@@ -139,7 +141,7 @@ def test_training_reduces_the_loss():
 def test_time_limit_stops_the_run_by_the_clock(monkeypatch):
     """A fake clock that a callback advances 1 s per step: a 2.5 s limit stops after exactly 3 steps; the time spent
     inside the steps themselves (the clock does not move there) is 0."""
-    import diffusion_lab.training as training
+    from diffusion_lab.training import loop as training
 
     now = [0.0]
     monkeypatch.setattr(training, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
@@ -267,7 +269,7 @@ def test_ddim_inversion_round_trip_and_latents():
     sched.set_timesteps(100)
     x0 = torch.rand(2, 1, 8, 8) * 2 - 1
     y = torch.tensor([1, 2])
-    from diffusion_lab.sampling import ddim_invert
+    from diffusion_lab.pipelines.sampling import ddim_invert
 
     x_T = ddim_invert(model, sched.alphas_cumprod, x0, sched.timesteps, class_labels=y, prediction_type="v_prediction")
     assert x_T.shape == x0.shape and not torch.allclose(x_T, x0)
@@ -278,7 +280,7 @@ def test_ddim_inversion_round_trip_and_latents():
 
 
 def test_sampler_explorer_redraws():
-    from diffusion_lab.widgets import SamplerExplorer
+    from diffusion_lab.course.widgets import SamplerExplorer
 
     torch.manual_seed(0)
     model = UNet(dataclasses.replace(TINY, channels=(8, 16)))

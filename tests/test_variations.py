@@ -1,4 +1,4 @@
-"""Image variations (diffusion_lab.variations): the conditioning path against diffusers' Stable unCLIP code, the
+"""Image variations (diffusion_lab.pipelines.variations): the conditioning path against diffusers' Stable unCLIP code, the
 pipeline's behaviour, saving, training and bad input."""
 
 from __future__ import annotations
@@ -8,23 +8,16 @@ import types
 import pytest
 import torch
 
-from diffusion_lab.autoencoder import AutoencoderKL
-from diffusion_lab.data import load_mnist
-from diffusion_lab.metrics import load_classifier
-from diffusion_lab.recipes import pretrained_tiny_sd_path
-from diffusion_lab.schedulers import DDIMScheduler, DDPMScheduler
-from diffusion_lab.unet import UNet, UNetConfig, timestep_embedding
-from diffusion_lab.variations import (
-    AUG_SCHEDULE,
-    EmbeddingNormalizer,
-    TinyVariationPipeline,
-    VariationTrainConfig,
-    image_embedding,
-    noise_embedding,
-    train_variations,
-    variation_recipe,
-    variation_scores,
-)
+from diffusion_lab.mnist.classifier import load_classifier
+from diffusion_lab.mnist.data import load_mnist
+from diffusion_lab.models.autoencoder import AutoencoderKL
+from diffusion_lab.models.image_embedding import EmbeddingNormalizer, image_embedding, noise_embedding
+from diffusion_lab.models.unet import UNet, UNetConfig, timestep_embedding
+from diffusion_lab.pipelines.variations import TinyVariationPipeline, variation_scores
+from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
+from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
+from diffusion_lab.training.recipes import pretrained_tiny_sd_path
+from diffusion_lab.training.variations import AUG_SCHEDULE, VariationTrainConfig, train_variations, variation_recipe
 
 D = 128  # the classifier's feature dimension
 

@@ -53,7 +53,7 @@ class Control:
 
 
 # One list: every notebook with widgets, and the controls to move in it. A notebook that imports ipywidgets or
-# diffusion_lab.widgets but is missing here fails test_every_widget_notebook_is_listed.
+# diffusion_lab.course.widgets but is missing here fails test_every_widget_notebook_is_listed.
 WIDGET_NOTEBOOKS: dict[str, list[Control]] = {
     "01_forward_diffusion.ipynb": [Control("slider", "t", "End"), Control("dropdown", "schedule")],
     "03_ddim_and_samplers.ipynb": [
@@ -161,7 +161,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-# A code cell that builds a widget (an explorer of diffusion_lab.widgets, or ipywidgets directly).
+# A code cell that builds a widget (an explorer of diffusion_lab.course.widgets, or ipywidgets directly).
 WIDGET_CELL = re.compile(r"\b\w*Explorer\(|\binteract(?:ive)?\(|\bwidgets\.\w+\(")
 
 

@@ -1,0 +1,291 @@
+"""Driving the real SDXL and SD3 pipelines step by step: text embeddings, generation, memory and timing."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from diffusion_lab.bridge.hub import COMPONENT_IDS, Environment
+from diffusion_lab.maths.guidance import cfg_combine
+
+__all__ = [
+    "count_parameters",
+    "place",
+    "measure",
+    "Measurement",
+    "check_size",
+    "sdxl_text_embeddings",
+    "sdxl_generate",
+    "sd3_text_embeddings",
+    "sd3_generate",
+    "decode_latents",
+    "suggest_on_oom",
+]
+
+
+def place(pipe, env: Environment):
+    """Put a pipeline where it runs: on a GPU of 24 GiB or more entirely on the GPU; on a smaller one with
+    ``enable_model_cpu_offload()`` (each model visits the GPU only while it runs); on the CPU where it is."""
+    if env.device == "cuda":
+        if env.small_gpu:
+            pipe.enable_model_cpu_offload()
+        else:
+            pipe.to("cuda")
+    return pipe
+
+
+@dataclass
+class Measurement:
+    """What :func:`measure` saw: wall seconds (GPU work synchronised) and peak GPU memory (None on the CPU)."""
+
+    seconds: float
+    peak_gib: float | None
+
+    def __str__(self) -> str:
+        peak = f", peak GPU memory {self.peak_gib:.1f} GiB" if self.peak_gib is not None else ""
+        return f"{self.seconds:.2f} s{peak}"
+
+
+def measure(fn: Callable[[], object]) -> tuple[object, Measurement]:
+    """Run ``fn()`` once and return (its result, :class:`Measurement`). On a GPU the peak-memory counter is reset
+    first and the GPU is synchronised before the clock stops (CUDA calls return before the work is done)."""
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = fn()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return result, Measurement(seconds, torch.cuda.max_memory_allocated() / 2**30 if cuda else None)
+
+
+def count_parameters(module: torch.nn.Module | None) -> int:
+    """Number of parameters (0 for a missing component such as a dropped T5)."""
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def check_size(height: int, width: int, factor: int) -> None:
+    """Height and width must be positive multiples of ``factor`` (the VAE's f, times the patch size for an MMDiT)."""
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value <= 0 or value % factor:
+            fixed = max(factor, round(value / factor) * factor) if isinstance(value, (int, float)) else factor
+            raise ValueError(
+                f"{name}={value!r} must be a positive multiple of {factor} (the latent factor of this model); "
+                f"try {name}={fixed}"
+            )
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latents (B, C, h, w) → images (B, 3, f·h, f·w) in [-1, 1], undoing the pipeline's scaling:
+    SDXL z/s (or z·std/s + mean when the VAE config has latents statistics), SD3 z/s + shift.
+
+    fp16 NaN guard: SDXL's VAE overflows in fp16 and returns NaN (black images). If the decode is not finite and
+    the VAE is not in fp32, it is decoded again in fp32 (with a warning) and put back in its dtype."""
+    cfg = vae.config
+    if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
+        mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1).to(latents)
+        std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1).to(latents)
+        z = latents * std / cfg.scaling_factor + mean
+    else:
+        z = latents / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
+    image = vae.decode(z.to(vae.dtype), return_dict=False)[0]  # (B, 3, H, W)
+    if not torch.isfinite(image).all() and vae.dtype != torch.float32:
+        warnings.warn(
+            f"the VAE returned NaN/inf in {vae.dtype}: decoding again in float32 (for SDXL, the fp16-safe VAE "
+            f"{COMPONENT_IDS['sdxl-vae-fp16-fix']} avoids this)",
+            stacklevel=2,
+        )
+        dtype = vae.dtype
+        vae.to(torch.float32)
+        try:
+            image = vae.decode(z.float(), return_dict=False)[0]
+        finally:
+            vae.to(dtype)
+    return image
+
+
+_OOM_KNOBS = (
+    "fp16/bf16 weights (dtype=torch.float16)",
+    "pipe.enable_model_cpu_offload() (whole models move to the GPU only while they run)",
+    "pipe.vae.enable_tiling() and pipe.vae.enable_slicing() (decode in tiles / one image at a time)",
+    "drop T5 for SD3 (text_encoder_3=None, tokenizer_3=None) or load it in 8 bit",
+    "pipe.enable_sequential_cpu_offload() (layer by layer: slowest, least memory)",
+    "a smaller height/width or batch",
+)
+
+
+@contextlib.contextmanager
+def suggest_on_oom(pipe=None) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error into one that names the next memory knob to try (in order of cost)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        tried = []
+        if pipe is not None:
+            dtypes = {
+                p.dtype for m in pipe.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters()
+            }
+            if dtypes <= {torch.float16, torch.bfloat16}:
+                tried.append(0)
+            if getattr(pipe, "_offload_gpu_id", None) is not None or getattr(pipe, "_all_hooks", None):
+                tried.append(1)
+        knobs = [k for i, k in enumerate(_OOM_KNOBS) if i not in tried]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise torch.OutOfMemoryError(
+            f"out of GPU memory ({str(exc).splitlines()[0][:120]}). Next knob to try: {knobs[0]}. Then: "
+            + "; ".join(knobs[1:])
+        ) from exc
+
+
+def _encode_clip(tokenizer, encoder, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penultimate hidden states (B, 77, D), the output's first field: pooled/projected (B, D') or last states)."""
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)  # (B, 77)
+    out = encoder(ids, output_hidden_states=True)
+    return out.hidden_states[-2], out[0]  # (B, 77, D), (B, D')
+
+
+@torch.no_grad()
+def sdxl_text_embeddings(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's conditioning: both encoders' penultimate layers side by side (B, 77, D₁ + D₂) and the second
+    encoder's projected pooled vector (B, P)."""
+    device = pipe._execution_device
+    h1, _ = _encode_clip(pipe.tokenizer, pipe.text_encoder, prompts, device)  # (B, 77, 768)
+    h2, pooled = _encode_clip(pipe.tokenizer_2, pipe.text_encoder_2, prompts, device)  # (B, 77, 1280), (B, 1280)
+    return torch.cat([h1, h2], dim=-1), pooled
+
+
+@torch.no_grad()
+def sdxl_generate(
+    pipe,
+    prompt: str,
+    *,
+    num_inference_steps: int = 30,
+    guidance_scale: float = 5.0,
+    height: int | None = None,
+    width: int | None = None,
+    negative_prompt: str | None = None,
+    original_size: tuple[int, int] | None = None,
+    crops_coords_top_left: tuple[int, int] = (0, 0),
+    target_size: tuple[int, int] | None = None,
+    generator: torch.Generator | None = None,
+    output_type: str = "pil",
+):
+    """``StableDiffusionXLPipeline.__call__`` for one prompt, written out (same seed and scheduler → same image)."""
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    f = pipe.vae_scale_factor
+    height, width = height or pipe.default_sample_size * f, width or pipe.default_sample_size * f
+    check_size(height, width, f)
+    device, dtype = pipe._execution_device, pipe.unet.dtype
+    cond, pooled = sdxl_text_embeddings(pipe, [prompt])  # (1, 77, D), (1, P)
+    if negative_prompt is None and pipe.config.force_zeros_for_empty_prompt:
+        uncond, uncond_pooled = torch.zeros_like(cond), torch.zeros_like(pooled)  # SDXL's "empty" condition
+    else:
+        uncond, uncond_pooled = sdxl_text_embeddings(pipe, [negative_prompt or ""])
+    # micro-conditioning: (orig h, orig w, crop top, crop left, target h, target w)  (SDXL paper §2.2)
+    time_ids = torch.tensor(
+        [[*(original_size or (height, width)), *crops_coords_top_left, *(target_size or (height, width))]],
+        dtype=cond.dtype,
+        device=device,
+    )  # (1, 6)
+    embeds = torch.cat([uncond, cond])  # (2, 77, D): [∅, c]
+    added = {"text_embeds": torch.cat([uncond_pooled, pooled]), "time_ids": time_ids.repeat(2, 1)}
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    shape = (1, pipe.unet.config.in_channels, height // f, width // f)
+    latents = randn_tensor(shape, generator=generator, device=device, dtype=cond.dtype) * scheduler.init_noise_sigma
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)
+    for t in scheduler.timesteps:
+        x = scheduler.scale_model_input(torch.cat([latents] * 2), t)  # (2, 4, h, w)
+        eps_uncond, eps_cond = pipe.unet(
+            x.to(dtype), t, encoder_hidden_states=embeds.to(dtype), added_cond_kwargs=added, return_dict=False
+        )[0].chunk(2)
+        eps = cfg_combine(eps_cond, eps_uncond, guidance_scale)  # ε_∅ + w·(ε_c − ε_∅)
+        latents = scheduler.step(eps, t, latents, return_dict=False)[0]  # z_t → z_{t-1}
+    if output_type == "latent":
+        return latents
+    return pipe.image_processor.postprocess(decode_latents(pipe.vae, latents), output_type=output_type)
+
+
+@torch.no_grad()
+def sd3_text_embeddings(pipe, prompts: list[str], max_sequence_length: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """SD3's conditioning: CLIP-L ⊕ bigG penultimate layers zero-padded to T5's width, then T5's tokens after them
+    along the sequence (B, 77 + 256, 4096; zeros when T5 is dropped), and the two pooled vectors side by side."""
+    device = pipe._execution_device
+    h1, p1 = _encode_clip(pipe.tokenizer, pipe.text_encoder, prompts, device)  # (B, 77, 768), (B, 768)
+    h2, p2 = _encode_clip(pipe.tokenizer_2, pipe.text_encoder_2, prompts, device)  # (B, 77, 1280), (B, 1280)
+    clip = torch.cat([h1, h2], dim=-1)  # (B, 77, 2048)
+    width = pipe.transformer.config.joint_attention_dim
+    if pipe.text_encoder_3 is None:
+        t5 = torch.zeros(len(prompts), max_sequence_length, width, device=device, dtype=clip.dtype)  # T5 dropped
+    else:
+        ids = pipe.tokenizer_3(
+            prompts,
+            padding="max_length",
+            max_length=max_sequence_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        ).input_ids.to(device)  # (B, 256)
+        t5 = pipe.text_encoder_3(ids)[0]  # (B, 256, 4096)
+    clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))  # (B, 77, 4096)
+    return torch.cat([clip, t5.to(clip.dtype)], dim=-2), torch.cat([p1, p2], dim=-1)  # (B, 333, 4096), (B, 2048)
+
+
+@torch.no_grad()
+def sd3_generate(
+    pipe,
+    prompt: str,
+    *,
+    num_inference_steps: int = 28,
+    guidance_scale: float = 7.0,
+    height: int | None = None,
+    width: int | None = None,
+    negative_prompt: str = "",
+    generator: torch.Generator | None = None,
+    max_sequence_length: int = 256,
+    output_type: str = "pil",
+):
+    """``StableDiffusion3Pipeline.__call__`` for one prompt, written out: flow-match Euler (shift in the scheduler),
+    CFG on velocities, decode z/s + shift."""
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    f = pipe.vae_scale_factor
+    height, width = height or pipe.default_sample_size * f, width or pipe.default_sample_size * f
+    check_size(height, width, f * pipe.transformer.config.patch_size)
+    device, dtype = pipe._execution_device, pipe.transformer.dtype
+    cond, pooled = sd3_text_embeddings(pipe, [prompt], max_sequence_length)  # (1, L, D), (1, P)
+    uncond, uncond_pooled = sd3_text_embeddings(pipe, [negative_prompt], max_sequence_length)  # SD3 encodes ""
+    embeds, pooled = torch.cat([uncond, cond]), torch.cat([uncond_pooled, pooled])  # (2, L, D), (2, P)
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(num_inference_steps, device=device)  # σ: shifted, 1 → 0
+    shape = (1, pipe.transformer.config.in_channels, height // f, width // f)
+    latents = randn_tensor(shape, generator=generator, device=device, dtype=cond.dtype)  # z_1 = ε
+    for t in scheduler.timesteps:
+        x = torch.cat([latents] * 2)  # (2, 16, h, w)
+        v_uncond, v_cond = pipe.transformer(
+            hidden_states=x.to(dtype),
+            timestep=t.expand(2),
+            encoder_hidden_states=embeds.to(dtype),
+            pooled_projections=pooled.to(dtype),
+            return_dict=False,
+        )[0].chunk(2)
+        v = cfg_combine(v_cond, v_uncond, guidance_scale)  # CFG on the velocity
+        latents = scheduler.step(v, t, latents, return_dict=False)[0]  # z_{t'} = z_t + (t' − t)·v
+    if output_type == "latent":
+        return latents
+    return pipe.image_processor.postprocess(decode_latents(pipe.vae, latents), output_type=output_type)

@@ -1,0 +1,65 @@
+"""Exercise checkers, one module per notebook. Every ``check_*`` prints one line starting with ✅ or ❌ and returns
+True or False, so a cell can also ``assert`` it; an error raised by the student's code becomes a ❌, never a crash."""
+
+from diffusion_lab.course.exercises.nb01_forward_diffusion import (
+    check_q_sample,
+    check_snr_crossing,
+    check_trailing_timesteps,
+)
+from diffusion_lab.course.exercises.nb02_ddpm import check_ddpm_loss, check_ddpm_step
+from diffusion_lab.course.exercises.nb03_samplers import check_ddim_step, check_timesteps_answer
+from diffusion_lab.course.exercises.nb04_autoencoder import (
+    check_gaussian_kl,
+    check_reparameterize,
+    check_scaling_factor,
+)
+from diffusion_lab.course.exercises.nb05_text_conditioning import (
+    check_cross_attention,
+    check_pooled_output,
+    check_tokenize,
+)
+from diffusion_lab.course.exercises.nb06_guidance import check_best_guidance, check_cfg_combine, check_rescale_noise_cfg
+from diffusion_lab.course.exercises.nb07_tiny_sd import check_img2img_start, check_inpaint_blend, check_latent_mask
+from diffusion_lab.course.exercises.nb08_flow import check_flow_euler_step, check_flow_path, check_time_shift
+from diffusion_lab.course.exercises.nb09_sdxl import check_refiner_split, check_sdxl_time_ids
+from diffusion_lab.course.exercises.nb10_sd3 import check_sd3_joint_text
+from diffusion_lab.course.exercises.nb11_fine_tuning import (
+    check_lora_forward,
+    check_magnitude_prune,
+    check_prior_preservation_loss,
+)
+from diffusion_lab.course.exercises.nb12_beyond import check_control_keep, check_noise_image_embedding, check_psnr
+
+__all__ = [
+    "check_q_sample",
+    "check_snr_crossing",
+    "check_trailing_timesteps",
+    "check_ddpm_loss",
+    "check_ddpm_step",
+    "check_ddim_step",
+    "check_timesteps_answer",
+    "check_reparameterize",
+    "check_gaussian_kl",
+    "check_scaling_factor",
+    "check_tokenize",
+    "check_cross_attention",
+    "check_pooled_output",
+    "check_cfg_combine",
+    "check_rescale_noise_cfg",
+    "check_best_guidance",
+    "check_img2img_start",
+    "check_latent_mask",
+    "check_inpaint_blend",
+    "check_flow_path",
+    "check_time_shift",
+    "check_flow_euler_step",
+    "check_sdxl_time_ids",
+    "check_refiner_split",
+    "check_sd3_joint_text",
+    "check_lora_forward",
+    "check_prior_preservation_loss",
+    "check_magnitude_prune",
+    "check_psnr",
+    "check_control_keep",
+    "check_noise_image_embedding",
+]

@@ -1,0 +1,89 @@
+"""Exercise checkers of notebook 01 (forward diffusion)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from diffusion_lab.course.exercises.checking import _report
+from diffusion_lab.course.widgets import schedule_table
+from diffusion_lab.maths.diffusion import q_sample
+from diffusion_lab.maths.schedules import inference_timesteps, snr
+
+__all__ = ["check_q_sample", "check_snr_crossing", "check_trailing_timesteps"]
+
+
+def check_q_sample(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(x0, t, noise, alphas_cumprod)`` must return x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·noise, one t per sample.
+
+    Tried on MNIST-shaped batches (B, 1, 28, 28) and on 2-D points (B, 2).
+    """
+    g = torch.Generator().manual_seed(123)
+    ab = schedule_table()["linear"]
+    for shape in [(4, 1, 28, 28), (3, 2)]:
+        x0, noise = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+        t = torch.randint(0, 1000, (shape[0],), generator=g)
+        want = q_sample(x0, t, noise, ab)  # before the student's code runs (it might change x0 in place)
+        try:
+            got = fn(x0.clone(), t.clone(), noise.clone(), ab.clone())
+        except Exception as e:  # the student's code raised: say so instead of failing the whole notebook
+            return _report(False, "q_sample", f"your function raised {type(e).__name__}: {e}")
+        if got is None:
+            return _report(False, "q_sample", "your function returns None: fill in its body and return x_t")
+        got = torch.as_tensor(got)
+        if got.shape != want.shape:
+            return _report(
+                False,
+                "q_sample",
+                f"for x0 of shape {shape} return shape {tuple(want.shape)}, not "
+                f"{tuple(got.shape)}: reshape ᾱ_t to (B, 1, ..., 1) with x0.ndim "
+                "dimensions, e.g. alphas_cumprod[t].reshape(-1, *[1] * (x0.ndim - 1))",
+            )
+        if not torch.allclose(got.to(want.dtype), want, atol=1e-5):
+            return _report(
+                False,
+                "q_sample",
+                "x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·noise; square roots of ᾱ, not of β, and each sample uses its own t",
+            )
+    return _report(True, "q_sample", "")
+
+
+def check_snr_crossing(t_answer, schedule: str = "squaredcos_cap_v2") -> bool:
+    """The first t at which SNR_t = ᾱ_t/(1−ᾱ_t) drops below 1 (0 dB) for ``schedule``."""
+    what = f"0 dB crossing of {schedule}"
+    want = int(torch.nonzero(snr(schedule_table()[schedule]) < 1)[0])
+    if t_answer is None:
+        return _report(False, what, "set answer to an integer t")
+    try:
+        answer = int(t_answer)  # accepts Python ints, NumPy integers and one-element tensors
+    except (TypeError, ValueError, RuntimeError):
+        return _report(
+            False, what, "answer must be one integer t, e.g. int(torch.nonzero(mask)[0]), not a list or a mask"
+        )
+    return _report(
+        answer == want, what, "find the first index where snr(alphas_cumprod) < 1, e.g. with torch.nonzero(...)[0]"
+    )
+
+
+def check_trailing_timesteps(fn: Callable[[int, int], np.ndarray]) -> bool:
+    """``fn(n, T)`` must return the ``trailing`` timesteps: round(T − k·T/n) − 1 for k = 0..n−1 (ties to even)."""
+    what = "trailing spacing"
+    for n, T in [(1, 1000), (4, 1000), (7, 1000), (50, 1000), (3, 10), (4, 10)]:
+        try:
+            out = fn(n, T)
+        except Exception as e:
+            return _report(False, what, f"your function raised {type(e).__name__}: {e}")
+        if out is None:
+            return _report(False, what, "your function returns None: fill in its body")
+        got = np.asarray(out).astype(np.int64).tolist()
+        want = inference_timesteps(n, T, "trailing").tolist()
+        if got != want:
+            return _report(
+                False,
+                what,
+                f"for n={n}, T={T} expected {want}, got {got}: start at T−1, step down by "
+                "T/n, round halves to even (Python's round and np.round do)",
+            )
+    return _report(True, what, "")

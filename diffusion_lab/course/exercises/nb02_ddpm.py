@@ -1,0 +1,66 @@
+"""Exercise checkers of notebook 02 (DDPM from scratch)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from diffusion_lab.course.exercises.checking import _report
+from diffusion_lab.course.widgets import schedule_table
+from diffusion_lab.maths.diffusion import ddpm_step, q_sample, x0_from_eps
+
+__all__ = ["check_ddpm_loss", "check_ddpm_step"]
+
+
+def check_ddpm_loss(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(model, x0, t, noise, alphas_cumprod)`` must return mean((ε − model(x_t, t))²) with x_t from q_sample."""
+    what = "DDPM loss"
+    g = torch.Generator().manual_seed(7)
+    ab = schedule_table()["linear"]
+
+    def model(x_t, t):  # a fixed stand-in for a network that depends on x_t and t
+        return torch.tanh(x_t) * (t.float().reshape(-1, *[1] * (x_t.ndim - 1)) / 1000)
+
+    x0, noise = torch.randn(6, 1, 4, 4, generator=g), torch.randn(6, 1, 4, 4, generator=g)
+    t = torch.randint(0, 1000, (6,), generator=g)
+    want = (noise - model(q_sample(x0, t, noise, ab), t)).pow(2).mean()
+    try:
+        got = fn(model, x0.clone(), t.clone(), noise.clone(), ab.clone())
+    except Exception as e:
+        return _report(False, what, f"your function raised {type(e).__name__}: {e}")
+    if got is None:
+        return _report(False, what, "your function returns None: fill in its body")
+    got = torch.as_tensor(got)
+    if got.numel() != 1:
+        return _report(False, what, f"return one number (the mean over the batch), got shape {tuple(got.shape)}")
+    return _report(
+        bool(torch.allclose(got.float(), want, atol=1e-6)),
+        what,
+        "x_t = q_sample(x0, t, noise, ᾱ); the target is the noise; average the squared error",
+    )
+
+
+def check_ddpm_step(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(eps_hat, x_t, ab_t, ab_prev, z)`` must return one DDPM step (fixed_small variance, no clipping)."""
+
+    what = "DDPM step"
+    g = torch.Generator().manual_seed(8)
+    ab = schedule_table()["linear"]
+    for t, tp in [(999, 998), (500, 499), (10, 9)]:
+        eps, x_t, z = (torch.randn(3, 2, generator=g) for _ in range(3))
+        want = ddpm_step(x0_from_eps(x_t, eps, ab[t]), x_t, ab[t], ab[tp], z)
+        try:
+            got = fn(eps.clone(), x_t.clone(), ab[t].clone(), ab[tp].clone(), z.clone())
+        except Exception as e:
+            return _report(False, what, f"your function raised {type(e).__name__}: {e}")
+        if got is None:
+            return _report(False, what, "your function returns None: fill in its body")
+        if not torch.allclose(torch.as_tensor(got).float(), want, atol=1e-4):
+            return _report(
+                False,
+                what,
+                f"wrong at t={t}: predict x̂_0 from ε̂ first, then the posterior mean of "
+                "DDPM Eq. 7 with β'_t = 1 − ᾱ_t/ᾱ_prev, plus sqrt(β̃)·z",
+            )
+    return _report(True, what, "")

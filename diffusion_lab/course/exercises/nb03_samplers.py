@@ -1,0 +1,51 @@
+"""Exercise checkers of notebook 03 (DDIM and samplers)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from diffusion_lab.course.exercises.checking import _report
+from diffusion_lab.course.widgets import schedule_table
+from diffusion_lab.maths.diffusion import ddim_sigma, ddim_step
+from diffusion_lab.maths.schedules import inference_timesteps
+
+__all__ = ["check_ddim_step", "check_timesteps_answer"]
+
+
+def check_ddim_step(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(x0_hat, eps_hat, ab_prev, sigma)`` must return √ᾱ'·x̂_0 + √(1 − ᾱ' − σ²)·ε̂ (DDIM Eq. 12, no noise)."""
+
+    what = "DDIM step"
+    g = torch.Generator().manual_seed(9)
+    ab = schedule_table()["linear"]
+    for t, tp, eta in [(999, 949, 0.0), (500, 450, 1.0), (100, 50, 0.5)]:
+        x0, eps = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
+        sigma = ddim_sigma(ab[t], ab[tp], eta)
+        want = ddim_step(x0, eps, ab[tp], sigma)
+        try:
+            got = fn(x0.clone(), eps.clone(), ab[tp].clone(), sigma.clone())
+        except Exception as e:
+            return _report(False, what, f"your function raised {type(e).__name__}: {e}")
+        if got is None:
+            return _report(False, what, "your function returns None: fill in its body")
+        if not torch.allclose(torch.as_tensor(got).float(), want, atol=1e-5):
+            return _report(False, what, f"wrong for eta={eta}: the direction term is sqrt(1 − ᾱ' − σ²)·ε̂")
+    return _report(True, what, "")
+
+
+def check_timesteps_answer(answer, n: int, spacing: str, T: int = 1000) -> bool:
+    """``answer`` must be the ``n`` timesteps a sampler with this ``spacing`` visits, in order."""
+    what = f"{spacing} timesteps for n={n}"
+    if answer is None:
+        return _report(False, what, "set answer to a list of integers")
+    try:
+        got = [int(v) for v in answer]
+    except (TypeError, ValueError):
+        return _report(False, what, "answer must be a list of integers, e.g. scheduler.timesteps.tolist()")
+    return _report(
+        got == inference_timesteps(n, T, spacing).tolist(),
+        what,
+        "call set_timesteps(n) on the scheduler and read .timesteps (in the order it returns them)",
+    )

@@ -1,0 +1,103 @@
+"""Exercise checkers of notebook 06 (classifier-free guidance)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from diffusion_lab.course.exercises.checking import _call_tensor, _report
+from diffusion_lab.maths.guidance import rescale_noise_cfg
+
+__all__ = ["check_cfg_combine", "check_rescale_noise_cfg", "check_best_guidance"]
+
+
+def check_cfg_combine(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(cond, uncond, guidance_scale)`` must return ε̃ = ε_∅ + w·(ε_c − ε_∅) (diffusers' w: 1 = no guidance)."""
+    what = "classifier-free guidance"
+    g = torch.Generator().manual_seed(16)
+    cond, uncond = torch.randn(2, 3, 4, 7, 7, generator=g).unbind(0)  # (B, L, h, w) each
+    for w in (2.5, 0.0, 1.0, 7.5):  # 2.5 first: it tells the typical mistakes apart
+        want = uncond + w * (cond - uncond)
+        shape_hint = "return one prediction per sample, shape {want}, not {got}"
+        got, hint = _call_tensor(fn, what, want, shape_hint, cond, uncond, w)
+        if hint:
+            return _report(False, what, hint)
+        if torch.allclose(got, want, atol=1e-5):
+            continue
+        if torch.allclose(got, (1 + w) * cond - w * uncond, atol=1e-5):
+            hint = (
+                "that is the paper's (1 + w)·ε_c − w·ε_∅; with diffusers' guidance scale, w = 1 must give ε_c: "
+                "ε_∅ + w·(ε_c − ε_∅)"
+            )
+        elif torch.allclose(got, cond + w * (uncond - cond), atol=1e-5):
+            hint = "cond and uncond are swapped: w = 0 must give the unconditional ε_∅, w = 1 the conditional ε_c"
+        else:
+            hint = f"wrong for w = {w}: start at ε_∅ and move w times the difference ε_c − ε_∅"
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def check_rescale_noise_cfg(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(noise_cfg, noise_pred_text, guidance_rescale)`` must return guidance rescale (Lin et al. 2024, Eq. 15-16):
+    φ·ε̃·σ(ε_c)/σ(ε̃) + (1 − φ)·ε̃, with σ the standard deviation of each sample over all its other dimensions."""
+
+    what = "guidance rescale"
+    g = torch.Generator().manual_seed(17)
+    text = torch.randn(3, 4, 7, 7, generator=g) * torch.tensor([0.5, 1.0, 2.0]).reshape(3, 1, 1, 1)
+    cfg = text * torch.tensor([3.0, 1.5, 6.0]).reshape(3, 1, 1, 1) + torch.randn(3, 4, 7, 7, generator=g)
+    for phi in (0.7, 0.0, 1.0):
+        want = rescale_noise_cfg(cfg, text, phi)
+        shape_hint = "return the rescaled prediction, shape {want}, not {got}"
+        got, hint = _call_tensor(fn, what, want, shape_hint, cfg, text, phi)
+        if hint:
+            return _report(False, what, hint)
+        if torch.allclose(got, want, atol=1e-5):
+            continue
+        batch_wide = phi * cfg * text.std() / cfg.std() + (1 - phi) * cfg
+        inverted = phi * cfg * cfg.std((1, 2, 3), keepdim=True) / text.std((1, 2, 3), keepdim=True) + (1 - phi) * cfg
+        rescaled = cfg * text.std((1, 2, 3), keepdim=True) / cfg.std((1, 2, 3), keepdim=True)
+        if torch.allclose(got, batch_wide, atol=1e-5):
+            hint = "take σ per sample (over dims 1, 2, 3, keepdim=True), not over the whole batch"
+        elif torch.allclose(got, inverted, atol=1e-5):
+            hint = "the ratio is upside down: multiply by σ(ε_c)/σ(ε̃), which shrinks an inflated ε̃"
+        elif torch.allclose(got, (1 - phi) * rescaled + phi * cfg, atol=1e-5) or torch.allclose(
+            got, rescaled, atol=1e-5
+        ):
+            hint = f"wrong for φ = {phi}: φ = 0 must return ε̃ unchanged and φ = 1 the fully rescaled ε̃·σ(ε_c)/σ(ε̃)"
+        else:
+            hint = f"wrong for φ = {phi}: rescaled = ε̃·σ(ε_c)/σ(ε̃) per sample, then φ·rescaled + (1 − φ)·ε̃"
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def check_best_guidance(answer, guidance_scales, values, *, lower_is_better: bool = False) -> bool:
+    """``answer`` must be the guidance scale w (from ``guidance_scales``) at which the measured ``values`` are best:
+    the highest, or the lowest with ``lower_is_better`` (e.g. FID)."""
+    what = "best guidance scale"
+    ws = [float(w) for w in guidance_scales]
+    v = np.asarray([float(x) for x in values], dtype=float)
+    if len(ws) != len(v) or not len(ws):
+        return _report(False, what, "pass the guidance scales and one measured value per scale (two equal lists)")
+    if answer is None:
+        return _report(False, what, "set your answer to a guidance scale w, a number from the list of scales")
+    try:
+        answer = float(answer)
+    except (TypeError, ValueError):
+        return _report(False, what, "answer with one number, the guidance scale w itself")
+    best = int(np.nanargmin(v) if lower_is_better else np.nanargmax(v))
+    worst = int(np.nanargmax(v) if lower_is_better else np.nanargmin(v))
+    if np.isclose(answer, ws[best]):
+        return _report(True, what, "")
+    if answer == best and answer not in ws:
+        hint = "that is the position in the list; answer the guidance scale w at that position"
+    elif np.isclose(answer, ws[worst]):
+        hint = (
+            "that is the worst one: lower is better here"
+            if lower_is_better
+            else "that is the worst one: higher is better here"
+        )
+    else:
+        hint = "find the " + ("lowest" if lower_is_better else "highest") + " measured value and read off its w"
+    return _report(False, what, hint)

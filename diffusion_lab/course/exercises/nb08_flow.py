@@ -1,0 +1,91 @@
+"""Exercise checkers of notebook 08 (rectified flow and MMDiT)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from diffusion_lab.course.exercises.checking import _call, _call_tensor, _report
+
+__all__ = ["check_flow_path", "check_time_shift", "check_flow_euler_step"]
+
+
+def check_flow_path(fn: Callable[..., tuple]) -> bool:
+    """``fn(x0, noise, t)`` must return (x_t, v): the straight path x_t = (1 − t)·x₀ + t·ε and its velocity
+    v = dx_t/dt = ε − x₀ (t (B,) per sample, 0 = data, 1 = noise)."""
+    what = "the rectified-flow path and its velocity"
+    g = torch.Generator().manual_seed(31)
+    x0, noise = torch.randn(2, 5, 4, 7, 7, generator=g).unbind(0)  # (B, L, h, w) each
+    t = torch.tensor([0.0, 0.25, 0.5, 0.8, 1.0])
+    tb = t[:, None, None, None]
+    want_x, want_v = (1 - tb) * x0 + tb * noise, noise - x0
+    out, hint = _call(fn, what, x0, noise, t)
+    if hint:
+        return _report(False, what, hint)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        return _report(False, what, "return two tensors: (x_t, v)")
+    got_x, got_v = (torch.as_tensor(o).to(x0.dtype) for o in out)
+    if got_x.shape != want_x.shape or got_v.shape != want_v.shape:
+        return _report(
+            False, what, f"both must have x0's shape {tuple(x0.shape)}: broadcast t as t[:, None, None, None]"
+        )
+    if not torch.allclose(got_x, want_x, atol=1e-5):
+        if torch.allclose(got_x, tb * x0 + (1 - tb) * noise, atol=1e-5):
+            hint = "x_t is reversed: at t = 0 it must be the data x₀, at t = 1 the noise ε"
+        elif torch.allclose(got_x, (1 - tb).sqrt() * x0 + tb.sqrt() * noise, atol=1e-5):
+            hint = "no square roots: the rectified-flow path is linear in t, (1 − t)·x₀ + t·ε"
+        else:
+            hint = "x_t must be (1 − t)·x₀ + t·ε, with t broadcast over (L, h, w)"
+        return _report(False, what, hint)
+    if not torch.allclose(got_v, want_v, atol=1e-5):
+        hint = (
+            "the velocity points the wrong way: d/dt [(1 − t)·x₀ + t·ε] = ε − x₀ (from data to noise)"
+            if torch.allclose(got_v, x0 - noise, atol=1e-5)
+            else "v is the derivative of x_t with respect to t: ε − x₀ (it does not depend on t)"
+        )
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def check_time_shift(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> bool:
+    """``fn(t, shift)`` must return SD3's shifted time α·t / (1 + (α − 1)·t) (α = shift; 0 and 1 stay put)."""
+    what = "the timestep shift"
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    for alpha in (3.0, 1.0, 0.5, 6.0):
+        want = alpha * t / (1 + (alpha - 1) * t)
+        got, hint = _call_tensor(fn, what, want, "return one shifted time per input time, {want}, not {got}", t, alpha)
+        if hint:
+            return _report(False, what, hint)
+        if torch.allclose(got, want, atol=1e-6):
+            continue
+        if torch.allclose(got, t / (alpha - (alpha - 1) * t), atol=1e-6):
+            hint = "that is the inverse shift (it moves t towards 0): use α·t / (1 + (α − 1)·t)"
+        elif torch.allclose(got, alpha * t, atol=1e-6):
+            hint = "α·t leaves [0, 1]: divide by 1 + (α − 1)·t so that t = 1 stays 1"
+        else:
+            hint = f"wrong for shift α = {alpha}: α·t / (1 + (α − 1)·t)"
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def check_flow_euler_step(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(x_t, v, t, t_next)`` must return one Euler step of dx/dt = v: x_t + (t_next − t)·v (t_next < t)."""
+    what = "the Euler step"
+    g = torch.Generator().manual_seed(32)
+    x, v = torch.randn(2, 3, 4, 7, 7, generator=g).unbind(0)
+    for t, t_next in ((1.0, 0.75), (0.4, 0.0), (0.9, 0.85)):
+        want = x + (t_next - t) * v
+        got, hint = _call_tensor(fn, what, want, "return the next state, shape {want}, not {got}", x, v, t, t_next)
+        if hint:
+            return _report(False, what, hint)
+        if torch.allclose(got, want, atol=1e-5):
+            continue
+        if torch.allclose(got, x + (t - t_next) * v, atol=1e-5):
+            hint = (
+                "the step goes the wrong way: sampling runs t → t_next < t, so add (t_next − t)·v, a negative multiple"
+            )
+        else:
+            hint = f"wrong from t = {t} to {t_next}: x_t + (t_next − t)·v"
+        return _report(False, what, hint)
+    return _report(True, what, "")

@@ -1,0 +1,71 @@
+"""Exercise checkers of notebook 09 (Stable Diffusion XL)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from diffusion_lab.course.exercises.checking import _call, _call_tensor, _report
+
+__all__ = ["check_sdxl_time_ids", "check_refiner_split"]
+
+
+def check_sdxl_time_ids(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(original_size, crops_coords_top_left, target_size)`` (each an (a, b) pair) must return SDXL's
+    micro-conditioning vector, shape (1, 6): (orig h, orig w, crop top, crop left, target h, target w)."""
+    what = "SDXL's time ids"
+    for orig, crop, target in (((512, 768), (0, 0), (1024, 1024)), ((300, 200), (32, 16), (896, 1152))):
+        want = torch.tensor([[*orig, *crop, *target]], dtype=torch.float32)
+        got, hint = _call_tensor(
+            fn, what, want, "return a (1, 6) tensor (one row of six numbers), not {got}", orig, crop, target
+        )
+        if hint and got is not None and torch.as_tensor(got).numel() == 6:
+            got, hint = torch.as_tensor(got).to(torch.float32).reshape(1, 6), ""
+            if torch.equal(got, want):
+                hint = "the numbers are right; return them as one row: shape (1, 6), e.g. torch.tensor([[...]])"
+        if hint:
+            return _report(False, what, hint)
+        if torch.equal(got, want):
+            continue
+        if torch.equal(got, torch.tensor([[*target, *crop, *orig]], dtype=torch.float32)):
+            hint = "original_size comes first and target_size last (the order SDXL was trained with)"
+        elif torch.equal(got, torch.tensor([[*orig[::-1], *crop[::-1], *target[::-1]]], dtype=torch.float32)):
+            hint = "each pair is (height, width) / (top, left) as given: do not swap them"
+        else:
+            hint = "concatenate the three pairs in order: original_size, crops_coords_top_left, target_size"
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def _refiner_split_reference(timesteps: list[int], fraction: float, T: int = 1000) -> tuple[list[int], list[int]]:
+    """diffusers' rule: cutoff = round(T − fraction·T); the base runs the timesteps ≥ cutoff, the refiner the rest."""
+    cutoff = int(round(T - fraction * T))
+    return [t for t in timesteps if t >= cutoff], [t for t in timesteps if t < cutoff]
+
+
+def check_refiner_split(fn: Callable[..., tuple]) -> bool:
+    """``fn(timesteps, high_noise_frac)`` (a descending list of integer timesteps out of T = 1000, and the fraction
+    of the *noise range* the base model handles) must return (base_timesteps, refiner_timesteps), as diffusers'
+    ``denoising_end`` / ``denoising_start`` split them."""
+    what = "the base/refiner hand-off"
+    for n, frac in ((10, 0.8), (25, 0.7), (40, 0.75)):
+        ts = sorted({int(round(x)) for x in np.linspace(999, 0, n)}, reverse=True)
+        want = _refiner_split_reference(ts, frac)
+        out, hint = _call(fn, what, list(ts), frac)
+        if hint:
+            return _report(False, what, hint)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            return _report(False, what, "return two lists: (base_timesteps, refiner_timesteps)")
+        got = tuple([int(t) for t in part] for part in out)
+        if got == tuple(want):
+            continue
+        if got == tuple(_refiner_split_reference(ts, 1 - frac)):
+            hint = "high_noise_frac is the share of the *noise* range the base handles: the cutoff is T − frac·T"
+        elif len(got[0]) == round(frac * n):
+            hint = "split by noise level, not by step count: the cutoff timestep is round(T − frac·T)"
+        else:
+            hint = f"with {n} steps and frac {frac}: base = timesteps ≥ round(1000 − frac·1000), refiner = the rest"
+        return _report(False, what, hint)
+    return _report(True, what, "")

@@ -1,0 +1,39 @@
+"""Exercise checkers of notebook 10 (Stable Diffusion 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from diffusion_lab.course.exercises.checking import _call_tensor, _report
+
+__all__ = ["check_sd3_joint_text"]
+
+
+def check_sd3_joint_text(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(clip_l, clip_g, t5)`` with shapes (B, 77, Dl), (B, 77, Dg), (B, S, D5) must return SD3's text tokens
+    (B, 77 + S, D5): CLIP-L and bigG side by side, zero-padded to T5's width, then T5's tokens after them."""
+    what = "SD3's joint text tokens"
+    g = torch.Generator().manual_seed(33)
+    clip_l, clip_g, t5 = (
+        torch.randn(2, 77, 6, generator=g),
+        torch.randn(2, 77, 10, generator=g),
+        torch.randn(2, 9, 24, generator=g),
+    )
+    clip = torch.nn.functional.pad(torch.cat([clip_l, clip_g], dim=-1), (0, 8))
+    want = torch.cat([clip, t5], dim=1)  # (2, 86, 24)
+    got, hint = _call_tensor(
+        fn, what, want, "the result must be (B, 77 + S, D_T5) = {want}, not {got}", clip_l, clip_g, t5
+    )
+    if hint:
+        return _report(False, what, hint)
+    if torch.allclose(got, want):
+        return _report(True, what, "")
+    if torch.allclose(got, torch.cat([t5, clip], dim=1)):
+        hint = "the CLIP tokens come first, then T5's"
+    elif torch.allclose(got, torch.cat([torch.nn.functional.pad(torch.cat([clip_g, clip_l], -1), (0, 8)), t5], 1)):
+        hint = "CLIP-L's features come before bigG's along the last dimension"
+    else:
+        hint = "torch.cat([clip_l, clip_g], -1), pad the last dimension with zeros to T5's width, then cat with t5 on dim 1"
+    return _report(False, what, hint)

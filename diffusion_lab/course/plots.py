@@ -1,0 +1,102 @@
+"""Small matplotlib helpers for the notebooks (imported only where plots are drawn).
+
+Images are tensors (B, C, H, W) in [−1, 1] (C = 1 or 3) unless said otherwise.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from diffusion_lab.training.loop import Trainer
+
+__all__ = ["LossPlot", "as_image_batch", "image_grid", "show_images", "figure_to_png"]
+
+
+class LossPlot:
+    """A live loss curve for notebooks: one ``ipywidgets.Image`` redrawn every ``every`` steps.
+
+    It never prints and never clears output (both break strict nbval); the cell shows one widget.
+    """
+
+    def __init__(self, every: int = 50, smooth: int = 25):
+        self.every, self.smooth, self.image = every, smooth, None
+
+    def __call__(self, trainer: Trainer) -> None:
+        if trainer.step % self.every:
+            return
+        try:
+            import ipywidgets as w  # lazy: only inside Jupyter
+            from IPython.display import display  # lazy: only inside Jupyter
+        except ImportError:  # plain Python: nothing to draw on
+            return
+        import matplotlib.pyplot as plt  # lazy: matplotlib costs ~1 s to import; only drawing needs it
+
+        if self.image is None:
+            self.image = w.Image(format="png")
+            display(self.image)
+        losses = torch.tensor(trainer.losses)
+        fig, ax = plt.subplots(figsize=(6, 2.5))
+        ax.plot(losses.numpy(), alpha=0.3, lw=0.8)
+        if len(losses) >= self.smooth:
+            kernel = torch.ones(self.smooth) / self.smooth
+            ax.plot(
+                range(self.smooth - 1, len(losses)), torch.conv1d(losses[None, None], kernel[None, None])[0, 0].numpy()
+            )
+        ax.set(xlabel="step", ylabel="loss", yscale="log", title=f"step {trainer.step}")
+        self.image.value = figure_to_png(fig)
+
+
+def as_image_batch(images) -> torch.Tensor:
+    """A diffusers pipeline's images (a list of PIL images, or an array (B, H, W, C) in [0, 1]) as a tensor
+    (B, C, H, W) in [−1, 1], the convention of :func:`image_grid`. A tensor is returned unchanged."""
+    if isinstance(images, torch.Tensor):
+        return images
+    if isinstance(images, np.ndarray):
+        arr = images.astype(np.float32)  # (B, H, W, C) in [0, 1]
+    else:
+        arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])  # (B, H, W, 3)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) * 2 - 1  # (B, C, H, W) in [−1, 1]
+
+
+def image_grid(x: torch.Tensor, nrow: int = 8, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:
+    """Tile a batch (B, C, H, W) in [−1, 1] into one array (rows·(H+pad), cols·(W+pad)[, 3]) in [0, 1]."""
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected images of shape (B, 1 or 3, H, W), got {tuple(x.shape)}")
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).numpy()  # (B, C, H, W) in [0, 1]
+    b, c, h, w = x.shape
+    ncol = min(nrow, b)
+    nrows = -(-b // ncol)
+    grid = np.full((c, nrows * (h + pad) - pad, ncol * (w + pad) - pad), pad_value, dtype=np.float32)
+    for i in range(b):
+        r, k = divmod(i, ncol)
+        grid[:, r * (h + pad) : r * (h + pad) + h, k * (w + pad) : k * (w + pad) + w] = x[i]
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
+def show_images(x: torch.Tensor, nrow: int = 8, title: str | None = None, ax=None, **imshow_kw):
+    """Draw :func:`image_grid` on ``ax`` (a new figure if None), grey for one channel; returns the axes."""
+    import matplotlib.pyplot as plt  # lazy: matplotlib costs ~1 s to import; only drawing needs it
+
+    if ax is None:
+        b = x.shape[0]
+        ncol = min(nrow, b)
+        _, ax = plt.subplots(figsize=(1.1 * ncol, 1.1 * -(-b // ncol) + (0.3 if title else 0)))
+    grid = image_grid(x, nrow)
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1, **imshow_kw)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def figure_to_png(fig, dpi: int = 80) -> bytes:
+    """Render a matplotlib figure to PNG bytes (for ``ipywidgets.Image``) and close it."""
+    import matplotlib.pyplot as plt  # lazy: matplotlib costs ~1 s to import; only drawing needs it
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,120 @@
+"""Rectified flow, as Stable Diffusion 3 trains and samples it: straight paths, velocity targets, the timestep shift.
+
+Notation
+--------
+=====================  ==========  ===================================================================================
+code                   symbol      meaning
+=====================  ==========  ===================================================================================
+``x0``                 x₀          data (a latent), (B, C, H, W)
+``noise``              ε           standard normal noise, same shape
+``sigma``              t (σ)       the position on the path, in [0, 1]: 0 = data, 1 = pure noise
+``x_t``                x_t         the point (1 − t)·x₀ + t·ε on the straight path
+``v``                  v           the velocity dx_t/dt = ε − x₀ (what the network predicts)
+``shift``              α           the timestep shift α·t / (1 + (α − 1)·t): α > 1 spends more steps near the noise
+``timesteps``          1000·t      what the network is told (diffusers' ``FlowMatchEulerDiscreteScheduler`` convention)
+=====================  ==========  ===================================================================================
+
+Indexing convention: continuous time. t = 1 is pure noise and sampling runs from t = 1 down to t = 0, the opposite
+direction to DDPM's integer index but the same meaning (larger t, more noise). diffusers calls t "sigma" and feeds
+the network ``timestep = 1000·t``; we keep both names.
+
+The maths (Liu et al. 2022, "Flow Straight and Fast"; Esser et al. 2024, "Scaling Rectified Flow Transformers for
+High-Resolution Image Synthesis", the SD3 paper, §2–3):
+
+- forward path   x_t = (1 − t)·x₀ + t·ε                          (SD3 §3.1, rectified flow: a_t = 1 − t, b_t = t)
+- velocity       v = dx_t/dt = ε − x₀, the regression target:   L = E_{t, x₀, ε} ‖v_θ(x_t, t) − (ε − x₀)‖²
+- estimate of x₀ x̂₀ = x_t − t·v_θ   (and of ε: ε̂ = x_t + (1 − t)·v_θ)
+- Euler step     x_{t'} = x_t + (t' − t)·v_θ(x_t, t)   for t' < t: along a straight line, one step can be exact
+- logit-normal   t = sigmoid(u), u ~ N(m, s²): training time concentrated in the middle (SD3 §3.1, "lognorm(0, 1)")
+- shift          t ↦ α·t / (1 + (α − 1)·t): more of the sampling steps at high noise, needed when images have more
+                 pixels (SD3 §5.3.2, α = √(m/n) for m pixels against a base of n; SD3 uses α = 3 at 1024²)
+
+Classifier-free guidance is unchanged: it combines velocities exactly as it combines ε (``sampling.cfg_combine``),
+since v is an affine function of ε at fixed x_t and t.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = [
+    "flow_interpolate",
+    "flow_velocity",
+    "flow_predict_x0",
+    "flow_euler_step",
+    "shift_sigmas",
+    "logit_normal_timesteps",
+]
+
+
+def _check_sigma(sigma: torch.Tensor | float, name: str = "sigma") -> None:
+    s = torch.as_tensor(sigma)
+    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()) or bool((s > 1).any()):
+        raise ValueError(f"{name} (the flow time t) must lie in [0, 1] (0 = data, 1 = noise), got {s.tolist()}")
+
+
+def _per_sample(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """σ as a tensor broadcastable against ``like`` (B, ...): a scalar, or one value per sample."""
+    s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
+    if s.ndim == 0:
+        return s
+    if s.ndim != 1 or len(s) != like.shape[0]:
+        raise ValueError(f"need one sigma or one per sample ({like.shape[0]}), got shape {tuple(s.shape)}")
+    return s.reshape(-1, *([1] * (like.ndim - 1)))  # (B, 1, 1, 1)
+
+
+def flow_interpolate(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """x_t = (1 − t)·x₀ + t·ε, the straight path (SD3 §3.1). ``sigma``: a scalar or (B,) in [0, 1]."""
+    if x0.shape != noise.shape:
+        raise ValueError(f"x0 and noise must have the same shape, got {tuple(x0.shape)} and {tuple(noise.shape)}")
+    _check_sigma(sigma)
+    t = _per_sample(sigma, x0)
+    return (1 - t) * x0 + t * noise  # (B, C, H, W)
+
+
+def flow_velocity(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """v = dx_t/dt = ε − x₀: the same at every t, because the path is straight."""
+    return noise - x0
+
+
+def flow_predict_x0(x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """x̂₀ = x_t − t·v: follow the predicted velocity back to t = 0 in one step."""
+    _check_sigma(sigma)
+    return x_t - _per_sample(sigma, x_t) * v
+
+
+def flow_euler_step(
+    x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float
+) -> torch.Tensor:
+    """x_{t'} = x_t + (t' − t)·v, one Euler step of the ODE dx/dt = v from t to t' (t' < t when sampling)."""
+    _check_sigma(sigma)
+    _check_sigma(sigma_next, "sigma_next")
+    return x_t + (_per_sample(sigma_next, x_t) - _per_sample(sigma, x_t)) * v
+
+
+def shift_sigmas(sigmas: torch.Tensor | np.ndarray | float, shift: float):
+    """t ↦ α·t / (1 + (α − 1)·t) (SD3 §5.3.2): 0 and 1 stay put, every t in between moves towards 1 if α > 1.
+
+    Works on floats, numpy arrays and tensors, and keeps their type and dtype (diffusers applies it to float32
+    tensors in the constructor and to float64 arrays in ``set_timesteps``; parity needs both)."""
+    if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+        raise ValueError(f"shift must be a positive number (1: no shift; SD3 uses 3.0), got {shift!r}")
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def logit_normal_timesteps(
+    n: int, mean: float = 0.0, std: float = 1.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """n training times t = sigmoid(u), u ~ N(mean, std²) (SD3 §3.1, "logit-normal sampling"): (n,) in (0, 1).
+
+    The density peaks in the middle of the path, where the SD3 paper argues the velocity is hardest to predict (near
+    t = 1 the best answer is close to ε minus the data mean, near t = 0 close to the noise); its best setting was
+    mean 0, std 1."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if not std > 0:
+        raise ValueError(f"std must be > 0, got {std!r}")
+    return torch.sigmoid(mean + std * torch.randn(n, generator=generator))

@@ -1,0 +1,47 @@
+"""Classifier-free guidance as two small pure pieces: condition dropout in training and the guided combination at sampling (Ho & Salimans 2022, eq. 6; Lin et al. 2024, Alg. 2 for the rescale)."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["cfg_combine", "drop_condition", "rescale_noise_cfg"]
+
+
+def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """ε̃ = ε_∅ + w·(ε_c − ε_∅): w = 1 gives ε_c, w = 0 gives ε_∅ (classifier-free guidance)."""
+    if cond.shape != uncond.shape:
+        raise ValueError(f"cond and uncond must have the same shape, got {tuple(cond.shape)} and {tuple(uncond.shape)}")
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, guidance_rescale: float = 0.0):
+    """Guidance rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", §3.4).
+
+    Strong guidance inflates the prediction's standard deviation, which over-exposes images. With σ(·) taken per
+    sample over all other dimensions:  ε_rescaled = ε̃ · σ(ε_c) / σ(ε̃)  (Eq. 15), and the result is
+    φ·ε_rescaled + (1 − φ)·ε̃  (Eq. 16). φ = 0 changes nothing; the paper uses φ = 0.7. Same as diffusers'
+    ``rescale_noise_cfg``.
+    """
+    if not 0.0 <= guidance_rescale <= 1.0:
+        raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
+    dims = list(range(1, noise_pred_text.ndim))
+    std_text = noise_pred_text.std(dim=dims, keepdim=True)  # (B, 1, 1, 1)
+    std_cfg = noise_cfg.std(dim=dims, keepdim=True)
+    rescaled = noise_cfg * (std_text / std_cfg)
+    return guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg
+
+
+def drop_condition(
+    cond: torch.Tensor, null: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Condition dropout for classifier-free guidance training (Ho & Salimans 2022, Algorithm 1, line 3).
+
+    Each row of ``cond`` (B, ...) is replaced by ``null`` (the null condition, broadcastable to one row: the
+    null class, or the token ids of the empty prompt) with probability ``drop_prob``; one network then learns
+    both ε_c and ε_∅. Returns a new tensor (``cond`` is not changed).
+    """
+    if not 0.0 <= drop_prob <= 1.0:
+        raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob}")
+    u = torch.rand(cond.shape[0], generator=generator).to(cond.device)  # (B,)
+    drop = (u < drop_prob).reshape(-1, *([1] * (cond.ndim - 1)))  # (B, 1, ...)
+    return torch.where(drop, null.to(cond.device, cond.dtype).expand_as(cond), cond)

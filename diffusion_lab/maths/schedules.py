@@ -1,0 +1,145 @@
+"""Noise schedules: how much noise the forward process adds at each step.
+
+Notation
+--------
+==================  ===========  ==========================================================
+code                symbol       meaning (paper)
+==================  ===========  ==========================================================
+``T``               T            number of training steps (DDPM, Ho et al. 2020)
+``betas[t]``        β_t          variance of the noise added at step t (DDPM Eq. 2)
+``alphas[t]``       α_t          1 − β_t
+``alphas_cumprod``  ᾱ_t          ∏_{s≤t} α_s; x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε (DDPM Eq. 4)
+``snr(ᾱ)``          SNR(t)       ᾱ_t / (1 − ᾱ_t) (Kingma et al. 2021, "Variational Diffusion Models" Eq. 1)
+==================  ===========  ==========================================================
+
+Indexing convention
+-------------------
+Code indices run ``t = 0 .. T-1``; code index ``t`` is the paper's step ``t+1``. So ``alphas_cumprod[0]``
+is ᾱ_1 (almost 1: one small step of noise) and ``alphas_cumprod[T-1]`` is ᾱ_T (almost 0). This is the
+convention of diffusers and of openai/improved-diffusion. Beware the DDIM paper: its α_t is DDPM's ᾱ_t.
+
+All tables are float32, computed exactly as diffusers computes them, so that our schedulers equal
+diffusers' to the last bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from diffusion_lab.utils.errors import check_choice
+
+__all__ = [
+    "BETA_SCHEDULES",
+    "TIMESTEP_SPACINGS",
+    "linear_betas",
+    "scaled_linear_betas",
+    "cosine_betas",
+    "make_betas",
+    "alphas_cumprod_from_betas",
+    "rescale_zero_terminal_snr",
+    "snr",
+    "snr_db",
+    "inference_timesteps",
+]
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+
+
+def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """β_t = linspace(β_start, β_end, T) — DDPM §4 (1e-4 → 0.02 over T = 1000). Shape (T,)."""
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
+
+
+def scaled_linear_betas(T: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """β_t = linspace(√β_start, √β_end, T)² — Stable Diffusion / SDXL (0.00085 → 0.012). Shape (T,)."""
+    return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
+
+
+def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Cosine schedule (Nichol & Dhariwal 2021, "Improved DDPM" Eq. 17), diffusers' ``squaredcos_cap_v2``.
+
+    f(u) = cos²((u + s)/(1 + s) · π/2) with u = t/T; β_t = min(1 − f((t+1)/T) / f(t/T), 0.999).
+    The cap avoids β = 1 at the very end, where f reaches 0. Shape (T,).
+    """
+
+    def f(u: float) -> float:
+        return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+    betas = [min(1 - f((i + 1) / T) / f(i / T), max_beta) for i in range(T)]
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def make_betas(beta_schedule: str, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """β for one of :data:`BETA_SCHEDULES` (``beta_start``/``beta_end`` are ignored by the cosine schedule)."""
+    check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+    if not isinstance(T, int) or T < 2:
+        raise ValueError(f"num_train_timesteps must be an integer >= 2, got {T!r}")
+    if beta_schedule == "linear":
+        return linear_betas(T, beta_start, beta_end)
+    if beta_schedule == "scaled_linear":
+        return scaled_linear_betas(T, beta_start, beta_end)
+    return cosine_betas(T)
+
+
+def alphas_cumprod_from_betas(betas: torch.Tensor) -> torch.Tensor:
+    """ᾱ_t = ∏_{s≤t} (1 − β_s) (DDPM, just above Eq. 4). Shape (T,)."""
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale √ᾱ so that ᾱ_T = 0 exactly while ᾱ_1 is unchanged.
+
+    Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1:
+    √ᾱ'_t = (√ᾱ_t − √ᾱ_T) · √ᾱ_1 / (√ᾱ_1 − √ᾱ_T). With ᾱ_T = 0 the last training step is pure noise,
+    as it is at the start of sampling. Shape (T,) in, (T,) out.
+    """
+    sqrt_ab = alphas_cumprod_from_betas(betas).sqrt()
+    first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
+    sqrt_ab = (sqrt_ab - last) * (first / (first - last))
+    ab = sqrt_ab**2
+    alphas = torch.cat([ab[0:1], ab[1:] / ab[:-1]])  # undo the cumulative product
+    return 1 - alphas
+
+
+def snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """SNR_t = ᾱ_t / (1 − ᾱ_t): signal power over noise power in x_t (VDM Eq. 1)."""
+    return alphas_cumprod / (1 - alphas_cumprod)
+
+
+def snr_db(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """SNR in decibels, 10·log10(SNR_t); 0 dB is where signal and noise have equal power."""
+    return 10 * torch.log10(snr(alphas_cumprod))
+
+
+def inference_timesteps(
+    num_inference_steps: int, num_train_timesteps: int = 1000, spacing: str = "leading", steps_offset: int = 0
+) -> np.ndarray:
+    """Which of the T training steps a sampler visits, in decreasing order (int64, shape (n,)).
+
+    Lin et al. 2024, Table 2 (n steps out of T):
+
+    * ``linspace``: round(linspace(0, T−1, n)), reversed — includes both ends.
+    * ``leading``:  k·⌊T/n⌋ for k = 0..n−1, reversed, plus ``steps_offset`` — never reaches T−1:
+      with T = 1000 and n = 5 the sampler starts at t = 800 (801 with SD's offset 1), not at pure noise.
+    * ``trailing``: round(T − k·T/n) − 1 for k = 0..n−1 — always starts at T−1, the step trained on
+      (almost) pure noise. ``steps_offset`` does not apply. Unlike diffusers 0.42, never more than n values
+      (diffusers returns n + 1, ending in −1, for n = 61, 103, 121, ... with T = 1000).
+    """
+    check_choice("timestep_spacing", spacing, TIMESTEP_SPACINGS)
+    n, T = num_inference_steps, num_train_timesteps
+    if not isinstance(n, (int, np.integer)) or n < 1 or n > T:
+        raise ValueError(f"num_inference_steps must be an integer between 1 and num_train_timesteps={T}, got {n!r}")
+    if spacing == "linspace":
+        return np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
+    if spacing == "leading":
+        ratio = T // n
+        return (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.int64) + steps_offset
+    # diffusers computes np.round(np.arange(T, 0, -T/n)) - 1. For 62 of the n in 1..1000 (n = 61, 103, 121, ...) the
+    # float step makes arange return n + 1 values, the last one rounding to 0, i.e. a timestep of -1 that silently
+    # indexes ᾱ[-1]. We keep diffusers' values (same rounding, ties to even) but only the first n of them.
+    ratio = T / n
+    return np.round(np.arange(T, 0, -ratio)).astype(np.int64)[:n] - 1

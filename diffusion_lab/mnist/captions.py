@@ -1,0 +1,514 @@
+"""Text for a tiny text-to-image model on MNIST: measurable attributes, captions, a word tokenizer, a CLIP-like encoder.
+
+Notation
+--------
+=====================  ===============  =============================================================================
+code                   symbol           meaning
+=====================  ===============  =============================================================================
+``images``             x                (B, 1, H, W) in [−1, 1]; brightness b = (x + 1)/2 in [0, 1]
+``INK_FLOOR``          τ                0.4: brightness counted as background (noise, faint halo)
+``p``                  p                ink intensity clamp((b − τ)/(1 − τ), 0, 1) in [0, 1]
+``u``, ``v``           u, v             pixel column (goes right) and row (goes **down**), in pixels
+``mass``               A                ink mass Σ p (the "area" of a stroke drawn with ink 1)
+``perimeter``          P                length of the ink's outline (Cauchy–Crofton estimate, below)
+``mu20``, ``mu02``     μ₂₀, μ₀₂         central moments (1/A) Σ p·(u − ū)² and (1/A) Σ p·(v − v̄)²
+``mu11``               μ₁₁              (1/A) Σ p·(u − ū)(v − v̄)
+``thickness``          w                mean stroke width 2A/P, in pixels
+``slant``              s                −μ₁₁/μ₀₂: pixels of lean to the right per pixel of height (top right: s > 0)
+``size``               d                4·(μ₂₀μ₀₂ − μ₁₁²)^¼: diameter of the disc with the moment ellipse's area
+``AttributeBins``      q_lo, q_½, q_hi  per attribute and digit: the low_q, 0.5 and high_q quantiles on MNIST
+``input_ids``          (B, L)           token ids <bos> words <eos> <pad>…; L = max_length (8 in the course recipe: the longest caption has 7 tokens)
+``last_hidden_state``  h                (B, L, D) per-token states, what cross-attention in the U-Net reads
+``pooler_output``      h_eos            (B, D) the state at the <eos> position, one vector per prompt
+=====================  ===============  =============================================================================
+
+1. Attributes
+-------------
+A prompt such as "a thick slanted seven" must mean something one can measure, or neither training captions nor the
+"attribute adherence" of generated digits can be defined. Three cheap, batched measures from image moments
+(the moments that deskew MNIST digits for the "deslanted" results of LeCun et al. 1998, "Gradient-based learning
+applied to document recognition"):
+
+- **thickness** w = 2A/P. A stroke of width w and length L has area A = w·L and outline P = 2L + 2w, so
+  2A/P = w·L/(L + w) → w for long strokes: the mean stroke width in pixels. P comes from the Cauchy–Crofton
+  formula, length = ½∫₀^π (number of crossings with the lines of direction θ) dρ dθ, with the four lattice
+  directions θ = 0°, 45°, 90°, 135° (line spacings 1, 1/√2, 1, 1/√2):
+  P = (π/8)·[N₀ + N₉₀ + (N₄₅ + N₁₃₅)/√2],   N_θ = Σ |p(x + e_θ) − p(x)| over neighbours in direction θ,
+  with p = 0 outside the image. It is within −5% … +3% for a straight edge of any direction and the same for strokes
+  leaning left or right (the plain gradient norm Σ|∇p| with forward differences over-counts one diagonal by √2 and
+  would couple thickness to slant). For grey, anti-aliased strokes N_θ counts the crossings of every level set
+  {p > t}, weighted by dt, just as A = ∫₀¹ area{p > t} dt.
+- **slant** s = −μ₁₁/μ₀₂: the least-squares slope du/d(−v) of the ink, i.e. how many pixels the ink moves right
+  per pixel it goes *up*. Rows go down, so a digit whose top leans right has u growing while v shrinks, μ₁₁ < 0,
+  and s > 0. Shearing the image by u ← u + a·(v̄ − v) adds exactly a to s (so s = tan of the lean from vertical).
+- **size** d = 4·det(Σ)^¼ with Σ = [[μ₂₀, μ₁₁], [μ₁₁, μ₀₂]]: a uniform disc of diameter d has Σ = (d²/16)·I, so
+  this is the diameter of the disc whose area equals that of the ink's moment ellipse. It does not change under
+  shear (det = 1), so slant does not leak into size. MNIST digits are scaled to a 20-pixel box, so heights hardly
+  vary and d mostly follows the width: ones are small, zeros large (hence per-digit bins, below).
+
+Ink starts above the floor τ = ``INK_FLOOR`` = 0.4 (in [−1, 1] units, x > −0.2). Second moments weight a pixel by
+its squared distance, so faint background noise far from the digit inflates size: with τ = 0, Gaussian noise of
+std 0.05 (in [−1, 1] units) on real digits turned 41% of "large"/"small" verdicts (adherence 0.59); with τ = 0.4 all
+three attributes keep 100% adherence up to std 0.1 (≥ 99.9% at 0.2) and ≥ 98.7% after a 3×3 binomial blur (bins
+fitted on 20,000 MNIST training images, checked on 4,000 of them). The floor trims anti-aliased edges, so drawn
+strokes measure a few tenths of a pixel thinner than their width. An image without ink measures 0 on all three.
+
+2. Captions
+-----------
+:func:`fit_bins` fits the quantiles q_lo, q_½, q_hi (default 1/3, 1/2, 2/3) of each attribute on training images,
+per digit when labels are given (a "large one" is large *for a one*) and always over all digits (for prompts that
+name no digit). A caption names an attribute only in an extreme bin:
+
+===============  ===============  =============  ================  =========================================
+attribute        binned value     below q_lo     above q_hi        note
+===============  ===============  =============  ================  =========================================
+``size``         d                "small"        "large"
+``thickness``    w                "thin"         "thick"
+``slant``        |s|              "upright"      "slanted"         either direction: |s| is binned, not s
+===============  ===============  =============  ================  =========================================
+
+On the 60,000 MNIST training images the three binned values are nearly uncorrelated (|r| ≤ 0.11), also within
+most digits; the exceptions: for ones the short axis of the moment ellipse is the stroke itself, so size follows
+thickness (r = 0.59, and "a small thick one" occurs 3 times in 6,742 ones), and slanted fives and zeros are smaller
+(r = −0.56, −0.35: MNIST scaled each digit's bounding box, which a slant widens, to 20 pixels).
+
+Word order is fixed: article, size, thickness, slant, digit name ("a large thick slanted seven"), with "an" before
+a vowel sound ("an eight", "an upright two", but "a one"). ``drop_prob`` drops each attribute word independently
+for training, so the model also sees partial captions; dropping whole captions ("" = unconditional, for
+classifier-free guidance) is the training loop's job.
+
+**Attribute adherence** of generated images (:func:`attribute_adherence`): every attribute word in a prompt is a
+request, met when the measured value lies on the asked side of the *median* q_½ of the prompt's digit (of all
+digits if the prompt names none): "thick" is met when w > q_½(thickness), "thin" when w < q_½. Asked is an
+extreme (top or bottom third); checked is only the side of the median, so a random digit meets a request half the
+time and a perfect sampler of the captioned training distribution meets all of them.
+
+3. Tokenizer and text encoder
+-----------------------------
+In Stable Diffusion the text encoder is CLIP's (Radford et al. 2021), pretrained contrastively on image-text pairs
+and kept **frozen**. SD 1.5 feeds the per-token states of CLIP ViT-L/14's text transformer, (77, 768), to the U-Net's
+cross-attention. SDXL (Podell et al. 2023) concatenates the per-token states of two encoders, CLIP ViT-L and
+OpenCLIP ViT-bigG, 768 + 1280 = 2048 features per token, and adds bigG's pooled embedding to the time embedding.
+SD3 (Esser et al. 2024) uses CLIP-L, CLIP-G and T5-XXL. SD 1.x hands all 77 states to the U-Net, padding included,
+and does not mask them.
+
+Here the vocabulary is a few dozen words, so :class:`TextEncoder` is a tiny CLIP-like transformer (width 64,
+2 layers, 8 positions in the recipe) trained *jointly* with the denoiser; it can be frozen afterwards. As in CLIP's text model:
+token + learned position embeddings, pre-LayerNorm blocks with causal self-attention, a final LayerNorm, and the
+pooled output taken at the <eos> token. :class:`WordTokenizer` mirrors ``pipe.tokenizer(...)`` of transformers: it
+returns ``input_ids`` and ``attention_mask`` padded to ``max_length``, with <bos>/<eos> like CLIP's
+<|startoftext|>/<|endoftext|>.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ATTRIBUTES",
+    "ATTRIBUTE_WORDS",
+    "DIGIT_NAMES",
+    "INK_FLOOR",
+    "AttributeBins",
+    "attribute_adherence",
+    "attributes",
+    "caption",
+    "captions_for",
+    "fit_bins",
+    "parse_prompt",
+    "size",
+    "slant",
+    "thickness",
+]
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+ATTRIBUTES = ("size", "thickness", "slant")  # also the word order in captions
+ATTRIBUTE_WORDS = {"size": ("small", "large"), "thickness": ("thin", "thick"), "slant": ("upright", "slanted")}
+_ANY_DIGIT = 10  # row of AttributeBins for prompts that name no digit
+_EPS = 1e-6
+INK_FLOOR = 0.4  # τ: brightness (x + 1)/2 at or below it is background; part of the attribute definitions
+
+
+def _ink(images: object) -> torch.Tensor:
+    """Checked images (B, 1, H, W) in [−1, 1] → ink p = clamp(((x + 1)/2 − τ)/(1 − τ), 0, 1), (B, H, W) float."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor of shape (B, 1, H, W), got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(
+            f"images must have shape (B, 1, H, W) (one channel, values in [-1, 1]), got {tuple(images.shape)}"
+        )
+    if not images.is_floating_point():
+        raise ValueError(
+            f"images must be floating point in [-1, 1], got dtype {images.dtype} "
+            "(uint8 pixels: convert with diffusion_lab.mnist.data.to_unit_range)"
+        )
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or inf values")
+    dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+    brightness = (images[:, 0].to(dtype) + 1) / 2  # (B, H, W), b = (x + 1)/2
+    return ((brightness - INK_FLOOR) / (1 - INK_FLOOR)).clamp(0, 1)
+
+
+def _moments(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ink mass A and central moments μ₂₀, μ₀₂, μ₁₁ of p (B, H, W); each (B,). Zero for an empty image."""
+    _, h, w = p.shape
+    v = torch.arange(h, device=p.device, dtype=p.dtype)[None, :, None]  # (1, H, 1) row, goes down
+    u = torch.arange(w, device=p.device, dtype=p.dtype)[None, None, :]  # (1, 1, W) column, goes right
+    mass = p.sum((1, 2))  # (B,)  A = Σ p
+    a = mass.clamp_min(_EPS)
+    ub = (p * u).sum((1, 2)) / a  # (B,)  ū = (1/A) Σ p·u
+    vb = (p * v).sum((1, 2)) / a
+    du = u - ub[:, None, None]  # (B, 1, W)
+    dv = v - vb[:, None, None]  # (B, H, 1)
+    mu20 = (p * du**2).sum((1, 2)) / a  # (B,)
+    mu02 = (p * dv**2).sum((1, 2)) / a
+    mu11 = (p * du * dv).sum((1, 2)) / a
+    return mass, mu20, mu02, mu11
+
+
+def _perimeter(p: torch.Tensor) -> torch.Tensor:
+    """Cauchy–Crofton outline length P = (π/8)·[N₀ + N₉₀ + (N₄₅ + N₁₃₅)/√2]; p (B, H, W) → (B,)."""
+    q = F.pad(p, (1, 1, 1, 1))  # (B, H+2, W+2), zero border so strokes touching the edge have an outline there
+    n0 = (q[:, :, 1:] - q[:, :, :-1]).abs().sum((1, 2))  # N₀: neighbours along a row
+    n90 = (q[:, 1:, :] - q[:, :-1, :]).abs().sum((1, 2))  # N₉₀: along a column
+    n45 = (q[:, 1:, :-1] - q[:, :-1, 1:]).abs().sum((1, 2))  # N₄₅: up-right diagonal
+    n135 = (q[:, 1:, 1:] - q[:, :-1, :-1]).abs().sum((1, 2))  # N₁₃₅: down-right diagonal
+    return (math.pi / 8) * (n0 + n90 + (n45 + n135) / math.sqrt(2))
+
+
+def _thickness(p: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    return 2 * mass / _perimeter(p).clamp_min(_EPS)  # w = 2A/P
+
+
+def _slant(mu02: torch.Tensor, mu11: torch.Tensor) -> torch.Tensor:
+    return -mu11 / mu02.clamp_min(_EPS)  # s = −μ₁₁/μ₀₂ (rows go down: minus makes "top leans right" positive)
+
+
+def _size(mu20: torch.Tensor, mu02: torch.Tensor, mu11: torch.Tensor) -> torch.Tensor:
+    return 4 * (mu20 * mu02 - mu11**2).clamp_min(0) ** 0.25  # d = 4·det(Σ)^¼
+
+
+def thickness(images: torch.Tensor) -> torch.Tensor:
+    """Mean stroke width w = 2A/P in pixels, (B, 1, H, W) in [−1, 1] → (B,).
+
+    A = Σ p is the ink mass and P the length of its outline (Cauchy–Crofton estimate, see the module docstring);
+    a straight stroke of width w and length L gives about w·L/(L + w). MNIST training digits: median 2.1 px.
+    """
+    p = _ink(images)
+    return _thickness(p, p.sum((1, 2)))
+
+
+def slant(images: torch.Tensor) -> torch.Tensor:
+    """Lean s = −μ₁₁/μ₀₂, (B, 1, H, W) in [−1, 1] → (B,): pixels to the right per pixel up; > 0 when the top leans right.
+
+    Image rows go down, hence the minus sign. s = tan(lean angle from vertical): 0.18 ≈ 10°, 0.36 ≈ 20°.
+    """
+    _, _, mu02, mu11 = _moments(_ink(images))
+    return _slant(mu02, mu11)
+
+
+def size(images: torch.Tensor) -> torch.Tensor:
+    """Size d = 4·(μ₂₀μ₀₂ − μ₁₁²)^¼ in pixels, (B, 1, H, W) in [−1, 1] → (B,).
+
+    The diameter of the disc with the same area as the ink's moment ellipse (a uniform disc of diameter d gives
+    exactly d); unchanged by shear, so independent of slant. MNIST training digits: median 17.1 px, ones 8.6 px.
+    """
+    _, mu20, mu02, mu11 = _moments(_ink(images))
+    return _size(mu20, mu02, mu11)
+
+
+def attributes(images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{"thickness": w, "slant": s, "size": d}``, each (B,), from one pass over the images (B, 1, H, W) in [−1, 1]."""
+    p = _ink(images)
+    mass, mu20, mu02, mu11 = _moments(p)
+    return {"thickness": _thickness(p, mass), "slant": _slant(mu02, mu11), "size": _size(mu20, mu02, mu11)}
+
+
+def _binned_values(attrs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The values the caption bins are on: size d, thickness w and |s| (slant words ignore the direction)."""
+    missing = [a for a in ATTRIBUTES if a not in attrs]
+    if missing:
+        raise ValueError(f"attrs is missing {missing}: pass the dict returned by attributes(images)")
+    return {
+        "size": torch.as_tensor(attrs["size"]).double(),
+        "thickness": torch.as_tensor(attrs["thickness"]).double(),
+        "slant": torch.as_tensor(attrs["slant"]).double().abs(),
+    }
+
+
+@dataclass(frozen=True)
+class AttributeBins:
+    """Quantile thresholds of each attribute, fitted on training images by :func:`fit_bins`.
+
+    ``thresholds[name]`` has 11 rows (digits 0..9, then row 10 for "any digit"), each ``(q_lo, q_½, q_hi)``; without
+    per-digit fitting the ten digit rows equal row 10. Values are those binned in captions: d, w and |s|.
+    """
+
+    thresholds: dict[str, tuple[tuple[float, float, float], ...]]
+    low_q: float = 1 / 3
+    high_q: float = 2 / 3
+    per_digit: bool = True
+
+    def __post_init__(self) -> None:
+        rows = {}
+        for name in ATTRIBUTES:
+            if name not in self.thresholds:
+                raise ValueError(f"thresholds must have an entry for each of {list(ATTRIBUTES)}, {name!r} is missing")
+            t = tuple(tuple(float(v) for v in row) for row in self.thresholds[name])
+            if len(t) != 11 or any(len(row) != 3 for row in t):
+                raise ValueError(f"thresholds[{name!r}] must be 11 rows (digits 0..9, any digit) of 3 values")
+            rows[name] = t
+        object.__setattr__(self, "thresholds", rows)  # JSON gives lists; keep tuples of floats
+
+    def table(self, name: str) -> torch.Tensor:
+        """(11, 3) float64 tensor of (q_lo, q_½, q_hi): rows 0..9 per digit, row 10 for any digit."""
+        if name not in ATTRIBUTES:
+            raise ValueError(f"unknown attribute {name!r}; the attributes are {list(ATTRIBUTES)}")
+        return torch.tensor(self.thresholds[name], dtype=torch.float64)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AttributeBins:
+        return cls(**d)
+
+
+def _digit_rows(digits: torch.Tensor | Sequence[int | None] | int | None, n: int) -> torch.Tensor:
+    """Digits (or None = any digit) → row indices into the (11, 3) tables, (n,) long."""
+    if digits is None or isinstance(digits, int):
+        digits = [digits] * n
+    if isinstance(digits, torch.Tensor):
+        rows = digits.reshape(-1).long().cpu()
+    else:
+        rows = torch.tensor([_ANY_DIGIT if d is None else int(d) for d in digits], dtype=torch.long)
+    if len(rows) != n:
+        raise ValueError(f"expected {n} digits (one per image), got {len(rows)}")
+    if len(rows) and (rows.min() < 0 or rows.max() > _ANY_DIGIT):
+        raise ValueError(
+            f"digits must be 0..9 (or None for any digit), got values from {int(rows.min())} to {int(rows.max())}"
+        )
+    return rows
+
+
+def fit_bins(
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    low_q: float = 1 / 3,
+    high_q: float = 2 / 3,
+    min_per_digit: int = 30,
+) -> AttributeBins:
+    """Fit the caption thresholds: the ``low_q``, 0.5 and ``high_q`` quantiles of d, w and |s| over ``images``.
+
+    images (N, 1, H, W) in [−1, 1]. With ``labels`` (N,) digits 0..9, each digit gets its own quantiles (every digit
+    then has a third "thick", a third "thin", …); row 10 ("any digit") is always fitted on all images. Each digit
+    needs at least ``min_per_digit`` images.
+    """
+    if not 0 < low_q < 0.5 < high_q < 1:
+        raise ValueError(f"need 0 < low_q < 0.5 < high_q < 1, got low_q={low_q}, high_q={high_q}")
+    values = _binned_values(attributes(images))  # each (N,) on the images' device
+    n = len(images)
+    if n < 3:
+        raise ValueError(f"fit_bins needs at least 3 images, got {n}")
+    q = torch.tensor([low_q, 0.5, high_q], dtype=torch.float64)
+    if labels is not None:
+        labels = torch.as_tensor(labels).reshape(-1).long().cpu()
+        if len(labels) != n:
+            raise ValueError(f"images and labels must have the same length, got {n} images and {len(labels)} labels")
+        if labels.min() < 0 or labels.max() > 9:
+            raise ValueError(f"labels must be digits 0..9, got values from {int(labels.min())} to {int(labels.max())}")
+        counts = torch.bincount(labels, minlength=10)  # (10,)
+        if counts.min() < min_per_digit:
+            few = [c for c in range(10) if counts[c] < min_per_digit]
+            raise ValueError(
+                f"digits {few} have fewer than min_per_digit={min_per_digit} images ({counts.tolist()} per digit): "
+                "pass more images, or labels=None for bins shared by all digits"
+            )
+    thresholds = {}
+    for name, v in values.items():
+        v = v.cpu()
+        overall = torch.quantile(v, q)  # (3,)
+        rows = [torch.quantile(v[labels == c], q) if labels is not None else overall for c in range(10)]
+        thresholds[name] = tuple(tuple(r.tolist()) for r in [*rows, overall])
+    return AttributeBins(thresholds, low_q=low_q, high_q=high_q, per_digit=labels is not None)
+
+
+def _words_for(values: dict[str, torch.Tensor], rows: torch.Tensor, bins: AttributeBins) -> dict[str, list[str | None]]:
+    """Per attribute, the caption word of each image (None in the middle bin): value < q_lo → low, > q_hi → high."""
+    out = {}
+    for name in ATTRIBUTES:
+        t = bins.table(name)[rows]  # (B, 3)
+        v = values[name].reshape(-1).cpu()  # (B,)
+        low, high = ATTRIBUTE_WORDS[name]
+        words = []
+        for a, lo, hi in zip(v.tolist(), t[:, 0].tolist(), t[:, 2].tolist(), strict=True):
+            words.append(low if a < lo else high if a > hi else None)
+        out[name] = words
+    return out
+
+
+def _article(word: str) -> str:
+    """ "an" before a vowel sound: "an eight", "an upright …"; "a one" (one starts with a w sound)."""
+    return "an" if word[0] in "aeiou" and not word.startswith("one") else "a"
+
+
+def _sentence(digit: int | None, words: Sequence[str]) -> str:
+    parts = [*words, DIGIT_NAMES[digit] if digit is not None else "digit"]
+    return " ".join([_article(parts[0]), *parts])
+
+
+def _check_drop_prob(drop_prob: float) -> None:
+    if not 0.0 <= drop_prob <= 1.0:
+        raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob!r}")
+
+
+def caption(
+    label: int | None,
+    attrs: dict[str, torch.Tensor | float],
+    bins: AttributeBins,
+    *,
+    generator: torch.Generator | None = None,
+    drop_prob: float = 0.0,
+) -> str:
+    """The caption of one image: e.g. "a thick slanted seven", "an eight", or "a small digit" for ``label=None``.
+
+    attrs: one image's ``{"thickness", "slant", "size"}`` (floats or 0-d tensors, e.g. ``{k: v[i] for k, v in
+    attributes(x).items()}``). Each attribute word is dropped with probability ``drop_prob`` (a torch ``generator``
+    makes it reproducible).
+    """
+    if label is not None and not 0 <= int(label) <= 9:
+        raise ValueError(f"label must be a digit 0..9 or None, got {label!r}")
+    label = None if label is None else int(label)
+    one = {k: torch.as_tensor(v).reshape(1) for k, v in attrs.items()}  # each (1,)
+    return captions_for([label], None, bins, attrs=one, generator=generator, drop_prob=drop_prob)[0]
+
+
+def captions_for(
+    labels: torch.Tensor | Sequence[int | None],
+    images: torch.Tensor | None,
+    bins: AttributeBins,
+    *,
+    attrs: dict[str, torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    drop_prob: float = 0.0,
+) -> list[str]:
+    """Captions of a batch: labels (B,) and images (B, 1, H, W) in [−1, 1] (or precomputed ``attrs``) → B strings.
+
+    Word order: article, size, thickness, slant, digit name. Each attribute word is dropped independently with
+    probability ``drop_prob``, drawn from ``generator`` (torch's global RNG if None).
+    """
+    _check_drop_prob(drop_prob)
+    if attrs is None:
+        if images is None:
+            raise ValueError("pass images (B, 1, H, W) or attrs (the dict returned by attributes(images))")
+        attrs = attributes(images)
+    values = _binned_values(attrs)
+    n = len(values["size"].reshape(-1))
+    rows = _digit_rows(labels, n)
+    words = _words_for(values, rows, bins)
+    keep = (
+        torch.rand(n, len(ATTRIBUTES), generator=generator) >= drop_prob
+        if drop_prob > 0
+        else torch.ones(n, len(ATTRIBUTES), dtype=torch.bool)
+    )  # (B, 3)
+    out = []
+    for i, r in enumerate(rows.tolist()):
+        chosen = [words[a][i] for j, a in enumerate(ATTRIBUTES) if words[a][i] is not None and keep[i, j]]
+        out.append(_sentence(None if r == _ANY_DIGIT else r, chosen))
+    return out
+
+
+_WORD_TO_ATTRIBUTE = {w: a for a, pair in ATTRIBUTE_WORDS.items() for w in pair}  # "thick" → "thickness", …
+
+
+def _split_words(text: str) -> list[str]:
+    """Lower-case words: runs of letters and digits; whitespace and punctuation separate them and are dropped."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+PLACEHOLDER_PATTERN = r"<[a-z0-9][a-z0-9_-]*>"  # an added token such as "<wide-three>" (textual inversion)
+
+
+def is_placeholder(word: str) -> bool:
+    """True for an added token written in angle brackets, e.g. ``"<wide-three>"`` (kept whole by the tokenizer)."""
+    return re.fullmatch(PLACEHOLDER_PATTERN, word) is not None
+
+
+def parse_prompt(prompt: str) -> dict[str, int | str | None]:
+    """What a prompt asks for: ``{"digit": 0..9 or None, "size": "small"/"large"/None, "thickness": …, "slant": …}``.
+
+    Words outside the caption vocabulary are ignored ("please draw a thick seven" → digit 7, thickness "thick").
+    A prompt naming two digits or both words of one attribute is a ValueError.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    out: dict[str, int | str | None] = {"digit": None, **dict.fromkeys(ATTRIBUTES)}
+    for w in _split_words(prompt):
+        if w in DIGIT_NAMES:
+            d = DIGIT_NAMES.index(w)
+            if out["digit"] is not None and out["digit"] != d:
+                raise ValueError(f"prompt {prompt!r} names two digits ({DIGIT_NAMES[out['digit']]} and {w})")
+            out["digit"] = d
+        elif w in _WORD_TO_ATTRIBUTE:
+            name = _WORD_TO_ATTRIBUTE[w]
+            if out[name] is not None and out[name] != w:
+                raise ValueError(f"prompt {prompt!r} asks for both {out[name]!r} and {w!r}")
+            out[name] = w
+    return out
+
+
+def attribute_adherence(
+    images: torch.Tensor,
+    prompts: str | Sequence[str],
+    bins: AttributeBins,
+    *,
+    negative_prompts: str | Sequence[str] | None = None,
+) -> dict[str, float]:
+    """How often generated images show the attributes their prompts ask for (see the module docstring, §2).
+
+    images (B, 1, H, W) in [−1, 1]; prompts: one per image (or one for all). Every attribute word of a prompt is a
+    request, met when the measured value (d, w, |s|) lies on the asked side of the median q_½ of the prompt's digit
+    ("thick": w > q_½, "thin": w < q_½). A word of a negative prompt asks for the other side ("not thick": w < q_½).
+
+    Returns ``adherence`` (share of all requests met; NaN if none), ``requests`` (their number), the share per
+    attribute (``size``, ``thickness``, ``slant``) and per word (``"thick"``, ``"not thick"``, …) for those asked.
+    """
+    values = _binned_values(attributes(images))
+    n = len(images)
+
+    def per_image(p: str | Sequence[str] | None, name: str) -> list[str]:
+        if p is None:
+            return [""] * n
+        if isinstance(p, str):
+            return [p] * n
+        p = list(p)
+        if len(p) != n or not all(isinstance(s, str) for s in p):
+            raise ValueError(f"{name} must be one string or {n} strings (one per image), got {len(p)} items")
+        return p
+
+    parsed = [parse_prompt(s) for s in per_image(prompts, "prompts")]
+    negative = [parse_prompt(s) for s in per_image(negative_prompts, "negative_prompts")]
+    rows = _digit_rows([p["digit"] for p in parsed], n)
+    met: dict[str, list[bool]] = {}
+    for name in ATTRIBUTES:
+        median = bins.table(name)[rows, 1]  # (B,)
+        above = (values[name].reshape(-1).cpu() > median).tolist()
+        for i in range(n):
+            for word, negated in ((parsed[i][name], False), (negative[i][name], True)):
+                if word is None:
+                    continue
+                wants_high = (word == ATTRIBUTE_WORDS[name][1]) != negated
+                ok = above[i] == wants_high
+                met.setdefault(name, []).append(ok)
+                met.setdefault(f"not {word}" if negated else word, []).append(ok)
+    every = [ok for name in ATTRIBUTES for ok in met.get(name, [])]
+    out: dict[str, float] = {"adherence": sum(every) / len(every) if every else math.nan, "requests": len(every)}
+    out.update({k: sum(v) / len(v) for k, v in met.items()})
+    return out

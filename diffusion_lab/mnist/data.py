@@ -1,0 +1,180 @@
+"""Data for the course, all offline: MNIST from ``data/mnist.npz`` and small 2-D toy sets.
+
+=====================  ==========================================================================
+function               what it gives
+=====================  ==========================================================================
+``load_mnist``         (images, labels): images float32 (N, 1, 28, 28) in [−1, 1] (or uint8), labels int64
+``mnist_dataset``      the same as a ``torch.utils.data.TensorDataset``
+``swiss_roll``         (N, 2) float32 points on a 2-D spiral, scaled to roughly unit std
+``moons``              (N, 2) float32 points on two interleaved half circles, roughly unit std
+=====================  ==========================================================================
+
+``data/mnist.npz`` is the original 60k/10k MNIST (Yann LeCun and Corinna Cortes, CC BY-SA 3.0), built once by
+``data/build_mnist.py`` (see ``data/README.md`` for provenance). It is loaded with ``allow_pickle=False`` and
+its sha256 is checked, so a truncated or altered file fails loudly instead of training on garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "MNIST_SHA256",
+    "MnistFileError",
+    "default_mnist_path",
+    "load_mnist",
+    "mnist_dataset",
+    "load_mnist_torchvision",
+    "swiss_roll",
+    "moons",
+    "to_unit_range",
+    "from_unit_range",
+]
+
+MNIST_SHA256 = "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64"
+_SPLITS = ("train", "test")
+_REPO_DATA = Path(__file__).resolve().parents[2] / "data"
+
+
+class MnistFileError(RuntimeError):
+    """``data/mnist.npz`` is missing, corrupt or not the file the course was built with."""
+
+
+def default_mnist_path() -> Path:
+    """``$DIFFUSION_LAB_DATA/mnist.npz`` if that variable is set, else ``data/mnist.npz`` in the repository."""
+    root = os.environ.get("DIFFUSION_LAB_DATA")
+    return (Path(root) if root else _REPO_DATA) / "mnist.npz"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels 0..255 → float32 in [−1, 1]: x/127.5 − 1 (the range DDPM trains on, DDPM §4)."""
+    return x.float() / 127.5 - 1.0
+
+
+def from_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """float in [−1, 1] → uint8 0..255 (values outside are clipped)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def load_mnist(
+    split: str = "train",
+    *,
+    scale: bool = True,
+    limit: int | None = None,
+    path: str | os.PathLike | None = None,
+    verify: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST images and labels from the committed npz, offline.
+
+    split: ``"train"`` (60,000) or ``"test"`` (10,000). scale: True gives float32 in [−1, 1], False uint8 0..255.
+    limit: keep only the first ``limit`` examples. Returns images (N, 1, 28, 28) and labels (N,) int64.
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    path = Path(path) if path is not None else default_mnist_path()
+    if not path.is_file():
+        raise MnistFileError(
+            f"MNIST file not found at {path}. It ships with the repository (data/mnist.npz): run from a full clone, "
+            "set DIFFUSION_LAB_DATA to the folder holding mnist.npz, or rebuild it with data/build_mnist.py "
+            "(see data/README.md). With internet you can also use load_mnist_torchvision()."
+        )
+    if verify:
+        digest = _sha256(path)
+        if digest != MNIST_SHA256:
+            raise MnistFileError(
+                f"{path} is corrupt or not the course's MNIST (sha256 {digest[:12]}..., expected "
+                f"{MNIST_SHA256[:12]}...). Restore it with `git checkout -- data/mnist.npz` or rebuild it with "
+                "data/build_mnist.py (see data/README.md)."
+            )
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x = f[f"x_{split}"]
+            y = f[f"y_{split}"]
+    except (OSError, ValueError, KeyError) as e:  # not a zip, truncated, missing member
+        raise MnistFileError(f"could not read {path} as the course's MNIST npz: {e}") from e
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    images = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1)  # (N, 1, 28, 28) uint8
+    labels = torch.from_numpy(y.astype(np.int64))  # (N,)
+    return (to_unit_range(images) if scale else images), labels
+
+
+def mnist_dataset(split: str = "train", **kwargs) -> torch.utils.data.TensorDataset:
+    """:func:`load_mnist` wrapped as a ``TensorDataset`` of (image, label) pairs."""
+    return torch.utils.data.TensorDataset(*load_mnist(split, **kwargs))
+
+
+def load_mnist_torchvision(
+    root: str | os.PathLike, split: str = "train", *, scale: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optional: download MNIST with torchvision (needs internet) and return it in :func:`load_mnist`'s format."""
+    try:
+        from torchvision.datasets import MNIST  # lazy: only the optional torchvision download path needs it
+    except ImportError as e:  # pragma: no cover - torchvision is pinned
+        raise ImportError("load_mnist_torchvision needs torchvision: pip install torchvision") from e
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
+    try:
+        ds = MNIST(root, train=split == "train", download=True)
+    except Exception as e:  # no network: say what to do instead
+        raise MnistFileError(
+            f"torchvision could not download MNIST ({e}). Offline, use load_mnist(), which reads data/mnist.npz."
+        ) from e
+    images = ds.data.unsqueeze(1)  # (N, 1, 28, 28) uint8
+    return (to_unit_range(images) if scale else images), ds.targets.long()
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(0 if seed is None else seed)
+    return g
+
+
+def _check_n(n: int) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+
+
+def swiss_roll(n: int = 1000, *, noise: float = 0.05, seed: int | None = 0) -> torch.Tensor:
+    """A 2-D swiss roll: angle θ ~ U(1.5π, 4.5π), point θ·(cos θ, sin θ), standardised, plus N(0, noise²).
+
+    The same curve as scikit-learn's ``make_swiss_roll`` (its x and z coordinates). Returns (n, 2) float32.
+    """
+    _check_n(n)
+    g = _generator(seed)
+    theta = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g))  # (n,)
+    pts = torch.stack([theta * torch.cos(theta), theta * torch.sin(theta)], dim=1)  # (n, 2)
+    pts = (pts - pts.mean(0)) / pts.std(0)
+    return pts + noise * torch.randn(n, 2, generator=g)
+
+
+def moons(n: int = 1000, *, noise: float = 0.05, seed: int | None = 0) -> torch.Tensor:
+    """Two interleaved half circles (scikit-learn's ``make_moons``), standardised, plus N(0, noise²).
+
+    Returns (n, 2) float32; the first ⌈n/2⌉ points are the upper moon.
+    """
+    _check_n(n)
+    g = _generator(seed)
+    n_up = (n + 1) // 2
+    a = math.pi * torch.rand(n, generator=g)  # (n,)
+    upper = torch.stack([torch.cos(a[:n_up]), torch.sin(a[:n_up])], dim=1)  # (n_up, 2)
+    lower = torch.stack([1 - torch.cos(a[n_up:]), 0.5 - torch.sin(a[n_up:])], dim=1)  # (n - n_up, 2)
+    pts = torch.cat([upper, lower])
+    pts = (pts - pts.mean(0)) / pts.std(0)
+    return pts + noise * torch.randn(n, 2, generator=g)

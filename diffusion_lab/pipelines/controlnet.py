@@ -1,0 +1,236 @@
+"""The ControlNet pipeline: a frozen tiny Stable Diffusion steered by a control map through a trained ControlNet."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from diffusion_lab.models.autoencoder import AutoencoderKL
+from diffusion_lab.models.controlnet import ControlNet
+from diffusion_lab.models.text_encoder import TextEncoder, WordTokenizer
+from diffusion_lab.models.unet import UNet
+from diffusion_lab.pipelines.pipeline_utils import PipelineOutput, _load_scheduler
+from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
+
+__all__ = ["TinyControlNetPipeline", "controlnet_keep"]
+
+
+def controlnet_keep(num_steps: int, start: float = 0.0, end: float = 1.0) -> list[float]:
+    """1.0 for the sampling steps the control acts on, 0.0 for the others (diffusers' ``controlnet_keep``):
+    step i of N is kept unless i/N < start or (i + 1)/N > end."""
+    return [1.0 - float(i / num_steps < start or (i + 1) / num_steps > end) for i in range(num_steps)]
+
+
+@dataclass
+class _ControlInputs:
+    """The control of one pipeline call (set by ``__call__``, read by ``_predict`` at every step)."""
+
+    image: torch.Tensor  # (B, C_c, H, W)
+    hint: torch.Tensor  # c_f = E(image) (B, C_0, h, w), computed once per call
+    scale: float
+    start: float
+    end: float
+    guess_mode: bool
+
+
+class TinyControlNetPipeline(TinyStableDiffusionPipeline):
+    """The tiny Stable Diffusion with a ControlNet, diffusers' ``StableDiffusionControlNetPipeline`` call shape:
+    ``pipe(prompt, image=control, controlnet_conditioning_scale=1.0, control_guidance_start=0.0,
+    control_guidance_end=1.0, guess_mode=False, negative_prompt=None, num_inference_steps=25, guidance_scale=3.0,
+    generator=None, ...)`` → :class:`~diffusion_lab.pipelines.pipeline_utils.PipelineOutput`. ``image`` is the control map
+    (B or 1, C_c, H, W) in [0, 1] (:func:`edge_map`, :func:`coarse_mask`), not an image to start from.
+    """
+
+    _components = ("vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler")
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet: ControlNet, scheduler):
+        super().__init__(vae, text_encoder, tokenizer, unet, scheduler)
+        if not isinstance(controlnet, ControlNet):
+            raise TypeError(
+                f"controlnet must be a ControlNet (ControlNet.from_unet(unet)), got {type(controlnet).__name__}"
+            )
+        mine, base = controlnet.config.unet, unet.config
+        fields = ("in_channels", "channels", "patch_size", "cross_attention_dim", "pooled_dim", "num_classes")
+        wrong = [
+            f"{f}: {getattr(mine, f)} vs {getattr(base, f)}" for f in fields if getattr(mine, f) != getattr(base, f)
+        ]
+        if wrong:
+            raise ValueError(
+                f"the ControlNet was built for another U-Net ({'; '.join(wrong)}): use ControlNet.from_unet"
+            )
+        f = controlnet.config.hint_downsampling // base.patch_size
+        if f != self.vae_scale_factor:
+            raise ValueError(
+                f"the ControlNet's hint network reduces control images {f}× but the autoencoder's factor is "
+                f"{self.vae_scale_factor}: give conditioning_embedding_out_channels "
+                f"{int(math.log2(self.vae_scale_factor * base.patch_size)) + 1} entries"
+            )
+        self.controlnet = controlnet
+        self._control: _ControlInputs | None = None
+
+    @classmethod
+    def from_pipe(cls, pipe: TinyStableDiffusionPipeline, controlnet: ControlNet) -> TinyControlNetPipeline:
+        """A ControlNet pipeline sharing ``pipe``'s components (diffusers' ``from_pipe``): nothing is copied."""
+        return cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, controlnet, pipe.scheduler)
+
+    def to(self, device) -> TinyControlNetPipeline:
+        super().to(device)
+        self.controlnet.to(device)
+        return self
+
+    def num_parameters(self) -> dict[str, int]:
+        return {**super().num_parameters(), "controlnet": self.controlnet.num_parameters()}
+
+    def check_control(
+        self, image: object, batch_size: int, height: int, width: int, scale: object, start: object, end: object
+    ) -> torch.Tensor:
+        """Validate the control arguments; returns the control maps expanded to (batch_size, C_c, H, W)."""
+        c = self.controlnet.config.conditioning_channels
+        if image is None:
+            raise TypeError(f"pass the control map: image=... (a tensor (B or 1, {c}, {height}, {width}) in [0, 1], "
+                            "e.g. controlnet.edge_map(images))")  # fmt: skip
+        if not isinstance(image, torch.Tensor) or image.ndim != 4:
+            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(
+                f"the control image must be a tensor (B or 1, {c}, {height}, {width}) in [0, 1], got {got}"
+            )
+        if image.shape[1] != c:
+            hint = ": make it grey, e.g. image.mean(dim=1, keepdim=True)" if c == 1 else ""
+            raise ValueError(f"the control image must have {c} channel(s) (the ControlNet's conditioning_channels), "
+                             f"got {image.shape[1]}{hint}")  # fmt: skip
+        if tuple(image.shape[2:]) != (height, width):
+            raise ValueError(
+                f"the control image must be {height}x{width} like the output, got {image.shape[2]}x{image.shape[3]}: "
+                f"resize it with torch.nn.functional.interpolate(image, size=({height}, {width}), mode='bilinear') "
+                "(or compute the control map from a 28x28 image)"
+            )
+        if image.shape[0] not in (1, batch_size):
+            raise ValueError(
+                f"the control image holds {image.shape[0]} maps; give 1 (for every prompt) or one per prompt "
+                f"({batch_size})"
+            )
+        if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+            raise ValueError(
+                f"control maps take values in [0, 1] (edge_map and coarse_mask make them), got values from "
+                f"{image.min().item():.3g} to {image.max().item():.3g}: pass edge_map(images), not the images"
+            )
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
+            raise ValueError(
+                f"controlnet_conditioning_scale must be a finite number >= 0 (0 = the base model, 1 = as trained), "
+                f"got {scale!r}"
+            )
+        for name, value in (("control_guidance_start", start), ("control_guidance_end", end)):
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be a number in [0, 1] (a share of the sampling steps), got {value!r}")
+        if start >= end:
+            raise ValueError(
+                f"control_guidance_start ({start}) must be smaller than control_guidance_end ({end}): the control "
+                "acts on the steps between them (shares of the schedule, 0 = the first step)"
+            )
+        return image.expand(batch_size, -1, -1, -1)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        image: torch.Tensor | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 3.0,
+        generator: torch.Generator | None = None,
+        height: int = 28,
+        width: int = 28,
+        controlnet_conditioning_scale: float = 1.0,
+        control_guidance_start: float = 0.0,
+        control_guidance_end: float = 1.0,
+        guess_mode: bool = False,
+        guidance_rescale: float = 0.0,
+        eta: float | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pt",
+        return_intermediates: bool = False,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    ) -> PipelineOutput:
+        """Text-to-image with the control map ``image`` (B or 1, C_c, H, W) in [0, 1]; the other arguments as
+        :meth:`TinyStableDiffusionPipeline.__call__` (no img2img or inpainting here)."""
+        b = len(self._as_prompts(prompt, "prompt"))
+        control = self.check_control(
+            image, b, height, width, controlnet_conditioning_scale, control_guidance_start, control_guidance_end
+        )
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        image = control.to(self.device, self.controlnet.dtype)
+        self._control = _ControlInputs(
+            image=image,
+            hint=self.controlnet.embed_control(image),
+            scale=float(controlnet_conditioning_scale),
+            start=float(control_guidance_start),
+            end=float(control_guidance_end),
+            guess_mode=bool(guess_mode),
+        )
+        try:
+            return super().__call__(
+                prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale, generator=generator, height=height, width=width,
+                guidance_rescale=guidance_rescale, eta=eta, latents=latents, output_type=output_type,
+                return_intermediates=return_intermediates, callback=callback,
+            )  # fmt: skip
+        finally:
+            self._control = None
+
+    def _predict(self, z, t, c, mask, pooled, step=0, num_steps=1):
+        """The frozen U-Net's prediction with the ControlNet's residuals added (Eq. 2), on the kept steps."""
+        ctrl = self._control
+        if ctrl is None:
+            raise RuntimeError("TinyControlNetPipeline._predict runs inside __call__ only (it needs the control map)")
+        scale = ctrl.scale * controlnet_keep(num_steps, ctrl.start, ctrl.end)[step]
+        if scale == 0:  # outside [control_guidance_start, control_guidance_end], or λ = 0: the base model, exactly
+            return super()._predict(z, t, c, mask, pooled, step, num_steps)
+        pooled_in = pooled if self.unet.config.pooled_dim else None
+        b = ctrl.image.shape[0]
+        if z.shape[0] == 2 * b and ctrl.guess_mode:  # CFG + guess mode: the control for the conditional half only
+            down, mid = self.controlnet(
+                z[b:], t, c[b:], None if pooled_in is None else pooled_in[b:], None, scale,
+                encoder_attention_mask=mask[b:], guess_mode=True, hint=ctrl.hint,
+            )  # fmt: skip
+            down, mid = [torch.cat([torch.zeros_like(r), r]) for r in down], torch.cat([torch.zeros_like(mid), mid])
+        else:
+            hint = ctrl.hint.repeat(z.shape[0] // b, 1, 1, 1)  # [uncond; cond] with CFG: both branches
+            down, mid = self.controlnet(
+                z, t, c, pooled_in, None, scale, encoder_attention_mask=mask, guess_mode=ctrl.guess_mode, hint=hint
+            )
+        kw = {"pooled_text": pooled} if self.unet.config.pooled_dim else {}
+        return self.unet(
+            z, t, encoder_hidden_states=c, encoder_attention_mask=mask, down_block_additional_residuals=down,
+            mid_block_additional_residual=mid, **kw,
+        )  # fmt: skip
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, scheduler=None, device=None) -> TinyControlNetPipeline:
+        """Load a folder written by :meth:`save_pretrained` (the tiny SD's folders plus ``controlnet/``)."""
+
+        directory = Path(directory)
+        if not (directory / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"{directory} holds no model_index.json: is it a folder written by save_pretrained?"
+            )
+        stored = json.loads((directory / "model_index.json").read_text("utf-8")).get("_class_name")
+        if stored != cls.__name__:
+            raise ValueError(
+                f"{directory} holds a {stored}, not a {cls.__name__}: load it with {stored}.from_pretrained(...) and "
+                "add a ControlNet with TinyControlNetPipeline.from_pipe(pipe, ControlNet.from_pretrained(...))"
+            )
+        return cls(
+            AutoencoderKL.from_pretrained(directory / "vae", device=device),
+            TextEncoder.from_pretrained(directory / "text_encoder", device=device).eval(),
+            WordTokenizer.from_pretrained(directory / "tokenizer"),
+            UNet.from_pretrained(directory / "unet", device=device).eval(),
+            ControlNet.from_pretrained(directory / "controlnet", device=device).eval(),
+            scheduler or _load_scheduler(directory / "scheduler" / "scheduler_config.json"),
+        )

@@ -1,0 +1,350 @@
+"""Super-resolution: a tiny latent ×4 upscaler for MNIST, built like Stable Diffusion's x4 upscaler.
+
+Notation
+--------
+======================  ============  ================================================================================
+code                    symbol        meaning (paper, equation)
+======================  ============  ================================================================================
+``x``                   x             the high-resolution image (B, 1, 28, 28) in [−1, 1]
+``low``                 y             the low-resolution image (B, 1, 7, 7): 4×4 averages of x (:func:`downsample`)
+``factor``              r             the upscale factor, 4; equal to the autoencoder's downsampling f
+``latents``             z_t           the diffusion state (B, 4, 7, 7), latents of the frozen autoencoder times s
+``scaling_factor``      s             the autoencoder's latent scale: z_0 = s·μ(x), decode with D(z_0 / s)
+``noise_level``         k             conditioning-augmentation level, an integer in 0..K
+``max_noise_level``     K             the largest level used in training and accepted at sampling (350, as SD's)
+``ab_low``              ᾱ'_k          the low-resolution scheduler's cumulative signal fraction at step k
+``noisy_low``           ỹ_k           √ᾱ'_k·y + √(1 − ᾱ'_k)·ε', the noise-augmented low-res image (DDPM Eq. 4)
+``class_labels``        k             the level, given to the U-Net through its class embedding (added to e(t))
+======================  ============  ================================================================================
+
+The design (Stable Diffusion x4 upscaler, diffusers' ``StableDiffusionUpscalePipeline``)
+-----------------------------------------------------------------------------------------
+1. **Latent diffusion, conditioned by concatenation** (SR3, Saharia et al. 2021, "Image Super-Resolution via
+   Iterative Refinement"; LDM, Rombach et al. 2022, §4.4). The U-Net denoises the latents z_t of a frozen
+   autoencoder with f = 4. Because the upscale factor r equals f, the low-resolution *pixel* image already has the
+   latents' spatial size, so it is simply stacked onto z_t along the channels: the U-Net reads [z_t ; ỹ_k], 4 + 1
+   = 5 channels at 7×7 (SD: 4 + 3 = 7 channels at 128×128 for a 512×512 output), and predicts the 4 latent
+   channels.
+2. **Conditioning augmentation** (Ho et al. 2021, "Cascaded Diffusion Models for High Fidelity Image Generation",
+   §3; Imagen, Saharia et al. 2022, §2.5). Before the concatenation the low-resolution image is noised by a second,
+   fixed forward process, ỹ_k = √ᾱ'_k·y + √(1 − ᾱ'_k)·ε' (DDPM Eq. 4 with the ``low_res_scheduler``'s ᾱ'), and k
+   is given to the U-Net as ``class_labels``. In training k ~ U{0..K}; at sampling the user picks it. A model that
+   has only ever seen clean y trusts every pixel of its input, including the artefacts of an imperfect one (an
+   image produced by a base model, a noisy or blurred photo); with augmentation it knows that up to k's worth of
+   noise is not signal. k is a knob: 0 = follow the input as closely as possible, larger = invent more detail.
+3. **The noise level as a class label.** diffusers' U-Net of the x4 upscaler has ``num_class_embeds=1000``: an
+   ``nn.Embedding`` whose row k is added to the time embedding. :class:`~diffusion_lab.models.unet.UNet` with
+   ``num_classes = K + 1`` is that embedding (rows 0..K; :func:`train_upscaler` starts them at 0, see the recipe's
+   notes), plus one extra row K + 1 that the U-Net keeps for "no label" (classifier-free guidance's null class).
+   The upscaler never passes it: every prediction is made with a known level, so that row is never read and never
+   trained (the tests check it stays at its initial value), and :meth:`TinyUpscalePipeline.check_inputs` refuses
+   ``noise_level = K + 1``, which the U-Net alone would accept.
+4. **No classifier-free guidance.** The real pipeline guides with its *text* prompt: the low-res image and k are
+   the same in both branches. We have no text, and guiding on the image itself would need a second, unconditional
+   latent model inside the same network (trained on dropped images) to sharpen a condition that already pins the
+   digit down; noise_level = 0 already gives the most faithful output. So there is no ``guidance_scale``.
+
+Low-resolution schedule: the x4 upscaler's ``low_res_scheduler`` is a DDPM schedule with β from 1e-4 to 0.02
+over 1000 steps, **spaced in √β** (the original training code's ``make_beta_schedule("linear")`` is
+``linspace(√1e-4, √0.02)²``, which is diffusers' ``"scaled_linear"``; diffusers' single-file loader builds the
+low-res scheduler with ``beta_schedule="scaled_linear"``). :data:`LOW_RES_SCHEDULE` copies it. At k = 20 (the
+pipeline's default) the added noise has std √(1 − ᾱ'_k) ≈ 0.05, at K = 350 ≈ 0.60.
+
+Indexing: k and the diffusion timesteps t are integers 0..T−1, as in :mod:`diffusion_lab.maths.schedules`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Callable
+from numbers import Integral
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from diffusion_lab.maths.diffusion import q_sample
+from diffusion_lab.maths.images import _check_batch, psnr
+from diffusion_lab.mnist.metrics import fid_mnist, prompt_adherence
+from diffusion_lab.models.autoencoder import AutoencoderKL
+from diffusion_lab.models.unet import UNet
+from diffusion_lab.pipelines.pipeline_utils import PipelineOutput, _load_scheduler
+from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
+from diffusion_lab.utils.checkpoint import write_json_atomic
+from diffusion_lab.utils.torch_utils import randn
+
+__all__ = ["LOW_RES_SCHEDULE", "TinyUpscalePipeline", "low_res_scheduler", "noise_augment", "upscale_metrics"]
+
+# The x4 upscaler's low_res_scheduler: β from 1e-4 to 0.02 over 1000 steps, spaced in √β (see the module docstring).
+LOW_RES_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=1e-4, beta_end=0.02)
+
+
+def low_res_scheduler() -> DDPMScheduler:
+    """A fresh DDPM scheduler with :data:`LOW_RES_SCHEDULE`: the x4 upscaler's ``low_res_scheduler``."""
+    return DDPMScheduler(**LOW_RES_SCHEDULE)
+
+
+def noise_augment(
+    low: torch.Tensor,
+    noise_level: int | torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    noise: torch.Tensor | None = None,
+    alphas_cumprod: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Conditioning augmentation: ỹ_k = √ᾱ'_k·y + √(1 − ᾱ'_k)·ε', ε' ~ N(0, I) (CDM §3; DDPM Eq. 4).
+
+    Exactly ``low_res_scheduler.add_noise(low, noise, noise_level)`` of diffusers' upscale pipeline.
+    low: (B, C, h, w); noise_level: one int k or one per image (B,), each in 0..T−1; ``noise`` (shape of low) is
+    drawn from ``generator`` when not given; ``alphas_cumprod`` (T,) defaults to :func:`low_res_scheduler`'s.
+    k = 0 still adds a little noise (std √(1 − ᾱ'_0) = 0.01), as the real pipeline does.
+    """
+    low = _check_batch(low, "low")
+    ab = low_res_scheduler().alphas_cumprod if alphas_cumprod is None else alphas_cumprod  # (T,)
+    k = torch.as_tensor(noise_level)
+    if k.is_floating_point() or k.dtype == torch.bool or k.numel() not in (1, low.shape[0]) or k.ndim > 1:
+        raise ValueError(f"noise_level must be one integer or one per image ({low.shape[0]}), got {noise_level!r}")
+    if k.min() < 0 or k.max() >= len(ab):
+        raise ValueError(f"noise_level must be in 0..{len(ab) - 1}, got {k.tolist()}")
+    if noise is None:
+        noise = randn(tuple(low.shape), generator, low.device, low.dtype)
+    return q_sample(low, k.to(low.device).reshape(-1), noise, ab)
+
+
+@torch.no_grad()
+def upscale_metrics(
+    images: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor, classifier, *, reference="test"
+) -> dict[str, float]:
+    """How good a set of upscaled digits is: mean ``psnr`` (dB) against the true 28×28 digits, ``fid_mnist``
+    against the MNIST test set (:func:`diffusion_lab.mnist.metrics.fid_mnist`), and the classifier's ``accuracy`` on them.
+
+    images, truth: (N, 1, 28, 28) in [−1, 1]; labels (N,) the true digits; ``reference``: ``"test"`` or
+    :func:`diffusion_lab.mnist.metrics.reference_stats` computed once.
+    """
+
+    images = images.clamp(-1, 1)
+    return {
+        "psnr": psnr(images, truth).mean().item(),
+        "fid_mnist": fid_mnist(images, classifier, reference=reference),
+        "accuracy": prompt_adherence(images, labels, classifier),
+    }
+
+
+class TinyUpscalePipeline:
+    """``pipe(image, num_inference_steps=10, noise_level=20, generator=None)`` → :class:`PipelineOutput` with the
+    upscaled images (B, 1, 28, 28) in [−1, 1], as diffusers' ``StableDiffusionUpscalePipeline`` (without text).
+
+    Components: the frozen ``vae`` (f = 4), the ``unet`` reading [z_t ; ỹ_k] with ``class_labels = k``, the
+    denoising ``scheduler`` (ours or diffusers') and the ``low_res_scheduler`` whose ``add_noise`` is the
+    augmentation; ``max_noise_level`` K.
+    """
+
+    _components = ("vae", "unet", "scheduler", "low_res_scheduler")
+
+    def __init__(self, vae: AutoencoderKL, unet: UNet, scheduler, low_res_scheduler, max_noise_level: int = 350):
+        self.vae, self.unet, self.scheduler, self.low_res_scheduler = vae, unet, scheduler, low_res_scheduler
+        self.max_noise_level = max_noise_level
+        c, L = unet.config, vae.config.latent_channels
+        if c.in_channels != L + vae.config.in_channels or c.out_channels != L:
+            raise ValueError(
+                f"the U-Net must read latents + low-res image ({L} + {vae.config.in_channels} = "
+                f"{L + vae.config.in_channels} channels) and predict {L}; it has in_channels={c.in_channels}, "
+                f"out_channels={c.out_channels}"
+            )
+        if c.cross_attention_dim is not None or c.pooled_dim is not None:
+            raise ValueError(
+                "the upscaler's U-Net takes no text: build it with cross_attention_dim=None, pooled_dim=None"
+            )
+        T_low = low_res_scheduler.config.num_train_timesteps
+        if (
+            isinstance(max_noise_level, bool)
+            or not isinstance(max_noise_level, int)
+            or not 0 <= max_noise_level < T_low
+        ):
+            raise ValueError(f"max_noise_level must be an integer in 0..{T_low - 1}, got {max_noise_level!r}")
+        if c.num_classes is None or c.num_classes < max_noise_level + 1:
+            raise ValueError(
+                f"the U-Net needs one class embedding per noise level: num_classes >= max_noise_level + 1 = "
+                f"{max_noise_level + 1}, got {c.num_classes}"
+            )
+
+    @property
+    def components(self) -> dict:
+        return {name: getattr(self, name) for name in self._components}
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """f = r: pixels per latent position along a side, and the upscale factor (4)."""
+        return self.vae.config.downsampling
+
+    def to(self, device) -> TinyUpscalePipeline:
+        self.vae.to(device)
+        self.unet.to(device)
+        return self
+
+    def check_inputs(self, image: object, num_inference_steps: object, noise_level: object, height: int, width: int):
+        """Every problem with the arguments as a ValueError that says what to pass instead."""
+        f, c = self.vae_scale_factor, self.vae.config.in_channels
+        if height % f or width % f or height < f or width < f:
+            raise ValueError(f"height and width must be positive multiples of {f}, got {height}x{width}; e.g. 28x28")
+        h, w = height // f, width // f
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or not image.is_floating_point():
+            got = (
+                f"{image.dtype} tensor {tuple(image.shape)}"
+                if isinstance(image, torch.Tensor)
+                else type(image).__name__
+            )
+            raise ValueError(f"image must be a float tensor (B, {c}, {h}, {w}) in [-1, 1], got {got}")
+        if image.shape[0] == 0:
+            raise ValueError("image is an empty batch (B = 0)")
+        if image.shape[1] != c:
+            raise ValueError(
+                f"image has {image.shape[1]} channels but the autoencoder (and the U-Net's conditioning input) "
+                f"expects {c}: give (B, {c}, {h}, {w}) images"
+            )
+        if tuple(image.shape[2:]) != (h, w):
+            ih, iw = image.shape[2:]
+            raise ValueError(
+                f"a {ih}x{iw} image cannot be upscaled x{f} to {height}x{width}: give {h}x{w} images "
+                f"({height} / {f}; e.g. downsample(x, {f}) of {height}x{width} images), or set height={ih * f}, "
+                f"width={iw * f}"
+            )
+        if not torch.isfinite(image).all():
+            raise ValueError("image contains NaN or infinite values")
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, Integral)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        K = self.max_noise_level
+        if isinstance(noise_level, bool) or not isinstance(noise_level, Integral) or not 0 <= noise_level <= K:
+            raise ValueError(
+                f"noise_level must be an integer in [0, {K}] (max_noise_level; 0 = follow the input closely, larger "
+                f"= invent more detail), got {noise_level!r}"
+            )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: torch.Tensor,
+        num_inference_steps: int = 10,
+        noise_level: int = 20,
+        generator: torch.Generator | None = None,
+        height: int = 28,
+        width: int = 28,
+        eta: float | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pt",
+        return_intermediates: bool = False,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    ) -> PipelineOutput:
+        """Upscale each low-resolution image ``image`` (B, 1, 7, 7) in [−1, 1] to (B, 1, 28, 28).
+
+        1. ỹ_k = low_res_scheduler.add_noise(y, ε', k) with ε' drawn first from ``generator`` (as diffusers does).
+        2. z_T ~ N(0, I) (B, 4, 7, 7) (or ``latents``), times the scheduler's ``init_noise_sigma``.
+        3. For each timestep t: prediction = unet([scale_model_input(z_t) ; ỹ_k], t, class_labels=k);
+           z ← scheduler.step(prediction, t, z).prev_sample.
+        4. x = D(z_0 / s), clamped to [−1, 1].
+
+        ``output_type``: "pt" (tensor), "pil" or "latent"; ``eta`` goes to schedulers whose ``step`` takes it;
+        ``callback(i, t, latents)`` runs after each step. Repeat an image (``image.repeat_interleave(n, 0)``) for n
+        different upscalings of it.
+        """
+        self.check_inputs(image, num_inference_steps, noise_level, height, width)
+        if output_type not in ("pt", "pil", "latent"):
+            raise ValueError(f"output_type must be 'pt', 'pil' or 'latent', got {output_type!r}")
+        device, b, s = self.device, image.shape[0], self.vae.config.scaling_factor
+        shape = (b, self.vae.config.latent_channels, *image.shape[2:])  # (B, L, h, w): the latents of the output
+
+        # 1. the noise augmentation of the low-resolution image (drawn first, as in diffusers)
+        image = image.to(device, self.unet.dtype)
+        k = torch.full((b,), int(noise_level), dtype=torch.long, device=device)  # (B,) class labels
+        aug_noise = randn(tuple(image.shape), generator, device, image.dtype)
+        noisy_low = self.low_res_scheduler.add_noise(image, aug_noise, k)  # (B, 1, h, w)
+
+        # 2. timesteps and the starting latents
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        z = randn(shape, generator, device, image.dtype) if latents is None else latents.to(device, image.dtype)
+        z = z * getattr(self.scheduler, "init_noise_sigma", 1.0)
+
+        # 3. the denoising loop, the low-res image concatenated along channels at every step
+        accepts = inspect.signature(self.scheduler.step).parameters
+        step_kw = {"generator": generator} if "generator" in accepts else {}
+        if eta is not None and "eta" in accepts:
+            step_kw["eta"] = eta
+        out = PipelineOutput(images=torch.empty(0), latents=torch.empty(0))
+        for i, t in enumerate(self.scheduler.timesteps):
+            z_in = self.scheduler.scale_model_input(z, t)
+            unet_in = torch.cat([z_in, noisy_low], dim=1)  # (B, L + 1, h, w)
+            pred = self.unet(unet_in, t, class_labels=k)  # (B, L, h, w)
+            z = self.scheduler.step(pred, t, z, **step_kw).prev_sample
+            if return_intermediates:
+                out.intermediates.append(z.cpu())
+                out.timesteps.append(int(t))
+            if callback is not None:
+                callback(i, int(t), z)
+
+        # 4. decode
+        out.latents = z
+        if output_type == "latent":
+            out.images = z
+            return out
+        x = self.vae.decode(z / s).sample.clamp(-1, 1)  # (B, 1, H, W)
+        if output_type == "pil":
+            arr = ((x + 1) * 127.5).round().to(torch.uint8).cpu().permute(0, 2, 3, 1).numpy()
+            out.images = [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a) for a in arr]
+        else:
+            out.images = x
+        return out
+
+    # ---------------------------------------------------------------------------------------------- save / load
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """``vae/`` and ``unet/`` (safetensors + JSON), ``scheduler/`` and ``low_res_scheduler/`` configs, and
+        ``model_index.json`` (written last, so an interrupted save is refused by :meth:`from_pretrained`)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.vae.save_pretrained(directory / "vae")
+        self.unet.save_pretrained(directory / "unet")
+        for name in ("scheduler", "low_res_scheduler"):
+            sched = getattr(self, name)
+            config = {"_class_name": type(sched).__name__, "_module": type(sched).__module__, **dict(sched.config)}
+            write_json_atomic(directory / name / "scheduler_config.json", config)
+        index = {"_class_name": type(self).__name__, "max_noise_level": self.max_noise_level}
+        index.update(
+            {n: [type(getattr(self, n)).__module__, type(getattr(self, n)).__name__] for n in self._components}
+        )
+        write_json_atomic(directory / "model_index.json", index)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, scheduler=None, device=None) -> TinyUpscalePipeline:
+        """Load a folder written by :meth:`save_pretrained` (eval mode); ``scheduler`` replaces the stored one."""
+
+        directory = Path(directory)
+        index_path = directory / "model_index.json"
+        if not index_path.is_file():
+            raise FileNotFoundError(
+                f"{directory} holds no model_index.json: is it a folder written by save_pretrained?"
+            )
+        index = json.loads(index_path.read_text("utf-8"))
+        if index.get("_class_name") != cls.__name__:
+            raise ValueError(f"{directory} holds a {index.get('_class_name')}, not a {cls.__name__}")
+        if scheduler is None:
+            scheduler = _load_scheduler(directory / "scheduler" / "scheduler_config.json")
+        return cls(
+            AutoencoderKL.from_pretrained(directory / "vae", device=device).requires_grad_(False),
+            UNet.from_pretrained(directory / "unet", device=device),
+            scheduler,
+            _load_scheduler(directory / "low_res_scheduler" / "scheduler_config.json"),
+            max_noise_level=int(index["max_noise_level"]),
+        )

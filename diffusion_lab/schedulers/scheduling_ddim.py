@@ -1,0 +1,99 @@
+"""DDIM scheduler shaped like diffusers' ``DDIMScheduler`` (Song et al. 2021), on the pure functions of :mod:`diffusion_lab.maths.diffusion`."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from diffusion_lab.maths.diffusion import (
+    ddim_sigma,
+    ddim_step,
+    predict_x0_and_eps,
+)
+from diffusion_lab.schedulers.scheduling_utils import SchedulerOutput, _Scheduler
+from diffusion_lab.utils.torch_utils import randn
+
+__all__ = ["DDIMScheduler"]
+
+
+class DDIMScheduler(_Scheduler):
+    """Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models": the step of Eq. 12 with σ_t(η) of Eq. 16.
+
+    η = 0 is deterministic (the same noise always gives the same image; few steps work well); η = 1 adds DDPM's
+    posterior variance. As in diffusers, the next timestep is t − ⌊T/n⌋ for every spacing, and below 0 the
+    step uses ``final_alpha_cumprod`` (1 with ``set_alpha_to_one=True``, else ᾱ_0).
+    Defaults are diffusers': linear 1e-4 → 0.02, ``clip_sample=True``, ``set_alpha_to_one=True``, ``leading``.
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        clip_sample: bool = True,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        rescale_betas_zero_snr: bool = False,
+    ) -> None:
+        self._setup({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
+        """t − ⌊T/n⌋ (may be negative: then ``final_alpha_cumprod`` is used)."""
+        return self._index(timestep) - self.config.num_train_timesteps // self.num_inference_steps
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """One reverse step x_t → x_{t'}: (B, ...) → (B, ...).
+
+        1. t' = t − ⌊T/n⌋; ᾱ_t and ᾱ_{t'} (``final_alpha_cumprod`` when t' < 0).
+        2. (x̂_0, ε̂) from the model output; x̂_0 clipped if asked (and ε̂ recomputed from it if
+           ``use_clipped_model_output``).
+        3. σ_t = η·√((1−ᾱ_{t'})/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_{t'}) (Eq. 16).
+        4. x_{t'} = √ᾱ_{t'}·x̂_0 + √(1−ᾱ_{t'}−σ_t²)·ε̂ + σ_t·z (Eq. 12); z only when η > 0.
+        """
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step()")
+        if not eta >= 0:
+            raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM's variance), got {eta}")
+        self._check_step_inputs(model_output, sample)
+        t = self._index(timestep)
+        prev_t = self.previous_timestep(t)
+        ab_t = self.alphas_cumprod[t]
+        ab_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+        x0, eps = predict_x0_and_eps(model_output, sample, ab_t, self.config.prediction_type)
+        x0 = self._clip(x0)
+        sigma = ddim_sigma(ab_t, ab_prev, eta)
+        if use_clipped_model_output:
+            eps = (sample - ab_t**0.5 * x0) / (1 - ab_t) ** 0.5
+        noise = None
+        if eta > 0:
+            if variance_noise is not None and generator is not None:
+                raise ValueError("pass either generator or variance_noise, not both")
+            if variance_noise is not None and variance_noise.shape != sample.shape:
+                raise ValueError(
+                    f"variance_noise must have the shape of sample {tuple(sample.shape)}, got {tuple(variance_noise.shape)}"
+                )
+            noise = variance_noise
+            if noise is None:
+                noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
+        prev_sample = ddim_step(x0, eps, ab_prev, sigma, noise)
+        out = SchedulerOutput(prev_sample, x0)
+        return out if return_dict else out.to_tuple()

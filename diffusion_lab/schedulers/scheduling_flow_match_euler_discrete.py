@@ -1,0 +1,212 @@
+"""The flow-matching Euler scheduler shaped like diffusers' ``FlowMatchEulerDiscreteScheduler``, on the pure functions of :mod:`diffusion_lab.maths.flow`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffusion_lab.maths.flow import _check_sigma, shift_sigmas
+from diffusion_lab.schedulers.scheduling_utils import SchedulerConfig
+
+__all__ = ["FlowMatchEulerDiscreteScheduler", "FlowMatchSchedulerOutput"]
+
+
+@dataclass
+class FlowMatchSchedulerOutput:
+    """What ``step`` returns (indexable like diffusers' outputs: ``out[0]`` is ``prev_sample``)."""
+
+    prev_sample: torch.Tensor  # (B, ...) x_{t'}
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return (self.prev_sample,)[i]
+
+
+class FlowMatchEulerDiscreteScheduler:
+    """Euler sampling of a rectified-flow model, with the arguments and attributes of diffusers'
+    ``FlowMatchEulerDiscreteScheduler`` (the scheduler of SD3): ``num_train_timesteps``, ``shift``;
+    ``set_timesteps``, ``timesteps`` (= 1000·σ, float), ``sigmas`` (with a final 0), ``step(...).prev_sample``,
+    ``scale_noise``, ``set_begin_index``. Timesteps, sigmas and steps equal diffusers' to 1e-6 (tested).
+
+    The shift is applied twice, as diffusers does: once to the training grid in the constructor (which fixes
+    σ_max and σ_min) and again in ``set_timesteps`` to the evenly spaced σ between them. With α = 3 and 5 steps the
+    σ are [1, 0.90036, 0.75112, 0.50299, 0.00893, 0]: the last step lands on the shifted-twice σ_min, not on 1/T.
+    Not implemented (raise ``ValueError``): dynamic (resolution-dependent) shifting, Karras/exponential/beta σ,
+    stochastic sampling.
+    """
+
+    order = 1
+    init_noise_sigma = 1.0  # x_1 = ε: the start needs no scaling
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        **unsupported: Any,
+    ):
+        if not isinstance(num_train_timesteps, (int, np.integer)) or num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
+        shift_sigmas(0.5, shift)  # validates the shift
+        if use_dynamic_shifting:
+            raise ValueError("use_dynamic_shifting=True (resolution-dependent mu) is not implemented; pass shift=...")
+        on = [k for k, v in unsupported.items() if v and k in _UNSUPPORTED]
+        if on:
+            raise ValueError(f"not implemented in diffusion_lab's flow scheduler: {on}; leave them off")
+        self.config = SchedulerConfig(
+            num_train_timesteps=int(num_train_timesteps), shift=float(shift), use_dynamic_shifting=False
+        )
+        T = self.config.num_train_timesteps
+        # the training grid t = 1/T … 1 (float32, as diffusers), shifted once
+        timesteps = torch.from_numpy(np.linspace(1, T, T, dtype=np.float32)[::-1].copy())  # (T,) T … 1
+        sigmas = shift_sigmas(timesteps / T, self.config.shift)  # (T,) float32
+        self.timesteps = sigmas * T  # (T,)
+        self.sigmas = sigmas
+        self.sigma_max, self.sigma_min = sigmas[0].item(), sigmas[-1].item()
+        self.num_inference_steps: int | None = None
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **overrides: Any) -> FlowMatchEulerDiscreteScheduler:
+        """Build from any flow-match scheduler config (ours or diffusers', e.g. SD3's ``scheduler_config.json``)."""
+        merged = {**dict(config), **overrides}
+        keep = {"num_train_timesteps", "shift", "use_dynamic_shifting", *_UNSUPPORTED}
+        return cls(**{k: v for k, v in merged.items() if k in keep})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
+
+    @property
+    def shift(self) -> float:
+        return self.config.shift
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start stepping at this index (pipelines call it; img2img starts part-way down the schedule)."""
+        self._begin_index = int(begin_index)
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: torch.device | str | None = None,
+        sigmas: list[float] | None = None,
+    ) -> None:
+        """``num_inference_steps`` σ evenly spaced from σ_max to σ_min, shifted (again), then a final 0.
+
+        σ_i = shift(σ_max + i·(σ_min − σ_max)/(n − 1)), i = 0 … n − 1 (float64, then float32), timesteps = T·σ_i.
+        Or give the ``sigmas`` yourself (they are shifted too, as in diffusers)."""
+        T = self.config.num_train_timesteps
+        if sigmas is not None:
+            s = np.asarray(sigmas, dtype=np.float32)
+            if s.ndim != 1 or len(s) < 1:
+                raise ValueError("sigmas must be a non-empty list of numbers in [0, 1]")
+            _check_sigma(torch.from_numpy(s), "sigmas")
+            if num_inference_steps is not None and num_inference_steps != len(s):
+                raise ValueError(f"num_inference_steps={num_inference_steps} but {len(s)} sigmas were given")
+            num_inference_steps = len(s)
+        elif not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        else:
+            ts = np.linspace(self.sigma_max * T, self.sigma_min * T, num_inference_steps)  # (n,) float64
+            s = ts / T
+        s = shift_sigmas(s, self.config.shift)  # the second shift (see the class docstring)
+        s = torch.from_numpy(np.asarray(s)).to(dtype=torch.float32, device=device)  # (n,)
+        self.num_inference_steps = int(num_inference_steps)
+        self.timesteps = s * T  # (n,) float32, decreasing
+        self.sigmas = torch.cat([s, torch.zeros(1, device=s.device)])  # (n + 1,): ends at t = 0, the data
+        self._step_index = None
+        self._begin_index = None
+
+    def index_for_timestep(self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
+        """Position of ``timestep`` in the schedule (as diffusers: the second match if it occurs twice)."""
+        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        t = torch.as_tensor(timestep, dtype=schedule.dtype, device=schedule.device)
+        indices = (schedule == t).nonzero()
+        if len(indices) == 0:
+            raise ValueError(
+                f"timestep {float(t):.4f} is not one of the scheduler's timesteps {schedule.tolist()[:6]}…; pass a "
+                "value from scheduler.timesteps (in [0, num_train_timesteps]), not a step number"
+            )
+        return int(indices[1 if len(indices) > 1 else 0].item())
+
+    def _init_step_index(self, timestep: float | torch.Tensor) -> None:
+        self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Identity: flow models see x_t as it is (kept so generic loops can call it)."""
+        return sample
+
+    def scale_noise(
+        self, sample: torch.Tensor, timestep: float | torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The forward process at a schedule timestep: σ·ε + (1 − σ)·x₀ (img2img's starting point)."""
+        if noise is None or noise.shape != sample.shape:
+            raise ValueError("scale_noise needs noise of the same shape as sample")
+        sigmas = self.sigmas.to(device=sample.device, dtype=sample.dtype)
+        schedule = self.timesteps.to(sample.device)
+        t = torch.as_tensor(timestep, device=sample.device).reshape(-1)
+        if self._begin_index is None:
+            idx = [self.index_for_timestep(ti, schedule) for ti in t]
+        elif self._step_index is not None:
+            idx = [self._step_index] * len(t)
+        else:
+            idx = [self._begin_index] * len(t)
+        sigma = sigmas[idx].flatten()  # (B,) or (1,)
+        sigma = sigma.reshape(-1, *([1] * (sample.ndim - 1)))
+        return sigma * noise + (1.0 - sigma) * sample
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+        **ignored: Any,
+    ) -> FlowMatchSchedulerOutput | tuple[torch.Tensor]:
+        """One Euler step x_{t'} = x_t + (σ_{i+1} − σ_i)·v (:func:`flow_euler_step`); ``timestep`` must be a value
+        of ``self.timesteps`` (a float), not a step number."""
+        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
+            raise ValueError(
+                "pass a value of scheduler.timesteps (a float such as 1000.0), not an integer step number "
+                "(from enumerate(timesteps)), as diffusers' FlowMatchEulerDiscreteScheduler requires"
+            )
+        if model_output.shape != sample.shape:
+            raise ValueError(
+                f"model_output and sample must have the same shape, got {tuple(model_output.shape)} and "
+                f"{tuple(sample.shape)}"
+            )
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step()")
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        if self._step_index >= len(self.sigmas) - 1:
+            raise ValueError("the schedule is finished: call set_timesteps again to sample anew")
+        sigma, sigma_next = self.sigmas[self._step_index], self.sigmas[self._step_index + 1]
+        prev = sample.to(torch.float32) + (sigma_next - sigma) * model_output  # upcast, as diffusers
+        self._step_index += 1
+        prev = prev.to(model_output.dtype)
+        return FlowMatchSchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+
+_UNSUPPORTED = (
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "stochastic_sampling",
+    "invert_sigmas",
+    "shift_terminal",
+)

@@ -1,0 +1,211 @@
+"""DDPM and DDIM schedulers shaped like diffusers', built on the pure functions of :mod:`diffusion_lab.maths.diffusion`.
+
+A scheduler holds the noise schedule and knows how to take one reverse step; it holds no model. You write the
+loop (the same loop drives diffusers' schedulers and ours)::
+
+    scheduler.set_timesteps(50)
+    x = torch.randn(shape, generator=g) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        model_output = model(scheduler.scale_model_input(x, t), t)
+        x = scheduler.step(model_output, t, x, generator=g).prev_sample
+
+Constructor arguments, defaults, attributes and methods follow diffusers 0.42 (``DDPMScheduler`` and
+``DDIMScheduler``), so either class can replace diffusers' own inside a diffusers pipeline
+(``pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)``). Tests check equality with diffusers
+over every combination of the options below. Not implemented: dynamic thresholding (Imagen) and learned
+variances (Improved DDPM); asking for them raises ``ValueError``.
+
+Indexing convention as in :mod:`diffusion_lab.maths.schedules`: timesteps are integers 0..T−1.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffusion_lab.maths.diffusion import (
+    PREDICTION_TYPES,
+    extract,
+    velocity,
+)
+from diffusion_lab.maths.schedules import (
+    BETA_SCHEDULES,
+    TIMESTEP_SPACINGS,
+    alphas_cumprod_from_betas,
+    check_choice,
+    inference_timesteps,
+    make_betas,
+    rescale_zero_terminal_snr,
+)
+
+__all__ = ["SchedulerConfig", "SchedulerOutput"]
+
+
+class SchedulerConfig(dict):
+    """The constructor arguments, readable as ``config.num_train_timesteps`` or ``config.get("shift")`` like
+    diffusers' ``FrozenDict`` (pipelines read both forms)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"scheduler config has no entry {name!r}") from None
+
+
+@dataclass
+class SchedulerOutput:
+    """What ``step`` returns: the next sample x_{t'} and the model's estimate of x_0 at this step.
+
+    Indexable like diffusers' outputs: ``out[0]`` is ``prev_sample``, ``out[1]`` ``pred_original_sample``.
+    """
+
+    prev_sample: torch.Tensor  # (B, ...) x_{t'}
+    pred_original_sample: torch.Tensor  # (B, ...) x̂_0
+
+    def to_tuple(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.prev_sample, self.pred_original_sample)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.to_tuple()[i]
+
+    def __iter__(self):
+        return iter(self.to_tuple())
+
+
+class _Scheduler:
+    """What DDPM and DDIM share: the schedule, the inference timesteps, the forward process and checks."""
+
+    order = 1  # network calls per step (diffusers' multistep solvers have more)
+    init_noise_sigma = 1.0  # x_T ~ N(0, I): the start needs no scaling (Euler-type schedulers differ)
+
+    def _setup(self, config: dict[str, Any]) -> None:
+        c = SchedulerConfig(config)
+        T = c.num_train_timesteps
+        if not isinstance(T, (int, np.integer)) or isinstance(T, bool) or T < 2:
+            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {T!r}")
+        check_choice("prediction_type", c.prediction_type, PREDICTION_TYPES)
+        check_choice("timestep_spacing", c.timestep_spacing, TIMESTEP_SPACINGS)
+        if not isinstance(c.steps_offset, (int, np.integer)) or c.steps_offset < 0:
+            raise ValueError(f"steps_offset must be an integer >= 0, got {c.steps_offset!r}")
+        if c.clip_sample and not c.clip_sample_range > 0:
+            raise ValueError(f"clip_sample_range must be > 0, got {c.clip_sample_range!r}")
+        if c.thresholding:
+            raise ValueError(
+                "thresholding=True (Imagen's dynamic thresholding) is not implemented in diffusion_lab; "
+                "use thresholding=False, with clip_sample=True for pixel models"
+            )
+        if c.trained_betas is not None:
+            betas = torch.tensor(c.trained_betas, dtype=torch.float32)
+            if betas.ndim != 1 or len(betas) != T or not bool(((betas > 0) & (betas < 1)).all()):
+                raise ValueError(f"trained_betas must be {T} values in (0, 1) (num_train_timesteps={T})")
+        else:
+            check_choice("beta_schedule", c.beta_schedule, BETA_SCHEDULES)
+            if c.beta_schedule != "squaredcos_cap_v2" and not 0 < c.beta_start <= c.beta_end < 1:
+                raise ValueError(
+                    f"need 0 < beta_start <= beta_end < 1, got beta_start={c.beta_start}, beta_end={c.beta_end}"
+                )
+            betas = make_betas(c.beta_schedule, int(T), c.beta_start, c.beta_end)
+        if c.rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        self.config = c
+        self.betas = betas  # (T,) β_t
+        self.alphas = 1.0 - betas  # (T,) α_t
+        self.alphas_cumprod = alphas_cumprod_from_betas(betas)  # (T,) ᾱ_t
+        self.one = torch.tensor(1.0)  # ᾱ past the end of the chain (before step 0)
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.from_numpy(np.arange(0, T)[::-1].copy().astype(np.int64))  # all T steps
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **overrides: Any):
+        """Build from any scheduler config (ours or diffusers'); entries this class does not take are ignored,
+        as diffusers ignores them (``_class_name``, Euler's ``interpolation_type``, ...)."""
+        params = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in {**dict(config), **overrides}.items() if k in params and k != "self"}
+        return cls(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
+
+    # --- timesteps -------------------------------------------------------------------------------------------
+
+    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
+        """Choose the ``num_inference_steps`` timesteps to sample with (see
+        :func:`~diffusion_lab.maths.schedules.inference_timesteps`); fills ``self.timesteps`` (int64, decreasing)."""
+        c = self.config
+        ts = inference_timesteps(num_inference_steps, c.num_train_timesteps, c.timestep_spacing, c.steps_offset)
+        if ts.max() >= c.num_train_timesteps:
+            raise ValueError(
+                f"steps_offset={c.steps_offset} with num_inference_steps={num_inference_steps} puts a timestep at "
+                f"{int(ts.max())} >= num_train_timesteps={c.num_train_timesteps}; use fewer steps or steps_offset=0"
+            )
+        self.num_inference_steps = int(num_inference_steps)
+        self.timesteps = torch.from_numpy(ts).to(device)
+
+    def _index(self, timestep: int | torch.Tensor) -> int:
+        """A timestep as a Python int, checked to lie in 0..T−1."""
+        T = self.config.num_train_timesteps
+        if isinstance(timestep, torch.Tensor):
+            if timestep.numel() != 1 or timestep.is_floating_point():
+                raise ValueError(f"timestep must be one integer in [0, {T - 1}], got tensor {timestep!r}")
+            timestep = timestep.item()
+        if not isinstance(timestep, (int, np.integer)) or isinstance(timestep, bool):
+            raise ValueError(f"timestep must be an integer in [0, {T - 1}], got {timestep!r}")
+        if not 0 <= timestep < T:
+            raise ValueError(f"timestep must be in [0, {T - 1}] (num_train_timesteps={T}), got {timestep}")
+        return int(timestep)
+
+    def _check_step_inputs(self, model_output: torch.Tensor, sample: torch.Tensor) -> None:
+        if model_output.shape != sample.shape:
+            raise ValueError(
+                f"model_output and sample must have the same shape, got {tuple(model_output.shape)} and "
+                f"{tuple(sample.shape)} (a learned-variance model returns 2x the channels: not supported)"
+            )
+
+    def _timesteps_of(self, timesteps: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+        T = self.config.num_train_timesteps
+        t = torch.as_tensor(timesteps, device=like.device)
+        if t.is_floating_point() or t.numel() == 0 or t.min() < 0 or t.max() >= T:
+            raise ValueError(f"timesteps must be integers in [0, {T - 1}], got {t.tolist()}")
+        if t.numel() not in (1, like.shape[0]):
+            raise ValueError(f"need one timestep or one per sample ({like.shape[0]}), got {t.numel()}")
+        return t.long()
+
+    # --- forward process -------------------------------------------------------------------------------------
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Identity: DDPM/DDIM feed x_t to the network unscaled (kept for pipelines that call it)."""
+        return sample
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor | int
+    ) -> torch.Tensor:
+        """The forward process q(x_t | x_0): x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε (DDPM Eq. 4). (B, ...) → (B, ...)."""
+        if original_samples.shape != noise.shape:
+            raise ValueError(
+                f"original_samples and noise must have the same shape, got {tuple(original_samples.shape)} "
+                f"and {tuple(noise.shape)}"
+            )
+        t = self._timesteps_of(timesteps, original_samples)
+        ab = extract(self.alphas_cumprod.to(original_samples.device, original_samples.dtype), t, original_samples.ndim)
+        return ab**0.5 * original_samples + (1 - ab) ** 0.5 * noise
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor | int) -> torch.Tensor:
+        """The v-prediction target v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 for clean ``sample`` x_0. (B, ...) → (B, ...)."""
+        if sample.shape != noise.shape:
+            raise ValueError(
+                f"sample and noise must have the same shape, got {tuple(sample.shape)} and {tuple(noise.shape)}"
+            )
+        t = self._timesteps_of(timesteps, sample)
+        ab = extract(self.alphas_cumprod.to(sample.device, sample.dtype), t, sample.ndim)
+        return velocity(sample, noise, ab)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def _clip(self, x0: torch.Tensor) -> torch.Tensor:
+        r = self.config.clip_sample_range
+        return x0.clamp(-r, r) if self.config.clip_sample else x0

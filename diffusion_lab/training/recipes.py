@@ -1,0 +1,692 @@
+"""The course's tested training recipes, shared by the notebooks and ``benchmarks/cpu_train.py``.
+
+A recipe is a model config plus a training config plus the scheduler they were trained with; the notebook and the
+benchmark call the same function, so the figures in the README are the notebook's figures.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from diffusion_lab.maths.diffusion import PREDICTION_TYPES, q_sample, velocity
+from diffusion_lab.maths.flow import flow_interpolate, flow_velocity, logit_normal_timesteps, shift_sigmas
+from diffusion_lab.maths.guidance import drop_condition
+from diffusion_lab.mnist.captions import AttributeBins, attributes, captions_for, fit_bins
+from diffusion_lab.mnist.data import load_mnist
+from diffusion_lab.models.autoencoder import AutoencoderConfig, AutoencoderKL
+from diffusion_lab.models.mmdit import MMDiT, MMDiTConfig, pad_to_patch
+from diffusion_lab.models.text_encoder import TextEncoder, TextEncoderConfig, WordTokenizer
+from diffusion_lab.models.unet import UNet, UNetConfig
+from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
+from diffusion_lab.pipelines.stable_diffusion_3 import TinySD3Pipeline
+from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
+from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
+from diffusion_lab.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
+from diffusion_lab.training.autoencoder import train_autoencoder
+from diffusion_lab.training.loop import EMA, TrainConfig, Trainer
+from diffusion_lab.training.loss import min_snr_weight
+from diffusion_lab.utils.checkpoint import write_json_atomic
+from diffusion_lab.utils.errors import check_choice
+from diffusion_lab.utils.settings import pick
+
+__all__ = [
+    "mnist_pixel_recipe",
+    "train_mnist_pixel",
+    "measure_throughput",
+    "LatentTextTrainConfig",
+    "latent_text_recipe",
+    "train_latent_text2img",
+    "save_tiny_sd",
+    "load_tiny_sd",
+    "pretrained_tiny_sd_path",
+    "LatentFlowTrainConfig",
+    "latent_flow_recipe",
+    "train_latent_flow",
+]
+
+# Why these choices (measured on 2 CPU threads, see the README's benchmark section and notebook 02):
+# - patch_size=2: fold 2×2 pixels into channels (28×28×1 → 14×14×4): every convolution 4× cheaper, lossless;
+# - two levels (14×14, 7×7) with self-attention only at 7×7; 32/64 channels (0.69 M parameters);
+# - cosine schedule (Improved DDPM): fewer steps wasted on pure noise at 28×28;
+# - v-prediction (Salimans & Ho 2022) with Min-SNR-5 weighting (Hang et al. 2023): x̂_0 stays bounded at high noise;
+#   in 10-minute runs an ε-version (batch 128) reached 68 % adherence unguided, this one 88 % (benchmarks/results/logs/);
+# - batch 64: twice the updates of batch 128 for the same images, which pays off in a run this short;
+# - EMA 0.995 with warm-up: a 0.999 average lags too far behind a run of only ~1000 steps;
+# - 10 % label dropout, so one network gives both branches of classifier-free guidance.
+SCHEDULE = dict(beta_schedule="squaredcos_cap_v2")
+
+
+def mnist_pixel_recipe(steps: int = 1500, seed: int = 0) -> tuple[UNetConfig, TrainConfig]:
+    """The class-conditional pixel-space MNIST model of notebook 02 and the CPU benchmark."""
+    model = UNetConfig(
+        in_channels=1,
+        out_channels=1,
+        channels=(32, 64),
+        attention_levels=(False, True),
+        num_classes=10,
+        time_embed_dim=128,
+        patch_size=2,
+        extra={"recipe": "mnist_pixel", "schedule": SCHEDULE},
+    )
+    train = TrainConfig(
+        steps=steps,
+        batch_size=64,
+        lr=2e-3,
+        warmup_steps=50,
+        lr_schedule="cosine",
+        grad_clip=1.0,
+        prediction_type="v_prediction",
+        min_snr_gamma=5.0,
+        cond_drop_prob=0.1,
+        ema_decay=0.995,
+        seed=seed,
+    )
+    return model, train
+
+
+def schedulers_for(model_config: UNetConfig, prediction_type: str) -> tuple[DDPMScheduler, DDIMScheduler]:
+    """DDPM and DDIM schedulers matching the recipe's training schedule.
+
+    ``clip_sample`` is off for v-prediction: clamping x̂_0 to [−1, 1] made guided samples collapse (measured with
+    the recipe's model, DDIM-25, n = 500: adherence 0.89 at w = 1 either way, but at w = 1.5 it is 0.97 without
+    clipping; with clipping guidance lowered adherence, to 0.32 at w = 2). ε-models keep it on.
+    """
+    kw = dict(
+        model_config.extra.get("schedule", SCHEDULE),
+        prediction_type=prediction_type,
+        clip_sample=prediction_type == "epsilon",
+    )
+    return DDPMScheduler(**kw), DDIMScheduler(timestep_spacing="trailing", **kw)
+
+
+def measure_throughput(model: UNet, batch_size: int = 128, steps: int = 5) -> float:
+    """Training images per second of ``model`` on random data (after 2 warm-up steps); the model is not changed."""
+
+    m = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    c = m.config
+    x = torch.randn(batch_size, c.in_channels, 28, 28, device=m.device)
+    t = torch.randint(0, 1000, (batch_size,), device=m.device)
+    y = torch.randint(0, c.num_classes + 1, (batch_size,), device=m.device) if c.num_classes else None
+    for i in range(steps + 2):
+        if i == 2:
+            start = time.perf_counter()
+        loss = (m(x, t, y) - x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return batch_size * steps / (time.perf_counter() - start)
+
+
+def train_mnist_pixel(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    time_budget_s: float | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    callbacks=(),
+    progress: bool = True,
+) -> Trainer:
+    """Train the recipe. With ``time_budget_s`` the number of steps is set from a short speed probe so that the
+    cosine learning-rate schedule ends when the budget does (training also stops at the budget, whatever happens)."""
+    if (time_budget_s is None) == (steps is None):
+        raise ValueError("give exactly one of time_budget_s or steps")
+    torch.manual_seed(seed)
+    model_cfg, _ = mnist_pixel_recipe(seed=seed)
+    model = UNet(model_cfg).to(device)
+    if time_budget_s is not None:
+        start = time.perf_counter()
+        rate = measure_throughput(model, batch_size=mnist_pixel_recipe()[1].batch_size)  # images per second
+        time_budget_s -= time.perf_counter() - start  # the probe counts against the budget
+        steps = max(1, int(0.95 * time_budget_s * rate / mnist_pixel_recipe()[1].batch_size))
+    _, train_cfg = mnist_pixel_recipe(steps=steps, seed=seed)
+    ddpm, _ = schedulers_for(model_cfg, train_cfg.prediction_type)
+    trainer = Trainer(model, images, ddpm.alphas_cumprod, train_cfg, labels=labels, callbacks=list(callbacks))
+    trainer.run(time_limit_s=time_budget_s, progress=progress)
+    return trainer
+
+
+# Why these choices (measured on this 2-thread CPU, November 2026; benchmarks/cpu_train.py --model latent; the A/B
+# runs at fixed step counts, n = 1000, DDIM-25, are summarised in benchmarks/results/latent_ablation.md):
+# - everything inside the budget: autoencoder 10 s, encoding 8,000 training images and fitting the caption bins
+#   ~5 s (encoding all 60,000 would take ~35 s), the denoiser the remaining ~105 s;
+# - the autoencoder folds 2×2 pixels into channels first (28×28×1 → 14×14×4), then one stride-2 level of 16
+#   channels: 7×7×4 latents, 27 k parameters, ~350 steps of batch 16 in 10 s. Its decoder is Bernoulli (tanh output,
+#   binary cross-entropy): MNIST pixels are nearly black or white, and the Gaussian/MSE decoder's blurred strokes
+#   scored FID-MNIST ~520 after 15 s (reconstructions of 1,000 test digits) where the Bernoulli one scores ~68 after
+#   10 s and ~49 after 20 s. 10 s and ~190 more denoiser steps beat 20 s: the denoiser is the scarcer resource;
+# - U-Net on 7×7×4 latents: one level of 64 channels, blocks_per_level=0, so 3 ResBlocks and one SpatialTransformer
+#   (self- and cross-attention) in the middle (0.45 M parameters). Attention at the level too (4 transformers) or
+#   96 channels cost 2–5× per step, and in 100 s steps count more than width (48 channels: more steps, worse);
+# - the pooled text (the <eos> state) is added to the time embedding (SDXL): the digit reaches every ResBlock;
+# - word embeddings N(0, 1) instead of CLIP's N(0, 0.02): with the tiny init every prompt's pooled state is nearly
+#   the same at the start and the text path learns slowly (digit adherence 0.19 instead of 0.77 at 966 steps);
+# - SD's own latent schedule, scaled_linear β from 0.00085 to 0.012: at 900 steps, same seed, n = 500, digit
+#   adherence 0.70 / 0.75 at w = 2 / 3 against 0.51 / 0.60 with the cosine schedule (FID alike);
+# - the plain v-prediction loss, *no* Min-SNR weighting: Min-SNR-γ (γ = 5) down-weights the noisy timesteps, which
+#   are the ones where the prompt decides which digit appears; without it digit adherence at w = 2 rose from 0.77
+#   to 0.94 at the same 966 steps (n = 500), FID-MNIST fell from 316 to 147. ε-prediction was far worse (0.36);
+# - batch 32 (64 at equal time: about as good; 16: worse), fused AdamW 3e-3 (1.5e-3, 2e-3 and 4.5e-3 worse),
+#   cosine decay over the *time* budget to half the peak (to 10 %: worse), EMA 0.99 with warm-up (a run of ~1,100
+#   steps; 0.9 and 0.995 alike), 5 % empty captions (10 %: worse adherence, and w ≥ 2 is used anyway), attribute
+#   words dropped with p = 0.25 so that "a seven" and "a thick seven" are both captions the model has seen (0.5:
+#   fewer attribute-bearing captions, "slanted" learned worse);
+# - what limits it: FID. The samples' FID-MNIST cannot go below the autoencoder's own reconstructions (~68 after
+#   10 s of training; the target, 3× the floor, is ~51 at n = 1000), and the denoiser is far from converged: 3,000
+#   steps (3× the budget) with a 40 s autoencoder reach FID 57 at w = 1.5 (benchmarks/results/latent_ablation.md).
+LATENT_SCHEDULE = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # SD 1.x–2.x, SDXL
+
+
+@dataclass
+class LatentTextTrainConfig:
+    """Budgets and optimiser settings of :func:`train_latent_text2img` (the networks' shapes are in their configs).
+
+    Every phase runs inside ``budget_s`` seconds of wall-clock time, counted from the call: the autoencoder gets
+    ``ae_seconds``, encoding the training set and writing the captions take what they take (a few seconds), and the
+    denoiser (U-Net and text encoder, trained jointly) gets whatever is left.
+    """
+
+    budget_s: float = 120.0  # total training wall time: autoencoder + data preparation + diffusion
+    num_images: int | None = 8_000  # the first N MNIST training images (None: all 60,000); encoding costs time
+    bins_images: int = 8_000  # caption bins fitted on the first N of them
+    ae_seconds: float = 10.0
+    ae_steps: int | None = None  # also stop the autoencoder after this many steps (reproducible on any machine)
+    max_steps: int | None = None  # also stop the denoiser after this many steps; the lr schedule then follows steps
+    ae_batch_size: int = 16
+    ae_lr: float = 3e-3
+    kl_weight: float = 1e-3
+    caption_drop_prob: float = 0.25  # each attribute word dropped independently, so short prompts work
+    cond_drop_prob: float = 0.05  # whole caption → "" (the unconditional prompt of classifier-free guidance)
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    final_lr_fraction: float = 0.5  # cosine decay over the diffusion phase's *time* to this fraction of lr
+    grad_clip: float | None = 1.0
+    prediction_type: str = "v_prediction"
+    min_snr_gamma: float | None = None  # Min-SNR-γ weighting hurt here (see the notes above the class)
+    ema_decay: float = 0.99
+    token_embedding_std: float | None = 1.0  # re-initialise the word embeddings N(0, σ²) (None: CLIP's σ = 0.02)
+    seed: int = 0
+
+    def __post_init__(self):
+        check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        if not self.budget_s > self.ae_seconds > 0:
+            raise ValueError(f"need budget_s > ae_seconds > 0, got {self.budget_s} and {self.ae_seconds}")
+        for name in ("ae_steps", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lr_at(self, step: int, progress: float) -> float:
+        """Linear warm-up over ``warmup_steps``, then cosine decay in the share ``progress`` ∈ [0, 1] of the time."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        f = self.final_lr_fraction
+        return self.lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def latent_text_recipe(
+    budget_s: float = 120.0, seed: int = 0
+) -> tuple[AutoencoderConfig, TextEncoderConfig, UNetConfig, LatentTextTrainConfig]:
+    """The latent text-to-image MNIST model of issue 5: (autoencoder, text encoder, U-Net, training) configs.
+
+    Quick mode (``DIFFUSION_LAB_SMOKE=1``) shrinks data and budgets so that the whole recipe runs in seconds.
+    """
+    vocab_size = WordTokenizer.from_texts([]).vocab_size  # the caption vocabulary is fixed (text.BASE_WORDS)
+    width = 64
+    vae = AutoencoderConfig(
+        channels=(16,), patch_size=2, squash_output=True, latent_channels=4, extra={"recipe": "latent_text"}
+    )  # 28×28 → (2×2 folding) 14×14 → (one stride-2 level) 7×7×4; Bernoulli decoder
+    text = TextEncoderConfig(
+        vocab_size=vocab_size, hidden_size=width, num_layers=2, num_heads=4, max_position=8,
+        extra={"recipe": "latent_text"},
+    )  # fmt: skip
+    unet = UNetConfig(
+        in_channels=4,
+        out_channels=4,
+        channels=(64,),
+        attention_levels=(False,),  # only the middle block attends (self + cross): 3 ResBlocks, 1 SpatialTransformer
+        blocks_per_level=0,
+        time_embed_dim=128,
+        heads=4,
+        cross_attention_dim=width,
+        pooled_dim=width,
+        extra={"recipe": "latent_text", "schedule": LATENT_SCHEDULE},
+    )
+    train = LatentTextTrainConfig(
+        budget_s=pick(budget_s, 4.0),
+        num_images=pick(8_000, 1000),
+        bins_images=pick(8_000, 1000),
+        ae_seconds=pick(10.0, 1.0),
+        batch_size=32,
+        lr=3e-3,
+        warmup_steps=20,
+        ema_decay=0.99,
+        seed=seed,
+    )
+    return vae, text, unet, train
+
+
+def _latent_schedulers(unet_config: UNetConfig, prediction_type: str) -> tuple[DDPMScheduler, DDIMScheduler]:
+    kw = dict(unet_config.extra.get("schedule", LATENT_SCHEDULE), prediction_type=prediction_type, clip_sample=False)
+    return DDPMScheduler(**kw), DDIMScheduler(timestep_spacing="trailing", **kw)
+
+
+@torch.no_grad()
+def _encode_means(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Posterior means μ (N, L, 7, 7) of ``images`` (N, 1, 28, 28), unscaled."""
+    return torch.cat(
+        [vae.encode(images[i : i + batch_size]).latent_dist.mode() for i in range(0, len(images), batch_size)]
+    )
+
+
+def train_latent_text2img(
+    budget_s: float = 120.0,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    images: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    train_config: LatentTextTrainConfig | None = None,
+    unet_config: UNetConfig | None = None,
+    text_config: TextEncoderConfig | None = None,
+    vae_config: AutoencoderConfig | None = None,
+    callback: Callable[[int, float], None] | None = None,
+    keep_raw: bool = False,
+) -> tuple[TinyStableDiffusionPipeline, dict]:
+    """Train the tiny Stable Diffusion of :func:`latent_text_recipe` from scratch within ``budget_s`` seconds.
+
+    1. Autoencoder (``ae_seconds``); s = 1/std of the posterior means (:func:`estimate_scaling_factor`).
+    2. Data (counted in the budget): the posterior means μ of every training image, times s, encoded once (the
+       denoiser learns the distribution of s·μ; the decoder maps μ back to the digit); attributes and caption bins.
+    3. Text encoder + U-Net jointly on the rest of the budget: each step draws a batch, writes fresh captions with
+       attribute-word dropout, replaces 5 % of them by "" (:func:`drop_condition` on the token ids), and takes one
+       AdamW step on the v-prediction loss (Min-SNR-weighted if ``min_snr_gamma``); EMA of both networks.
+
+    Returns the pipeline (EMA weights, eval mode, DDIM with the training schedule) and ``info``: seconds per phase,
+    steps, images per second, final loss, parameter counts, the caption ``bins`` (for attribute adherence) and
+    the configs. With ``keep_raw``, ``info["raw"]`` is a second pipeline on the same autoencoder with the raw
+    weights the optimiser left (no EMA) for the text encoder and U-Net (:func:`diffusion_lab.training.surgery.ema_vs_raw`).
+    """
+
+    start = time.perf_counter()
+    vae_cfg, text_cfg, unet_cfg, cfg = latent_text_recipe(budget_s, seed)
+    vae_cfg, text_cfg, unet_cfg = vae_config or vae_cfg, text_config or text_cfg, unet_config or unet_cfg
+    cfg = train_config or cfg
+    deadline = start + cfg.budget_s
+    if images is None:
+        images, labels = load_mnist("train", limit=cfg.num_images)
+    elif labels is None:
+        raise ValueError("pass labels (N,) with images")
+    info: dict = {"load_seconds": time.perf_counter() - start}
+
+    # 1. the autoencoder
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(vae_cfg)
+    history = train_autoencoder(
+        vae, images, seconds=cfg.ae_seconds, steps=cfg.ae_steps, batch_size=cfg.ae_batch_size, lr=cfg.ae_lr, kl_weight=cfg.kl_weight,
+        seed=seed, progress=progress,
+    )  # fmt: skip
+    info.update(ae_seconds=time.perf_counter() - t0, ae_steps=len(history), ae_recon=history[-1]["recon"])
+
+    # 2. latents, attributes, caption bins, tokenizer
+    t0 = time.perf_counter()
+    means = _encode_means(vae, images)  # (N, L, 7, 7)
+    s = 1.0 / means.double().std().item()  # = estimate_scaling_factor(vae, images, sample_posterior=False)
+    vae.config.scaling_factor = s
+    latents = means * s
+    attrs = attributes(images)
+    bins = fit_bins(images[: cfg.bins_images], labels[: cfg.bins_images])
+    tokenizer = WordTokenizer.from_texts([], model_max_length=text_cfg.max_position)
+    info.update(encode_seconds=time.perf_counter() - t0, scaling_factor=s)
+
+    # 3. text encoder + U-Net, jointly
+    t0 = time.perf_counter()
+    torch.manual_seed(seed + 1)
+    text_encoder, unet = TextEncoder(text_cfg), UNet(unet_cfg)
+    ddpm, ddim = _latent_schedulers(unet_cfg, cfg.prediction_type)
+    ab = ddpm.alphas_cumprod.float()  # (T,)
+
+    def diffusion_loss(unet: UNet, z0: torch.Tensor, text, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        t = torch.randint(0, len(ab), (len(z0),), generator=g)  # (B,)
+        noise = torch.randn(z0.shape, generator=g)
+        z_t = q_sample(z0, t, noise, ab)
+        out = unet(
+            z_t, t, encoder_hidden_states=text.last_hidden_state, encoder_attention_mask=mask,
+            pooled_text=text.pooler_output if unet_cfg.pooled_dim else None,
+        )  # fmt: skip
+        ab_t = ab[t][:, None, None, None]
+        target = {"epsilon": noise, "v_prediction": velocity(z0, noise, ab_t), "sample": z0}[cfg.prediction_type]
+        per_sample = (out - target).pow(2).flatten(1).mean(1)  # (B,)
+        if cfg.min_snr_gamma is not None:
+            per_sample = per_sample * min_snr_weight(ab[t] / (1 - ab[t]), cfg.min_snr_gamma, cfg.prediction_type)
+        return per_sample.mean()
+
+    ema, losses, step = _train_text_denoiser(
+        text_encoder, unet, diffusion_loss, latents, labels, attrs, bins, tokenizer, text_cfg.max_position, cfg,
+        seed=seed, seconds=max(deadline - time.perf_counter(), 1e-3), progress=progress,
+        desc="text encoder + U-Net", callback=callback,
+    )  # fmt: skip
+    diffusion_seconds = time.perf_counter() - t0
+    info.update(
+        diffusion_seconds=diffusion_seconds,
+        diffusion_steps=step,
+        diffusion_steps_per_s=step / diffusion_seconds,
+        diffusion_images_per_s=step * cfg.batch_size / diffusion_seconds,
+        final_loss=sum(losses[-50:]) / min(50, len(losses)),
+        total_seconds=time.perf_counter() - start,
+    )
+    if keep_raw:  # the modules _train_text_denoiser trained in place: the last iterate θ, not the average θ_ema
+        raw_text, raw_unet = text_encoder.eval().requires_grad_(False), unet.eval().requires_grad_(False)
+        raw_ddim = _latent_schedulers(unet_cfg, cfg.prediction_type)[1]  # its own scheduler: set_timesteps mutates
+        info["raw"] = TinyStableDiffusionPipeline(vae, raw_text, tokenizer, raw_unet, raw_ddim)
+    text_encoder = ema.model["text_encoder"].eval()
+    unet = ema.model["denoiser"].eval()
+    vae.eval().requires_grad_(False)
+    pipe = TinyStableDiffusionPipeline(vae, text_encoder, tokenizer, unet, ddim)
+    info.update(
+        parameters=pipe.num_parameters(),
+        bins=bins,
+        losses=losses,
+        configs={
+            "vae": vae.config.to_dict(), "text_encoder": text_cfg.to_dict(), "unet": unet_cfg.to_dict(),
+            "train": cfg.to_dict(),
+        },
+    )  # fmt: skip
+    return pipe, info
+
+
+# Why these choices (A/B runs at a fixed 1,000 steps, n = 1,000 prompts, Euler-8, w = 2; digit / attribute adherence /
+# FID-MNIST; the shipped tiny_sd autoencoder; November 2026):
+# - SD3's family at depth 2 (hidden 128, 2 heads, 1.3 M parameters), 2×2 patches of the zero-padded 8×8 latents:
+#   16 image + 8 text tokens, so a step costs less than the U-Net's; depth 4 at width 128 learned more per step
+#   (0.978 / 0.942 / 175) but costs ~1.7× as much per step;
+# - logit-normal t (SD3 §3.1) against uniform t: 0.960 / 0.942 / 233 against 0.915 / 0.942 / 328; its mean 0.5
+#   (more weight on the noisy half, where the digit is decided; the Min-SNR lesson of the U-Net recipe again)
+#   0.976 / 0.965 / 220; std 0.5 (too little weight near t = 0 and 1) 0.900 / 0.875 / 277;
+# - lr 3e-3 as the U-Net (1e-3: 0.948 / 0.935 / 296; 6e-3: diverged to 0.46), EMA 0.99 (0.9 alike);
+# - sampling shift 1 (shift 3 at 8 steps: adherence +0.01, FID alike; SD3 needs 3 at 1024², our 7×7 latents none).
+TIMESTEP_SAMPLING = ("logit_normal", "uniform")
+
+
+@dataclass
+class LatentFlowTrainConfig:
+    """Training of :func:`train_latent_flow`: text encoder + MMDiT on the latents of an existing autoencoder.
+
+    The caption, dropout and optimiser fields mean what they mean in :class:`LatentTextTrainConfig` (same values),
+    so the only differences from the U-Net recipe are the ones SD3 made: the network, the straight path, the
+    velocity target and the timestep density.
+    """
+
+    budget_s: float = 105.0  # the U-Net recipe's denoiser time (120 s minus its autoencoder and data steps)
+    max_steps: int | None = None  # also stop after this many steps; the lr schedule then follows steps
+    num_images: int | None = 8_000
+    bins_images: int = 8_000
+    caption_drop_prob: float = 0.25
+    cond_drop_prob: float = 0.05
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    final_lr_fraction: float = 0.5
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.99
+    token_embedding_std: float | None = 1.0
+    timestep_sampling: str = "logit_normal"  # SD3 §3.1: t = sigmoid(u), u ~ N(m, s²); or "uniform" t ~ U(0, 1)
+    logit_mean: float = 0.5  # SD3's best was (0, 1); here 0.5 was better (more weight on the noisy half, see below)
+    logit_std: float = 1.0
+    shift: float = 1.0  # the sampling scheduler's shift (FlowMatchEulerDiscreteScheduler(shift=...))
+    seed: int = 0
+
+    def __post_init__(self):
+        check_choice("timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLING)
+        if not self.budget_s > 0:
+            raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ValueError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
+        shift_sigmas(0.5, self.shift)  # validates the shift
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    lr_at = LatentTextTrainConfig.lr_at
+
+    def sample_t(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n training times (n,) in (0, 1) from the configured density."""
+        if self.timestep_sampling == "logit_normal":
+            return logit_normal_timesteps(n, self.logit_mean, self.logit_std, generator=generator)
+        return torch.rand(n, generator=generator)
+
+
+def latent_flow_recipe(
+    text_config: TextEncoderConfig, latent_channels: int = 4, budget_s: float = 105.0, seed: int = 0
+) -> tuple[MMDiTConfig, LatentFlowTrainConfig]:
+    """The MMDiT of notebook 08 and its training config, for text states of ``text_config``'s width.
+
+    A member of SD3's family (``MMDiTConfig.from_depth``: hidden size 64·depth, depth heads), 2×2 patches of the
+    zero-padded 8×8 latents (16 image tokens + 8 text tokens).
+    """
+    width = text_config.hidden_size
+    model = MMDiTConfig.from_depth(
+        2, in_channels=latent_channels, out_channels=latent_channels, sample_size=8, patch_size=2,
+        joint_attention_dim=width, pooled_projection_dim=width, max_text_tokens=text_config.max_position,
+        extra={"recipe": "latent_flow"},
+    )  # fmt: skip
+    train = LatentFlowTrainConfig(
+        budget_s=pick(budget_s, 3.0), num_images=pick(8_000, 1000), bins_images=pick(8_000, 1000), seed=seed
+    )
+    return model, train
+
+
+def train_latent_flow(
+    vae: AutoencoderKL,
+    budget_s: float = 105.0,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    images: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    train_config: LatentFlowTrainConfig | None = None,
+    model_config: MMDiTConfig | None = None,
+    text_config: TextEncoderConfig | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> tuple[TinySD3Pipeline, dict]:
+    """Train a text encoder and an MMDiT with rectified flow on the latents of ``vae`` (SD3's recipe, tiny).
+
+    1. Data: the posterior means of the training images times the autoencoder's ``scaling_factor`` (the same
+       latents the U-Net recipe trains on), attributes and caption bins.
+    2. Each step: t from the logit-normal density (SD3 §3.1), z_t = (1 − t)·z_0 + t·ε, and the loss
+       ‖v_θ(z_t, t, c) − (ε − z_0)‖² (SD3 eq. 1 with the velocity target); the 7×7 latents are zero-padded to 8×8
+       for the 2×2 patches and the prediction cropped back. Captions, dropout, optimiser and EMA as the U-Net recipe.
+
+    Returns the pipeline (EMA weights, ``FlowMatchEulerDiscreteScheduler(shift=cfg.shift)``) and ``info`` as
+    :func:`train_latent_text2img` does (``diffusion_seconds``, ``diffusion_steps``, ``losses``, ``bins``, …).
+    """
+
+    start = time.perf_counter()
+    text_cfg = text_config or latent_text_recipe()[1]
+    model_cfg, cfg = latent_flow_recipe(text_cfg, vae.config.latent_channels, budget_s, seed)
+    model_cfg, cfg = model_config or model_cfg, train_config or cfg
+    if images is None:
+        images, labels = load_mnist("train", limit=cfg.num_images)
+    elif labels is None:
+        raise ValueError("pass labels (N,) with images")
+    vae = vae.eval().requires_grad_(False)
+    latents = _encode_means(vae, images) * vae.config.scaling_factor  # (N, L, 7, 7)
+    attrs = attributes(images)
+    bins = fit_bins(images[: cfg.bins_images], labels[: cfg.bins_images])
+    tokenizer = WordTokenizer.from_texts([], model_max_length=text_cfg.max_position)
+    info: dict = {"data_seconds": time.perf_counter() - start}
+
+    t0 = time.perf_counter()
+    torch.manual_seed(seed + 1)
+    text_encoder, model = TextEncoder(text_cfg), MMDiT(model_cfg)
+    p = model_cfg.patch_size
+
+    def flow_loss(model: MMDiT, z0: torch.Tensor, text, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        h, w = z0.shape[-2:]
+        t = cfg.sample_t(len(z0), g)  # (B,) in (0, 1)
+        noise = torch.randn(z0.shape, generator=g)
+        z_t = flow_interpolate(z0, noise, t)  # (1 − t)·z_0 + t·ε
+        v = model(
+            pad_to_patch(z_t, p), t, encoder_hidden_states=text.last_hidden_state, encoder_attention_mask=mask,
+            pooled_projections=text.pooler_output if model_cfg.pooled_projection_dim else None,
+        )[..., :h, :w]  # fmt: skip
+        return (v - flow_velocity(z0, noise)).pow(2).mean()  # target ε − z_0
+
+    ema, losses, step = _train_text_denoiser(
+        text_encoder, model, flow_loss, latents, labels, attrs, bins, tokenizer, text_cfg.max_position, cfg,
+        seed=seed, seconds=cfg.budget_s, progress=progress, desc="text encoder + MMDiT", callback=callback,
+    )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    info.update(
+        diffusion_seconds=seconds, diffusion_steps=step, diffusion_steps_per_s=step / seconds,
+        diffusion_images_per_s=step * cfg.batch_size / seconds, final_loss=sum(losses[-50:]) / min(50, len(losses)),
+        total_seconds=time.perf_counter() - start,
+    )  # fmt: skip
+    pipe = TinySD3Pipeline(
+        vae, ema.model["text_encoder"].eval(), tokenizer, ema.model["denoiser"].eval(),
+        FlowMatchEulerDiscreteScheduler(shift=cfg.shift),
+    )  # fmt: skip
+    info.update(
+        parameters=pipe.num_parameters(), bins=bins, losses=losses,
+        configs={"text_encoder": text_cfg.to_dict(), "transformer": model_cfg.to_dict(), "train": cfg.to_dict()},
+    )  # fmt: skip
+    return pipe, info
+
+
+def _train_text_denoiser(
+    text_encoder: TextEncoder,
+    denoiser: nn.Module,
+    loss_fn: Callable,
+    latents: torch.Tensor,
+    labels: torch.Tensor,
+    attrs: dict,
+    bins: AttributeBins,
+    tokenizer: WordTokenizer,
+    max_length: int,
+    cfg,
+    *,
+    seed: int,
+    seconds: float,
+    progress: bool,
+    desc: str,
+    callback: Callable[[int, float], None] | None,
+) -> tuple[EMA, list[float], int]:
+    """The training loop shared by the U-Net and the MMDiT recipes: text encoder and denoiser trained jointly.
+
+    Each step draws a batch of latents z_0 (B, L, h, w), writes fresh captions with attribute-word dropout, replaces
+    ``cfg.cond_drop_prob`` of them by "" (:func:`drop_condition`), encodes them and takes one AdamW step on
+    ``loss_fn(denoiser, z_0, text_output, mask, generator)``; EMA of both networks (``ema.model["text_encoder"]``,
+    ``ema.model["denoiser"]``). Stops after ``seconds`` or ``cfg.max_steps``, whichever comes first; the learning
+    rate follows ``cfg.lr_at`` over the steps (with ``max_steps``) or over the time.
+    """
+
+    t0 = time.perf_counter()
+    null_ids = tokenizer("", max_length=max_length)["input_ids"]  # (1, M): <bos> <eos> <pad>…
+    if cfg.token_embedding_std is not None:  # distinct words from the first step: the text encoder trains from scratch
+        nn.init.normal_(text_encoder.token_embedding.weight, std=cfg.token_embedding_std)
+    both = nn.ModuleDict({"text_encoder": text_encoder, "denoiser": denoiser}).train()
+    # fused: one kernel for all tensors (1.7 ms instead of 11 ms a step here, ~10 % of a step)
+    optimizer = torch.optim.AdamW(both.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    ema = EMA(both, cfg.ema_decay)
+    g = torch.Generator().manual_seed(seed)
+    n = len(latents)
+    losses: list[float] = []
+    step = 0
+    bar = tqdm(desc=desc, disable=not progress, mininterval=1.0)
+    while True:
+        now = time.perf_counter()
+        if (now - t0 >= seconds and step > 0) or (cfg.max_steps is not None and step >= cfg.max_steps):
+            break
+        progress_share = step / cfg.max_steps if cfg.max_steps else (now - t0) / seconds
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr_at(step, progress_share)
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=g)
+        z0 = latents[idx]  # (B, L, h, w)
+        captions = captions_for(
+            labels[idx], None, bins, attrs={k: v[idx] for k, v in attrs.items()}, generator=g,
+            drop_prob=cfg.caption_drop_prob,
+        )  # fmt: skip
+        ids = tokenizer(captions, max_length=max_length)["input_ids"]  # (B, M)
+        ids = drop_condition(ids, null_ids, cfg.cond_drop_prob, g)
+        mask = ids != tokenizer.pad_token_id  # (B, M)
+        text = text_encoder(ids, attention_mask=mask)
+        loss = loss_fn(denoiser, z0, text, mask, g)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the training loss became {loss.item()} at step {step}; lower lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(both.parameters(), cfg.grad_clip)
+        optimizer.step()
+        ema.update(both)
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-25:]) / 25:.4f}", refresh=False)
+        if callback is not None:
+            callback(step, losses[-1])
+    bar.close()
+    return ema, losses, step
+
+
+BINS_FILE = "caption_bins.json"
+
+
+def pretrained_tiny_sd_path(name: str = "tiny_sd") -> Path:
+    """``$DIFFUSION_LAB_DATA/pretrained/<name>`` if that variable is set, else ``data/pretrained/<name>``.
+
+    ``tiny_sd`` (U-Net + DDIM) is written by ``benchmarks/cpu_train.py --model latent --save …`` and ``tiny_sd3``
+    (MMDiT + rectified flow, on tiny_sd's autoencoder) by ``--model flow --save …``: the very runs whose figures are
+    in the README (2 CPU threads)."""
+    root = os.environ.get("DIFFUSION_LAB_DATA")
+    return (Path(root) if root else Path(__file__).resolve().parents[2] / "data") / "pretrained" / name
+
+
+def save_tiny_sd(pipe: TinyStableDiffusionPipeline, bins: AttributeBins, directory: str | os.PathLike) -> Path:
+    """``pipe.save_pretrained(directory)`` plus the caption bins (``caption_bins.json``) its captions were cut with:
+    :func:`diffusion_lab.mnist.captions.attribute_adherence` needs them to judge "thick", "slanted", "small"."""
+    directory = Path(directory)
+    write_json_atomic(directory / BINS_FILE, bins.to_dict())  # first: model_index.json (last) marks a whole save
+    pipe.save_pretrained(directory)
+    return directory
+
+
+def load_tiny_sd(
+    directory: str | os.PathLike | None = None, device: torch.device | str | None = None
+) -> tuple[TinyStableDiffusionPipeline, AttributeBins]:
+    """(pipeline, caption bins) from a folder written by :func:`save_tiny_sd` (default: the shipped U-Net model;
+    ``load_tiny_sd(pretrained_tiny_sd_path("tiny_sd3"))`` loads the shipped MMDiT one). The pipeline class
+    (:class:`TinyStableDiffusionPipeline` or :class:`TinySD3Pipeline`) is the one the folder's index names."""
+    directory = Path(directory) if directory is not None else pretrained_tiny_sd_path()
+    if not (directory / BINS_FILE).is_file():
+        raise FileNotFoundError(
+            f"{directory} holds no {BINS_FILE}: pass a folder written by save_tiny_sd, or train one with "
+            "benchmarks/cpu_train.py --model latent --save <folder> (about 2 minutes on a CPU)"
+        )
+    index = directory / "model_index.json"
+    stored = json.loads(index.read_text("utf-8")).get("_class_name") if index.is_file() else None
+    cls = TinySD3Pipeline if stored == TinySD3Pipeline.__name__ else TinyStableDiffusionPipeline
+    pipe = cls.from_pretrained(directory, device=device)
+    bins = AttributeBins.from_dict(json.loads((directory / BINS_FILE).read_text()))
+    return pipe, bins
