@@ -26,11 +26,13 @@ from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
 from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
 from diffusion_lab.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from diffusion_lab.schedulers.scheduling_utils import SchedulerOutput
+from diffusion_lab.utils.errors import FileError
 from diffusion_lab.utils.settings import pick, smoke_mode
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FileError",
     "AutoencoderConfig",
     "AutoencoderKL",
     "TextEncoder",

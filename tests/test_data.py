@@ -5,7 +5,8 @@ import shutil
 import pytest
 import torch
 
-from diffusion_lab.mnist.data import MnistFileError, from_unit_range, load_mnist, mnist_dataset, moons, swiss_roll
+from diffusion_lab.mnist.data import from_unit_range, load_mnist, mnist_dataset, moons, swiss_roll
+from diffusion_lab.utils.errors import FileError
 
 
 def test_mnist_splits_shapes_and_range():
@@ -23,13 +24,13 @@ def test_mnist_splits_shapes_and_range():
 
 
 def test_missing_and_corrupt_file_give_clear_errors(tmp_path):
-    with pytest.raises(MnistFileError, match="not found"):
+    with pytest.raises(FileError, match="not found"):
         load_mnist(path=tmp_path / "nope.npz")
     bad = tmp_path / "mnist.npz"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(MnistFileError, match="corrupt"):
+    with pytest.raises(FileError, match="corrupt"):
         load_mnist(path=bad)
-    with pytest.raises(MnistFileError, match="could not read"):
+    with pytest.raises(FileError, match="could not read"):
         load_mnist(path=bad, verify=False)
     from diffusion_lab.mnist.data import default_mnist_path
 
@@ -37,7 +38,7 @@ def test_missing_and_corrupt_file_give_clear_errors(tmp_path):
     shutil.copy(default_mnist_path(), truncated)
     with open(truncated, "r+b") as fh:
         fh.truncate(1000)
-    with pytest.raises(MnistFileError):
+    with pytest.raises(FileError):
         load_mnist(path=truncated)
 
 

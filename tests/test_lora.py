@@ -12,7 +12,7 @@ from diffusion_lab.bridge import lora
 from diffusion_lab.mnist.data import load_mnist
 from diffusion_lab.training import finetune
 from diffusion_lab.training.recipes import load_tiny_sd, pretrained_tiny_sd_path
-from diffusion_lab.utils.checkpoint import CheckpointError
+from diffusion_lab.utils.errors import FileError
 
 SHIPPED_UNET = pretrained_tiny_sd_path() / "unet" / "model.safetensors"
 
@@ -210,7 +210,7 @@ def test_train_and_load_bad_input(base_pipe, data, tmp_path):
         lora.train_lora(base_pipe, images, prompts[:3], steps=1, progress=False)
     with pytest.raises(ValueError, match="rank must be >= 1"):
         lora.train_lora(base_pipe, images, prompts, steps=1, rank=0, progress=False)
-    with pytest.raises(CheckpointError, match="no LoRA"):
+    with pytest.raises(FileError, match="no LoRA"):
         lora.load_lora(base_pipe.unet, tmp_path)
     with pytest.raises(ValueError, match="add_lora"):
         lora.merge_lora(base_pipe.unet)

@@ -12,7 +12,6 @@ import torch
 from diffusion_lab.mnist import metrics
 from diffusion_lab.mnist.classifier import (
     ClassifierConfig,
-    ClassifierFileError,
     MnistClassifier,
     classify,
     default_classifier_path,
@@ -29,6 +28,7 @@ from diffusion_lab.mnist.metrics import (
     prompt_adherence,
     reference_stats,
 )
+from diffusion_lab.utils.errors import FileError
 
 
 @pytest.fixture(scope="module")
@@ -285,14 +285,12 @@ def test_bad_arguments(clf, ref):
 def test_missing_corrupt_and_mismatched_classifier_files(tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
 
-    with pytest.raises(ClassifierFileError, match="classifier file not found"):
+    with pytest.raises(FileError, match="classifier file not found"):
         load_classifier(tmp_path / "nope.safetensors")
     src = default_classifier_path()
     monkeypatch.setenv("DIFFUSION_LAB_DATA", str(tmp_path))  # the same override as data/mnist.npz
     assert default_classifier_path() == tmp_path / "mnist_classifier.safetensors"
-    with pytest.raises(
-        ClassifierFileError, match=r"not found: .*Rebuild both files with `python data/train_classifier.py`"
-    ):
+    with pytest.raises(FileError, match=r"not found: .*Rebuild both files with `python data/train_classifier.py`"):
         load_classifier()
     monkeypatch.delenv("DIFFUSION_LAB_DATA")
     weights, meta_path = tmp_path / src.name, tmp_path / src.with_suffix(".json").name
@@ -304,27 +302,27 @@ def test_missing_corrupt_and_mismatched_classifier_files(tmp_path, monkeypatch):
     blob = bytearray(weights.read_bytes())
     blob[-100] ^= 0xFF
     weights.write_bytes(bytes(blob))
-    with pytest.raises(ClassifierFileError, match="corrupt or not the file described by"):
+    with pytest.raises(FileError, match="corrupt or not the file described by"):
         load_classifier(weights)
 
     del meta["weights_sha256"]  # without the checksum, what safetensors itself detects
     meta_path.write_text(json.dumps(meta))
     weights.write_bytes(b"not a safetensors file")
-    with pytest.raises(ClassifierFileError, match="could not read .* as safetensors"):
+    with pytest.raises(FileError, match="could not read .* as safetensors"):
         load_classifier(weights)
 
     state = load_file(src)
     state["extra.weight"] = state.pop("head.bias")
     save_file(state, weights)
-    with pytest.raises(ClassifierFileError, match=r"missing keys \['head.bias'\], unexpected keys \['extra.weight'\]"):
+    with pytest.raises(FileError, match=r"missing keys \['head.bias'\], unexpected keys \['extra.weight'\]"):
         load_classifier(weights)
 
     shutil.copy(src, weights)
     meta["config"]["feature_dim"] = 64
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ClassifierFileError, match=r"wrong shapes \['fc.weight: file \(128, 3136\), model \(64, 3136\)"):
+    with pytest.raises(FileError, match=r"wrong shapes \['fc.weight: file \(128, 3136\), model \(64, 3136\)"):
         load_classifier(weights)
 
     meta_path.write_text("{not json")
-    with pytest.raises(ClassifierFileError, match="could not read the classifier config"):
+    with pytest.raises(FileError, match="could not read the classifier config"):
         load_classifier(weights)

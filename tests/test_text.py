@@ -24,7 +24,7 @@ from diffusion_lab.mnist.captions import (
 )
 from diffusion_lab.mnist.data import load_mnist
 from diffusion_lab.models.text_encoder import TextEncoder, TextEncoderConfig, WordTokenizer
-from diffusion_lab.utils.checkpoint import CheckpointError
+from diffusion_lab.utils.errors import FileError
 
 
 @pytest.fixture(scope="module")
@@ -350,10 +350,10 @@ def test_tokenizer_save_and_load(tok, tmp_path):
     assert back.vocab == tok.vocab and back.model_max_length == tok.model_max_length
     assert torch.equal(back("a thick seven").input_ids, tok("a thick seven").input_ids)
     assert [p.name for p in (tmp_path / "tokenizer").iterdir()] == ["tokenizer.json"]  # no temporary file left
-    with pytest.raises(CheckpointError, match="tokenizer.json is missing"):
+    with pytest.raises(FileError, match="tokenizer.json is missing"):
         WordTokenizer.from_pretrained(tmp_path / "nothing")
     (tmp_path / "tokenizer" / "tokenizer.json").write_text("{trunc")
-    with pytest.raises(CheckpointError, match="not valid JSON"):
+    with pytest.raises(FileError, match="not valid JSON"):
         WordTokenizer.from_pretrained(tmp_path / "tokenizer")
 
 

@@ -17,7 +17,8 @@ from diffusion_lab.models.unet import UNet, UNetConfig, timestep_embedding
 from diffusion_lab.pipelines.sampling import sample
 from diffusion_lab.training.loop import EMA, TrainConfig, Trainer
 from diffusion_lab.training.loss import diffusion_loss, min_snr_weight
-from diffusion_lab.utils.checkpoint import CheckpointError, load_model, load_weights, save_checkpoint
+from diffusion_lab.utils.checkpoint import load_model, load_weights, save_checkpoint
+from diffusion_lab.utils.errors import FileError
 
 TINY = UNetConfig(channels=(8, 16), attention_levels=(False, True), num_classes=10, time_embed_dim=32, heads=2)
 
@@ -182,16 +183,16 @@ def test_checkpoint_files_are_safetensors_and_json_and_mismatches_are_named(tmp_
     model = load_model(path, UNet)
     assert torch.equal(next(model.parameters()), next(trainer.ema.model.parameters()))
     other = UNet(dataclasses.replace(TINY, channels=(8, 24)))
-    with pytest.raises(CheckpointError, match="shape mismatches: .*vs model"):
+    with pytest.raises(FileError, match="shape mismatches: .*vs model"):
         load_weights(other, path / "model.safetensors")
-    with pytest.raises(CheckpointError, match="missing keys: class_embed.weight"):
+    with pytest.raises(FileError, match="missing keys: class_embed.weight"):
         save_checkpoint(tmp_path / "uncond", UNet(dataclasses.replace(TINY, num_classes=None)))
         load_weights(UNet(TINY), tmp_path / "uncond" / "model.safetensors")
-    with pytest.raises(CheckpointError, match="no checkpoint"):
+    with pytest.raises(FileError, match="no checkpoint"):
         load_model(tmp_path / "nothing", UNet)
     data = (path / "model.safetensors").read_bytes()
     (path / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated"):
+    with pytest.raises(FileError, match="truncated"):
         load_weights(UNet(TINY), path / "model.safetensors")
     # overwriting an existing checkpoint replaces it atomically
     save_checkpoint(path, UNet(TINY))

@@ -129,7 +129,8 @@ from diffusion_lab.bridge import hub as bridge
 from diffusion_lab.bridge.generate import check_size, sdxl_text_embeddings
 from diffusion_lab.bridge.hub import quiet_hf
 from diffusion_lab.training import finetune
-from diffusion_lab.utils.checkpoint import CheckpointError, save_tensors_atomic, write_json_atomic
+from diffusion_lab.utils.checkpoint import save_tensors_atomic, write_json_atomic
+from diffusion_lab.utils.errors import FileError
 from diffusion_lab.utils.settings import pick
 
 __all__ = [
@@ -346,21 +347,21 @@ def load_lora(model: nn.Module, directory: str | os.PathLike, adapter_name: str 
     directory = Path(directory)
     config_path, path = directory / LORA_CONFIG_FILE, directory / LORA_FILE
     if not config_path.is_file() or not path.is_file():
-        raise CheckpointError(f"no LoRA at {directory}: need {LORA_FILE} and {LORA_CONFIG_FILE} (written by save_lora)")
+        raise FileError(f"no LoRA at {directory}: need {LORA_FILE} and {LORA_CONFIG_FILE} (written by save_lora)")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
         state = load_file(str(path))
     except (ValueError, OSError, SafetensorError) as e:
-        raise CheckpointError(f"cannot read the LoRA at {directory} (truncated?): {e}") from e
+        raise FileError(f"cannot read the LoRA at {directory} (truncated?): {e}") from e
     if config.get("format") != FORMAT:
-        raise CheckpointError(f"{config_path} is not a diffusion_lab LoRA (format {config.get('format')!r})")
+        raise FileError(f"{config_path} is not a diffusion_lab LoRA (format {config.get('format')!r})")
     add_lora(model, config["rank"], config["alpha"], config["target_modules"], config["dropout"], adapter_name)
     expected = get_peft_model_state_dict(model, adapter_name=adapter_name)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:
         _delete_adapter(model, adapter_name)
-        raise CheckpointError(
+        raise FileError(
             f"the LoRA at {directory} does not fit this {type(model).__name__} (trained on another configuration?): "
             f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}"
         )

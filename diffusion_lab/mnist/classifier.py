@@ -16,9 +16,11 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
+from diffusion_lab.utils.errors import FileError
+
 __all__ = [
     "ClassifierConfig",
-    "ClassifierFileError",
+    "FileError",
     "MnistClassifier",
     "classify",
     "default_classifier_path",
@@ -105,10 +107,6 @@ class MnistClassifier(nn.Module):
         return self.logits_from_features(self.features(x))
 
 
-class ClassifierFileError(RuntimeError):
-    """``data/mnist_classifier.safetensors`` (or its ``.json``) is missing, corrupt or for another architecture."""
-
-
 def default_classifier_path() -> Path:
     """``$DIFFUSION_LAB_DATA/mnist_classifier.safetensors`` if that variable is set, else the one in ``data/``."""
     root = os.environ.get("DIFFUSION_LAB_DATA")
@@ -122,7 +120,7 @@ def _sha256(path: Path) -> str:
 def load_classifier(path: str | os.PathLike | None = None, device: str | torch.device | None = None) -> MnistClassifier:
     """The trained classifier from ``path`` (safetensors) and the JSON next to it (same name, ``.json``), in eval mode.
 
-    The JSON holds the :class:`ClassifierConfig` and the weights' sha256. Raises :class:`ClassifierFileError` if a
+    The JSON holds the :class:`ClassifierConfig` and the weights' sha256. Raises :class:`FileError` if a
     file is missing, unreadable or altered, or if the weights do not fit the architecture (naming the keys).
     ``device``: where to put the model (default CPU); the metrics then run there.
     """
@@ -132,21 +130,19 @@ def load_classifier(path: str | os.PathLike | None = None, device: str | torch.d
     rebuild = "Rebuild both files with `python data/train_classifier.py` (a few minutes on a CPU)."
     for p in (path, meta_path):
         if not p.is_file():
-            raise ClassifierFileError(f"classifier file not found: {p}. {rebuild}")
+            raise FileError(f"classifier file not found: {p}. {rebuild}")
     try:
         meta = json.loads(meta_path.read_text())
         config = ClassifierConfig(**meta["config"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ClassifierFileError(f"could not read the classifier config {meta_path}: {e!r}. {rebuild}") from e
+        raise FileError(f"could not read the classifier config {meta_path}: {e!r}. {rebuild}") from e
     expected = meta.get("weights_sha256")
     if expected is not None and _sha256(path) != expected:
-        raise ClassifierFileError(
-            f"{path} is corrupt or not the file described by {meta_path.name} (sha256 differs). {rebuild}"
-        )
+        raise FileError(f"{path} is corrupt or not the file described by {meta_path.name} (sha256 differs). {rebuild}")
     try:
         state = load_file(path)
     except (OSError, SafetensorError, ValueError) as e:
-        raise ClassifierFileError(f"could not read {path} as safetensors: {e}. {rebuild}") from e
+        raise FileError(f"could not read {path} as safetensors: {e}. {rebuild}") from e
 
     model = MnistClassifier(config)
     wanted = model.state_dict()
@@ -155,7 +151,7 @@ def load_classifier(path: str | os.PathLike | None = None, device: str | torch.d
     wrong_shape = [f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}" for k, v in wanted.items()
                    if k in state and state[k].shape != v.shape]  # fmt: skip
     if missing or unexpected or wrong_shape:
-        raise ClassifierFileError(
+        raise FileError(
             f"{path} does not fit MnistClassifier({config}): missing keys {missing}, unexpected keys {unexpected}, "
             f"wrong shapes {wrong_shape}. {rebuild}"
         )

@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusion_lab.utils.errors import FileError
+
 __all__ = [
     "MNIST_SHA256",
-    "MnistFileError",
+    "FileError",
     "default_mnist_path",
     "load_mnist",
     "mnist_dataset",
@@ -40,10 +42,6 @@ __all__ = [
 MNIST_SHA256 = "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64"
 _SPLITS = ("train", "test")
 _REPO_DATA = Path(__file__).resolve().parents[2] / "data"
-
-
-class MnistFileError(RuntimeError):
-    """``data/mnist.npz`` is missing, corrupt or not the file the course was built with."""
 
 
 def default_mnist_path() -> Path:
@@ -89,7 +87,7 @@ def load_mnist(
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     path = Path(path) if path is not None else default_mnist_path()
     if not path.is_file():
-        raise MnistFileError(
+        raise FileError(
             f"MNIST file not found at {path}. It ships with the repository (data/mnist.npz): run from a full clone, "
             "set DIFFUSION_LAB_DATA to the folder holding mnist.npz, or rebuild it with data/build_mnist.py "
             "(see data/README.md). With internet you can also use load_mnist_torchvision()."
@@ -97,7 +95,7 @@ def load_mnist(
     if verify:
         digest = _sha256(path)
         if digest != MNIST_SHA256:
-            raise MnistFileError(
+            raise FileError(
                 f"{path} is corrupt or not the course's MNIST (sha256 {digest[:12]}..., expected "
                 f"{MNIST_SHA256[:12]}...). Restore it with `git checkout -- data/mnist.npz` or rebuild it with "
                 "data/build_mnist.py (see data/README.md)."
@@ -107,7 +105,7 @@ def load_mnist(
             x = f[f"x_{split}"]
             y = f[f"y_{split}"]
     except (OSError, ValueError, KeyError) as e:  # not a zip, truncated, missing member
-        raise MnistFileError(f"could not read {path} as the course's MNIST npz: {e}") from e
+        raise FileError(f"could not read {path} as the course's MNIST npz: {e}") from e
     if limit is not None:
         x, y = x[:limit], y[:limit]
     images = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1)  # (N, 1, 28, 28) uint8
@@ -133,7 +131,7 @@ def load_mnist_torchvision(
     try:
         ds = MNIST(root, train=split == "train", download=True)
     except Exception as e:  # no network: say what to do instead
-        raise MnistFileError(
+        raise FileError(
             f"torchvision could not download MNIST ({e}). Offline, use load_mnist(), which reads data/mnist.npz."
         ) from e
     images = ds.data.unsqueeze(1)  # (N, 1, 28, 28) uint8

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion_lab.mnist.captions import ATTRIBUTE_WORDS, DIGIT_NAMES, PLACEHOLDER_PATTERN, _split_words, is_placeholder
-from diffusion_lab.utils.checkpoint import CheckpointError, PretrainedModel, write_json_atomic
+from diffusion_lab.utils.checkpoint import PretrainedModel, write_json_atomic
+from diffusion_lab.utils.errors import FileError
 
 __all__ = ["BatchEncoding", "TextEncoder", "TextEncoderConfig", "TextEncoderOutput", "WordTokenizer"]
 
@@ -232,13 +233,13 @@ class WordTokenizer:
 
         path = Path(directory) / _TOKENIZER_FILE
         if not path.is_file():
-            raise CheckpointError(f"no tokenizer at {Path(directory)}: {_TOKENIZER_FILE} is missing")
+            raise FileError(f"no tokenizer at {Path(directory)}: {_TOKENIZER_FILE} is missing")
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as e:
-            raise CheckpointError(f"{path} is not valid JSON (truncated?): {e}") from e
+            raise FileError(f"{path} is not valid JSON (truncated?): {e}") from e
         if not isinstance(obj, dict) or obj.get("format") != _TOKENIZER_FORMAT:
-            raise CheckpointError(f"{path} is not a diffusion_lab word tokenizer")
+            raise FileError(f"{path} is not a diffusion_lab word tokenizer")
         return cls(obj["vocab"], model_max_length=obj["model_max_length"])
 
 

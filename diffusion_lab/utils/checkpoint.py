@@ -30,8 +30,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from diffusion_lab.utils.errors import FileError
+
 __all__ = [
-    "CheckpointError",
     "save_tensors_atomic",
     "PretrainedModel",
     "save_checkpoint",
@@ -42,10 +43,6 @@ __all__ = [
 ]
 
 FORMAT = "diffusion_lab.checkpoint/1"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated, or does not fit the model it is loaded into."""
 
 
 def _tensors(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
@@ -183,23 +180,23 @@ def load_config(directory: str | os.PathLike) -> dict:
     """The ``config.json`` of a checkpoint folder, with a clear error if it is missing or unreadable."""
     path = Path(directory) / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {Path(directory)}: {path.name} is missing")
+        raise FileError(f"no checkpoint at {Path(directory)}: {path.name} is missing")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
-        raise CheckpointError(f"{path} is not valid JSON (truncated?): {e}") from e
+        raise FileError(f"{path} is not valid JSON (truncated?): {e}") from e
     if config.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a diffusion_lab checkpoint (format {config.get('format')!r})")
+        raise FileError(f"{path} is not a diffusion_lab checkpoint (format {config.get('format')!r})")
     return config
 
 
 def _read(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} is missing")
+        raise FileError(f"checkpoint file {path} is missing")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path} (truncated or not safetensors): {e}") from e
+        raise FileError(f"cannot read {path} (truncated or not safetensors): {e}") from e
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
@@ -225,7 +222,7 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Mo
                 "shape mismatches: "
                 + few([f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong])
             )
-        raise CheckpointError(
+        raise FileError(
             f"{path} does not fit this {type(model).__name__} (another configuration?): " + "; ".join(parts)
         )
     model.load_state_dict(state)
@@ -242,7 +239,7 @@ def load_model(
     """
     config = load_config(directory)
     if config["model_class"] != model_class.__name__:
-        raise CheckpointError(f"{directory} holds a {config['model_class']}, not a {model_class.__name__}")
+        raise FileError(f"{directory} holds a {config['model_class']}, not a {model_class.__name__}")
     model = model_class(model_class.config_class(**config["model_config"]))
     weights = Path(directory) / (
         "ema.safetensors" if use_ema and (Path(directory) / "ema.safetensors").is_file() else "model.safetensors"
@@ -269,7 +266,7 @@ def load_training_state(
     try:
         state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {directory / 'state.json'}: {e}") from e
+        raise FileError(f"cannot read {directory / 'state.json'}: {e}") from e
     if optimizer is not None:
         optimizer.load_state_dict(_optimizer_from_safe(tensors, state["optimizer"]))
     torch.set_rng_state(tensors["rng.torch"])
