@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from diffusion_lab.bridge import hub as bridge
+from diffusion_lab.bridge import hub
 from diffusion_lab.bridge.generate import count_parameters
 from diffusion_lab.bridge.tiny import tiny_sd15_controlnet, tiny_sd_upscaler, tiny_svd, tiny_unclip
 
@@ -100,10 +100,10 @@ def is_stand_in(pipe) -> bool:
     return count_parameters(pipe.unet) < STAND_IN_MAX_PARAMETERS
 
 
-def _real_controlnet(ids: Sequence[str], env: bridge.Environment) -> diffusers.ControlNetModel | None:
+def _real_controlnet(ids: Sequence[str], env: hub.Environment) -> diffusers.ControlNetModel | None:
     """``ControlNetModel.from_pretrained`` of the first id that loads, or None with a message. In half precision the
     fp16 files are asked for first, then the full ones (cast at load) when a repository has none."""
-    token, _ = bridge.find_token()
+    token, _ = hub.find_token()
     half = env.dtype in (torch.float16, torch.bfloat16)
     for rid in ids:
         for variant in ("fp16", None) if half else (None,):
@@ -118,7 +118,7 @@ def _real_controlnet(ids: Sequence[str], env: bridge.Environment) -> diffusers.C
     return None
 
 
-def load_family_pipeline(key: str, env: bridge.Environment, **kwargs):
+def load_family_pipeline(key: str, env: hub.Environment, **kwargs):
     """:func:`bridge.load_pipeline` for every card, and for a ControlNet card (see :data:`CONTROLNET_IDS`) the
     real path the diffusers docs show: ``controlnet = ControlNetModel.from_pretrained(id)`` then
     ``StableDiffusionControlNetPipeline.from_pretrained(base_id, controlnet=controlnet)``. If the ControlNet cannot
@@ -126,15 +126,15 @@ def load_family_pipeline(key: str, env: bridge.Environment, **kwargs):
     not fit a tiny UNet). ``kwargs`` go to ``bridge.load_pipeline`` (``cache_dir``, ``strict``, ``repo_id``...)."""
     ids = CONTROLNET_IDS.get(key)
     if not (env.use_real and ids):
-        return bridge.load_pipeline(key, env, **kwargs)
+        return hub.load_pipeline(key, env, **kwargs)
     tiny_env = replace(env, use_real=False, reasons=(*env.reasons, "the ControlNet could not be loaded"))
     controlnet = _real_controlnet(ids, env)
     if controlnet is None:
         print("using the tiny stand-in of the whole pipeline")
-        return bridge.load_pipeline(key, tiny_env, **kwargs)
+        return hub.load_pipeline(key, tiny_env, **kwargs)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        pipe = bridge.load_pipeline(key, env, controlnet=controlnet, **kwargs)
+        pipe = hub.load_pipeline(key, env, controlnet=controlnet, **kwargs)
     if not is_stand_in(pipe):
         print(printed.getvalue(), end="")
         return pipe
@@ -142,7 +142,7 @@ def load_family_pipeline(key: str, env: bridge.Environment, **kwargs):
         if not line.startswith("loaded the TINY"):
             print(line)
     print("the base model fell back to its tiny stand-in: the real ControlNet is dropped too")
-    return bridge.load_pipeline(key, tiny_env, **kwargs)
+    return hub.load_pipeline(key, tiny_env, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -103,12 +103,15 @@ returns ``input_ids`` and ``attention_mask`` padded to ``max_length``, with <bos
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+
+from diffusion_lab.utils.errors import check_int, check_number, check_tensor
 
 __all__ = [
     "ATTRIBUTES",
@@ -137,8 +140,7 @@ INK_FLOOR = 0.4  # τ: brightness (x + 1)/2 at or below it is background; part o
 
 def _ink(images: object) -> torch.Tensor:
     """Checked images (B, 1, H, W) in [−1, 1] → ink p = clamp(((x + 1)/2 − τ)/(1 − τ), 0, 1), (B, H, W) float."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor of shape (B, 1, H, W), got {type(images).__name__}")
+    check_tensor("images", images, "of shape (B, 1, H, W)")
     if images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(
             f"images must have shape (B, 1, H, W) (one channel, values in [-1, 1]), got {tuple(images.shape)}"
@@ -282,11 +284,18 @@ class AttributeBins:
 
 def _digit_rows(digits: torch.Tensor | Sequence[int | None] | int | None, n: int) -> torch.Tensor:
     """Digits (or None = any digit) → row indices into the (11, 3) tables, (n,) long."""
-    if digits is None or isinstance(digits, int):
+    if digits is None or (isinstance(digits, int) and not isinstance(digits, bool)):
         digits = [digits] * n
     if isinstance(digits, torch.Tensor):
+        if digits.dtype.is_floating_point or digits.dtype.is_complex or digits.dtype == torch.bool:
+            raise TypeError(f"digits must be integers 0..9 (or None for any digit), got dtype {digits.dtype}")
         rows = digits.reshape(-1).long().cpu()
     else:
+        if isinstance(digits, str) or not isinstance(digits, Sequence):
+            raise TypeError(f"digits must be integers 0..9 or None, one per image, got {type(digits).__name__}")
+        bad = [d for d in digits if d is not None and (isinstance(d, bool) or not isinstance(d, numbers.Integral))]
+        if bad:
+            raise TypeError(f"digits must be integers 0..9 (or None for any digit), got {bad[:3]!r}")
         rows = torch.tensor([_ANY_DIGIT if d is None else int(d) for d in digits], dtype=torch.long)
     if len(rows) != n:
         raise ValueError(f"expected {n} digits (one per image), got {len(rows)}")
@@ -311,6 +320,9 @@ def fit_bins(
     then has a third "thick", a third "thin", …); row 10 ("any digit") is always fitted on all images. Each digit
     needs at least ``min_per_digit`` images.
     """
+    check_number("low_q", low_q)
+    check_number("high_q", high_q)
+    check_int("min_per_digit", min_per_digit)
     if not 0 < low_q < 0.5 < high_q < 1:
         raise ValueError(f"need 0 < low_q < 0.5 < high_q < 1, got low_q={low_q}, high_q={high_q}")
     values = _binned_values(attributes(images))  # each (N,) on the images' device
@@ -365,8 +377,12 @@ def _sentence(digit: int | None, words: Sequence[str]) -> str:
 
 
 def _check_drop_prob(drop_prob: float) -> None:
-    if not 0.0 <= drop_prob <= 1.0:
-        raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob!r}")
+    check_number("drop_prob", drop_prob, minimum=0.0, maximum=1.0)
+
+
+def _check_bins(bins: object) -> None:
+    if not isinstance(bins, AttributeBins):
+        raise TypeError(f"bins must be an AttributeBins (from fit_bins or load_bins), got {type(bins).__name__}")
 
 
 def caption(
@@ -383,6 +399,10 @@ def caption(
     attributes(x).items()}``). Each attribute word is dropped with probability ``drop_prob`` (a torch ``generator``
     makes it reproducible).
     """
+    if label is not None and (isinstance(label, bool) or not isinstance(label, numbers.Integral | torch.Tensor)):
+        raise TypeError(f"label must be a digit 0..9 or None, got {label!r} ({type(label).__name__})")
+    if not isinstance(attrs, dict):
+        raise TypeError(f"attrs must be a dict of one image's attributes (from attributes(images)), got {attrs!r}")
     if label is not None and not 0 <= int(label) <= 9:
         raise ValueError(f"label must be a digit 0..9 or None, got {label!r}")
     label = None if label is None else int(label)
@@ -405,6 +425,7 @@ def captions_for(
     probability ``drop_prob``, drawn from ``generator`` (torch's global RNG if None).
     """
     _check_drop_prob(drop_prob)
+    _check_bins(bins)
     if attrs is None:
         if images is None:
             raise ValueError("pass images (B, 1, H, W) or attrs (the dict returned by attributes(images))")
@@ -480,6 +501,7 @@ def attribute_adherence(
     Returns ``adherence`` (share of all requests met; NaN if none), ``requests`` (their number), the share per
     attribute (``size``, ``thickness``, ``slant``) and per word (``"thick"``, ``"not thick"``, …) for those asked.
     """
+    _check_bins(bins)
     values = _binned_values(attributes(images))
     n = len(images)
 
@@ -488,8 +510,10 @@ def attribute_adherence(
             return [""] * n
         if isinstance(p, str):
             return [p] * n
+        if not isinstance(p, Sequence) or not all(isinstance(s, str) for s in p):
+            raise TypeError(f"{name} must be one string or a list of {n} strings (one per image), got {p!r}")
         p = list(p)
-        if len(p) != n or not all(isinstance(s, str) for s in p):
+        if len(p) != n:
             raise ValueError(f"{name} must be one string or {n} strings (one per image), got {len(p)} items")
         return p
 

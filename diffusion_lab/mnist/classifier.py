@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from diffusion_lab.utils.errors import FileError
+from diffusion_lab.utils.errors import FileError, check_int, check_number, check_tensor
 
 __all__ = [
     "ClassifierConfig",
@@ -44,12 +44,16 @@ class ClassifierConfig:
     num_classes: int = NUM_CLASSES
 
     def __post_init__(self) -> None:
+        if isinstance(self.channels, str) or not isinstance(self.channels, tuple | list):
+            raise TypeError(f"channels must be a tuple of 1 to 3 integers, e.g. (32, 64), got {self.channels!r}")
         object.__setattr__(self, "channels", tuple(self.channels))  # JSON gives a list
-        if not 1 <= len(self.channels) <= 3 or not all(isinstance(c, int) and c > 0 for c in self.channels):
+        for i, c in enumerate(self.channels):
+            check_int(f"channels[{i}]", c)
+        if not 1 <= len(self.channels) <= 3:
             raise ValueError(f"channels must be 1 to 3 positive integers, got {self.channels!r}")
-        if not isinstance(self.feature_dim, int) or self.feature_dim < 1:
-            raise ValueError(f"feature_dim must be a positive integer, got {self.feature_dim!r}")
-        if not 0.0 <= self.dropout < 1.0:
+        check_int("feature_dim", self.feature_dim)
+        check_number("dropout", self.dropout, minimum=0.0)
+        if not self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.num_classes != NUM_CLASSES:
             raise ValueError(f"num_classes must be {NUM_CLASSES} (MNIST digits), got {self.num_classes!r}")
@@ -160,8 +164,7 @@ def load_classifier(path: str | os.PathLike | None = None, device: str | torch.d
 
 
 def _check_image_shape(x: object, name: str = "images") -> None:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (B, 1, 28, 28), got {type(x).__name__}")
+    check_tensor(name, x, "of shape (B, 1, 28, 28)")
     if x.ndim != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
         hint = f" ({x.shape[1]} channels; MNIST images have 1)" if x.ndim == 4 and x.shape[1] != 1 else ""
         raise ValueError(f"{name} must have shape (B, 1, 28, 28), got {tuple(x.shape)}{hint}")
@@ -182,7 +185,10 @@ def _check_images(images: object) -> torch.Tensor:
 
 
 def _check_labels(labels: object, n: int) -> torch.Tensor:
-    labels = torch.as_tensor(labels)
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"labels must be a 1-D integer tensor (B,) of digits, got {type(labels).__name__}") from e
     if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise ValueError(
             f"labels must be a 1-D integer tensor (B,), got dtype {labels.dtype} shape {tuple(labels.shape)}"
@@ -197,8 +203,7 @@ def _check_labels(labels: object, n: int) -> torch.Tensor:
 
 
 def _check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int("batch_size", batch_size)
 
 
 @contextlib.contextmanager
@@ -222,6 +227,10 @@ def classify(
     """
     images = _check_images(images)
     _check_batch_size(batch_size)
+    if not isinstance(classifier, nn.Module):
+        raise TypeError(
+            f"classifier must be an MnistClassifier (from load_classifier()), got {type(classifier).__name__}"
+        )
     param = next(classifier.parameters())
     logits, feats = [], []
     with _eval_mode(classifier):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion_lab.utils.errors import FileError
+from diffusion_lab.utils.errors import FileError, check_choice, check_int, check_number
 
 __all__ = [
     "MNIST_SHA256",
@@ -81,10 +81,11 @@ def load_mnist(
     split: ``"train"`` (60,000) or ``"test"`` (10,000). scale: True gives float32 in [−1, 1], False uint8 0..255.
     limit: keep only the first ``limit`` examples. Returns images (N, 1, 28, 28) and labels (N,) int64.
     """
-    if split not in _SPLITS:
-        raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    check_choice("split", split, _SPLITS)
+    if limit is not None:
+        check_int("limit", limit)
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike (None for data/mnist.npz), got {type(path).__name__}")
     path = Path(path) if path is not None else default_mnist_path()
     if not path.is_file():
         raise FileError(
@@ -126,8 +127,7 @@ def load_mnist_torchvision(
         from torchvision.datasets import MNIST  # lazy: only the optional torchvision download path needs it
     except ImportError as e:  # pragma: no cover - torchvision is pinned
         raise ImportError("load_mnist_torchvision needs torchvision: pip install torchvision") from e
-    if split not in _SPLITS:
-        raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
+    check_choice("split", split, _SPLITS)
     try:
         ds = MNIST(root, train=split == "train", download=True)
     except Exception as e:  # no network: say what to do instead
@@ -144,9 +144,9 @@ def _generator(seed: int | None) -> torch.Generator:
     return g
 
 
-def _check_n(n: int) -> None:
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+def _check_n(n: int, noise: float) -> None:
+    check_int("n", n)
+    check_number("noise", noise, minimum=0.0)
 
 
 def swiss_roll(n: int = 1000, *, noise: float = 0.05, seed: int | None = 0) -> torch.Tensor:
@@ -154,7 +154,7 @@ def swiss_roll(n: int = 1000, *, noise: float = 0.05, seed: int | None = 0) -> t
 
     The same curve as scikit-learn's ``make_swiss_roll`` (its x and z coordinates). Returns (n, 2) float32.
     """
-    _check_n(n)
+    _check_n(n, noise)
     g = _generator(seed)
     theta = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g))  # (n,)
     pts = torch.stack([theta * torch.cos(theta), theta * torch.sin(theta)], dim=1)  # (n, 2)
@@ -167,7 +167,7 @@ def moons(n: int = 1000, *, noise: float = 0.05, seed: int | None = 0) -> torch.
 
     Returns (n, 2) float32; the first ⌈n/2⌉ points are the upper moon.
     """
-    _check_n(n)
+    _check_n(n, noise)
     g = _generator(seed)
     n_up = (n + 1) // 2
     a = math.pi * torch.rand(n, generator=g)  # (n,)

@@ -228,6 +228,10 @@ def _resolve_reference(reference: str | ReferenceStats, classifier: MnistClassif
                 "compute them with reference_stats(classifier)"
             )
         return reference
+    if not isinstance(reference, str):
+        raise TypeError(
+            f"reference must be 'test' or a ReferenceStats from reference_stats(), got {type(reference).__name__}"
+        )
     if reference != "test":
         raise ValueError(f"reference must be 'test' or a ReferenceStats from reference_stats(), got {reference!r}")
     return reference_stats(classifier, split="test", batch_size=batch_size)
@@ -252,7 +256,9 @@ def fid_mnist(
 
 
 def _check_n(n: object, n_max: int) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or not 2 <= n <= n_max:
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"n must be an integer between 2 and {n_max} (the MNIST training set), got {n!r}")
+    if not 2 <= n <= n_max:
         raise ValueError(f"n must be an integer between 2 and {n_max} (the MNIST training set), got {n!r}")
 
 

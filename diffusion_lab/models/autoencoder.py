@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion_lab.utils.checkpoint import PretrainedModel
+from diffusion_lab.utils.errors import check_int, check_number, check_tensor
 from diffusion_lab.utils.torch_utils import randn
 
 __all__ = [
@@ -76,12 +77,17 @@ class AutoencoderConfig:
     extra: dict = field(default_factory=dict)  # free-form notes (e.g. the recipe); not used by the network
 
     def __post_init__(self):
-        self.channels = tuple(int(c) for c in self.channels)
+        if isinstance(self.channels, str) or not isinstance(self.channels, tuple | list):
+            raise TypeError(f"channels must be a tuple with one width per level, e.g. (16, 32), got {self.channels!r}")
+        self.channels = tuple(check_int(f"channels[{i}]", c) for i, c in enumerate(self.channels))
+        for name in ("in_channels", "latent_channels", "blocks_per_level", "groups"):
+            check_int(name, getattr(self, name))
+        check_number("scaling_factor", self.scaling_factor)
         if len(self.channels) < 1:
             raise ValueError("channels needs at least one level, e.g. (16, 32)")
         if any(c % self.groups for c in self.channels):
             raise ValueError(f"every entry of channels {self.channels} must be divisible by groups={self.groups}")
-        if not isinstance(self.patch_size, int) or self.patch_size < 1:
+        if check_int("patch_size", self.patch_size, minimum=None) < 1:
             raise ValueError(f"patch_size must be a positive integer (1: no folding), got {self.patch_size!r}")
         if self.in_channels < 1 or self.latent_channels < 1 or self.blocks_per_level < 1:
             raise ValueError(
@@ -108,6 +114,7 @@ class DiagonalGaussianDistribution:
     """
 
     def __init__(self, parameters: torch.Tensor):
+        check_tensor("parameters", parameters, "(B, 2L, ...) with mean and log-variance stacked along dim 1")
         if parameters.ndim < 2 or parameters.shape[1] % 2:
             raise ValueError(
                 f"parameters must be (B, 2L, ...) with mean and log-variance stacked along dim 1, "
@@ -267,8 +274,9 @@ class AutoencoderKL(PretrainedModel):
 
     def _check_images(self, x: torch.Tensor) -> None:
         cfg = self.config
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        check_tensor("x", x, f"of images (B, {cfg.in_channels}, H, W)")
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            got = tuple(x.shape)
             raise ValueError(f"expected images x of shape (B, {cfg.in_channels}, H, W), got {got}")
         if x.shape[0] == 0:
             raise ValueError("got an empty batch (batch size 0)")
@@ -281,8 +289,9 @@ class AutoencoderKL(PretrainedModel):
 
     def _check_latents(self, z: torch.Tensor) -> None:
         L = self.config.latent_channels
-        if not isinstance(z, torch.Tensor) or z.ndim != 4 or z.shape[1] != L:
-            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        check_tensor("z", z, f"of latents (B, {L}, h, w): pass encode(x).latent_dist.sample()")
+        if z.ndim != 4 or z.shape[1] != L:
+            got = tuple(z.shape)
             raise ValueError(
                 f"expected latents z of shape (B, {L}, h, w) (latent_channels={L}), got {got}; "
                 "pass encode(x).latent_dist.sample(), not the image"

@@ -98,6 +98,7 @@ from torch import nn
 
 from diffusion_lab.models.unet import SpatialTransformer, UNet, UNetConfig, timestep_embedding
 from diffusion_lab.utils.checkpoint import PretrainedModel
+from diffusion_lab.utils.errors import check_int, check_tensor
 
 __all__ = [
     "ENCODER_MODULES",
@@ -144,12 +145,17 @@ class ControlNetConfig:
             self.unet = UNetConfig(**self.unet)
         if not isinstance(self.unet, UNetConfig):
             raise TypeError(f"unet must be a UNetConfig (or its dict), got {type(self.unet).__name__}")
-        self.conditioning_embedding_out_channels = tuple(int(c) for c in self.conditioning_embedding_out_channels)
+        widths = self.conditioning_embedding_out_channels
+        if isinstance(widths, str) or not isinstance(widths, Sequence):
+            raise TypeError(f"conditioning_embedding_out_channels must be a tuple of widths, got {widths!r}")
+        self.conditioning_embedding_out_channels = tuple(
+            check_int(f"conditioning_embedding_out_channels[{i}]", c, minimum=None) for i, c in enumerate(widths)
+        )
         if not self.conditioning_embedding_out_channels or min(self.conditioning_embedding_out_channels) < 1:
             raise ValueError(
                 f"conditioning_embedding_out_channels must be positive widths, got {self.conditioning_embedding_out_channels}"
             )
-        if not isinstance(self.conditioning_channels, int) or self.conditioning_channels < 1:
+        if check_int("conditioning_channels", self.conditioning_channels, minimum=None) < 1:
             raise ValueError(f"conditioning_channels must be a positive integer, got {self.conditioning_channels!r}")
 
     @property
@@ -259,7 +265,16 @@ class ControlNet(PretrainedModel):
 
     def _check_inputs(self, x, context, mask, pooled, cond, scale, class_labels, hint) -> None:
         cfg = self.config.unet
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != cfg.in_channels:
+        check_tensor("x", x, f"of latents (B, {cfg.in_channels}, h, w)")
+        for name, value in (
+            ("controlnet_cond", cond), ("hint", hint), ("encoder_hidden_states", context),
+            ("encoder_attention_mask", mask), ("pooled_text", pooled), ("class_labels", class_labels),
+        ):  # fmt: skip
+            if value is not None:
+                check_tensor(name, value, "(or None)")
+        if isinstance(scale, bool) or not isinstance(scale, int | float):
+            raise TypeError(f"conditioning_scale must be a number >= 0 (0 = no control), got {scale!r}")
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"expected x of shape (B, {cfg.in_channels}, h, w), got {getattr(x, 'shape', x)!r}")
         b, (h, w), f = x.shape[0], x.shape[2:], cfg.downsampling
         if b == 0 or h % f or w % f:

@@ -11,15 +11,16 @@ from diffusion_lab.maths.diffusion import q_sample
 from diffusion_lab.mnist.classifier import MnistClassifier, classify
 from diffusion_lab.models.unet import timestep_embedding
 from diffusion_lab.utils.checkpoint import PretrainedModel
+from diffusion_lab.utils.errors import check_int, check_tensor
 from diffusion_lab.utils.torch_utils import randn
 
 __all__ = ["NormalizerConfig", "EmbeddingNormalizer", "image_embedding", "noise_embedding"]
 
 
 def _check_reference_images(images: object, name: str = "image") -> torch.Tensor:
-    """A non-empty float tensor (B, 1, 28, 28) with values in [−1, 1], or a ValueError that says what to do."""
-    if not isinstance(images, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor (B, 1, 28, 28) in [-1, 1], got {type(images).__name__}")
+    """A non-empty float tensor (B, 1, 28, 28) with values in [−1, 1]; else a TypeError (not a tensor) or a
+    ValueError (shape, dtype, range) that says what to do."""
+    check_tensor(name, images, "(B, 1, 28, 28) in [-1, 1]")
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
         hint = ""
         if images.ndim == 2:
@@ -62,8 +63,7 @@ class NormalizerConfig:
     embedding_dim: int = 128
 
     def __post_init__(self):
-        if not isinstance(self.embedding_dim, int) or self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be a positive integer, got {self.embedding_dim!r}")
+        check_int("embedding_dim", self.embedding_dim)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,9 +88,9 @@ class EmbeddingNormalizer(PretrainedModel):
     @classmethod
     def fit(cls, image_embeds: torch.Tensor) -> EmbeddingNormalizer:
         """μ and σ (unbiased) of ``image_embeds`` (N ≥ 2, D), per feature; σ is floored at 1e-6."""
-        if not isinstance(image_embeds, torch.Tensor) or image_embeds.ndim != 2 or image_embeds.shape[0] < 2:
-            got = tuple(image_embeds.shape) if isinstance(image_embeds, torch.Tensor) else type(image_embeds).__name__
-            raise ValueError(f"fit needs embeddings of shape (N >= 2, D), got {got}")
+        check_tensor("image_embeds", image_embeds, "of shape (N >= 2, D) from image_embedding()")
+        if image_embeds.ndim != 2 or image_embeds.shape[0] < 2:
+            raise ValueError(f"fit needs embeddings of shape (N >= 2, D), got {tuple(image_embeds.shape)}")
         norm = cls(NormalizerConfig(embedding_dim=int(image_embeds.shape[1])))
         f = image_embeds.detach().double()
         with torch.no_grad():
@@ -100,9 +100,9 @@ class EmbeddingNormalizer(PretrainedModel):
 
     def _check(self, embeds: torch.Tensor) -> None:
         d = self.config.embedding_dim
-        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 2 or embeds.shape[1] != d:
-            got = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
-            raise ValueError(f"embeddings must have shape (B, {d}), got {got}")
+        check_tensor("embeddings", embeds, f"of shape (B, {d})")
+        if embeds.ndim != 2 or embeds.shape[1] != d:
+            raise ValueError(f"embeddings must have shape (B, {d}), got {tuple(embeds.shape)}")
 
     def scale(self, embeds: torch.Tensor) -> torch.Tensor:
         """u = (f − μ) / σ: (B, D) → (B, D)."""
@@ -123,7 +123,7 @@ def _check_noise_level(noise_level: object, num_levels: int) -> None:
     elif isinstance(noise_level, int) and not isinstance(noise_level, bool):
         lo = hi = noise_level
     else:
-        raise ValueError(f"noise_level must be an integer in [0, {num_levels - 1}], got {noise_level!r}")
+        raise TypeError(f"noise_level must be an integer in [0, {num_levels - 1}], got {noise_level!r}")
     if lo < 0 or hi >= num_levels:
         raise ValueError(
             f"noise_level must be between 0 and {num_levels - 1} inclusive (the noising schedule has {num_levels} "
@@ -147,9 +147,9 @@ def noise_embedding(
     computation as diffusers' ``StableUnCLIPImg2ImgPipeline.noise_image_embeddings``. ``noise_level``: one int for
     the batch or a (B,) integer tensor (training draws one per example); ``noise`` (B, D) replaces the draw of ε.
     """
-    if not isinstance(image_embeds, torch.Tensor) or image_embeds.ndim != 2 or image_embeds.shape[0] == 0:
-        got = tuple(image_embeds.shape) if isinstance(image_embeds, torch.Tensor) else type(image_embeds).__name__
-        raise ValueError(f"image_embeds must be a non-empty (B, D) tensor, got {got}")
+    check_tensor("image_embeds", image_embeds, "(B, D) from image_embedding()")
+    if image_embeds.ndim != 2 or image_embeds.shape[0] == 0:
+        raise ValueError(f"image_embeds must be a non-empty (B, D) tensor, got {tuple(image_embeds.shape)}")
     b, d = image_embeds.shape
     _check_noise_level(noise_level, len(aug_alphas_cumprod))
     k = torch.as_tensor(noise_level, device=image_embeds.device).long().reshape(-1).expand(b)  # (B,)

@@ -60,6 +60,7 @@ from torch import nn
 
 from diffusion_lab.models.unet import timestep_embedding
 from diffusion_lab.utils.checkpoint import PretrainedModel
+from diffusion_lab.utils.errors import check_int, check_tensor
 
 __all__ = [
     "SD3_MEDIUM_DIFFUSERS",
@@ -95,7 +96,7 @@ class MMDiTConfig:
     def __post_init__(self):
         for name in ("in_channels", "out_channels", "sample_size", "patch_size", "depth", "hidden_size", "num_heads"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if check_int(name, value, minimum=None) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
@@ -292,6 +293,7 @@ class MMDiT(PretrainedModel):
 
     def _check(self, x, timestep, text, pooled, mask) -> None:
         cfg = self.config
+        check_tensor("x", x, f"of latents (B, {cfg.in_channels}, H, W)")
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"expected latents (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
         H, W = x.shape[2:]
@@ -302,12 +304,21 @@ class MMDiT(PretrainedModel):
             )
         if H > cfg.sample_size or W > cfg.sample_size:
             raise ValueError(f"latent size {H}x{W} exceeds the model's sample_size {cfg.sample_size}")
+        if isinstance(timestep, bool) or not isinstance(timestep, torch.Tensor | int | float):
+            raise TypeError(f"timestep must be a number or a tensor of flow times in [0, 1], got {timestep!r}")
         t = torch.as_tensor(timestep)
         if t.numel() not in (1, x.shape[0]) or not bool(((t >= 0) & (t <= 1)).all()):
             raise ValueError(
                 f"timestep must be the flow time t in [0, 1] (one, or one per sample), got {t.tolist()}; "
                 "divide a scheduler's timesteps (0..1000) by num_train_timesteps"
             )
+        for name, value in (
+            ("encoder_hidden_states", text),
+            ("pooled_projections", pooled),
+            ("encoder_attention_mask", mask),
+        ):
+            if value is not None:
+                check_tensor(name, value, "(or None)")
         if cfg.joint_attention_dim:
             if text is None or text.ndim != 3 or text.shape[2] != cfg.joint_attention_dim:
                 got = None if text is None else tuple(text.shape)

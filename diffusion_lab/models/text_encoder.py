@@ -16,7 +16,7 @@ from torch import nn
 
 from diffusion_lab.mnist.captions import ATTRIBUTE_WORDS, DIGIT_NAMES, PLACEHOLDER_PATTERN, _split_words, is_placeholder
 from diffusion_lab.utils.checkpoint import PretrainedModel, write_json_atomic
-from diffusion_lab.utils.errors import FileError
+from diffusion_lab.utils.errors import FileError, check_int, check_number, check_tensor
 
 __all__ = ["BatchEncoding", "TextEncoder", "TextEncoderConfig", "TextEncoderOutput", "WordTokenizer"]
 
@@ -58,6 +58,10 @@ class WordTokenizer:
     pad_token_id, unk_token_id, bos_token_id, eos_token_id = range(4)
 
     def __init__(self, vocab: Sequence[str], model_max_length: int = 77):
+        if isinstance(vocab, str) or not isinstance(vocab, Sequence) or not all(isinstance(w, str) for w in vocab):
+            raise TypeError(
+                f"vocab must be a list of words (strings), e.g. WordTokenizer.from_texts(captions), got {vocab!r:.80}"
+            )
         vocab = list(vocab)
         if tuple(vocab[:4]) != SPECIAL_TOKENS:
             raise ValueError(f"vocab must start with the special tokens {list(SPECIAL_TOKENS)}, got {vocab[:4]}")
@@ -68,10 +72,7 @@ class WordTokenizer:
             raise ValueError(
                 f"vocab words must be lower-case letters and digits only (or an added token like '<my-token>'), got {bad[:5]}"
             )
-        if not isinstance(model_max_length, int) or model_max_length < 2:
-            raise ValueError(
-                f"model_max_length must be an integer >= 2 (room for <bos> and <eos>), got {model_max_length!r}"
-            )
+        check_int("model_max_length (room for <bos> and <eos>)", model_max_length, minimum=2)
         self.vocab = vocab  # id → word
         self.token_to_id = {w: i for i, w in enumerate(vocab)}
         self.model_max_length = model_max_length
@@ -130,7 +131,9 @@ class WordTokenizer:
 
     def _encode(self, texts: list[str], max_length: int | None, truncation: bool) -> list[list[int]]:
         max_length = self.model_max_length if max_length is None else max_length
-        if not isinstance(max_length, int) or max_length < 2:
+        if isinstance(max_length, bool) or not isinstance(max_length, int):
+            raise TypeError(f"max_length must be an integer >= 2 (room for <bos> and <eos>), got {max_length!r}")
+        if max_length < 2:
             raise ValueError(f"max_length must be an integer >= 2 (room for <bos> and <eos>), got {max_length!r}")
         unknown: set[str] = set()
         out = []
@@ -239,8 +242,15 @@ class WordTokenizer:
         except ValueError as e:
             raise FileError(f"{path} is not valid JSON (truncated?): {e}") from e
         if not isinstance(obj, dict) or obj.get("format") != _TOKENIZER_FORMAT:
-            raise FileError(f"{path} is not a diffusion_lab word tokenizer")
-        return cls(obj["vocab"], model_max_length=obj["model_max_length"])
+            raise FileError(
+                f"{path} is not a diffusion_lab word tokenizer: write it with WordTokenizer.save_pretrained"
+            )
+        try:
+            return cls(obj["vocab"], model_max_length=obj["model_max_length"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise FileError(
+                f"{path} is damaged ({type(e).__name__}: {e}): write it again with WordTokenizer.save_pretrained"
+            ) from e
 
 
 @dataclass
@@ -262,16 +272,17 @@ class TextEncoderConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_ratio", "max_position"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            check_int(name, getattr(self, name))
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         if self.max_position < 2:
             raise ValueError(f"max_position must be >= 2 (room for <bos> and <eos>), got {self.max_position}")
-        if self.projection_dim is not None and (not isinstance(self.projection_dim, int) or self.projection_dim < 1):
-            raise ValueError(f"projection_dim must be None or a positive integer, got {self.projection_dim!r}")
-        if not 0.0 <= self.dropout < 1.0:
+        if self.projection_dim is not None:
+            check_int("projection_dim (None for no projection)", self.projection_dim)
+        check_number("dropout", self.dropout, minimum=0.0)
+        for name in ("pad_token_id", "eos_token_id"):
+            check_int(name, getattr(self, name), minimum=0)
+        if not self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         for name in ("pad_token_id", "eos_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
@@ -372,7 +383,8 @@ class TextEncoder(PretrainedModel):
         transformers' method of the same name: old rows are kept, new rows start at the mean of the old ones
         (a neutral word; textual inversion then overwrites its row). ``config.vocab_size`` follows."""
         old = self.token_embedding
-        if not isinstance(new_num_tokens, int) or new_num_tokens < old.num_embeddings:
+        check_int("new_num_tokens", new_num_tokens)
+        if new_num_tokens < old.num_embeddings:
             raise ValueError(
                 f"new_num_tokens must be an integer >= the current vocab_size {old.num_embeddings} (rows are only "
                 f"added, never removed), got {new_num_tokens!r}"
@@ -388,8 +400,7 @@ class TextEncoder(PretrainedModel):
 
     def _check_inputs(self, input_ids: object, attention_mask: object) -> None:
         cfg = self.config
-        if not isinstance(input_ids, torch.Tensor):
-            raise TypeError(f"input_ids must be a (B, L) tensor from the tokenizer, got {type(input_ids).__name__}")
+        check_tensor("input_ids", input_ids, "(B, L) of token ids from the tokenizer")
         if input_ids.ndim != 2 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
             raise ValueError(
                 f"input_ids must be a (B, L) integer tensor, got dtype {input_ids.dtype} shape {tuple(input_ids.shape)}"
@@ -413,12 +424,9 @@ class TextEncoder(PretrainedModel):
                 f"every row of input_ids needs an <eos> (id {cfg.eos_token_id}): tokenize with the tokenizer, which appends it"
             )
         if attention_mask is not None:
-            if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
-                got = (
-                    tuple(attention_mask.shape)
-                    if isinstance(attention_mask, torch.Tensor)
-                    else type(attention_mask).__name__
-                )
+            check_tensor("attention_mask", attention_mask, f"shaped like input_ids {(b, l)} (or None)")
+            if attention_mask.shape != input_ids.shape:
+                got = tuple(attention_mask.shape)
                 raise ValueError(f"attention_mask must be a tensor shaped like input_ids {(b, l)}, got {got}")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TextEncoderOutput:

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion_lab.utils.checkpoint import PretrainedModel
+from diffusion_lab.utils.errors import check_int, check_number, check_tensor
 
 __all__ = ["CrossAttention", "SpatialTransformer", "UNet", "UNetConfig", "record_attention", "timestep_embedding"]
 
@@ -73,21 +74,25 @@ class UNetConfig:
     extra: dict = field(default_factory=dict)  # free-form notes (e.g. the recipe); not used by the network
 
     def __post_init__(self):
-        self.channels = tuple(int(c) for c in self.channels)
+        for name in ("channels", "attention_levels"):
+            if isinstance(getattr(self, name), str) or not isinstance(getattr(self, name), Sequence):
+                raise TypeError(f"{name} must be a tuple with one entry per level, got {getattr(self, name)!r}")
+        self.channels = tuple(check_int(f"channels[{i}]", c) for i, c in enumerate(self.channels))
         self.attention_levels = tuple(bool(a) for a in self.attention_levels)
+        for name in ("in_channels", "out_channels", "time_embed_dim", "groups", "heads", "patch_size"):
+            if check_int(name, getattr(self, name), minimum=None) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_int("blocks_per_level", self.blocks_per_level, minimum=0)
+        check_number("dropout", self.dropout, minimum=0.0, maximum=1.0)
         if len(self.channels) < 1 or len(self.attention_levels) != len(self.channels):
             raise ValueError(
                 f"attention_levels needs one entry per level ({len(self.channels)}), got {len(self.attention_levels)}"
             )
         if any(c % self.groups for c in self.channels):
             raise ValueError(f"every entry of channels {self.channels} must be divisible by groups={self.groups}")
-        if self.patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
-        if self.num_classes is not None and self.num_classes < 1:
-            raise ValueError(f"num_classes must be None or >= 1, got {self.num_classes}")
-        for name in ("cross_attention_dim", "pooled_dim"):
+        for name in ("num_classes", "cross_attention_dim", "pooled_dim"):
             value = getattr(self, name)
-            if value is not None and value < 1:
+            if value is not None and check_int(name, value, minimum=None) < 1:
                 raise ValueError(f"{name} must be None or >= 1, got {value}")
 
     @property
@@ -361,6 +366,7 @@ class UNet(PretrainedModel):
 
     def _check_inputs(self, x: torch.Tensor, class_labels: torch.Tensor | None) -> None:
         cfg = self.config
+        check_tensor("x", x, f"of shape (B, {cfg.in_channels}, H, W)")
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"expected x of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[0] == 0:
@@ -374,6 +380,7 @@ class UNet(PretrainedModel):
         if class_labels is not None:
             if cfg.num_classes is None:
                 raise ValueError("this U-Net is unconditional (num_classes=None): do not pass class_labels")
+            check_tensor("class_labels", class_labels, f"of shape ({x.shape[0]},) holding digits")
             if class_labels.shape != (x.shape[0],):
                 raise ValueError(f"class_labels must have shape ({x.shape[0]},), got {tuple(class_labels.shape)}")
             if class_labels.min() < 0 or class_labels.max() > cfg.num_classes:
@@ -422,6 +429,9 @@ class UNet(PretrainedModel):
                     "this U-Net attends to text: pass encoder_hidden_states (B, L, "
                     f"{cfg.cross_attention_dim}) (the encoding of the empty prompt for unconditional predictions)"
                 )
+            check_tensor("encoder_hidden_states", context, f"of shape ({b}, L, {cfg.cross_attention_dim})")
+            if mask is not None:
+                check_tensor("encoder_attention_mask", mask, "of shape (B, L) (or None)")
             if context.ndim != 3 or context.shape[0] != b or context.shape[2] != cfg.cross_attention_dim:
                 raise ValueError(
                     f"encoder_hidden_states must have shape ({b}, L, {cfg.cross_attention_dim}), "
@@ -434,7 +444,9 @@ class UNet(PretrainedModel):
         if cfg.pooled_dim is None:
             if pooled is not None:
                 raise ValueError("this U-Net takes no pooled text (pooled_dim=None): do not pass pooled_text")
-        elif pooled is None or pooled.shape != (b, cfg.pooled_dim):
+        elif pooled is not None:
+            check_tensor("pooled_text", pooled, f"of shape ({b}, {cfg.pooled_dim})")
+        if cfg.pooled_dim is not None and (pooled is None or pooled.shape != (b, cfg.pooled_dim)):
             got = None if pooled is None else tuple(pooled.shape)
             raise ValueError(f"pooled_text must have shape ({b}, {cfg.pooled_dim}), got {got}")
 

@@ -178,29 +178,43 @@ def save_checkpoint(
 
 def load_config(directory: str | os.PathLike) -> dict:
     """The ``config.json`` of a checkpoint folder, with a clear error if it is missing or unreadable."""
+    _check_path("directory", directory)
     path = Path(directory) / "config.json"
     if not path.is_file():
-        raise FileError(f"no checkpoint at {Path(directory)}: {path.name} is missing")
+        raise FileError(
+            f"no checkpoint at {Path(directory)}: {path.name} is missing (pass the folder written by save_pretrained)"
+        )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
-        raise FileError(f"{path} is not valid JSON (truncated?): {e}") from e
-    if config.get("format") != FORMAT:
-        raise FileError(f"{path} is not a diffusion_lab checkpoint (format {config.get('format')!r})")
+        raise FileError(f"{path} is not valid JSON (truncated?): {e}; save the checkpoint again") from e
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if fmt != FORMAT:
+        raise FileError(
+            f"{path} is not a diffusion_lab checkpoint (format {fmt!r}); pass a folder written by save_pretrained"
+        )
     return config
+
+
+def _check_path(name: str, path: object) -> None:
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"{name} must be a path (str or pathlib.Path), got {type(path).__name__}")
 
 
 def _read(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise FileError(f"checkpoint file {path} is missing")
+        raise FileError(f"checkpoint file {path} is missing: save the checkpoint again, or pass the right folder")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise FileError(f"cannot read {path} (truncated or not safetensors): {e}") from e
+        raise FileError(f"cannot read {path} (truncated or not safetensors): {e}; save the checkpoint again") from e
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
     """Load a safetensors file into ``model``; any missing, unexpected or mis-shaped key is an error naming it."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module to load weights into, got {type(model).__name__}")
+    _check_path("path", path)
     path = Path(path)
     state = _read(path)
     own = model.state_dict()
@@ -237,10 +251,22 @@ def load_model(
     ``model_class`` is passed explicitly (e.g. ``UNet``); it must take its config dataclass as only argument and
     expose it as ``model_class.config_class`` or through the ``config`` annotation of its constructor.
     """
+    if not isinstance(model_class, type) or not hasattr(model_class, "config_class"):
+        raise TypeError(f"model_class must be a model class such as UNet, got {model_class!r}")
     config = load_config(directory)
-    if config["model_class"] != model_class.__name__:
-        raise FileError(f"{directory} holds a {config['model_class']}, not a {model_class.__name__}")
-    model = model_class(model_class.config_class(**config["model_config"]))
+    if config.get("model_class") != model_class.__name__:
+        raise FileError(
+            f"{directory} holds a {config.get('model_class')}, not a {model_class.__name__}: "
+            f"load it with {config.get('model_class')}.from_pretrained"
+        )
+    try:
+        model_config = model_class.config_class(**config["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise FileError(
+            f"{Path(directory) / 'config.json'} has no valid model_config for {model_class.__name__} "
+            f"({type(e).__name__}: {e}); save the checkpoint again"
+        ) from e
+    model = model_class(model_config)
     weights = Path(directory) / (
         "ema.safetensors" if use_ema and (Path(directory) / "ema.safetensors").is_file() else "model.safetensors"
     )
@@ -266,13 +292,26 @@ def load_training_state(
     try:
         state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise FileError(f"cannot read {directory / 'state.json'}: {e}") from e
-    if optimizer is not None:
-        optimizer.load_state_dict(_optimizer_from_safe(tensors, state["optimizer"]))
-    torch.set_rng_state(tensors["rng.torch"])
-    if generator is not None:
-        generator.set_state(tensors["rng.generator"])
-    return int(state["step"])
+        raise FileError(
+            f"cannot read {directory / 'state.json'}: {e}; this checkpoint cannot resume training (load_model still "
+            "loads its weights)"
+        ) from e
+    try:
+        optimizer_state = _optimizer_from_safe(tensors, state["optimizer"]) if optimizer is not None else None
+        rng = tensors["rng.torch"]
+        generator_state = tensors["rng.generator"] if generator is not None else None
+        step = int(state["step"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise FileError(
+            f"{directory} lacks the training state asked for ({type(e).__name__}: {e}): it was saved without the "
+            "optimizer or generator; resume without them or from another checkpoint"
+        ) from e
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    torch.set_rng_state(rng)
+    if generator_state is not None:
+        generator.set_state(generator_state)
+    return step
 
 
 class PretrainedModel(torch.nn.Module):

@@ -16,7 +16,9 @@ Every message names the argument, says what it got and what to do instead.
 
 from __future__ import annotations
 
-__all__ = ["FileError", "check_choice", "check_int", "check_number"]
+import torch
+
+__all__ = ["FileError", "check_choice", "check_int", "check_number", "check_tensor"]
 
 
 class FileError(OSError):
@@ -55,3 +57,11 @@ def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     """``ValueError`` naming the parameter and its allowed values if ``value`` is not one of them."""
     if value not in allowed:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def check_tensor(name: str, value: object, expected: str) -> torch.Tensor:
+    """``value`` itself if it is a ``torch.Tensor``, else ``TypeError`` naming ``expected`` (e.g. ``"(B, 1, 28, 28)
+    in [-1, 1]"``). Shape, dtype and range are the caller's ``ValueError`` checks."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {expected}, got {type(value).__name__}")
+    return value
