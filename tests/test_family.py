@@ -146,7 +146,7 @@ def test_svd_frames_and_frame_count_checks(loaded, tmp_path):
         family.check_num_frames(trained + 1, pipe.unet)
     with pytest.raises(ValueError, match="at least 2 frames"):
         family.check_num_frames(1, pipe.unet)
-    with pytest.raises(ValueError, match="must be an integer"):
+    with pytest.raises(TypeError, match="must be an integer"):  # a float is the wrong type (the error convention)
         family.check_num_frames(2.5, pipe.unet.config)
     with pytest.raises(ValueError, match="decode_chunk_size=4.*from 1 to num_frames=3"):
         family.check_num_frames(3, pipe.unet, decode_chunk_size=4)

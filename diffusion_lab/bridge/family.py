@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import numbers
 import os
 import tempfile
 from collections.abc import Sequence
@@ -65,6 +66,7 @@ from PIL import Image, ImageDraw
 from diffusion_lab.bridge import hub
 from diffusion_lab.bridge.generate import count_parameters
 from diffusion_lab.bridge.tiny import tiny_sd15_controlnet, tiny_sd_upscaler, tiny_svd, tiny_unclip
+from diffusion_lab.utils.errors import check_int, check_number
 
 __all__ = [
     "CONTROLNET_IDS",
@@ -237,11 +239,14 @@ def conditioning_facts(pipe) -> list[ConditioningFact]:
 
 
 def _positive_pair(name: str, hw) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in hw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a (height, width) pair of integers, got {hw!r}") from None
-    if h <= 0 or w <= 0 or (h, w) != tuple(hw):
+    if isinstance(hw, str) or not isinstance(hw, Sequence):
+        raise TypeError(f"{name} must be a (height, width) pair of integers, got {hw!r}")
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in hw):
+        raise TypeError(f"{name} must be a (height, width) pair of integers, got {hw!r}")
+    if len(hw) != 2:
+        raise ValueError(f"{name} must be a (height, width) pair of integers, got {hw!r}")
+    h, w = (int(v) for v in hw)
+    if h <= 0 or w <= 0:
         raise ValueError(f"{name} must be positive integers, got {hw!r}")
     return h, w
 
@@ -250,8 +255,8 @@ def check_upscale_sizes(low_res_hw, target_hw, factor: int, *, multiple: int = 1
     """A low-res image of (h, w) upscales by exactly ``factor`` to (f·h, f·w): the target must be that. ``multiple``:
     what the low-res sides must be multiples of — ``StableDiffusionUpscalePipeline`` silently resizes its input
     *down* to multiples of its ``vae_scale_factor`` (a 30×30 image becomes 28×28, the output 112×112, not 120×120)."""
-    if not isinstance(factor, int) or factor < 1 or not isinstance(multiple, int) or multiple < 1:
-        raise ValueError(f"factor and multiple must be positive integers, got factor={factor!r}, multiple={multiple!r}")
+    check_int("factor", factor)
+    check_int("multiple", multiple)
     (h, w), (th, tw) = _positive_pair("low_res_hw", low_res_hw), _positive_pair("target_hw", target_hw)
     if th % factor or tw % factor:
         raise ValueError(
@@ -291,6 +296,8 @@ def check_control_image(control, height: int, width: int, channels: int = 3) -> 
     """The control map must have the output's size and the ControlNet's ``conditioning_channels``: diffusers
     resizes a map of another size to (height, width) without a word (edges get blurred and shifted) and fails deep
     inside a convolution on a wrong channel count. A list (one map per prompt) is checked item by item."""
+    for name, value in (("height", height), ("width", width), ("channels", channels)):
+        check_int(name, value)
     for item in control if isinstance(control, list | tuple) else [control]:
         c, h, w = _chw(item)
         if (h, w) != (height, width):
@@ -315,7 +322,7 @@ def check_num_frames(num_frames: int, unet, decode_chunk_size: int | None = None
     config = getattr(unet, "config", unet)
     trained = int(config.num_frames)
     if isinstance(num_frames, bool) or not isinstance(num_frames, int):
-        raise ValueError(f"num_frames must be an integer, got {num_frames!r}")
+        raise TypeError(f"num_frames must be an integer, got {num_frames!r}")
     if num_frames < 2:
         raise ValueError(
             f"num_frames={num_frames}: a video needs at least 2 frames (the temporal layers mix frames); for one "
@@ -327,15 +334,16 @@ def check_num_frames(num_frames: int, unet, decode_chunk_size: int | None = None
             f"its temporal attention has never seen frame {trained} or later. Generate {trained} frames and chain "
             "another clip from the last frame, or use a model trained on longer clips (SVD-XT: 25)"
         )
-    if decode_chunk_size is not None and (
-        isinstance(decode_chunk_size, bool)
-        or not isinstance(decode_chunk_size, int)
-        or not 1 <= decode_chunk_size <= num_frames
-    ):
-        raise ValueError(
-            f"decode_chunk_size={decode_chunk_size!r} must be an integer from 1 to num_frames={num_frames} (frames "
-            "decoded together: fewer = less memory, more flicker at chunk borders)"
-        )
+    if decode_chunk_size is None:
+        return
+    message = (
+        f"decode_chunk_size={decode_chunk_size!r} must be an integer from 1 to num_frames={num_frames} (frames "
+        "decoded together: fewer = less memory, more flicker at chunk borders)"
+    )
+    if isinstance(decode_chunk_size, bool) or not isinstance(decode_chunk_size, int):
+        raise TypeError(message)
+    if not 1 <= decode_chunk_size <= num_frames:
+        raise ValueError(message)
 
 
 def toy_scene(height: int = 64, width: int = 64, seed: int = 0) -> Image.Image:
@@ -403,6 +411,8 @@ def canny_edges(image, low: float = 100, high: float = 200, *, use_opencv: bool 
     3 equal channels in {0, 1}). ``low``/``high``: the hysteresis thresholds on OpenCV's 0..255 gradient scale.
     ``use_opencv``: ``cv2.Canny`` (what diffusers' examples use) or the pure-torch version above; default: OpenCV when
     it is installed. The two follow the same algorithm; pixels on ties may differ."""
+    check_number("low", low)
+    check_number("high", high)
     if high < low or low < 0:
         raise ValueError(f"need 0 <= low <= high, got low={low}, high={high}")
     is_pil = isinstance(image, Image.Image)
@@ -446,7 +456,10 @@ def frames_to_tensor(frames) -> torch.Tensor:
     elif isinstance(frames, torch.Tensor) and frames.ndim == 4 and frames.shape[1] == 3:
         x = frames.detach().float().cpu()
     else:
-        raise ValueError(
+        right_type = isinstance(frames, np.ndarray | torch.Tensor) or (
+            isinstance(frames, list | tuple) and all(isinstance(f, Image.Image) for f in frames)
+        )
+        raise (ValueError if right_type else TypeError)(
             "frames must be a list of PIL images, an (N, H, W, 3) array or an (N, 3, H, W) tensor in [0, 1] — one "
             f"video (out.frames[0]), got {type(frames).__name__} {getattr(frames, 'shape', '')}"
         )
@@ -456,6 +469,7 @@ def frames_to_tensor(frames) -> torch.Tensor:
 def frames_to_gif(frames, path: str | os.PathLike, fps: float = 7.0) -> Path:
     """Write the frames (any form :func:`frames_to_tensor` takes) as a looping GIF at ``fps`` frames per second,
     atomically: into a temporary file next to ``path``, renamed into place (no half-written file, ever)."""
+    check_number("fps", fps)
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     x = frames_to_tensor(frames)  # (N, 3, H, W) in [−1, 1]

@@ -13,6 +13,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffusion_lab.bridge.hub import COMPONENT_IDS, Environment
 from diffusion_lab.maths.guidance import cfg_combine
+from diffusion_lab.utils.errors import check_int
 
 __all__ = [
     "count_parameters",
@@ -75,8 +76,13 @@ def count_parameters(module: torch.nn.Module | None) -> int:
 
 def check_size(height: int, width: int, factor: int) -> None:
     """Height and width must be positive multiples of ``factor`` (the VAE's f, times the patch size for an MMDiT)."""
+    check_int("factor", factor)
     for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or value <= 0 or value % factor:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(
+                f"{name} must be a positive integer multiple of {factor}, got {value!r} ({type(value).__name__})"
+            )
+        if value <= 0 or value % factor:
             fixed = max(factor, round(value / factor) * factor) if isinstance(value, (int, float)) else factor
             raise ValueError(
                 f"{name}={value!r} must be a positive multiple of {factor} (the latent factor of this model); "
@@ -184,8 +190,7 @@ def sdxl_generate(
     output_type: str = "pil",
 ):
     """``StableDiffusionXLPipeline.__call__`` for one prompt, written out (same seed and scheduler → same image)."""
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    check_int("num_inference_steps", num_inference_steps)
     f = pipe.vae_scale_factor
     height, width = height or pipe.default_sample_size * f, width or pipe.default_sample_size * f
     check_size(height, width, f)
@@ -262,8 +267,7 @@ def sd3_generate(
 ):
     """``StableDiffusion3Pipeline.__call__`` for one prompt, written out: flow-match Euler (shift in the scheduler),
     CFG on velocities, decode z/s + shift."""
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    check_int("num_inference_steps", num_inference_steps)
     f = pipe.vae_scale_factor
     height, width = height or pipe.default_sample_size * f, width or pipe.default_sample_size * f
     check_size(height, width, f * pipe.transformer.config.patch_size)

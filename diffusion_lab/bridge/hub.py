@@ -319,6 +319,8 @@ def tiny_pipeline_path(key: str, cache_dir: str | Path | None = None) -> Path:
 
 
 def _card(key: str) -> ModelCard:
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a model name (a string), one of {sorted(MODELS)}; got {type(key).__name__}")
     if key not in MODELS:
         raise ValueError(f"unknown model {key!r}; choose one of {sorted(MODELS)}")
     return MODELS[key]
