@@ -19,7 +19,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diffusion_lab"
 LAYERS = ("utils", "maths", "mnist", "schedulers", "models", "pipelines", "training", "bridge", "course", "")
 HEAVY = ("diffusers", "transformers", "peft")
 # modules below the bridge allowed to import a heavy library at module level, with the reason
-HEAVY_ALLOWED: dict[str, str] = {}
+HEAVY_ALLOWED: dict[str, str] = {
+    "diffusion_lab.schedulers.scheduling_utils": "our schedulers are diffusers schedulers (SchedulerMixin, ConfigMixin), "
+    "so a diffusers pipeline saves and loads them",
+    "diffusion_lab.schedulers.scheduling_ddpm": "register_to_config on the constructor (see scheduling_utils)",
+    "diffusion_lab.schedulers.scheduling_ddim": "register_to_config on the constructor (see scheduling_utils)",
+    "diffusion_lab.schedulers.scheduling_flow_match_euler_discrete": "a diffusers SchedulerMixin + ConfigMixin with "
+    "register_to_config (see scheduling_utils)",
+}
 MAX_LINES = 600
 LONG_REASON = "Longer than 600 lines:"  # a module over MAX_LINES states why in its docstring, after these words
 LAZY_REASON = "# lazy:"  # a function-level import says why on its own line

@@ -14,6 +14,7 @@ code               symbol       meaning (paper, equation)
                                 Distillation", §4 and Appendix D)
 ``sigma``          σ_t          std of the noise a sampler step adds (DDIM Eq. 16)
 ``eta``            η            0 = deterministic DDIM, 1 = DDPM's posterior variance (DDIM §4.1)
+``ratio``, ``s``   p, s         dynamic thresholding: s = clamp(p-quantile of |x̂_0|, 1, s_max) (Imagen §2.3)
 =================  ===========  ===============================================================
 
 Indexing convention: code index t = 0..T−1 is the paper's step t+1 (as in diffusers). A sampler may skip
@@ -42,6 +43,7 @@ __all__ = [
     "eps_from_v",
     "velocity",
     "predict_x0_and_eps",
+    "dynamic_threshold",
     "ddpm_posterior",
     "ddpm_step",
     "ddim_sigma",
@@ -119,6 +121,35 @@ def predict_x0_and_eps(
     if prediction_type == "sample":
         return model_output, eps_from_x0(x_t, model_output, ab_t)
     return x0_from_v(x_t, model_output, ab_t), eps_from_v(x_t, model_output, ab_t)
+
+
+def dynamic_threshold(x0: torch.Tensor, ratio: float = 0.995, max_value: float = 1.0) -> torch.Tensor:
+    """Imagen's dynamic thresholding of x̂_0 (Saharia et al. 2022, "Photorealistic Text-to-Image Diffusion Models
+    with Deep Language Understanding", §2.3), diffusers' ``_threshold_sample``:
+
+        s = clamp(quantile_p(|x̂_0|), 1, s_max)    per sample, over all its pixels
+        x̂_0 ← clamp(x̂_0, −s, s) / s
+
+    With s = 1 (no pixel beyond ±1 at the p-quantile) it is plain clipping to [−1, 1]; otherwise saturated pixels are
+    pulled inwards, which keeps large guidance weights from burning the image. s_max < 1 makes s = s_max (as torch's
+    clamp does when min > max). Computed in float32 (half precision
+    is upcast, as diffusers does) and returned in the dtype of ``x0``. (B, ...) → (B, ...).
+    """
+    if not 0 < ratio <= 1:
+        raise ValueError(
+            f"dynamic_thresholding_ratio must be in (0, 1] (the quantile p; Imagen uses 0.995), got {ratio}"
+        )
+    if not max_value > 0:
+        raise ValueError(
+            f"sample_max_value must be > 0 (the largest threshold s_max; 1 = plain clipping), got {max_value}"
+        )
+    dtype, shape = x0.dtype, x0.shape
+    x = x0 if dtype in (torch.float32, torch.float64) else x0.float()  # quantile and clamp need float32 on the CPU
+    x = x.reshape(shape[0], -1)  # (B, N): one threshold per sample
+    s = torch.quantile(x.abs(), ratio, dim=1)  # (B,) the p-quantile of |x̂_0|
+    s = torch.clamp(s, min=1, max=max_value).unsqueeze(1)  # (B, 1); s = 1 is plain clipping
+    x = torch.clamp(x, -s, s) / s
+    return x.reshape(shape).to(dtype)
 
 
 def ddpm_posterior(

@@ -43,6 +43,7 @@ __all__ = [
     "snr",
     "snr_db",
     "inference_timesteps",
+    "custom_timesteps",
 ]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -143,3 +144,26 @@ def inference_timesteps(
     # indexes ᾱ[-1]. We keep diffusers' values (same rounding, ties to even) but only the first n of them.
     ratio = T / n
     return np.round(np.arange(T, 0, -ratio)).astype(np.int64)[:n] - 1
+
+
+def custom_timesteps(timesteps, num_train_timesteps: int = 1000) -> np.ndarray:
+    """Timesteps chosen by hand (``set_timesteps(timesteps=[...])``), checked as diffusers checks them: strictly
+    decreasing and below T; also integers and ≥ 0 (diffusers lets −1 index ᾱ[−1]). Returns int64, shape (n,)."""
+    if isinstance(timesteps, torch.Tensor):
+        if timesteps.is_floating_point():
+            raise TypeError(f"timesteps must be integers (training steps 0..T−1), got a {timesteps.dtype} tensor")
+        timesteps = timesteps.cpu().tolist()
+    values = list(timesteps)
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+    if bad:
+        raise TypeError(f"timesteps must be integers (training steps 0..T−1), got {bad[:3]}")
+    if not values:
+        raise ValueError("timesteps must not be empty")
+    ts = np.asarray(values, dtype=np.int64)
+    if ts.ndim != 1 or (len(ts) > 1 and not bool((np.diff(ts) < 0).all())):
+        raise ValueError(f"custom timesteps must be in descending order, got {values}")
+    if ts[0] >= num_train_timesteps or ts[-1] < 0:
+        raise ValueError(
+            f"custom timesteps must lie in [0, {num_train_timesteps - 1}] (num_train_timesteps), got {values}"
+        )
+    return ts

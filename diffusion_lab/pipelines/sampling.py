@@ -59,7 +59,7 @@ class SampleOutput:
     """Final images and, if asked, what happened on the way (for strips, animations and widgets)."""
 
     images: torch.Tensor  # (B, C, H, W), the last x
-    timesteps: list[int] = field(default_factory=list)
+    timesteps: list[int | float] = field(default_factory=list)  # ints (DDPM, DDIM), floats T·σ (flow)
     intermediates: list[torch.Tensor] = field(default_factory=list)  # x after each step, on the CPU
     pred_x0: list[torch.Tensor] = field(default_factory=list)  # the scheduler's x̂_0 at each step, on the CPU
     network_evaluations: int = 0
@@ -89,7 +89,8 @@ def sample(
 
     Works with any scheduler that has ``set_timesteps``, ``timesteps``, ``init_noise_sigma``,
     ``scale_model_input`` and ``step(...).prev_sample`` (ours and diffusers'). The device is ``device``, else the
-    model's. ``eta`` is passed to schedulers whose ``step`` takes it (DDIM). ``callback(i, t, x)`` is called after
+    model's. ``eta`` is passed to schedulers whose ``step`` takes it (DDIM). ``return_intermediates`` keeps x and the
+    step's ``pred_original_sample`` x̂_0 (every scheduler of ours has it). ``callback(i, t, x)`` is called after
     every step. ``latents`` replaces the random start x_T (e.g. the output of :func:`ddim_invert`).
     """
     if len(shape) < 2 or shape[0] < 1:
@@ -119,7 +120,7 @@ def sample(
         x = step.prev_sample
         out.network_evaluations += 2 if (class_labels is not None and guidance_scale != 1.0) else 1
         if return_intermediates:
-            out.timesteps.append(int(t))
+            out.timesteps.append(t.item())  # int for DDPM/DDIM, float T·σ for the flow scheduler
             out.intermediates.append(x.cpu())
             out.pred_x0.append(step.pred_original_sample.cpu())
         if callback is not None:

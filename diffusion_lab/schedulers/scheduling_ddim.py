@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader finds the base class by name in the module that defines the component)
 
 from diffusion_lab.maths.diffusion import (
     ddim_sigma,
     ddim_step,
     predict_x0_and_eps,
 )
-from diffusion_lab.schedulers.scheduling_utils import SchedulerOutput, _Scheduler
+from diffusion_lab.schedulers.scheduling_utils import KARRAS_COMPATIBLES, SchedulerOutput, _Scheduler
 from diffusion_lab.utils.torch_utils import randn
 
 __all__ = ["DDIMScheduler"]
@@ -21,10 +23,14 @@ class DDIMScheduler(_Scheduler):
 
     η = 0 is deterministic (the same noise always gives the same image; few steps work well); η = 1 adds DDPM's
     posterior variance. As in diffusers, the next timestep is t − ⌊T/n⌋ for every spacing, and below 0 the
-    step uses ``final_alpha_cumprod`` (1 with ``set_alpha_to_one=True``, else ᾱ_0).
+    step uses ``final_alpha_cumprod`` (1 with ``set_alpha_to_one=True``, else ᾱ_0). With hand-picked
+    ``set_timesteps(timesteps=[...])`` (which diffusers' DDIM lacks) the next timestep is the next one in the list.
     Defaults are diffusers': linear 1e-4 → 0.02, ``clip_sample=True``, ``set_alpha_to_one=True``, ``leading``.
     """
 
+    _compatibles = KARRAS_COMPATIBLES
+
+    @register_to_config
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -43,12 +49,20 @@ class DDIMScheduler(_Scheduler):
         timestep_spacing: str = "leading",
         rescale_betas_zero_snr: bool = False,
     ) -> None:
-        self._setup({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self._setup()
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int:
-        """t − ⌊T/n⌋ (may be negative: then ``final_alpha_cumprod`` is used)."""
+        """t − ⌊T/n⌋, or the next entry of custom ``timesteps`` (may be negative: then ``final_alpha_cumprod``)."""
+        if self.custom_timesteps:
+            return self._next_in_schedule(self._index(timestep))
         return self._index(timestep) - self.config.num_train_timesteps // self.num_inference_steps
+
+    def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
+        """σ_t² at η = 1 between two timesteps (diffusers' name): (1−ᾱ_{t'})/(1−ᾱ_t)·(1 − ᾱ_t/ᾱ_{t'}) (Eq. 16)."""
+        ab_t = self.alphas_cumprod[self._index(timestep)]
+        ab_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        return ddim_sigma(ab_t, ab_prev, 1.0) ** 2
 
     def step(
         self,
@@ -64,7 +78,7 @@ class DDIMScheduler(_Scheduler):
         """One reverse step x_t → x_{t'}: (B, ...) → (B, ...).
 
         1. t' = t − ⌊T/n⌋; ᾱ_t and ᾱ_{t'} (``final_alpha_cumprod`` when t' < 0).
-        2. (x̂_0, ε̂) from the model output; x̂_0 clipped if asked (and ε̂ recomputed from it if
+        2. (x̂_0, ε̂) from the model output; x̂_0 thresholded or clipped if asked (and ε̂ recomputed from it if
            ``use_clipped_model_output``).
         3. σ_t = η·√((1−ᾱ_{t'})/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_{t'}) (Eq. 16).
         4. x_{t'} = √ᾱ_{t'}·x̂_0 + √(1−ᾱ_{t'}−σ_t²)·ε̂ + σ_t·z (Eq. 12); z only when η > 0.

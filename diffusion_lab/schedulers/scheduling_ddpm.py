@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader finds the base class by name in the module that defines the component)
 
 from diffusion_lab.maths.diffusion import (
+    ddpm_posterior,
     ddpm_step,
     predict_x0_and_eps,
 )
 from diffusion_lab.maths.schedules import (
     check_choice,
 )
-from diffusion_lab.schedulers.scheduling_utils import SchedulerOutput, _Scheduler
+from diffusion_lab.schedulers.scheduling_utils import KARRAS_COMPATIBLES, SchedulerOutput, _Scheduler
 from diffusion_lab.utils.torch_utils import randn
 
 __all__ = ["DDPMScheduler"]
@@ -27,6 +30,9 @@ class DDPMScheduler(_Scheduler):
     Defaults are diffusers': linear 1e-4 → 0.02, ``clip_sample=True``, epsilon, ``leading`` spacing.
     """
 
+    _compatibles = KARRAS_COMPATIBLES
+
+    @register_to_config
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -46,23 +52,32 @@ class DDPMScheduler(_Scheduler):
         rescale_betas_zero_snr: bool = False,
     ) -> None:
         check_choice("variance_type", variance_type, ("fixed_small", "fixed_large"))
-        self._setup({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self._setup()
         self.variance_type = variance_type
 
-    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
-        """The timestep the sampler goes to from ``timestep``: the next entry of ``timesteps`` (−1 after the
-        last one), or t − 1 before ``set_timesteps`` was called (the full chain)."""
-        t = self._index(timestep)
-        if self.num_inference_steps is None:
+    def _previous(self, t: int) -> int:
+        """The timestep the sampler goes to from ``t``: the next entry of ``timesteps`` (−1 after the last one),
+        or t − 1 before ``set_timesteps`` was called (the full chain)."""
+        if self.num_inference_steps is None and not self.custom_timesteps:
             return t - 1
-        matches = (self.timesteps.cpu() == t).nonzero(as_tuple=True)[0]
-        if len(matches) == 0:
-            raise ValueError(
-                f"timestep {t} is not one of this scheduler's timesteps {self.timesteps.tolist()}; "
-                "step with the values of scheduler.timesteps (after set_timesteps)"
-            )
-        i = int(matches[0])
-        return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
+        return self._next_in_schedule(t)
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """:meth:`_previous` typed as diffusers returns it: a 0-d tensor once a schedule is set, else t − 1."""
+        t = self._previous(self._index(timestep))
+        if self.num_inference_steps is None and not self.custom_timesteps:
+            return timestep - 1
+        return torch.tensor(t, device=self.timesteps.device)
+
+    def _get_variance(self, t: int) -> torch.Tensor:
+        """σ_t² of the step from ``t`` (diffusers' name): β̃ clamped at 1e-20 (``fixed_small``) or β'_t."""
+        t = self._index(t)
+        prev_t = self._previous(t)
+        ab_t, ab_prev = self.alphas_cumprod[t], self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+        if self.variance_type == "fixed_large":
+            return 1 - ab_t / ab_prev
+        _, posterior_var = ddpm_posterior(ab_t, ab_t, ab_t, ab_prev)  # β̃ (Eq. 7); the mean's inputs are unused here
+        return torch.clamp(posterior_var, min=1e-20)
 
     def step(
         self,
@@ -75,12 +90,13 @@ class DDPMScheduler(_Scheduler):
         """One reverse step x_t → x_{t'}: (B, ...) → (B, ...).
 
         1. ᾱ_t and ᾱ_{t'} (ᾱ = 1 before the first training step).
-        2. x̂_0 from the model output (DDPM Eq. 15 for ε; see :func:`predict_x0_and_eps`), clipped if asked.
+        2. x̂_0 from the model output (DDPM Eq. 15 for ε; see :func:`predict_x0_and_eps`), thresholded or
+           clipped if asked.
         3. Posterior mean μ̃ (Eq. 7) plus σ_t·z, z ~ N(0, I) drawn with ``generator``, except at t = 0.
         """
         self._check_step_inputs(model_output, sample)
         t = self._index(timestep)
-        prev_t = self.previous_timestep(t)
+        prev_t = self._previous(t)
         ab_t = self.alphas_cumprod[t]
         ab_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
         x0, _ = predict_x0_and_eps(model_output, sample, ab_t, self.config.prediction_type)

@@ -1,67 +1,88 @@
-"""The flow-matching Euler scheduler shaped like diffusers' ``FlowMatchEulerDiscreteScheduler``, on the pure functions of :mod:`diffusion_lab.maths.flow`."""
+"""The flow-matching Euler scheduler shaped like diffusers' ``FlowMatchEulerDiscreteScheduler`` (SD3's), a diffusers
+``SchedulerMixin`` + ``ConfigMixin`` on the pure functions of :mod:`diffusion_lab.maths.flow`.
+
+σ ∈ [0, 1] is the flow time (1 = noise), ``timesteps`` = T·σ; each step is x_{σ'} = x_σ + (σ' − σ)·v and reports
+x̂_0 = x_σ − σ·v (``pred_original_sample``, which diffusers' output lacks).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from diffusion_lab.maths.flow import _check_sigma, shift_sigmas
-from diffusion_lab.schedulers.scheduling_utils import SchedulerConfig
+from diffusion_lab.maths.flow import _check_sigma, flow_predict_x0, shift_sigmas
+from diffusion_lab.schedulers.scheduling_utils import SchedulerOutput, compatible_classes
 
 __all__ = ["FlowMatchEulerDiscreteScheduler", "FlowMatchSchedulerOutput"]
 
 
 @dataclass
-class FlowMatchSchedulerOutput:
-    """What ``step`` returns (indexable like diffusers' outputs: ``out[0]`` is ``prev_sample``)."""
+class FlowMatchSchedulerOutput(SchedulerOutput):
+    """What ``step`` returns: x_{σ'} and x̂_0 (read like diffusers' outputs: ``out[0]`` is ``prev_sample``)."""
 
-    prev_sample: torch.Tensor  # (B, ...) x_{t'}
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return (self.prev_sample,)[i]
+    prev_sample: torch.Tensor  # (B, ...) x_{σ'}
+    pred_original_sample: torch.Tensor  # (B, ...) x̂_0 = x_σ − σ·v
 
 
-class FlowMatchEulerDiscreteScheduler:
+class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
     """Euler sampling of a rectified-flow model, with the arguments and attributes of diffusers'
-    ``FlowMatchEulerDiscreteScheduler`` (the scheduler of SD3): ``num_train_timesteps``, ``shift``;
-    ``set_timesteps``, ``timesteps`` (= 1000·σ, float), ``sigmas`` (with a final 0), ``step(...).prev_sample``,
-    ``scale_noise``, ``set_begin_index``. Timesteps, sigmas and steps equal diffusers' to 1e-6 (tested).
+    ``FlowMatchEulerDiscreteScheduler``: ``set_timesteps``, ``timesteps`` (= 1000·σ, float), ``sigmas`` (with a
+    final 0), ``step(...).prev_sample``, ``scale_noise``, ``set_begin_index``. Timesteps, sigmas and steps equal
+    diffusers' to 1e-6 (tested).
 
     The shift is applied twice, as diffusers does: once to the training grid in the constructor (which fixes
     σ_max and σ_min) and again in ``set_timesteps`` to the evenly spaced σ between them. With α = 3 and 5 steps the
     σ are [1, 0.90036, 0.75112, 0.50299, 0.00893, 0]: the last step lands on the shifted-twice σ_min, not on 1/T.
-    Not implemented (raise ``ValueError``): dynamic (resolution-dependent) shifting, Karras/exponential/beta σ,
-    stochastic sampling.
+    Every diffusers constructor argument is accepted (so configs round-trip); turning on dynamic (resolution-dependent)
+    shifting, Karras/exponential/beta σ, inverted σ, a terminal shift or stochastic sampling raises ``ValueError``.
     """
 
+    _compatibles: list[str] = []  # as diffusers' (no other diffusers scheduler reads this config)
     order = 1
     init_noise_sigma = 1.0  # x_1 = ε: the start needs no scaling
 
+    @register_to_config
     def __init__(
         self,
         num_train_timesteps: int = 1000,
         shift: float = 1.0,
         use_dynamic_shifting: bool = False,
-        **unsupported: Any,
+        base_shift: float | None = 0.5,
+        max_shift: float | None = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
+        invert_sigmas: bool = False,
+        shift_terminal: float | None = None,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        time_shift_type: str = "exponential",
+        stochastic_sampling: bool = False,
     ):
         if not isinstance(num_train_timesteps, (int, np.integer)) or num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
         shift_sigmas(0.5, shift)  # validates the shift
         if use_dynamic_shifting:
             raise ValueError("use_dynamic_shifting=True (resolution-dependent mu) is not implemented; pass shift=...")
-        on = [k for k, v in unsupported.items() if v and k in _UNSUPPORTED]
+        options = {
+            "invert_sigmas": invert_sigmas,
+            "shift_terminal": shift_terminal,
+            "use_karras_sigmas": use_karras_sigmas,
+            "use_exponential_sigmas": use_exponential_sigmas,
+            "use_beta_sigmas": use_beta_sigmas,
+            "stochastic_sampling": stochastic_sampling,
+        }
+        on = [k for k, v in options.items() if v]
         if on:
             raise ValueError(f"not implemented in diffusion_lab's flow scheduler: {on}; leave them off")
-        self.config = SchedulerConfig(
-            num_train_timesteps=int(num_train_timesteps), shift=float(shift), use_dynamic_shifting=False
-        )
-        T = self.config.num_train_timesteps
+        T = int(num_train_timesteps)
         # the training grid t = 1/T … 1 (float32, as diffusers), shifted once
         timesteps = torch.from_numpy(np.linspace(1, T, T, dtype=np.float32)[::-1].copy())  # (T,) T … 1
-        sigmas = shift_sigmas(timesteps / T, self.config.shift)  # (T,) float32
+        sigmas = shift_sigmas(timesteps / T, float(shift))  # (T,) float32
         self.timesteps = sigmas * T  # (T,)
         self.sigmas = sigmas
         self.sigma_max, self.sigma_min = sigmas[0].item(), sigmas[-1].item()
@@ -70,14 +91,13 @@ class FlowMatchEulerDiscreteScheduler:
         self._begin_index: int | None = None
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], **overrides: Any) -> FlowMatchEulerDiscreteScheduler:
-        """Build from any flow-match scheduler config (ours or diffusers', e.g. SD3's ``scheduler_config.json``)."""
-        merged = {**dict(config), **overrides}
-        keep = {"num_train_timesteps", "shift", "use_dynamic_shifting", *_UNSUPPORTED}
-        return cls(**{k: v for k, v in merged.items() if k in keep})
+    def _get_compatibles(cls) -> list[type]:
+        """Ours, then diffusers' class of the same name (both read SD3's ``scheduler_config.json``)."""
+        return compatible_classes([cls], super()._get_compatibles())
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
+        items = ", ".join(f"{k}={v!r}" for k, v in self.config.items() if not k.startswith("_"))
+        return f"{type(self).__name__}({items})"
 
     @property
     def shift(self) -> float:
@@ -172,10 +192,11 @@ class FlowMatchEulerDiscreteScheduler:
         sample: torch.Tensor,
         generator: torch.Generator | None = None,
         return_dict: bool = True,
-        **ignored: Any,
+        **ignored: object,
     ) -> FlowMatchSchedulerOutput | tuple[torch.Tensor]:
-        """One Euler step x_{t'} = x_t + (σ_{i+1} − σ_i)·v (:func:`flow_euler_step`); ``timestep`` must be a value
-        of ``self.timesteps`` (a float), not a step number."""
+        """One Euler step x_{t'} = x_t + (σ_{i+1} − σ_i)·v (:func:`flow_euler_step`), with x̂_0 = x_t − σ_i·v
+        (:func:`flow_predict_x0`) as ``pred_original_sample``; ``timestep`` must be a value of ``self.timesteps``
+        (a float), not a step number. ``return_dict=False`` gives ``(prev_sample,)`` as diffusers does."""
         if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
             raise ValueError(
                 "pass a value of scheduler.timesteps (a float such as 1000.0), not an integer step number "
@@ -193,20 +214,12 @@ class FlowMatchEulerDiscreteScheduler:
         if self._step_index >= len(self.sigmas) - 1:
             raise ValueError("the schedule is finished: call set_timesteps again to sample anew")
         sigma, sigma_next = self.sigmas[self._step_index], self.sigmas[self._step_index + 1]
-        prev = sample.to(torch.float32) + (sigma_next - sigma) * model_output  # upcast, as diffusers
+        sample = sample.to(torch.float32)  # upcast, as diffusers
+        prev = sample + (sigma_next - sigma) * model_output
+        x0 = flow_predict_x0(sample, model_output, sigma)  # (B, ...) x̂_0
         self._step_index += 1
-        prev = prev.to(model_output.dtype)
-        return FlowMatchSchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+        prev, x0 = prev.to(model_output.dtype), x0.to(model_output.dtype)
+        return FlowMatchSchedulerOutput(prev_sample=prev, pred_original_sample=x0) if return_dict else (prev,)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
-
-
-_UNSUPPORTED = (
-    "use_karras_sigmas",
-    "use_exponential_sigmas",
-    "use_beta_sigmas",
-    "stochastic_sampling",
-    "invert_sigmas",
-    "shift_terminal",
-)

@@ -1,34 +1,33 @@
-"""DDPM and DDIM schedulers shaped like diffusers', built on the pure functions of :mod:`diffusion_lab.maths.diffusion`.
+"""What DDPM and DDIM share, as diffusers' ``SchedulerMixin`` + ``ConfigMixin`` subclass, on the pure functions of
+:mod:`diffusion_lab.maths.diffusion`.
 
-A scheduler holds the noise schedule and knows how to take one reverse step; it holds no model. You write the
-loop (the same loop drives diffusers' schedulers and ours)::
+A scheduler holds the noise schedule ᾱ_t and takes one reverse step x_t → x_{t'}; it holds no model. The loop::
 
     scheduler.set_timesteps(50)
     x = torch.randn(shape, generator=g) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
-        model_output = model(scheduler.scale_model_input(x, t), t)
-        x = scheduler.step(model_output, t, x, generator=g).prev_sample
+        x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x, generator=g).prev_sample
 
-Constructor arguments, defaults, attributes and methods follow diffusers 0.42 (``DDPMScheduler`` and
-``DDIMScheduler``), so either class can replace diffusers' own inside a diffusers pipeline
-(``pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)``). Tests check equality with diffusers
-over every combination of the options below. Not implemented: dynamic thresholding (Imagen) and learned
-variances (Improved DDPM); asking for them raises ``ValueError``.
-
-Indexing convention as in :mod:`diffusion_lab.maths.schedules`: timesteps are integers 0..T−1.
+Constructor arguments, attributes and methods are diffusers 0.42's (numbers equal, tested side by side). This
+module imports diffusers at module level because our schedulers are diffusers schedulers, so a diffusers pipeline
+saves and loads them: ``save_config``/``from_config``/``from_pretrained``/``save_pretrained``/``compatibles`` are
+diffusers' own, and ``pipe.save_pretrained`` records the class as ``["diffusion_lab.schedulers.scheduling_ddim",
+"DDIMScheduler"]``. Not implemented: learned variances (Improved DDPM; ``ValueError``). Timesteps are integers
+0..T−1, as in :mod:`diffusion_lab.maths.schedules`.
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 
 from diffusion_lab.maths.diffusion import (
     PREDICTION_TYPES,
+    dynamic_threshold,
     extract,
     velocity,
 )
@@ -37,53 +36,64 @@ from diffusion_lab.maths.schedules import (
     TIMESTEP_SPACINGS,
     alphas_cumprod_from_betas,
     check_choice,
+    custom_timesteps,
     inference_timesteps,
     make_betas,
     rescale_zero_terminal_snr,
 )
 
-__all__ = ["SchedulerConfig", "SchedulerOutput"]
+__all__ = ["SchedulerOutput"]
+
+KARRAS_COMPATIBLES = [e.name for e in KarrasDiffusionSchedulers]  # diffusers' ``_compatibles`` of DDPM and DDIM
 
 
-class SchedulerConfig(dict):
-    """The constructor arguments, readable as ``config.num_train_timesteps`` or ``config.get("shift")`` like
-    diffusers' ``FrozenDict`` (pipelines read both forms)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"scheduler config has no entry {name!r}") from None
+def compatible_classes(ours: list[type], theirs: list[type]) -> list[type]:
+    """Our compatible classes, then diffusers' (``SchedulerMixin._get_compatibles``), each class once."""
+    return list(dict.fromkeys([*ours, *theirs]))
 
 
 @dataclass
 class SchedulerOutput:
     """What ``step`` returns: the next sample x_{t'} and the model's estimate of x_0 at this step.
 
-    Indexable like diffusers' outputs: ``out[0]`` is ``prev_sample``, ``out[1]`` ``pred_original_sample``.
+    Read like diffusers' outputs: ``out[0]`` or ``out["prev_sample"]``, ``keys()``/``values()``/``items()``,
+    ``to_tuple()``; unpacking gives the tensors: ``prev, x0 = scheduler.step(...)``.
     """
 
     prev_sample: torch.Tensor  # (B, ...) x_{t'}
     pred_original_sample: torch.Tensor  # (B, ...) x̂_0
 
-    def to_tuple(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self.prev_sample, self.pred_original_sample)
+    def to_tuple(self) -> tuple[torch.Tensor, ...]:
+        return tuple(self.values())
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.to_tuple()[i]
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self)]
+
+    def values(self) -> list[torch.Tensor]:
+        return [getattr(self, k) for k in self.keys()]
+
+    def items(self) -> list[tuple[str, torch.Tensor]]:
+        return list(zip(self.keys(), self.values(), strict=True))
+
+    def __getitem__(self, i: int | str) -> torch.Tensor:
+        return getattr(self, i) if isinstance(i, str) else self.to_tuple()[i]
 
     def __iter__(self):
         return iter(self.to_tuple())
 
 
-class _Scheduler:
-    """What DDPM and DDIM share: the schedule, the inference timesteps, the forward process and checks."""
+class _Scheduler(SchedulerMixin, ConfigMixin):
+    """What DDPM and DDIM share: the schedule, the inference timesteps, the forward process and checks.
 
+    ``config`` is diffusers' ``FrozenDict`` (``config.x`` and ``config["x"]``), filled by ``@register_to_config``
+    on the subclass's ``__init__``."""
+
+    _compatibles = KARRAS_COMPATIBLES
     order = 1  # network calls per step (diffusers' multistep solvers have more)
     init_noise_sigma = 1.0  # x_T ~ N(0, I): the start needs no scaling (Euler-type schedulers differ)
 
-    def _setup(self, config: dict[str, Any]) -> None:
-        c = SchedulerConfig(config)
+    def _setup(self) -> None:
+        c = self.config
         T = c.num_train_timesteps
         if not isinstance(T, (int, np.integer)) or isinstance(T, bool) or T < 2:
             raise ValueError(f"num_train_timesteps must be an integer >= 2, got {T!r}")
@@ -94,10 +104,7 @@ class _Scheduler:
         if c.clip_sample and not c.clip_sample_range > 0:
             raise ValueError(f"clip_sample_range must be > 0, got {c.clip_sample_range!r}")
         if c.thresholding:
-            raise ValueError(
-                "thresholding=True (Imagen's dynamic thresholding) is not implemented in diffusion_lab; "
-                "use thresholding=False, with clip_sample=True for pixel models"
-            )
+            dynamic_threshold(torch.zeros(1, 1), c.dynamic_thresholding_ratio, c.sample_max_value)  # validates both
         if c.trained_betas is not None:
             betas = torch.tensor(c.trained_betas, dtype=torch.float32)
             if betas.ndim != 1 or len(betas) != T or not bool(((betas > 0) & (betas < 1)).all()):
@@ -111,31 +118,45 @@ class _Scheduler:
             betas = make_betas(c.beta_schedule, int(T), c.beta_start, c.beta_end)
         if c.rescale_betas_zero_snr:
             betas = rescale_zero_terminal_snr(betas)
-        self.config = c
         self.betas = betas  # (T,) β_t
         self.alphas = 1.0 - betas  # (T,) α_t
         self.alphas_cumprod = alphas_cumprod_from_betas(betas)  # (T,) ᾱ_t
         self.one = torch.tensor(1.0)  # ᾱ past the end of the chain (before step 0)
         self.num_inference_steps: int | None = None
+        self.custom_timesteps = False  # True after set_timesteps(timesteps=[...])
         self.timesteps = torch.from_numpy(np.arange(0, T)[::-1].copy().astype(np.int64))  # all T steps
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], **overrides: Any):
-        """Build from any scheduler config (ours or diffusers'); entries this class does not take are ignored,
-        as diffusers ignores them (``_class_name``, Euler's ``interpolation_type``, ...)."""
-        params = inspect.signature(cls.__init__).parameters
-        kwargs = {k: v for k, v in {**dict(config), **overrides}.items() if k in params and k != "self"}
-        return cls(**kwargs)
+    def _get_compatibles(cls) -> list[type]:
+        """Our DDPM and DDIM, then diffusers' classes that read the same config (``from_config`` swaps between them)."""
+        return compatible_classes(_Scheduler.__subclasses__(), super()._get_compatibles())
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
+        items = ", ".join(f"{k}={v!r}" for k, v in self.config.items() if not k.startswith("_"))
+        return f"{type(self).__name__}({items})"
 
     # --- timesteps -------------------------------------------------------------------------------------------
 
-    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: torch.device | str | None = None,
+        timesteps: list[int] | None = None,
+    ) -> None:
         """Choose the ``num_inference_steps`` timesteps to sample with (see
-        :func:`~diffusion_lab.maths.schedules.inference_timesteps`); fills ``self.timesteps`` (int64, decreasing)."""
+        :func:`~diffusion_lab.maths.schedules.inference_timesteps`), or give them as ``timesteps`` (descending,
+        below T: :func:`~diffusion_lab.maths.schedules.custom_timesteps`); fills ``self.timesteps`` (int64)."""
         c = self.config
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("pass num_inference_steps or timesteps to set_timesteps, not both")
+        if timesteps is not None:
+            ts = custom_timesteps(timesteps, c.num_train_timesteps)
+            self.custom_timesteps = True
+            self.num_inference_steps = len(ts)
+            self.timesteps = torch.from_numpy(ts).to(device)
+            return
+        if num_inference_steps is None:
+            raise TypeError("set_timesteps needs num_inference_steps (a count) or timesteps (a list), got neither")
         ts = inference_timesteps(num_inference_steps, c.num_train_timesteps, c.timestep_spacing, c.steps_offset)
         if ts.max() >= c.num_train_timesteps:
             raise ValueError(
@@ -143,7 +164,19 @@ class _Scheduler:
                 f"{int(ts.max())} >= num_train_timesteps={c.num_train_timesteps}; use fewer steps or steps_offset=0"
             )
         self.num_inference_steps = int(num_inference_steps)
+        self.custom_timesteps = False
         self.timesteps = torch.from_numpy(ts).to(device)
+
+    def _next_in_schedule(self, t: int) -> int:
+        """The entry of ``timesteps`` after ``t`` (−1 after the last one)."""
+        matches = (self.timesteps.cpu() == t).nonzero(as_tuple=True)[0]
+        if len(matches) == 0:
+            raise ValueError(
+                f"timestep {t} is not one of this scheduler's timesteps {self.timesteps.tolist()}; "
+                "step with the values of scheduler.timesteps (after set_timesteps)"
+            )
+        i = int(matches[0])
+        return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
 
     def _index(self, timestep: int | torch.Tensor) -> int:
         """A timestep as a Python int, checked to lie in 0..T−1."""
@@ -207,5 +240,9 @@ class _Scheduler:
         return self.config.num_train_timesteps
 
     def _clip(self, x0: torch.Tensor) -> torch.Tensor:
-        r = self.config.clip_sample_range
-        return x0.clamp(-r, r) if self.config.clip_sample else x0
+        """x̂_0 dynamically thresholded (``thresholding``), else clipped to ±``clip_sample_range`` (``clip_sample``),
+        in diffusers' order of precedence."""
+        c = self.config
+        if c.thresholding:
+            return dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
+        return x0.clamp(-c.clip_sample_range, c.clip_sample_range) if c.clip_sample else x0
