@@ -14,10 +14,12 @@ from diffusion_lab.maths.diffusion import q_sample
 from diffusion_lab.maths.schedules import BETA_SCHEDULES, alphas_cumprod_from_betas, make_betas, snr_db
 from diffusion_lab.mnist.classifier import classify
 from diffusion_lab.pipelines.sampling import sample
+from diffusion_lab.utils.errors import check_choice, check_int, check_number, check_tensor
 from diffusion_lab.utils.torch_utils import randn
 
 __all__ = ["ForwardProcessExplorer", "GuidanceExplorer", "Img2ImgExplorer", "SamplerExplorer", "schedule_table"]
 
+_SAMPLER_STEPS = (1, 2, 5, 10, 20, 50, 100)  # the steps slider's stops
 _BETA_RANGES = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012), "squaredcos_cap_v2": (1e-4, 0.02)}
 
 
@@ -37,10 +39,13 @@ class ForwardProcessExplorer:
     def __init__(self, x0: torch.Tensor, t: int = 250, schedule: str = "linear", seed: int = 0, T: int = 1000):
         import ipywidgets as w  # lazy: only inside Jupyter
 
+        check_tensor("x0", x0, "batch of images (B, C, H, W) in [-1, 1]")
         if x0.ndim != 4:
             raise ValueError(f"x0 must be a batch of images (B, C, H, W), got shape {tuple(x0.shape)}")
-        if schedule not in BETA_SCHEDULES:
-            raise ValueError(f"schedule must be one of {list(BETA_SCHEDULES)}, got {schedule!r}")
+        check_choice("schedule", schedule, tuple(BETA_SCHEDULES))
+        check_int("T", T)
+        check_int("t", t, minimum=0)
+        check_int("seed", seed, minimum=0)
         if not 0 <= t < T:
             raise ValueError(f"t must be in [0, {T - 1}], got {t}")
         self.x0 = x0[:16]
@@ -106,6 +111,13 @@ class SamplerExplorer:
     ):
         import ipywidgets as w  # lazy: only inside Jupyter
 
+        check_int("steps", steps, minimum=None)
+        if steps not in _SAMPLER_STEPS:
+            raise ValueError(f"steps must be one of the slider's values {list(_SAMPLER_STEPS)}, got {steps}")
+        check_number("eta", eta, minimum=0.0, maximum=1.0)
+        check_int("seed", seed, minimum=0)
+        check_number("guidance_scale", guidance_scale, minimum=0.0)
+        check_int("num_classes", num_classes)
         self.model, self.scheduler, self.guidance_scale, self.num_classes = (
             model,
             scheduler,
@@ -113,7 +125,7 @@ class SamplerExplorer:
             num_classes,
         )
         self.steps = w.SelectionSlider(
-            options=[1, 2, 5, 10, 20, 50, 100], value=steps, description="steps", continuous_update=False
+            options=list(_SAMPLER_STEPS), value=steps, description="steps", continuous_update=False
         )
         self.eta = w.FloatSlider(value=eta, min=0.0, max=1.0, step=0.1, description="eta", continuous_update=False)
         self.seed = w.BoundedIntText(value=seed, min=0, max=2**31 - 1, description="seed")
@@ -179,6 +191,14 @@ class GuidanceExplorer:
     ):
         import ipywidgets as w  # lazy: only inside Jupyter
 
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a string ('' for none), got {type(value).__name__}")
+        check_int("n", n, minimum=None)
+        check_int("steps", steps, minimum=None)
+        check_int("seed", seed, minimum=0)
+        check_number("max_guidance", max_guidance, minimum=0.0)
+        check_number("guidance_scale", guidance_scale)
         if not 1 <= n <= 16:
             raise ValueError(f"n must be between 1 and 16 images, got {n}")
         if not 1 <= steps <= 50:
@@ -257,9 +277,16 @@ class Img2ImgExplorer:
     ):
         import ipywidgets as w  # lazy: only inside Jupyter
 
-        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[0] != 1:
-            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-            raise ValueError(f"image must be one image (1, C, H, W) in [-1, 1], got {got}")
+        check_tensor("image", image, "(1, C, H, W) in [-1, 1]")
+        if image.ndim != 4 or image.shape[0] != 1:
+            raise ValueError(f"image must be one image (1, C, H, W) in [-1, 1], got {tuple(image.shape)}")
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        check_int("n", n, minimum=None)
+        check_int("steps", steps, minimum=None)
+        check_int("seed", seed, minimum=0)
+        check_number("strength", strength)
+        check_number("guidance_scale", guidance_scale)
         if not 1 <= n <= 8:
             raise ValueError(f"n must be between 1 and 8 images, got {n}")
         if not 1 <= steps <= 50:

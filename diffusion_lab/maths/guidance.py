@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from diffusion_lab.utils.errors import check_number, check_tensor
+
 __all__ = ["cfg_combine", "drop_condition", "rescale_noise_cfg"]
 
 
 def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     """ε̃ = ε_∅ + w·(ε_c − ε_∅): w = 1 gives ε_c, w = 0 gives ε_∅ (classifier-free guidance)."""
+    check_tensor("cond", cond, "(the conditional prediction ε_c)")
+    check_tensor("uncond", uncond, "(the unconditional prediction ε_∅)")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float | torch.Tensor):
+        raise TypeError(f"guidance_scale must be a number (1 = no guidance), got {guidance_scale!r}")
     if cond.shape != uncond.shape:
         raise ValueError(f"cond and uncond must have the same shape, got {tuple(cond.shape)} and {tuple(uncond.shape)}")
     return uncond + guidance_scale * (cond - uncond)
@@ -22,6 +28,9 @@ def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, gu
     φ·ε_rescaled + (1 − φ)·ε̃  (Eq. 16). φ = 0 changes nothing; the paper uses φ = 0.7. Same as diffusers'
     ``rescale_noise_cfg``.
     """
+    check_tensor("noise_cfg", noise_cfg, "(the guided prediction ε̃)")
+    check_tensor("noise_pred_text", noise_pred_text, "(the conditional prediction ε_c)")
+    check_number("guidance_rescale", guidance_rescale)
     if not 0.0 <= guidance_rescale <= 1.0:
         raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
     dims = list(range(1, noise_pred_text.ndim))
@@ -40,6 +49,9 @@ def drop_condition(
     null class, or the token ids of the empty prompt) with probability ``drop_prob``; one network then learns
     both ε_c and ε_∅. Returns a new tensor (``cond`` is not changed).
     """
+    check_tensor("cond", cond, "(B, ...) of conditions")
+    check_tensor("null", null, "(the null condition, broadcastable to one row of cond)")
+    check_number("drop_prob", drop_prob)
     if not 0.0 <= drop_prob <= 1.0:
         raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob}")
     u = torch.rand(cond.shape[0], generator=generator).to(cond.device)  # (B,)

@@ -12,6 +12,15 @@ from collections.abc import Callable
 import torch
 
 
+def _check_callable(fn: object) -> None:
+    """The one argument error a checker raises instead of printing ❌: it was given something that is not a function
+    (a ``TypeError``, by the library's error convention). What the student's function does is never an error here."""
+    if not callable(fn):
+        raise TypeError(
+            f"pass your function itself, e.g. check_q_sample(q_sample), not its result: got {type(fn).__name__}"
+        )
+
+
 def _report(ok: bool, what: str, hint: str) -> bool:
     print(f"✅ {what}: correct" if ok else f"❌ {what}: not yet. Hint: {hint}")
     return ok

@@ -7,10 +7,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from diffusion_lab.course.exercises.checking import _report
+from diffusion_lab.course.exercises.checking import _check_callable, _report
 from diffusion_lab.course.widgets import schedule_table
 from diffusion_lab.maths.diffusion import q_sample
-from diffusion_lab.maths.schedules import inference_timesteps, snr
+from diffusion_lab.maths.schedules import BETA_SCHEDULES, inference_timesteps, snr
+from diffusion_lab.utils.errors import check_choice
 
 __all__ = ["check_q_sample", "check_snr_crossing", "check_trailing_timesteps"]
 
@@ -20,6 +21,7 @@ def check_q_sample(fn: Callable[..., torch.Tensor]) -> bool:
 
     Tried on MNIST-shaped batches (B, 1, 28, 28) and on 2-D points (B, 2).
     """
+    _check_callable(fn)
     g = torch.Generator().manual_seed(123)
     ab = schedule_table()["linear"]
     for shape in [(4, 1, 28, 28), (3, 2)]:
@@ -52,6 +54,7 @@ def check_q_sample(fn: Callable[..., torch.Tensor]) -> bool:
 
 def check_snr_crossing(t_answer, schedule: str = "squaredcos_cap_v2") -> bool:
     """The first t at which SNR_t = ᾱ_t/(1−ᾱ_t) drops below 1 (0 dB) for ``schedule``."""
+    check_choice("schedule", schedule, tuple(BETA_SCHEDULES))
     what = f"0 dB crossing of {schedule}"
     want = int(torch.nonzero(snr(schedule_table()[schedule]) < 1)[0])
     if t_answer is None:
@@ -69,6 +72,7 @@ def check_snr_crossing(t_answer, schedule: str = "squaredcos_cap_v2") -> bool:
 
 def check_trailing_timesteps(fn: Callable[[int, int], np.ndarray]) -> bool:
     """``fn(n, T)`` must return the ``trailing`` timesteps: round(T − k·T/n) − 1 for k = 0..n−1 (ties to even)."""
+    _check_callable(fn)
     what = "trailing spacing"
     for n, T in [(1, 1000), (4, 1000), (7, 1000), (50, 1000), (3, 10), (4, 10)]:
         try:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _report
+from diffusion_lab.course.exercises.checking import _check_callable, _report
 from diffusion_lab.course.widgets import schedule_table
 from diffusion_lab.maths.diffusion import ddpm_step, q_sample, x0_from_eps
 
@@ -15,6 +15,7 @@ __all__ = ["check_ddpm_loss", "check_ddpm_step"]
 
 def check_ddpm_loss(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(model, x0, t, noise, alphas_cumprod)`` must return mean((ε − model(x_t, t))²) with x_t from q_sample."""
+    _check_callable(fn)
     what = "DDPM loss"
     g = torch.Generator().manual_seed(7)
     ab = schedule_table()["linear"]
@@ -43,6 +44,7 @@ def check_ddpm_loss(fn: Callable[..., torch.Tensor]) -> bool:
 
 def check_ddpm_step(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(eps_hat, x_t, ab_t, ab_prev, z)`` must return one DDPM step (fixed_small variance, no clipping)."""
+    _check_callable(fn)
 
     what = "DDPM step"
     g = torch.Generator().manual_seed(8)

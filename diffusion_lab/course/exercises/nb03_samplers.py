@@ -6,16 +6,18 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _report
+from diffusion_lab.course.exercises.checking import _check_callable, _report
 from diffusion_lab.course.widgets import schedule_table
 from diffusion_lab.maths.diffusion import ddim_sigma, ddim_step
-from diffusion_lab.maths.schedules import inference_timesteps
+from diffusion_lab.maths.schedules import TIMESTEP_SPACINGS, inference_timesteps
+from diffusion_lab.utils.errors import check_choice, check_int
 
 __all__ = ["check_ddim_step", "check_timesteps_answer"]
 
 
 def check_ddim_step(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(x0_hat, eps_hat, ab_prev, sigma)`` must return √ᾱ'·x̂_0 + √(1 − ᾱ' − σ²)·ε̂ (DDIM Eq. 12, no noise)."""
+    _check_callable(fn)
 
     what = "DDIM step"
     g = torch.Generator().manual_seed(9)
@@ -37,6 +39,9 @@ def check_ddim_step(fn: Callable[..., torch.Tensor]) -> bool:
 
 def check_timesteps_answer(answer, n: int, spacing: str, T: int = 1000) -> bool:
     """``answer`` must be the ``n`` timesteps a sampler with this ``spacing`` visits, in order."""
+    check_int("n", n)
+    check_int("T", T)
+    check_choice("spacing", spacing, TIMESTEP_SPACINGS)
     what = f"{spacing} timesteps for n={n}"
     if answer is None:
         return _report(False, what, "set answer to a list of integers")

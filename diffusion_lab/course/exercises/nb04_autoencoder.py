@@ -6,13 +6,14 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _call, _call_tensor, _report
+from diffusion_lab.course.exercises.checking import _call, _call_tensor, _check_callable, _report
 
 __all__ = ["check_reparameterize", "check_gaussian_kl", "check_scaling_factor"]
 
 
 def check_reparameterize(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(mean, logvar, eps)`` must return z = μ + σ·ε with σ = exp(½·log σ²) (the reparameterisation trick)."""
+    _check_callable(fn)
     what = "reparameterised sample"
     g = torch.Generator().manual_seed(11)
     mean, logvar, eps = (torch.randn(3, 4, 7, 7, generator=g) for _ in range(3))
@@ -27,6 +28,7 @@ def check_reparameterize(fn: Callable[..., torch.Tensor]) -> bool:
 
 def check_gaussian_kl(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(mean, logvar)`` (B, L, h, w) must return KL(N(μ, σ²) ‖ N(0, 1)) summed over all but the batch: (B,)."""
+    _check_callable(fn)
     what = "KL to the standard normal"
     g = torch.Generator().manual_seed(12)
     mean, logvar = torch.randn(5, 4, 7, 7, generator=g), torch.randn(5, 4, 7, 7, generator=g)
@@ -48,6 +50,7 @@ def check_gaussian_kl(fn: Callable[..., torch.Tensor]) -> bool:
 
 def check_scaling_factor(fn: Callable[[torch.Tensor], float]) -> bool:
     """``fn(latents)`` must return s = 1 / std(latents) over all numbers, so that s·latents has unit variance."""
+    _check_callable(fn)
     what = "scaling factor"
     g = torch.Generator().manual_seed(13)
     for scale in (0.2, 5.0):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _call, _call_tensor, _report
+from diffusion_lab.course.exercises.checking import _call, _call_tensor, _check_callable, _report
 from diffusion_lab.models.text_encoder import WordTokenizer
 
 __all__ = ["check_tokenize", "check_cross_attention", "check_pooled_output"]
@@ -17,6 +17,7 @@ def check_tokenize(fn: Callable[[str, list[str], int], tuple[list[int], list[int
     """``fn(text, vocab, max_length)`` must return (input_ids, attention_mask) like ``WordTokenizer``: two lists of
     ``max_length`` ints, <bos> (2) word ids <eos> (3) then <pad> (0); unknown words → <unk> (1); lower-case words
     split on anything that is not a letter or digit; too long: keep <bos>, the first max_length − 2 words, <eos>."""
+    _check_callable(fn)
 
     what = "tokenizer"
     vocab = WordTokenizer.from_texts([]).vocab
@@ -59,6 +60,7 @@ def check_cross_attention(fn: Callable[..., torch.Tensor]) -> bool:
     q (B, heads, N, d) from the image positions; k, v (B, heads, M, d) from the text tokens; mask (B, M), 1 for
     real tokens and 0 for padding; the result is (B, heads, N, d).
     """
+    _check_callable(fn)
     what = "cross-attention"
     g = torch.Generator().manual_seed(14)
     for b, nh, n, m, d in [(2, 4, 49, 8, 16), (3, 1, 5, 6, 8)]:
@@ -91,6 +93,7 @@ def check_pooled_output(fn: Callable[..., torch.Tensor]) -> bool:
 
     last_hidden_state (B, M, D), input_ids (B, M) padded on the right with 0, as the tokenizer returns them.
     """
+    _check_callable(fn)
     what = "pooled output"
     g = torch.Generator().manual_seed(15)
     b, m, dim, eos = 4, 8, 16, 3

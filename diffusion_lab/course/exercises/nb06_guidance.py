@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from diffusion_lab.course.exercises.checking import _call_tensor, _report
+from diffusion_lab.course.exercises.checking import _call_tensor, _check_callable, _report
 from diffusion_lab.maths.guidance import rescale_noise_cfg
 
 __all__ = ["check_cfg_combine", "check_rescale_noise_cfg", "check_best_guidance"]
@@ -15,6 +15,7 @@ __all__ = ["check_cfg_combine", "check_rescale_noise_cfg", "check_best_guidance"
 
 def check_cfg_combine(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(cond, uncond, guidance_scale)`` must return ε̃ = ε_∅ + w·(ε_c − ε_∅) (diffusers' w: 1 = no guidance)."""
+    _check_callable(fn)
     what = "classifier-free guidance"
     g = torch.Generator().manual_seed(16)
     cond, uncond = torch.randn(2, 3, 4, 7, 7, generator=g).unbind(0)  # (B, L, h, w) each
@@ -42,6 +43,7 @@ def check_cfg_combine(fn: Callable[..., torch.Tensor]) -> bool:
 def check_rescale_noise_cfg(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(noise_cfg, noise_pred_text, guidance_rescale)`` must return guidance rescale (Lin et al. 2024, Eq. 15-16):
     φ·ε̃·σ(ε_c)/σ(ε̃) + (1 − φ)·ε̃, with σ the standard deviation of each sample over all its other dimensions."""
+    _check_callable(fn)
 
     what = "guidance rescale"
     g = torch.Generator().manual_seed(17)

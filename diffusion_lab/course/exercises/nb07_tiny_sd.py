@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from diffusion_lab.course.exercises.checking import _call, _call_tensor, _report
+from diffusion_lab.course.exercises.checking import _call, _call_tensor, _check_callable, _report
 
 __all__ = ["check_img2img_start", "check_latent_mask", "check_inpaint_blend"]
 
@@ -21,6 +21,7 @@ def _img2img_start(num_inference_steps: int, strength: float) -> int:
 def check_img2img_start(fn: Callable[[int, float], int]) -> bool:
     """``fn(num_inference_steps, strength)`` must return t_start, the index of the first of the N inference
     timesteps that img2img runs: N − int(N·γ) (diffusers' ``get_timesteps``; int() truncates)."""
+    _check_callable(fn)
     what = "img2img start index"
     cases = [(50, 0.8), (25, 0.3), (25, 0.5), (10, 0.75), (4, 0.6), (20, 0.0), (20, 1.0), (1, 0.5), (30, 0.35)]
     for n, strength in cases:
@@ -50,6 +51,7 @@ def check_img2img_start(fn: Callable[[int, float], int]) -> bool:
 def check_latent_mask(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> bool:
     """``fn(mask, f)`` must turn a pixel mask (B, 1, H, W) in [0, 1] into the latent mask (B, 1, H/f, W/f) this
     course's pipeline uses: each latent cell gets the mean of its f×f pixels (the share of the cell to repaint)."""
+    _check_callable(fn)
 
     what = "latent mask"
     g = torch.Generator().manual_seed(7)
@@ -81,6 +83,7 @@ def check_latent_mask(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> bool:
 def check_inpaint_blend(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(latents, known, mask)`` must return the inpainting blend after a step: (1 − m)·known + m·latents, where
     ``latents`` is the model's z, ``known`` the image's latents noised to the same timestep and m = 1 repaints."""
+    _check_callable(fn)
     what = "inpainting blend"
     g = torch.Generator().manual_seed(11)
     z, known = torch.randn(3, 4, 7, 7, generator=g), torch.randn(3, 4, 7, 7, generator=g)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _call, _call_tensor, _report
+from diffusion_lab.course.exercises.checking import _call, _call_tensor, _check_callable, _report
 
 __all__ = ["check_flow_path", "check_time_shift", "check_flow_euler_step"]
 
@@ -14,6 +14,7 @@ __all__ = ["check_flow_path", "check_time_shift", "check_flow_euler_step"]
 def check_flow_path(fn: Callable[..., tuple]) -> bool:
     """``fn(x0, noise, t)`` must return (x_t, v): the straight path x_t = (1 − t)·x₀ + t·ε and its velocity
     v = dx_t/dt = ε − x₀ (t (B,) per sample, 0 = data, 1 = noise)."""
+    _check_callable(fn)
     what = "the rectified-flow path and its velocity"
     g = torch.Generator().manual_seed(31)
     x0, noise = torch.randn(2, 5, 4, 7, 7, generator=g).unbind(0)  # (B, L, h, w) each
@@ -50,6 +51,7 @@ def check_flow_path(fn: Callable[..., tuple]) -> bool:
 
 def check_time_shift(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> bool:
     """``fn(t, shift)`` must return SD3's shifted time α·t / (1 + (α − 1)·t) (α = shift; 0 and 1 stay put)."""
+    _check_callable(fn)
     what = "the timestep shift"
     t = torch.linspace(0, 1, 11, dtype=torch.float64)
     for alpha in (3.0, 1.0, 0.5, 6.0):
@@ -71,6 +73,7 @@ def check_time_shift(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> bool:
 
 def check_flow_euler_step(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(x_t, v, t, t_next)`` must return one Euler step of dx/dt = v: x_t + (t_next − t)·v (t_next < t)."""
+    _check_callable(fn)
     what = "the Euler step"
     g = torch.Generator().manual_seed(32)
     x, v = torch.randn(2, 3, 4, 7, 7, generator=g).unbind(0)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from diffusion_lab.course.exercises.checking import _call, _call_tensor, _report
+from diffusion_lab.course.exercises.checking import _call, _call_tensor, _check_callable, _report
 
 __all__ = ["check_sdxl_time_ids", "check_refiner_split"]
 
@@ -15,6 +15,7 @@ __all__ = ["check_sdxl_time_ids", "check_refiner_split"]
 def check_sdxl_time_ids(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(original_size, crops_coords_top_left, target_size)`` (each an (a, b) pair) must return SDXL's
     micro-conditioning vector, shape (1, 6): (orig h, orig w, crop top, crop left, target h, target w)."""
+    _check_callable(fn)
     what = "SDXL's time ids"
     for orig, crop, target in (((512, 768), (0, 0), (1024, 1024)), ((300, 200), (32, 16), (896, 1152))):
         want = torch.tensor([[*orig, *crop, *target]], dtype=torch.float32)
@@ -49,6 +50,7 @@ def check_refiner_split(fn: Callable[..., tuple]) -> bool:
     """``fn(timesteps, high_noise_frac)`` (a descending list of integer timesteps out of T = 1000, and the fraction
     of the *noise range* the base model handles) must return (base_timesteps, refiner_timesteps), as diffusers'
     ``denoising_end`` / ``denoising_start`` split them."""
+    _check_callable(fn)
     what = "the base/refiner hand-off"
     for n, frac in ((10, 0.8), (25, 0.7), (40, 0.75)):
         ts = sorted({int(round(x)) for x in np.linspace(999, 0, n)}, reverse=True)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _call_tensor, _report
+from diffusion_lab.course.exercises.checking import _call_tensor, _check_callable, _report
 
 __all__ = ["check_sd3_joint_text"]
 
@@ -14,6 +14,7 @@ __all__ = ["check_sd3_joint_text"]
 def check_sd3_joint_text(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(clip_l, clip_g, t5)`` with shapes (B, 77, Dl), (B, 77, Dg), (B, S, D5) must return SD3's text tokens
     (B, 77 + S, D5): CLIP-L and bigG side by side, zero-padded to T5's width, then T5's tokens after them."""
+    _check_callable(fn)
     what = "SD3's joint text tokens"
     g = torch.Generator().manual_seed(33)
     clip_l, clip_g, t5 = (

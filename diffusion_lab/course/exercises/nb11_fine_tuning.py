@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _call_tensor, _report
+from diffusion_lab.course.exercises.checking import _call_tensor, _check_callable, _report
 
 __all__ = ["check_lora_forward", "check_prior_preservation_loss", "check_magnitude_prune"]
 
@@ -15,6 +15,7 @@ def check_lora_forward(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(x, W, A, B, alpha)`` with x (N, d_in), W (d_out, d_in), A (r, d_in), B (d_out, r) must return a LoRA
     layer's output h = x Wᵀ + (α/r)·x Aᵀ Bᵀ (N, d_out): the frozen layer plus the scaled low-rank update (Hu et al.
     2021, Eq. 3 and §4.1)."""
+    _check_callable(fn)
     what = "the LoRA layer"
     g = torch.Generator().manual_seed(41)
     for n, d_in, d_out, r, alpha in ((5, 8, 6, 2, 4.0), (3, 16, 16, 4, 4.0), (2, 6, 9, 3, 1.0)):
@@ -43,6 +44,7 @@ def check_lora_forward(fn: Callable[..., torch.Tensor]) -> bool:
 def check_prior_preservation_loss(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(pred, target, pred_prior, target_prior, prior_weight)`` must return DreamBooth's loss (Ruiz et al. 2023,
     Eq. 2): mean((pred − target)²) + λ·mean((pred_prior − target_prior)²), a scalar."""
+    _check_callable(fn)
     what = "the prior-preservation loss"
     g = torch.Generator().manual_seed(42)
     pred, target, pred_prior, target_prior = torch.randn(4, 3, 4, 7, 7, generator=g).unbind(0)
@@ -81,6 +83,7 @@ def check_prior_preservation_loss(fn: Callable[..., torch.Tensor]) -> bool:
 def check_magnitude_prune(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(w, sparsity)`` must return a copy of the tensor w with its k = ⌊p·N⌋ smallest-magnitude entries set to
     zero (N = w.numel(), p = sparsity), the others unchanged (Han et al. 2015)."""
+    _check_callable(fn)
     what = "magnitude pruning"
     g = torch.Generator().manual_seed(43)
     w = torch.randn(8, 6, 3, 3, generator=g)  # distinct magnitudes: no ties at the threshold

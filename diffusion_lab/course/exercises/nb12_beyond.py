@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _call, _call_tensor, _report
+from diffusion_lab.course.exercises.checking import _call, _call_tensor, _check_callable, _report
 
 __all__ = ["check_psnr", "check_control_keep", "check_noise_image_embedding"]
 
@@ -15,6 +15,7 @@ def check_psnr(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(x, y)`` with x, y (B, C, H, W) in [−1, 1] must return the peak signal-to-noise ratio of each image pair in
     decibels, (B,): PSNR = 10·log10(MAX² / MSE) with MAX = 2 (the width of [−1, 1]) and MSE the mean of (x − y)² over
     one image's pixels."""
+    _check_callable(fn)
     what = "PSNR"
     g = torch.Generator().manual_seed(44)
     y = torch.rand(5, 1, 28, 28, generator=g) * 2 - 1
@@ -45,6 +46,7 @@ def check_control_keep(fn: Callable[[int, int, float, float], float]) -> bool:
     """``fn(i, n, start, end)`` must return 1.0 when step i (0-based, of n) lies inside the window
     [start, end] of the sampling run and 0.0 otherwise — diffusers' rule for ``control_guidance_start/end``: the
     control is off when i/n < start or (i + 1)/n > end. The ControlNet's residuals are multiplied by it."""
+    _check_callable(fn)
     what = "the control-guidance window"
     for n, start, end in ((10, 0.0, 1.0), (10, 0.0, 0.5), (8, 0.25, 1.0), (20, 0.1, 0.75), (7, 0.3, 0.6)):
         got = []
@@ -73,6 +75,7 @@ def check_noise_image_embedding(fn: Callable[..., torch.Tensor]) -> bool:
     embeddings emb (B, D): normalise e = (emb − mean)/std, noise it to ``level`` as the forward process does,
     e' = √ᾱ_level·e + √(1 − ᾱ_level)·noise, and undo the normalisation, e'·std + mean (diffusers'
     ``StableUnCLIPImageNormalizer.scale`` → ``image_noising_scheduler.add_noise`` → ``unscale``)."""
+    _check_callable(fn)
     what = "the image-embedding noise augmentation"
     g = torch.Generator().manual_seed(45)
     ab = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
