@@ -14,6 +14,7 @@ from diffusion_lab.pipelines.controlnet import TinyControlNetPipeline, controlne
 from diffusion_lab.training.controlnet import ControlNetTrainConfig, controlnet_loss, train_controlnet
 from diffusion_lab.training.finetune import denoising_loss, encode_images
 from diffusion_lab.training.recipes import load_tiny_sd
+from diffusion_lab.utils.errors import FileError
 
 PROMPTS = ["a seven", "a thick two"]
 
@@ -217,19 +218,22 @@ def test_control_maps_and_agreement_measures():
         (
             {"image": torch.zeros(1, 1, 14, 14)},
             ValueError,
-            r"the control image must be 28x28 like the output, got 14x14: resize it with torch.nn.functional.interpolate",
+            r"the control image must be a tensor \(B or 1, 1, 28, 28\).*got 14x14 images: resize it with "
+            r"torch.nn.functional.interpolate",
         ),
-        ({"image": torch.zeros(1, 3, 28, 28)}, ValueError, r"must have 1 channel\(s\).*got 3: make it grey"),
-        ({"image": torch.zeros(3, 1, 28, 28)}, ValueError, r"holds 3 maps; give 1 .* or one per prompt \(2\)"),
-        ({"image": -torch.ones(1, 1, 28, 28)}, ValueError, r"values in \[0, 1\].*not the images"),
+        ({"image": torch.zeros(1, 3, 28, 28)}, ValueError, r"it has 3 channels, not 1: make it grey"),
+        ({"image": torch.zeros(3, 1, 28, 28)}, ValueError, r"holds 3 images; give 1 .* or one each \(2\)"),
+        ({"image": -torch.ones(1, 1, 28, 28)}, ValueError, r"values must be in \[0, 1\].*not the images"),
+        ({"image": [[0.0]]}, TypeError, r"the control image must be a tensor"),
         ({"image": None}, TypeError, "pass the control map"),
         (
             {"controlnet_conditioning_scale": -0.5},
             ValueError,
-            "controlnet_conditioning_scale must be a finite number >= 0",
+            "controlnet_conditioning_scale must be >= 0",
         ),
         ({"control_guidance_start": 0.6, "control_guidance_end": 0.6}, ValueError, "must be smaller than"),
-        ({"control_guidance_end": 1.5}, ValueError, r"control_guidance_end must be a number in \[0, 1\]"),
+        ({"control_guidance_end": 1.5}, ValueError, r"control_guidance_end must be <= 1"),
+        ({"control_guidance_start": True}, TypeError, r"control_guidance_start must be a number"),
     ],
 )
 def test_bad_control_input_is_refused_clearly(shipped, kwargs, error, match):
@@ -278,7 +282,7 @@ def test_save_and_load_with_safetensors(shipped, digits, tmp_path):
     after = again(PROMPTS, image=edges, num_inference_steps=3, generator=_gen()).images
     assert torch.equal(before, after)
     pipe.save_pretrained(tmp_path / "base")
-    with pytest.raises(ValueError, match="holds a TinyStableDiffusionPipeline, not a TinyControlNetPipeline"):
+    with pytest.raises(FileError, match="holds a TinyStableDiffusionPipeline, not a TinyControlNetPipeline"):
         TinyControlNetPipeline.from_pretrained(tmp_path / "base")
 
 

@@ -13,6 +13,7 @@ from diffusion_lab.models.unet import UNet, UNetConfig
 from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
 from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
 from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
+from diffusion_lab.utils.errors import FileError
 
 SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False}
 
@@ -145,7 +146,7 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     again = TinyStableDiffusionPipeline.from_pretrained(tmp_path / "tiny-sd")
     assert type(again.scheduler) is DDIMScheduler and again.vae.config.scaling_factor == 0.5
     torch.testing.assert_close(_run(again, guidance_scale=2.0).images, _run(pipe, guidance_scale=2.0).images)
-    with pytest.raises(FileNotFoundError, match="model_index.json"):
+    with pytest.raises(FileError, match="model_index.json"):
         TinyStableDiffusionPipeline.from_pretrained(tmp_path)
 
 
@@ -164,16 +165,24 @@ def test_unknown_words_warn_and_the_empty_prompt_is_allowed(pipe):
         ({"prompt": ["a one", 3]}, TypeError, "prompt must be a string"),
         ({"prompt": []}, TypeError, "non-empty list"),
         ({"negative_prompt": ["thin", "thick"]}, ValueError, "negative_prompt has 2 entries but prompt has 1"),
-        ({"guidance_scale": -1.0}, ValueError, "guidance_scale must be a finite number >= 0"),
-        ({"guidance_scale": float("nan")}, ValueError, "guidance_scale must be a finite number"),
-        ({"guidance_scale": float("inf")}, ValueError, "guidance_scale must be a finite number"),
-        ({"num_inference_steps": 0}, ValueError, "num_inference_steps must be an integer >= 1"),
+        ({"guidance_scale": -1.0}, ValueError, "guidance_scale must be >= 0"),
+        ({"guidance_scale": float("nan")}, ValueError, "guidance_scale must be finite"),
+        ({"guidance_scale": float("inf")}, ValueError, "guidance_scale must be finite"),
+        ({"guidance_scale": "3"}, TypeError, "guidance_scale must be a number"),
+        ({"num_inference_steps": 0}, ValueError, "num_inference_steps must be >= 1"),
+        ({"num_inference_steps": True}, TypeError, "num_inference_steps must be an integer"),
+        ({"num_inference_steps": 2.0}, TypeError, "num_inference_steps must be an integer"),
         ({"height": 30}, ValueError, "height and width must be positive multiples of 4"),
         ({"width": 26}, ValueError, "multiples of 4"),
+        ({"height": 28.0}, TypeError, "height must be an integer"),
         ({"strength": 0.5}, ValueError, "strength needs an image"),
-        ({"image": torch.zeros(1, 1, 28, 28), "strength": 1.5}, ValueError, r"strength must be in \[0, 1\]"),
-        ({"image": torch.zeros(1, 1, 28, 28), "strength": -0.1}, ValueError, r"strength must be in \[0, 1\]"),
-        ({"image": torch.zeros(1, 3, 28, 28)}, ValueError, r"image must be a tensor \(B, 1, 28, 28\)"),
+        ({"image": torch.zeros(1, 1, 28, 28), "strength": 1.5}, ValueError, "strength must be <= 1"),
+        ({"image": torch.zeros(1, 1, 28, 28), "strength": -0.1}, ValueError, "strength must be >= 0"),
+        ({"image": torch.zeros(1, 3, 28, 28)}, ValueError, r"image must be a tensor \(B or 1, 1, 28, 28\)"),
+        ({"image": [[0.0]]}, TypeError, r"image must be a tensor"),
+        ({"image": torch.zeros(1, 1, 28, 28, dtype=torch.uint8)}, ValueError, "to_unit_range"),
+        ({"image": torch.full((1, 1, 28, 28), float("nan"))}, ValueError, "NaN"),
+        ({"image": torch.zeros(3, 1, 28, 28)}, ValueError, r"image holds 3 images; give 1"),
         ({"mask_image": torch.ones(1, 1, 28, 28)}, ValueError, "mask_image needs the image"),
         (
             {"image": torch.zeros(1, 1, 28, 28), "mask_image": torch.ones(1, 1, 14, 14)},
@@ -185,6 +194,8 @@ def test_unknown_words_warn_and_the_empty_prompt_is_allowed(pipe):
             ValueError,
             r"mask_image values must be in \[0, 1\]",
         ),
+        ({"image": torch.zeros(1, 1, 28, 28), "mask_image": "mask"}, TypeError, "mask_image must be a tensor"),
+        ({"latents": torch.zeros(1, 4, 8, 8)}, ValueError, r"latents must have shape \(1, 4, 7, 7\)"),
         ({"output_type": "np"}, ValueError, "output_type must be"),
         ({"guidance_rescale": 1.5, "guidance_scale": 2.0}, ValueError, r"guidance_rescale must be in \[0, 1\]"),
     ],

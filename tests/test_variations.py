@@ -18,6 +18,7 @@ from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
 from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
 from diffusion_lab.training.recipes import pretrained_tiny_sd_path
 from diffusion_lab.training.variations import AUG_SCHEDULE, VariationTrainConfig, train_variations, variation_recipe
+from diffusion_lab.utils.errors import FileError
 
 D = 128  # the classifier's feature dimension
 
@@ -215,7 +216,7 @@ def test_pipeline_save_and_load_round_trip(pipe, digits, tmp_path):
     assert torch.equal(
         pipe(digits[0][:2], generator=_gen(), **kw).images, loaded(digits[0][:2], generator=_gen(), **kw).images
     )
-    with pytest.raises(FileNotFoundError, match="model_index.json"):
+    with pytest.raises(FileError, match="model_index.json"):
         TinyVariationPipeline.from_pretrained(tmp_path)
 
 
@@ -235,10 +236,14 @@ def test_pipeline_bad_input(pipe, digits):
         pipe(x, noise_level=1000)
     with pytest.raises(ValueError, match="between 0 and 999"):
         pipe(x, noise_level=-1)
-    with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 1"):
+    with pytest.raises(ValueError, match="num_inference_steps must be >= 1"):
         pipe(x, num_inference_steps=0)
-    with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
+    with pytest.raises(TypeError, match="num_inference_steps must be an integer"):
+        pipe(x, num_inference_steps=True)
+    with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
         pipe(x, guidance_scale=-1.0)
+    with pytest.raises(TypeError, match="image must be a tensor"):
+        pipe(x.tolist())
     with pytest.raises(ValueError, match="num_images_per_prompt"):
         pipe(x, num_images_per_prompt=0)
     with pytest.raises(ValueError, match="either image"):

@@ -7,15 +7,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from diffusion_lab.utils.validation import check_images
+
 __all__ = ["coarse_mask", "edge_f1", "edge_map", "mask_iou", "sobel", "bicubic_upscale", "downsample", "psnr"]
 
 
 def _brightness(images: object, name: str = "images") -> torch.Tensor:
     """Checked images (B, 1, H, W) in [−1, 1] → brightness b = (x + 1)/2 clamped to [0, 1], float."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, 1, H, W) in [-1, 1], got {type(images).__name__}")
-    if images.ndim != 4 or images.shape[1] != 1:
-        raise ValueError(f"{name} must have shape (B, 1, H, W) (grey images in [-1, 1]), got {tuple(images.shape)}")
+    images = check_images(images, name, channels=1)
     return ((images.float() + 1) / 2).clamp(0, 1)
 
 
@@ -76,8 +75,10 @@ def coarse_mask(images: torch.Tensor, cell: int = 4, threshold: float = 0.2) -> 
 
 
 def _binary(maps: object, name: str) -> torch.Tensor:
-    if not isinstance(maps, torch.Tensor) or maps.ndim != 4:
-        raise ValueError(f"{name} must be a tensor (B, 1, H, W) in [0, 1], got {getattr(maps, 'shape', maps)!r}")
+    if not isinstance(maps, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor (B, 1, H, W) in [0, 1], got {type(maps).__name__}")
+    if maps.ndim != 4:
+        raise ValueError(f"{name} must be a tensor (B, 1, H, W) in [0, 1], got shape {tuple(maps.shape)}")
     return maps > 0.5
 
 
@@ -116,12 +117,8 @@ def mask_iou(masks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _check_batch(x: object, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-        got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a float tensor (B, C, H, W) with values in [-1, 1], got {got}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (B = 0)")
-    return x
+    """A non-empty finite float batch (B, C, H, W) (:func:`~diffusion_lab.utils.validation.check_images`)."""
+    return check_images(x, name)
 
 
 def _check_factor(factor: object) -> int:

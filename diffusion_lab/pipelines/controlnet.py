@@ -1,13 +1,18 @@
-"""The ControlNet pipeline: a frozen tiny Stable Diffusion steered by a control map through a trained ControlNet."""
+"""The ControlNet pipeline: a frozen tiny Stable Diffusion steered by a control map through a trained ControlNet.
+
+Notation: c_c the control map (B or 1, C_c, H, W) in [0, 1], c_f = E(c_c) its hint features, λ the
+``controlnet_conditioning_scale``, [s, e] the share of the sampling steps the control acts on. The frozen U-Net's
+prediction at step i of N is ε_θ(z_t, t, c) with the ControlNet's zero-convolution residuals, times λ·k_i, added to
+its skip connections and middle block (ControlNet, Zhang et al. 2023, Eq. 2), k_i = 0 when i/N < s or
+(i + 1)/N > e, else 1 (diffusers' ``controlnet_keep``); guess mode gives the residuals to the conditional branch
+only. Everything else (text, guidance, scheduler, decoding) is :class:`TinyStableDiffusionPipeline`'s.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -15,8 +20,10 @@ from diffusion_lab.models.autoencoder import AutoencoderKL
 from diffusion_lab.models.controlnet import ControlNet
 from diffusion_lab.models.text_encoder import TextEncoder, WordTokenizer
 from diffusion_lab.models.unet import UNet
-from diffusion_lab.pipelines.pipeline_utils import PipelineOutput, _load_scheduler
+from diffusion_lab.pipelines.pipeline_utils import PipelineOutput
 from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
+from diffusion_lab.utils.errors import check_int, check_number
+from diffusion_lab.utils.validation import check_images
 
 __all__ = ["TinyControlNetPipeline", "controlnet_keep"]
 
@@ -47,7 +54,10 @@ class TinyControlNetPipeline(TinyStableDiffusionPipeline):
     (B or 1, C_c, H, W) in [0, 1] (:func:`edge_map`, :func:`coarse_mask`), not an image to start from.
     """
 
-    _components = ("vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler")
+    _component_classes = {
+        "vae": AutoencoderKL, "text_encoder": TextEncoder, "tokenizer": WordTokenizer, "unet": UNet,
+        "controlnet": ControlNet, "scheduler": None,
+    }  # fmt: skip
 
     def __init__(self, vae, text_encoder, tokenizer, unet, controlnet: ControlNet, scheduler):
         super().__init__(vae, text_encoder, tokenizer, unet, scheduler)
@@ -71,21 +81,13 @@ class TinyControlNetPipeline(TinyStableDiffusionPipeline):
                 f"{self.vae_scale_factor}: give conditioning_embedding_out_channels "
                 f"{int(math.log2(self.vae_scale_factor * base.patch_size)) + 1} entries"
             )
-        self.controlnet = controlnet
+        self.register_modules(controlnet=controlnet)
         self._control: _ControlInputs | None = None
 
     @classmethod
     def from_pipe(cls, pipe: TinyStableDiffusionPipeline, controlnet: ControlNet) -> TinyControlNetPipeline:
         """A ControlNet pipeline sharing ``pipe``'s components (diffusers' ``from_pipe``): nothing is copied."""
         return cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, controlnet, pipe.scheduler)
-
-    def to(self, device) -> TinyControlNetPipeline:
-        super().to(device)
-        self.controlnet.to(device)
-        return self
-
-    def num_parameters(self) -> dict[str, int]:
-        return {**super().num_parameters(), "controlnet": self.controlnet.num_parameters()}
 
     def check_control(
         self, image: object, batch_size: int, height: int, width: int, scale: object, start: object, end: object
@@ -95,39 +97,17 @@ class TinyControlNetPipeline(TinyStableDiffusionPipeline):
         if image is None:
             raise TypeError(f"pass the control map: image=... (a tensor (B or 1, {c}, {height}, {width}) in [0, 1], "
                             "e.g. controlnet.edge_map(images))")  # fmt: skip
-        if not isinstance(image, torch.Tensor) or image.ndim != 4:
-            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-            raise ValueError(
-                f"the control image must be a tensor (B or 1, {c}, {height}, {width}) in [0, 1], got {got}"
-            )
-        if image.shape[1] != c:
-            hint = ": make it grey, e.g. image.mean(dim=1, keepdim=True)" if c == 1 else ""
-            raise ValueError(f"the control image must have {c} channel(s) (the ControlNet's conditioning_channels), "
-                             f"got {image.shape[1]}{hint}")  # fmt: skip
-        if tuple(image.shape[2:]) != (height, width):
-            raise ValueError(
-                f"the control image must be {height}x{width} like the output, got {image.shape[2]}x{image.shape[3]}: "
-                f"resize it with torch.nn.functional.interpolate(image, size=({height}, {width}), mode='bilinear') "
-                "(or compute the control map from a 28x28 image)"
-            )
-        if image.shape[0] not in (1, batch_size):
-            raise ValueError(
-                f"the control image holds {image.shape[0]} maps; give 1 (for every prompt) or one per prompt "
-                f"({batch_size})"
-            )
-        if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
-            raise ValueError(
-                f"control maps take values in [0, 1] (edge_map and coarse_mask make them), got values from "
-                f"{image.min().item():.3g} to {image.max().item():.3g}: pass edge_map(images), not the images"
-            )
-        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
-            raise ValueError(
-                f"controlnet_conditioning_scale must be a finite number >= 0 (0 = the base model, 1 = as trained), "
-                f"got {scale!r}"
-            )
+        hints = {
+            "channels": ": make it grey, e.g. image.mean(dim=1, keepdim=True)" if c == 1 else "",
+            "size": f": resize it with torch.nn.functional.interpolate(image, size=({height}, {width}), "
+            "mode='bilinear') (or compute the control map from a 28x28 image)",
+            "range": " (control maps: edge_map and coarse_mask make them): pass edge_map(images), not the images",
+        }
+        image = check_images(image, "the control image", channels=c, size=(height, width), batch=batch_size,
+                             value_range=(0, 1), hints=hints)  # fmt: skip
+        check_number("controlnet_conditioning_scale", scale, minimum=0)  # 0: the base model, 1: as trained
         for name, value in (("control_guidance_start", start), ("control_guidance_end", end)):
-            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-                raise ValueError(f"{name} must be a number in [0, 1] (a share of the sampling steps), got {value!r}")
+            check_number(name, value, minimum=0, maximum=1)  # a share of the sampling steps
         if start >= end:
             raise ValueError(
                 f"control_guidance_start ({start}) must be smaller than control_guidance_end ({end}): the control "
@@ -163,8 +143,7 @@ class TinyControlNetPipeline(TinyStableDiffusionPipeline):
         control = self.check_control(
             image, b, height, width, controlnet_conditioning_scale, control_guidance_start, control_guidance_end
         )
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        check_int("num_inference_steps", num_inference_steps)
         image = control.to(self.device, self.controlnet.dtype)
         self._control = _ControlInputs(
             image=image,
@@ -210,27 +189,3 @@ class TinyControlNetPipeline(TinyStableDiffusionPipeline):
             z, t, encoder_hidden_states=c, encoder_attention_mask=mask, down_block_additional_residuals=down,
             mid_block_additional_residual=mid, **kw,
         )  # fmt: skip
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, scheduler=None, device=None) -> TinyControlNetPipeline:
-        """Load a folder written by :meth:`save_pretrained` (the tiny SD's folders plus ``controlnet/``)."""
-
-        directory = Path(directory)
-        if not (directory / "model_index.json").is_file():
-            raise FileNotFoundError(
-                f"{directory} holds no model_index.json: is it a folder written by save_pretrained?"
-            )
-        stored = json.loads((directory / "model_index.json").read_text("utf-8")).get("_class_name")
-        if stored != cls.__name__:
-            raise ValueError(
-                f"{directory} holds a {stored}, not a {cls.__name__}: load it with {stored}.from_pretrained(...) and "
-                "add a ControlNet with TinyControlNetPipeline.from_pipe(pipe, ControlNet.from_pretrained(...))"
-            )
-        return cls(
-            AutoencoderKL.from_pretrained(directory / "vae", device=device),
-            TextEncoder.from_pretrained(directory / "text_encoder", device=device).eval(),
-            WordTokenizer.from_pretrained(directory / "tokenizer"),
-            UNet.from_pretrained(directory / "unet", device=device).eval(),
-            ControlNet.from_pretrained(directory / "controlnet", device=device).eval(),
-            scheduler or _load_scheduler(directory / "scheduler" / "scheduler_config.json"),
-        )

@@ -1,47 +1,37 @@
-"""A tiny Stable Diffusion: autoencoder + text encoder + cross-attention U-Net + scheduler, with diffusers' call shape.
+"""The pipeline base: components, device, step arguments, initial latents, decoding, save and load (diffusers' ``DiffusionPipeline``).
 
-Notation
---------
-====================  ==========  ===================================================================================
-code                  symbol      meaning
-====================  ==========  ===================================================================================
-``latents``           z_t         the diffusion state in latent space (B, L, H/f, W/f), already multiplied by s
-``scaling_factor``    s           the autoencoder's latent scale (z = s · E(x)); decode with D(z / s)
-``prompt_embeds``     c           the text encoder's per-token states (B, M, D): what cross-attention attends to
-``pooled``            c̄           the text encoder's pooled vector (B, D), added to the time embedding
-``guidance_scale``    w           classifier-free guidance: ε̃ = ε_∅ + w·(ε_c − ε_∅) (w = 1: no guidance)
-``strength``          γ           img2img / inpainting: start at the γ-th fraction of the schedule from the end
-``mask_image``        m           inpainting mask (B or 1, 1, H, W) in [0, 1]; 1 = repaint, 0 = keep (diffusers' rule)
-====================  ==========  ===================================================================================
-
-One call, three tasks (as diffusers' StableDiffusion, StableDiffusionImg2Img and StableDiffusionInpaint pipelines):
-
-- text-to-image: z_T ~ N(0, I), then the scheduler's steps with guided predictions, then x = D(z_0 / s);
-- img2img (``image``, ``strength`` γ): encode the image, z_0 = s·E(x); skip the first (1 − γ)·N of the N steps and
-  start from the forward process at the first step kept, z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε. γ = 0 returns the image (up
-  to the autoencoder's error); γ = 1 starts from pure noise and ignores it (as diffusers' inpainting pipelines do);
-- inpainting (``image``, ``mask_image``): after every step, the kept region is replaced by the known latents noised
-  to the next timestep, z ← (1 − m)·q(z_0 → t_next) + m·z (RePaint-style blending, diffusers' legacy inpainting).
-
-Classifier-free guidance runs both branches as one batch [uncond; cond] (uncond first, as diffusers does). The
-unconditional branch encodes the empty prompt ``""``, or the negative prompt when one is given.
-
-Any scheduler with ``set_timesteps``, ``timesteps``, ``order``, ``init_noise_sigma``, ``scale_model_input``,
-``add_noise`` and ``step(...).prev_sample`` works: ours (:class:`~diffusion_lab.schedulers.scheduling_ddim.DDIMScheduler`,
-:class:`~diffusion_lab.schedulers.scheduling_ddpm.DDPMScheduler`) and diffusers' (DDIM, DDPM, Euler, ...).
+Notation: z_T the starting latents (B, L, h, w), σ_init the scheduler's ``init_noise_sigma`` (z_T = σ_init·ε,
+ε ~ N(0, I)), s the autoencoder's latent scale (images x = D(z_0 / s), clamped to [−1, 1]). Each pipeline declares
+its components once, as a map name → class (``_component_classes``; a scheduler slot holds ``None``: any scheduler
+with diffusers' interface); this base owns everything that map implies, so a ``Tiny*Pipeline`` keeps only the maths
+of its ``__call__``. A saved pipeline is one folder per component and ``model_index.json`` written last, whose
+entries name components the way diffusers does: ``"vae": ["diffusion_lab", "AutoencoderKL"]`` (a diffusers
+scheduler: ``["diffusers", "DDIMScheduler"]``); folders written with full module paths
+(``["diffusion_lab.models.autoencoder", "AutoencoderKL"]``) still load.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import inspect
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
+from PIL import Image
 
 from diffusion_lab import schedulers
+from diffusion_lab.utils.checkpoint import write_json_atomic
+from diffusion_lab.utils.errors import FileError, check_choice
+from diffusion_lab.utils.torch_utils import randn
 
-__all__ = ["PipelineOutput"]
+__all__ = ["PipelineOutput", "TinyPipeline"]
+
+LIBRARY = "diffusion_lab"
+OUTPUT_TYPES = ("pt", "pil", "latent")
 
 
 @dataclass
@@ -58,14 +48,257 @@ class PipelineOutput:
         return (self.images, self.latents)[i]
 
 
-def _load_scheduler(path: Path):
-    """Our DDPM/DDIM/flow schedulers, or a diffusers scheduler by its class name."""
-    config = json.loads(path.read_text("utf-8"))
-    name, module = config.pop("_class_name"), config.pop("_module", "")
-    if module.startswith("diffusion_lab") and name in schedulers.__all__:
-        return getattr(schedulers, name).from_config(config)
+def _version() -> str:
+    """The installed diffusion-lab version, recorded in ``model_index.json`` as diffusers records its own."""
+    try:
+        return importlib.metadata.version("diffusion-lab")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown"
+
+
+def _is_ours(library: str) -> bool:
+    return library == LIBRARY or library.startswith(LIBRARY + ".")
+
+
+def _scheduler_class(library: str, name: str, where: Path):
+    """Our DDPM/DDIM/flow scheduler classes, or a diffusers scheduler class, by (library, class name)."""
+    if _is_ours(library):
+        if name not in schedulers.__all__:
+            raise FileError(f"{where} names an unknown diffusion_lab scheduler {name!r}; ours: {schedulers.__all__}")
+        return getattr(schedulers, name)
+    if library != "diffusers":
+        raise FileError(f"{where} names a scheduler from {library!r}; give a diffusion_lab or diffusers scheduler")
     import diffusers  # lazy: only a folder that names a diffusers scheduler needs diffusers (layers below the bridge do not import it at module level)
 
     if not hasattr(diffusers, name):
-        raise ValueError(f"unknown scheduler class {name!r} in {path}")
-    return getattr(diffusers, name).from_config(config)
+        raise FileError(f"{where} names an unknown diffusers scheduler {name!r}")
+    return getattr(diffusers, name)
+
+
+def _load_scheduler(directory: Path, library: str | None = None):
+    """The scheduler saved in ``directory`` (``scheduler_config.json``); ``library`` from ``model_index.json``,
+    else the config's ``_module`` (our older folders), else ours when the name is ours."""
+    path = directory / "scheduler_config.json"
+    try:
+        config = json.loads(path.read_text("utf-8"))
+        name = config.pop("_class_name")
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise FileError(f"{path} is missing or not a scheduler config ({e}): re-save the pipeline") from e
+    module = config.pop("_module", None)
+    library = library or module or (LIBRARY if name in schedulers.__all__ else "diffusers")
+    return _scheduler_class(library, name, path).from_config(config)
+
+
+def _save_scheduler(scheduler, directory: Path) -> None:
+    """A diffusers-style scheduler saves itself; ours write ``scheduler_config.json`` (with ``_module``)."""
+    if hasattr(scheduler, "save_pretrained"):
+        scheduler.save_pretrained(directory)
+        return
+    config = {"_class_name": type(scheduler).__name__, "_module": type(scheduler).__module__, **dict(scheduler.config)}
+    write_json_atomic(directory / "scheduler_config.json", config)
+
+
+class TinyPipeline:
+    """The base of every ``Tiny*Pipeline``: a subclass sets ``_component_classes`` (name → class, ``None`` for a
+    scheduler), ``_denoiser_name`` (the network whose device and dtype the pipeline reports), optionally
+    ``_config_names`` (plain values stored in ``model_index.json``, passed back to ``__init__``) and ``_frozen``
+    (components loaded with ``requires_grad_(False)``), and calls :meth:`register_modules` in ``__init__``."""
+
+    _component_classes: ClassVar[dict[str, type | None]] = {}
+    _denoiser_name: ClassVar[str] = "unet"
+    _config_names: ClassVar[tuple[str, ...]] = ()
+    _frozen: ClassVar[tuple[str, ...]] = ()
+
+    def register_modules(self, **components: Any) -> None:
+        """Set each component as an attribute (diffusers' name), after checking its class against the map."""
+        for name, value in components.items():
+            expected = self._component_classes[name]
+            if expected is not None and not isinstance(value, expected):
+                raise TypeError(f"{name} must be a {expected.__name__}, got {type(value).__name__}")
+            setattr(self, name, value)
+
+    # ------------------------------------------------------------------------------------------- components
+
+    @property
+    def components(self) -> dict:
+        return {name: getattr(self, name) for name in self._component_classes}
+
+    @property
+    def _components(self) -> tuple[str, ...]:  # the names in order (training/surgery.py reads _components[3])
+        return tuple(self._component_classes)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network that predicts the noise / velocity (``unet`` or ``transformer``)."""
+        return getattr(self, self._denoiser_name)
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.dtype
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {n: m for n, m in self.components.items() if isinstance(m, torch.nn.Module)}
+
+    def to(self, device=None, dtype: torch.dtype | None = None):
+        """Move every network component (``pipe.to("cuda")``, ``pipe.to(dtype=torch.float16)``); returns self."""
+        for module in self._modules().values():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameters per network component."""
+        return {n: sum(p.numel() for p in m.parameters()) for n, m in self._modules().items()}
+
+    # -------------------------------------------------------------------------------------- sampling helpers
+
+    def step_kwargs(self, generator: torch.Generator | None, eta: float | None) -> dict:
+        """``generator`` and ``eta`` for the scheduler's ``step``, where its signature takes them (diffusers'
+        ``prepare_extra_step_kwargs``)."""
+        accepts = inspect.signature(self.scheduler.step).parameters
+        kw = {"generator": generator} if "generator" in accepts else {}
+        if eta is not None and "eta" in accepts:
+            kw["eta"] = eta
+        return kw
+
+    @staticmethod
+    def check_output_type(output_type: object) -> None:
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+
+    def initial_noise(
+        self, shape: tuple[int, ...], generator: torch.Generator | None, latents: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """ε (shape) drawn from ``generator`` on the pipeline's device, or the caller's ``latents`` (same shape)."""
+        if latents is None:
+            return randn(shape, generator, self.device, dtype)
+        if not isinstance(latents, torch.Tensor):
+            raise TypeError(f"latents must be a tensor of shape {shape}, got {type(latents).__name__}")
+        if tuple(latents.shape) != tuple(shape):
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        return latents.to(device=self.device, dtype=dtype)
+
+    def prepare_latents(
+        self, shape: tuple[int, ...], generator: torch.Generator | None, latents: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """z_T = σ_init·ε (B, L, h, w): :meth:`initial_noise` times the scheduler's ``init_noise_sigma``."""
+        return self.initial_noise(shape, generator, latents, dtype) * getattr(self.scheduler, "init_noise_sigma", 1.0)
+
+    def denoise(self, z, timesteps, predict, step_kw: dict, out: PipelineOutput, callback=None,
+                return_intermediates: bool = False, after_step=None) -> torch.Tensor:  # fmt: skip
+        """The loop: for each t, z ← scheduler.step(predict(z, t, i), t, z); then ``after_step(z, i)`` (inpainting's
+        blend), the intermediates and ``callback(i, t, z)``."""
+        for i, t in enumerate(timesteps):
+            z = self.scheduler.step(predict(z, t, i), t, z, **step_kw).prev_sample
+            if after_step is not None:
+                z = after_step(z, i)
+            if return_intermediates:
+                out.intermediates.append(z.cpu())
+                out.timesteps.append(int(t))
+            if callback is not None:
+                callback(i, int(t), z)
+        return z
+
+    def decode_latents(self, z: torch.Tensor, out: PipelineOutput, output_type: str) -> PipelineOutput:
+        """Fill ``out``: latents z_0, and images x = D(z_0 / s) clamped to [−1, 1] as a tensor or PIL list."""
+        out.latents = z
+        if output_type == "latent":
+            out.images = z
+            return out
+        x = self.vae.decode(z / self.vae.config.scaling_factor).sample.clamp(-1, 1)  # (B, C, H, W)
+        if output_type == "pil":
+            arr = ((x + 1) * 127.5).round().to(torch.uint8).cpu().permute(0, 2, 3, 1).numpy()
+            out.images = [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a) for a in arr]
+        else:
+            out.images = x
+        return out
+
+    # ------------------------------------------------------------------------------------------- save / load
+
+    def _save_component(self, name: str, component, directory: Path) -> None:
+        """One component into ``directory`` (a subclass overrides it for a component without ``save_pretrained``)."""
+        if self._component_classes[name] is None:
+            _save_scheduler(component, directory)
+        else:
+            component.save_pretrained(directory)
+
+    @classmethod
+    def _load_component(cls, name: str, library: str, directory: Path, device):
+        expected = cls._component_classes[name]
+        if expected is None:
+            return _load_scheduler(directory, library)
+        if "device" in inspect.signature(expected.from_pretrained).parameters:
+            module = expected.from_pretrained(directory, device=device).eval()
+            return module.requires_grad_(False) if name in cls._frozen else module
+        return expected.from_pretrained(directory)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """One folder per component and ``model_index.json``, laid out like diffusers'.
+
+        Each component is written atomically and ``model_index.json`` last, so an interrupted save leaves a folder
+        that :meth:`from_pretrained` refuses (no index) rather than a silent mix of old and new parts.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        index: dict[str, Any] = {"_class_name": type(self).__name__, "_diffusion_lab_version": _version()}
+        index.update({key: getattr(self, key) for key in self._config_names})
+        for name, component in self.components.items():
+            (directory / name).mkdir(exist_ok=True)
+            self._save_component(name, component, directory / name)
+            library = type(component).__module__.split(".")[0]
+            index[name] = [LIBRARY if library == LIBRARY else library, type(component).__name__]
+        write_json_atomic(directory / "model_index.json", index)
+        return directory
+
+    @classmethod
+    def read_index(cls, directory: Path) -> dict:
+        """``model_index.json`` of a folder of this class, or a :class:`FileError` that says what is wrong."""
+        path = directory / "model_index.json"
+        if not path.is_file():
+            raise FileError(
+                f"{directory} holds no model_index.json: is it a folder written by save_pretrained? (an interrupted "
+                "save writes it last, so save again)"
+            )
+        try:
+            index = json.loads(path.read_text("utf-8"))
+        except ValueError as e:
+            raise FileError(f"{path} is not valid JSON ({e}): save the pipeline again") from e
+        stored = index.get("_class_name") if isinstance(index, dict) else None
+        if stored != cls.__name__:
+            raise FileError(
+                f"{directory} holds a {stored}, not a {cls.__name__}: load it with {stored}.from_pretrained(...)"
+            )
+        return index
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, scheduler=None, device=None):
+        """Load a folder written by :meth:`save_pretrained` (networks in eval mode); ``scheduler`` replaces the
+        stored one. A missing, foreign or incomplete folder raises :class:`FileError`."""
+        directory = Path(directory)
+        index = cls.read_index(directory)
+        kwargs: dict[str, Any] = {}
+        for name, expected in cls._component_classes.items():
+            if name == "scheduler" and scheduler is not None:
+                kwargs[name] = scheduler
+                continue
+            entry = index.get(name)
+            if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
+                raise FileError(f"{directory}/model_index.json has no valid entry for {name!r} (got {entry!r})")
+            library, class_name = entry
+            if expected is not None and (not _is_ours(library) or class_name != expected.__name__):
+                raise FileError(
+                    f"{directory}/model_index.json names {library}.{class_name} for {name!r}; "
+                    f"{cls.__name__} takes a diffusion_lab {expected.__name__}"
+                )
+            if not (directory / name).is_dir():
+                raise FileError(f"{directory} has no {name}/ folder: the save is incomplete, save the pipeline again")
+            kwargs[name] = cls._load_component(name, library, directory / name, device)
+        for key in cls._config_names:
+            if key not in index:
+                raise FileError(f"{directory}/model_index.json has no {key!r}: save the pipeline again")
+            kwargs[key] = index[key]
+        return cls(**kwargs)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from diffusion_lab.models.autoencoder import AutoencoderKL
 from diffusion_lab.models.mmdit import MMDiT, pad_to_patch
+from diffusion_lab.models.text_encoder import TextEncoder, WordTokenizer
 from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
 
 __all__ = ["TinySD3Pipeline"]
@@ -23,12 +25,16 @@ class TinySD3Pipeline(TinyStableDiffusionPipeline):
       back; training pads the same way, so the border is always 0 and never part of the loss.
     """
 
-    _components = ("vae", "text_encoder", "tokenizer", "transformer", "scheduler")
+    _component_classes = {
+        "vae": AutoencoderKL, "text_encoder": TextEncoder, "tokenizer": WordTokenizer, "transformer": MMDiT,
+        "scheduler": None,
+    }  # fmt: skip
+    _denoiser_name = "transformer"
 
     def __init__(self, vae, text_encoder, tokenizer, transformer, scheduler):
-        self.vae, self.text_encoder, self.tokenizer, self.transformer, self.scheduler = (
-            vae, text_encoder, tokenizer, transformer, scheduler,
-        )  # fmt: skip
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler
+        )
         if transformer.config.joint_attention_dim is None:
             raise ValueError("the transformer needs a text stream: build it with MMDiTConfig(joint_attention_dim=...)")
         if transformer.config.in_channels != vae.config.latent_channels:
@@ -43,16 +49,11 @@ class TinySD3Pipeline(TinyStableDiffusionPipeline):
             )
 
     @property
-    def denoiser(self):
-        return self.transformer
-
-    @property
     def latent_multiple(self) -> int:
         """The autoencoder factor alone: the transformer pads latents to its patch size itself."""
         return self.vae_scale_factor
 
     def _predict(self, z, t, c, mask, pooled, step=0, num_steps=1):
-
         cfg = self.transformer.config
         h, w = z.shape[-2:]
         t01 = torch.as_tensor(t, dtype=z.dtype, device=z.device) / self.scheduler.config.num_train_timesteps
@@ -65,8 +66,3 @@ class TinySD3Pipeline(TinyStableDiffusionPipeline):
 
     def _add_noise(self, z0, noise, t):
         return self.scheduler.scale_noise(z0, t, noise)  # (1 − σ)·z_0 + σ·ε
-
-    @staticmethod
-    def _denoiser_class():
-
-        return MMDiT

@@ -55,25 +55,20 @@ Indexing: k and the diffusion timesteps t are integers 0..T−1, as in :mod:`dif
 
 from __future__ import annotations
 
-import inspect
-import json
-import os
 from collections.abc import Callable
-from numbers import Integral
-from pathlib import Path
 
 import torch
-from PIL import Image
 
 from diffusion_lab.maths.diffusion import q_sample
 from diffusion_lab.maths.images import _check_batch, psnr
 from diffusion_lab.mnist.metrics import fid_mnist, prompt_adherence
 from diffusion_lab.models.autoencoder import AutoencoderKL
 from diffusion_lab.models.unet import UNet
-from diffusion_lab.pipelines.pipeline_utils import PipelineOutput, _load_scheduler
+from diffusion_lab.pipelines.pipeline_utils import PipelineOutput, TinyPipeline
 from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
-from diffusion_lab.utils.checkpoint import write_json_atomic
+from diffusion_lab.utils.errors import check_int
 from diffusion_lab.utils.torch_utils import randn
+from diffusion_lab.utils.validation import check_images
 
 __all__ = ["LOW_RES_SCHEDULE", "TinyUpscalePipeline", "low_res_scheduler", "noise_augment", "upscale_metrics"]
 
@@ -132,7 +127,7 @@ def upscale_metrics(
     }
 
 
-class TinyUpscalePipeline:
+class TinyUpscalePipeline(TinyPipeline):
     """``pipe(image, num_inference_steps=10, noise_level=20, generator=None)`` → :class:`PipelineOutput` with the
     upscaled images (B, 1, 28, 28) in [−1, 1], as diffusers' ``StableDiffusionUpscalePipeline`` (without text).
 
@@ -141,11 +136,13 @@ class TinyUpscalePipeline:
     augmentation; ``max_noise_level`` K.
     """
 
-    _components = ("vae", "unet", "scheduler", "low_res_scheduler")
+    _component_classes = {"vae": AutoencoderKL, "unet": UNet, "scheduler": None, "low_res_scheduler": None}
+    _config_names = ("max_noise_level",)
+    _frozen = ("vae",)
 
     def __init__(self, vae: AutoencoderKL, unet: UNet, scheduler, low_res_scheduler, max_noise_level: int = 350):
-        self.vae, self.unet, self.scheduler, self.low_res_scheduler = vae, unet, scheduler, low_res_scheduler
-        self.max_noise_level = max_noise_level
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, low_res_scheduler=low_res_scheduler)
+        self.max_noise_level = check_int("max_noise_level", max_noise_level, minimum=0)
         c, L = unet.config, vae.config.latent_channels
         if c.in_channels != L + vae.config.in_channels or c.out_channels != L:
             raise ValueError(
@@ -158,11 +155,7 @@ class TinyUpscalePipeline:
                 "the upscaler's U-Net takes no text: build it with cross_attention_dim=None, pooled_dim=None"
             )
         T_low = low_res_scheduler.config.num_train_timesteps
-        if (
-            isinstance(max_noise_level, bool)
-            or not isinstance(max_noise_level, int)
-            or not 0 <= max_noise_level < T_low
-        ):
+        if max_noise_level >= T_low:
             raise ValueError(f"max_noise_level must be an integer in 0..{T_low - 1}, got {max_noise_level!r}")
         if c.num_classes is None or c.num_classes < max_noise_level + 1:
             raise ValueError(
@@ -171,60 +164,31 @@ class TinyUpscalePipeline:
             )
 
     @property
-    def components(self) -> dict:
-        return {name: getattr(self, name) for name in self._components}
-
-    @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    @property
     def vae_scale_factor(self) -> int:
         """f = r: pixels per latent position along a side, and the upscale factor (4)."""
         return self.vae.config.downsampling
 
-    def to(self, device) -> TinyUpscalePipeline:
-        self.vae.to(device)
-        self.unet.to(device)
-        return self
-
     def check_inputs(self, image: object, num_inference_steps: object, noise_level: object, height: int, width: int):
-        """Every problem with the arguments as a ValueError that says what to pass instead."""
+        """Every argument checked by the error convention (a TypeError or a ValueError that says what to pass)."""
         f, c = self.vae_scale_factor, self.vae.config.in_channels
+        for name, value in (("height", height), ("width", width)):
+            check_int(name, value)
         if height % f or width % f or height < f or width < f:
             raise ValueError(f"height and width must be positive multiples of {f}, got {height}x{width}; e.g. 28x28")
         h, w = height // f, width // f
-        if not isinstance(image, torch.Tensor) or image.ndim != 4 or not image.is_floating_point():
-            got = (
-                f"{image.dtype} tensor {tuple(image.shape)}"
-                if isinstance(image, torch.Tensor)
-                else type(image).__name__
-            )
-            raise ValueError(f"image must be a float tensor (B, {c}, {h}, {w}) in [-1, 1], got {got}")
-        if image.shape[0] == 0:
-            raise ValueError("image is an empty batch (B = 0)")
-        if image.shape[1] != c:
-            raise ValueError(
-                f"image has {image.shape[1]} channels but the autoencoder (and the U-Net's conditioning input) "
-                f"expects {c}: give (B, {c}, {h}, {w}) images"
-            )
-        if tuple(image.shape[2:]) != (h, w):
+        size_hint = ""
+        if isinstance(image, torch.Tensor) and image.ndim == 4:
             ih, iw = image.shape[2:]
-            raise ValueError(
-                f"a {ih}x{iw} image cannot be upscaled x{f} to {height}x{width}: give {h}x{w} images "
+            size_hint = (
+                f": a {ih}x{iw} image cannot be upscaled x{f} to {height}x{width}: give {h}x{w} images "
                 f"({height} / {f}; e.g. downsample(x, {f}) of {height}x{width} images), or set height={ih * f}, "
                 f"width={iw * f}"
             )
-        if not torch.isfinite(image).all():
-            raise ValueError("image contains NaN or infinite values")
-        if (
-            isinstance(num_inference_steps, bool)
-            or not isinstance(num_inference_steps, Integral)
-            or num_inference_steps < 1
-        ):
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        hints = {"channels": f" (the autoencoder and the U-Net's conditioning input take {c})", "size": size_hint}
+        check_images(image, "image", channels=c, size=(h, w), hints=hints)
+        check_int("num_inference_steps", num_inference_steps)
         K = self.max_noise_level
-        if isinstance(noise_level, bool) or not isinstance(noise_level, Integral) or not 0 <= noise_level <= K:
+        if check_int("noise_level", noise_level, minimum=None) < 0 or noise_level > K:
             raise ValueError(
                 f"noise_level must be an integer in [0, {K}] (max_noise_level; 0 = follow the input closely, larger "
                 f"= invent more detail), got {noise_level!r}"
@@ -258,9 +222,8 @@ class TinyUpscalePipeline:
         different upscalings of it.
         """
         self.check_inputs(image, num_inference_steps, noise_level, height, width)
-        if output_type not in ("pt", "pil", "latent"):
-            raise ValueError(f"output_type must be 'pt', 'pil' or 'latent', got {output_type!r}")
-        device, b, s = self.device, image.shape[0], self.vae.config.scaling_factor
+        self.check_output_type(output_type)
+        device, b = self.device, image.shape[0]
         shape = (b, self.vae.config.latent_channels, *image.shape[2:])  # (B, L, h, w): the latents of the output
 
         # 1. the noise augmentation of the low-resolution image (drawn first, as in diffusers)
@@ -271,80 +234,16 @@ class TinyUpscalePipeline:
 
         # 2. timesteps and the starting latents
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        if latents is not None and tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        z = randn(shape, generator, device, image.dtype) if latents is None else latents.to(device, image.dtype)
-        z = z * getattr(self.scheduler, "init_noise_sigma", 1.0)
+        z = self.prepare_latents(shape, generator, latents, image.dtype)  # (B, L, h, w)
 
         # 3. the denoising loop, the low-res image concatenated along channels at every step
-        accepts = inspect.signature(self.scheduler.step).parameters
-        step_kw = {"generator": generator} if "generator" in accepts else {}
-        if eta is not None and "eta" in accepts:
-            step_kw["eta"] = eta
+        def predict(z, t, i):
+            unet_in = torch.cat([self.scheduler.scale_model_input(z, t), noisy_low], dim=1)  # (B, L + 1, h, w)
+            return self.unet(unet_in, t, class_labels=k)  # (B, L, h, w)
+
         out = PipelineOutput(images=torch.empty(0), latents=torch.empty(0))
-        for i, t in enumerate(self.scheduler.timesteps):
-            z_in = self.scheduler.scale_model_input(z, t)
-            unet_in = torch.cat([z_in, noisy_low], dim=1)  # (B, L + 1, h, w)
-            pred = self.unet(unet_in, t, class_labels=k)  # (B, L, h, w)
-            z = self.scheduler.step(pred, t, z, **step_kw).prev_sample
-            if return_intermediates:
-                out.intermediates.append(z.cpu())
-                out.timesteps.append(int(t))
-            if callback is not None:
-                callback(i, int(t), z)
+        step_kw = self.step_kwargs(generator, eta)
+        z = self.denoise(z, self.scheduler.timesteps, predict, step_kw, out, callback, return_intermediates)
 
         # 4. decode
-        out.latents = z
-        if output_type == "latent":
-            out.images = z
-            return out
-        x = self.vae.decode(z / s).sample.clamp(-1, 1)  # (B, 1, H, W)
-        if output_type == "pil":
-            arr = ((x + 1) * 127.5).round().to(torch.uint8).cpu().permute(0, 2, 3, 1).numpy()
-            out.images = [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a) for a in arr]
-        else:
-            out.images = x
-        return out
-
-    # ---------------------------------------------------------------------------------------------- save / load
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """``vae/`` and ``unet/`` (safetensors + JSON), ``scheduler/`` and ``low_res_scheduler/`` configs, and
-        ``model_index.json`` (written last, so an interrupted save is refused by :meth:`from_pretrained`)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.vae.save_pretrained(directory / "vae")
-        self.unet.save_pretrained(directory / "unet")
-        for name in ("scheduler", "low_res_scheduler"):
-            sched = getattr(self, name)
-            config = {"_class_name": type(sched).__name__, "_module": type(sched).__module__, **dict(sched.config)}
-            write_json_atomic(directory / name / "scheduler_config.json", config)
-        index = {"_class_name": type(self).__name__, "max_noise_level": self.max_noise_level}
-        index.update(
-            {n: [type(getattr(self, n)).__module__, type(getattr(self, n)).__name__] for n in self._components}
-        )
-        write_json_atomic(directory / "model_index.json", index)
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, scheduler=None, device=None) -> TinyUpscalePipeline:
-        """Load a folder written by :meth:`save_pretrained` (eval mode); ``scheduler`` replaces the stored one."""
-
-        directory = Path(directory)
-        index_path = directory / "model_index.json"
-        if not index_path.is_file():
-            raise FileNotFoundError(
-                f"{directory} holds no model_index.json: is it a folder written by save_pretrained?"
-            )
-        index = json.loads(index_path.read_text("utf-8"))
-        if index.get("_class_name") != cls.__name__:
-            raise ValueError(f"{directory} holds a {index.get('_class_name')}, not a {cls.__name__}")
-        if scheduler is None:
-            scheduler = _load_scheduler(directory / "scheduler" / "scheduler_config.json")
-        return cls(
-            AutoencoderKL.from_pretrained(directory / "vae", device=device).requires_grad_(False),
-            UNet.from_pretrained(directory / "unet", device=device),
-            scheduler,
-            _load_scheduler(directory / "low_res_scheduler" / "scheduler_config.json"),
-            max_noise_level=int(index["max_noise_level"]),
-        )
+        return self.decode_latents(z, out, output_type)

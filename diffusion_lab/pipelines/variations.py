@@ -58,16 +58,11 @@ at ``noise_level=0`` the noise is negligible either way: √(1 − ᾱᵃ_0) ≈
 from __future__ import annotations
 
 import hashlib
-import inspect
-import json
-import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from diffusion_lab.maths.guidance import cfg_combine
 from diffusion_lab.mnist.classifier import MnistClassifier, classify, load_classifier
@@ -75,21 +70,25 @@ from diffusion_lab.models.autoencoder import AutoencoderKL
 from diffusion_lab.models.image_embedding import (
     EmbeddingNormalizer,
     _check_noise_level,
-    _check_reference_images,
     image_embedding,
     noise_embedding,
 )
 from diffusion_lab.models.unet import UNet
-from diffusion_lab.pipelines.pipeline_utils import PipelineOutput, _load_scheduler
+from diffusion_lab.pipelines.pipeline_utils import PipelineOutput, TinyPipeline
 from diffusion_lab.utils.checkpoint import save_tensors_atomic, write_json_atomic
-from diffusion_lab.utils.torch_utils import randn
+from diffusion_lab.utils.errors import check_int, check_number
+from diffusion_lab.utils.validation import check_images
 
 __all__ = ["TinyVariationPipeline", "variation_scores"]
 
 _CLASSIFIER_FILE = "mnist_classifier.safetensors"
+_HINTS = {
+    "channels": " (MNIST digits have 1; RGB: average the channels)",
+    "range": " (0..255 pixels: use diffusion_lab.mnist.data.to_unit_range)",
+}
 
 
-class TinyVariationPipeline:
+class TinyVariationPipeline(TinyPipeline):
     """``pipe(image, num_inference_steps=25, guidance_scale=2.0, noise_level=0, num_images_per_prompt=1,
     generator=None)`` → :class:`~diffusion_lab.pipelines.pipeline_utils.PipelineOutput`: n variations of each reference image,
     reference-major (rows 0 … n − 1 are the variations of reference 0), the call shape of diffusers'
@@ -100,11 +99,17 @@ class TinyVariationPipeline:
     ``image_noising_scheduler`` (its ``alphas_cumprod`` noise the embedding).
     """
 
-    _components = ("vae", "image_encoder", "image_normalizer", "unet", "scheduler", "image_noising_scheduler")
+    _component_classes = {
+        "vae": AutoencoderKL, "image_encoder": MnistClassifier, "image_normalizer": EmbeddingNormalizer, "unet": UNet,
+        "scheduler": None, "image_noising_scheduler": None,
+    }  # fmt: skip
+    _frozen = ("vae",)
 
     def __init__(self, vae, image_encoder, image_normalizer, unet, scheduler, image_noising_scheduler):
-        self.vae, self.image_encoder, self.image_normalizer = vae, image_encoder, image_normalizer
-        self.unet, self.scheduler, self.image_noising_scheduler = unet, scheduler, image_noising_scheduler
+        self.register_modules(
+            vae=vae, image_encoder=image_encoder, image_normalizer=image_normalizer, unet=unet, scheduler=scheduler,
+            image_noising_scheduler=image_noising_scheduler,
+        )  # fmt: skip
         d = image_encoder.config.feature_dim
         if image_normalizer.config.embedding_dim != d:
             raise ValueError(
@@ -122,14 +127,6 @@ class TinyVariationPipeline:
             )
 
     @property
-    def components(self) -> dict:
-        return {name: getattr(self, name) for name in self._components}
-
-    @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    @property
     def embedding_dim(self) -> int:
         return self.image_encoder.config.feature_dim
 
@@ -138,13 +135,9 @@ class TinyVariationPipeline:
         """K: valid noise levels are 0 … K − 1."""
         return len(self.image_noising_scheduler.alphas_cumprod)
 
-    def to(self, device) -> TinyVariationPipeline:
-        for module in (self.vae, self.image_encoder, self.image_normalizer, self.unet):
-            module.to(device)
-        return self
-
     def num_parameters(self) -> dict[str, int]:
-        return {n: sum(p.numel() for p in getattr(self, n).parameters()) for n in ("vae", "image_encoder", "unet")}
+        """Parameters of the networks (the normaliser's μ, σ are statistics, not counted)."""
+        return {n: c for n, c in super().num_parameters().items() if n != "image_normalizer"}
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """f(x) (B, D) of reference images (B, 1, 28, 28) in [−1, 1]."""
@@ -161,7 +154,7 @@ class TinyVariationPipeline:
         if (image is None) == (image_embeds is None):
             raise ValueError("give either image (B, 1, 28, 28) or image_embeds (B, D), not both and not neither")
         if image is not None:
-            _check_reference_images(image, "image")
+            check_images(image, "image", channels=1, size=(28, 28), value_range=(-1, 1), hints=_HINTS)
         else:
             d = self.embedding_dim
             if not isinstance(image_embeds, torch.Tensor) or image_embeds.ndim != 2 or image_embeds.shape[1] != d:
@@ -169,23 +162,12 @@ class TinyVariationPipeline:
                 raise ValueError(f"image_embeds must have shape (B, {d}) (pipe.encode_image(image)), got {got}")
             if image_embeds.shape[0] == 0:
                 raise ValueError("image_embeds is an empty batch (B = 0): give at least one embedding")
-        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
-        if not (
-            isinstance(guidance_scale, (int, float))
-            and not isinstance(guidance_scale, bool)
-            and math.isfinite(guidance_scale)
-            and guidance_scale >= 0
-        ):
-            raise ValueError(
-                f"guidance_scale must be a finite number >= 0 (0 = ignore the image: the unconditional model, "
-                f"1 = no guidance, > 1 = stronger guidance), got {guidance_scale!r}"
-            )
+        check_int("num_inference_steps", num_inference_steps)
+        check_number("guidance_scale", guidance_scale, minimum=0)  # 0: ignore the image, 1: no guidance
         if isinstance(noise_level, torch.Tensor):  # one level per call, as diffusers
             raise ValueError(f"noise_level must be one integer in [0, {self.num_noise_levels - 1}], got a tensor")
         _check_noise_level(noise_level, self.num_noise_levels)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {n!r}")
+        check_int("num_images_per_prompt", n)
 
     @torch.no_grad()
     def __call__(
@@ -215,9 +197,8 @@ class TinyVariationPipeline:
         """
         n = num_images_per_prompt
         self.check_inputs(image, image_embeds, num_inference_steps, guidance_scale, noise_level, n)
-        if output_type not in ("pt", "pil", "latent"):
-            raise ValueError(f"output_type must be 'pt', 'pil' or 'latent', got {output_type!r}")
-        device, s = self.device, self.vae.config.scaling_factor
+        self.check_output_type(output_type)
+        device = self.device
 
         # 1. the conditioning: embed, repeat n times, noise each copy, [c_∅ ; c] for guidance
         f = self.encode_image(image) if image is not None else image_embeds.to(device)  # (B, D)
@@ -230,94 +211,44 @@ class TinyVariationPipeline:
         # 2. the denoising loop
         h = 28 // self.vae.config.downsampling
         shape = (f.shape[0], self.vae.config.latent_channels, h, h)
-        if latents is not None and tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        z = (
-            randn(shape, generator, device) if latents is None else latents.to(device)
-        ) * self.scheduler.init_noise_sigma
+        z = self.prepare_latents(shape, generator, latents)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        accepts = inspect.signature(self.scheduler.step).parameters
-        step_kw = {"generator": generator} if "generator" in accepts else {}
-        if eta is not None and "eta" in accepts:
-            step_kw["eta"] = eta
-        out = PipelineOutput(images=torch.empty(0), latents=torch.empty(0))
-        for i, t in enumerate(self.scheduler.timesteps):
+
+        def predict(z, t, i):
             z_in = self.scheduler.scale_model_input(torch.cat([z, z]) if guided else z, t)
             pred = self.unet(z_in, t, pooled_text=c)  # (2B·n or B·n, L, h, w)
             if guided:
                 pred_uncond, pred_cond = pred.chunk(2)
                 pred = cfg_combine(pred_cond, pred_uncond, guidance_scale)
-            z = self.scheduler.step(pred, t, z, **step_kw).prev_sample
-            if return_intermediates:
-                out.intermediates.append(z.cpu())
-                out.timesteps.append(int(t))
-            if callback is not None:
-                callback(i, int(t), z)
+            return pred
+
+        out = PipelineOutput(images=torch.empty(0), latents=torch.empty(0))
+        step_kw = self.step_kwargs(generator, eta)
+        z = self.denoise(z, self.scheduler.timesteps, predict, step_kw, out, callback, return_intermediates)
 
         # 3. decode
-        out.latents = z
-        if output_type == "latent":
-            out.images = z
-            return out
-        x = self.vae.decode(z / s).sample.clamp(-1, 1)  # (B·n, 1, 28, 28)
-        if output_type == "pil":
-            arr = ((x + 1) * 127.5).round().to(torch.uint8).cpu()[:, 0].numpy()
-            out.images = [Image.fromarray(a) for a in arr]
-        else:
-            out.images = x
-        return out
+        return self.decode_latents(z, out, output_type)
 
     # ---------------------------------------------------------------------------------------------- save / load
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """One folder per component (safetensors + JSON) and ``model_index.json`` last, laid out like diffusers'."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.vae.save_pretrained(directory / "vae")
-        self.image_normalizer.save_pretrained(directory / "image_normalizer")
-        self.unet.save_pretrained(directory / "unet")
-        weights = save_tensors_atomic(directory / "image_encoder" / _CLASSIFIER_FILE, self.image_encoder.state_dict())
+    def _save_component(self, name: str, component, directory: Path) -> None:
+        """The classifier as :func:`load_classifier` reads it (weights + JSON); the rest as the base saves them."""
+        if name != "image_encoder":
+            return super()._save_component(name, component, directory)
+        weights = save_tensors_atomic(directory / _CLASSIFIER_FILE, component.state_dict())
         meta = {
             "model": "diffusion_lab.mnist.classifier.MnistClassifier",
-            "config": asdict(self.image_encoder.config),
+            "config": asdict(component.config),
             "weights_file": _CLASSIFIER_FILE,
             "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         }
-        write_json_atomic(weights.with_suffix(".json"), meta)  # the layout load_classifier reads
-        for name in ("scheduler", "image_noising_scheduler"):
-            sched = getattr(self, name)
-            config = {"_class_name": type(sched).__name__, "_module": type(sched).__module__, **dict(sched.config)}
-            write_json_atomic(directory / name / "scheduler_config.json", config)
-        index = {"_class_name": type(self).__name__}
-        index.update(
-            {n: [type(getattr(self, n)).__module__, type(getattr(self, n)).__name__] for n in self._components}
-        )
-        write_json_atomic(directory / "model_index.json", index)
-        return directory
+        write_json_atomic(weights.with_suffix(".json"), meta)
 
     @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike, scheduler=None, device: str | torch.device | None = None
-    ) -> TinyVariationPipeline:
-        """Load a folder written by :meth:`save_pretrained` (eval mode); ``scheduler`` replaces the stored one."""
-
-        directory = Path(directory)
-        index = directory / "model_index.json"
-        if not index.is_file():
-            raise FileNotFoundError(
-                f"{directory} holds no model_index.json: is it a folder written by save_pretrained?"
-            )
-        stored = json.loads(index.read_text("utf-8")).get("_class_name")
-        if stored != cls.__name__:
-            raise ValueError(f"{directory} holds a {stored}, not a {cls.__name__}")
-        return cls(
-            AutoencoderKL.from_pretrained(directory / "vae", device=device).requires_grad_(False),
-            load_classifier(directory / "image_encoder" / _CLASSIFIER_FILE, device=device),
-            EmbeddingNormalizer.from_pretrained(directory / "image_normalizer", device=device),
-            UNet.from_pretrained(directory / "unet", device=device),
-            scheduler or _load_scheduler(directory / "scheduler" / "scheduler_config.json"),
-            _load_scheduler(directory / "image_noising_scheduler" / "scheduler_config.json"),
-        )
+    def _load_component(cls, name: str, library: str, directory: Path, device):
+        if name == "image_encoder":
+            return load_classifier(directory / _CLASSIFIER_FILE, device=device)
+        return super()._load_component(name, library, directory, device)
 
 
 def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -347,8 +278,8 @@ def variation_scores(
     Any image set laid out the same way can be scored: samples of the unconditional model (w = 0), or n other real
     digits of r's class — the baselines.
     """
-    references = _check_reference_images(references, "references")
-    variations = _check_reference_images(variations, "variations")
+    references = check_images(references, "references", channels=1, size=(28, 28), value_range=(-1, 1), hints=_HINTS)
+    variations = check_images(variations, "variations", channels=1, size=(28, 28), value_range=(-1, 1), hints=_HINTS)
     b = len(references)
     if len(variations) % b:
         raise ValueError(f"variations must hold n per reference (B·n with B = {b}), got {len(variations)}")
