@@ -348,3 +348,101 @@ def test_missing_or_damaged_file_is_a_file_error(models, tmp_path, make):
 def test_loaders_refuse_a_wrong_type(call):
     with pytest.raises(TypeError, match="must be a"):
         call()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bridge and course: the real-model checks, the widgets' constructors and the exercise checkers' own arguments
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _bridge_and_course_cases():
+    from diffusion_lab import bridge  # lazy: imports diffusers, only for these cases
+    from diffusion_lab.course import widgets
+    from diffusion_lab.course.exercises import check_q_sample, check_snr_crossing, check_timesteps_answer
+
+    env = bridge.Environment("cpu", "cpu", 0.0, False, "test", False, ())
+    x0 = torch.zeros(2, 1, 8, 8)
+    return [
+        ("load_pipeline-int", lambda: bridge.load_pipeline(3, env), TypeError, "key must be a model name"),
+        ("load_pipeline-unknown", lambda: bridge.load_pipeline("sdxl", env), ValueError, "unknown model 'sdxl'"),
+        ("check_size-float", lambda: bridge.check_size(64.0, 64, 8), TypeError, "height must be a positive integer"),
+        ("check_size-value", lambda: bridge.check_size(60, 64, 8), ValueError, "height=60 must be a positive"),
+        ("upscale-pair-str", lambda: bridge.check_upscale_sizes("16x16", (64, 64), 4), TypeError, "low_res_hw"),
+        ("upscale-pair-float", lambda: bridge.check_upscale_sizes((16.0, 16), (64, 64), 4), TypeError, "low_res_hw"),
+        ("upscale-pair-len", lambda: bridge.check_upscale_sizes((16, 16, 3), (64, 64), 4), ValueError, "pair"),
+        ("upscale-factor-float", lambda: bridge.check_upscale_sizes((16, 16), (64, 64), 4.0), TypeError, "factor"),
+        ("upscale-target", lambda: bridge.check_upscale_sizes((16, 16), (62, 64), 4), ValueError, "not a multiple"),
+        ("control-type", lambda: bridge.check_control_image("edges.png", 32, 32), TypeError, "PIL image"),
+        ("control-height", lambda: bridge.check_control_image(torch.zeros(3, 32, 32), 32.0, 32), TypeError, "height"),
+        ("control-size", lambda: bridge.check_control_image(torch.zeros(3, 32, 32), 64, 32), ValueError, "32x32"),
+        ("frames-float", lambda: bridge.check_num_frames(2.5, _Frames()), TypeError, "num_frames must be an integer"),
+        ("frames-one", lambda: bridge.check_num_frames(1, _Frames()), ValueError, "at least 2 frames"),
+        ("chunk-float", lambda: bridge.check_num_frames(3, _Frames(), 1.5), TypeError, "decode_chunk_size=1.5"),
+        ("chunk-range", lambda: bridge.check_num_frames(3, _Frames(), 5), ValueError, "decode_chunk_size=5"),
+        ("frames_to_tensor-int", lambda: bridge.frames_to_tensor(3), TypeError, "one video"),
+        (
+            "frames_to_tensor-batch",
+            lambda: bridge.frames_to_tensor(torch.zeros(1, 2, 3, 8, 8)),
+            ValueError,
+            "one video",
+        ),
+        ("canny-low-str", lambda: bridge.canny_edges(torch.zeros(3, 8, 8), "100"), TypeError, "low must be a number"),
+        ("canny-low-high", lambda: bridge.canny_edges(torch.zeros(3, 8, 8), 200, 100), ValueError, "low <= high"),
+        ("sdxl-steps-float", lambda: bridge.sdxl_generate(None, "a", num_inference_steps=2.0), TypeError, "num_inf"),
+        ("sd3-steps-zero", lambda: bridge.sd3_generate(None, "a", num_inference_steps=0), ValueError, "num_inference"),
+        ("explorer-x0", lambda: widgets.ForwardProcessExplorer([0.0]), TypeError, "x0 must be a torch.Tensor"),
+        ("explorer-rank", lambda: widgets.ForwardProcessExplorer(x0[0]), ValueError, "x0 must be a batch"),
+        ("explorer-t-float", lambda: widgets.ForwardProcessExplorer(x0, t=2.5), TypeError, "t must be an integer"),
+        (
+            "explorer-t-range",
+            lambda: widgets.ForwardProcessExplorer(x0, t=1000),
+            ValueError,
+            r"t must be in \[0, 999\]",
+        ),
+        ("explorer-schedule", lambda: widgets.ForwardProcessExplorer(x0, schedule="cosine"), ValueError, "schedule"),
+        ("sampler-steps", lambda: widgets.SamplerExplorer(None, None, steps=3), ValueError, "slider's values"),
+        ("sampler-eta", lambda: widgets.SamplerExplorer(None, None, eta="0"), TypeError, "eta must be a number"),
+        ("guidance-n-float", lambda: widgets.GuidanceExplorer(None, n=2.0), TypeError, "n must be an integer"),
+        ("guidance-n-zero", lambda: widgets.GuidanceExplorer(None, n=0), ValueError, "n must be between 1 and 16"),
+        ("guidance-prompt", lambda: widgets.GuidanceExplorer(None, prompt=7), TypeError, "prompt must be a string"),
+        ("img2img-list", lambda: widgets.Img2ImgExplorer(None, [0.0]), TypeError, "image must be a torch.Tensor"),
+        ("img2img-batch", lambda: widgets.Img2ImgExplorer(None, x0), ValueError, r"one image \(1, C, H, W\)"),
+        ("img2img-strength", lambda: widgets.Img2ImgExplorer(None, x0[:1], strength=2.0), ValueError, "strength"),
+        ("checker-not-callable", lambda: check_q_sample(None), TypeError, "pass your function itself"),
+        ("checker-schedule", lambda: check_snr_crossing(10, schedule="cosine"), ValueError, "schedule must be one"),
+        ("checker-n-float", lambda: check_timesteps_answer([1], 2.0, "trailing"), TypeError, "n must be an integer"),
+        ("checker-spacing", lambda: check_timesteps_answer([1], 2, "even"), ValueError, "spacing must be one of"),
+    ]
+
+
+class _Frames:
+    num_frames = 4  # a stand-in for an SVD UNet's config
+
+
+@pytest.fixture(scope="module")
+def bridge_and_course_cases():
+    return {name: (call, error, phrase) for name, call, error, phrase in _bridge_and_course_cases()}
+
+
+_BRIDGE_IDS = [
+    "load_pipeline-int", "load_pipeline-unknown", "check_size-float", "check_size-value", "upscale-pair-str",
+    "upscale-pair-float", "upscale-pair-len", "upscale-factor-float", "upscale-target", "control-type",
+    "control-height", "control-size", "frames-float", "frames-one", "chunk-float", "chunk-range",
+    "frames_to_tensor-int", "frames_to_tensor-batch", "canny-low-str", "canny-low-high", "sdxl-steps-float",
+    "sd3-steps-zero", "explorer-x0", "explorer-rank", "explorer-t-float", "explorer-t-range", "explorer-schedule",
+    "sampler-steps", "sampler-eta", "guidance-n-float", "guidance-n-zero", "guidance-prompt", "img2img-list",
+    "img2img-batch", "img2img-strength", "checker-not-callable", "checker-schedule", "checker-n-float",
+    "checker-spacing",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", _BRIDGE_IDS)
+def test_bridge_and_course_wrong_type_or_value(bridge_and_course_cases, name):
+    call, error, phrase = bridge_and_course_cases[name]
+    with pytest.raises(error, match=phrase) as info:
+        call()
+    assert info.type is error, f"expected exactly {error.__name__}, got {info.type.__name__}"
+
+
+def test_bridge_and_course_cases_are_all_run(bridge_and_course_cases):
+    assert sorted(bridge_and_course_cases) == sorted(_BRIDGE_IDS)
