@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_lab.bridge import lora
+from diffusion_lab.bridge import lora, lora_sdxl
 from diffusion_lab.mnist.data import load_mnist
 from diffusion_lab.training import finetune
 from diffusion_lab.training.recipes import load_tiny_sd, pretrained_tiny_sd_path
@@ -238,13 +238,13 @@ def sdxl(tmp_path_factory):
     pipe = tiny_sdxl()
     base = pipe("a cat", generator=_gen(), **SDXL_KW).images
     images = torch.rand(2, 3, 16, 16, generator=_gen(1)) * 2 - 1  # (2, 3, 16, 16) in [-1, 1]
-    losses = lora.train_sdxl_lora(
+    losses = lora_sdxl.train_sdxl_lora(
         pipe, images, "a photo of sks cat", steps=2, rank=4, alpha=8, lr=1e-2, gradient_accumulation_steps=1,
         gradient_checkpointing=True, progress=False,
     )  # fmt: skip
     trained = pipe("a cat", generator=_gen(), **SDXL_KW).images
     directory = tmp_path_factory.mktemp("sdxl_lora")
-    path = lora.save_sdxl_lora(pipe, directory)
+    path = lora_sdxl.save_sdxl_lora(pipe, directory)
     fresh = tiny_sdxl()
     fresh.load_lora_weights(directory, adapter_name="sks")
     return {"pipe": pipe, "fresh": fresh, "base": base, "trained": trained, "losses": losses, "path": path}
@@ -297,13 +297,13 @@ def test_sdxl_bad_input():
 
     pipe = tiny_sdxl()
     with pytest.raises(ValueError, match="rank must be >= 1"):
-        lora.add_sdxl_lora(pipe, rank=0)
+        lora_sdxl.add_sdxl_lora(pipe, rank=0)
     with pytest.raises(ValueError, match="empty"):
-        lora.train_sdxl_lora(pipe, [], "a cat", steps=1, progress=False)
+        lora_sdxl.train_sdxl_lora(pipe, [], "a cat", steps=1, progress=False)
     with pytest.raises(ValueError, match="one prompt"):
-        lora.train_sdxl_lora(pipe, torch.zeros(2, 3, 16, 16), ["a", "b", "c"], steps=1, progress=False)
+        lora_sdxl.train_sdxl_lora(pipe, torch.zeros(2, 3, 16, 16), ["a", "b", "c"], steps=1, progress=False)
     with pytest.raises(ValueError, match="no LoRA adapter"):
-        lora.save_sdxl_lora(pipe, "unused")
+        lora_sdxl.save_sdxl_lora(pipe, "unused")
 
 
 def test_sdxl_half_precision_base_trains_fp32_lora():
@@ -313,7 +313,7 @@ def test_sdxl_half_precision_base_trains_fp32_lora():
     pipe = tiny_sdxl()
     pipe.unet.to(torch.float16)
     images = torch.rand(1, 3, 16, 16, generator=_gen(2)) * 2 - 1
-    losses = lora.train_sdxl_lora(
+    losses = lora_sdxl.train_sdxl_lora(
         pipe, images, "a cat", steps=1, lr=1e-2, gradient_accumulation_steps=2, progress=False
     )
     assert torch.isfinite(torch.tensor(losses)).all()
@@ -329,7 +329,7 @@ def test_sdxl_recipe_runs_on_the_tiny_pipeline(tmp_path):
     from PIL import Image
 
     pictures = [Image.new("RGB", (20, 20), c) for c in ("red", "blue")]
-    pipe, losses, path = lora.sdxl_lora_recipe(
+    pipe, losses, path = lora_sdxl.sdxl_lora_recipe(
         pictures, "a photo of sks square", tmp_path / "out", steps=1, gradient_accumulation_steps=1,
         cache_dir=tmp_path / "cache", progress=False,
     )  # fmt: skip

@@ -256,7 +256,7 @@ def test_trainer_rejects_bad_data():
         Trainer(
             UNet(TINY), torch.zeros(4, 1, 8, 8), DDPMScheduler().alphas_cumprod, TrainConfig(), labels=torch.zeros(3)
         )
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         TrainConfig(batch_size=0)
 
 

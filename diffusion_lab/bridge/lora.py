@@ -1,7 +1,5 @@
-"""LoRA: fine-tuning a diffusion model through low-rank updates of its attention weights, with ``peft``.
+"""LoRA (Hu et al. 2021): low-rank updates of a frozen model's attention weights, through ``peft``.
 
-Notation
---------
 =====================  ============  ==================================================================================
 code                   symbol        meaning
 =====================  ============  ==================================================================================
@@ -14,94 +12,14 @@ code                   symbol        meaning
 ``target_modules``     —             which ``nn.Linear`` layers get an update (names, see :data:`CROSS_ATTENTION`)
 =====================  ============  ==================================================================================
 
-The maths (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models")
---------------------------------------------------------------------------------
-A linear layer computes h = W₀x. Fine-tuning replaces W₀ by W₀ + ΔW; LoRA's hypothesis is that the ΔW a new task
-needs has low "intrinsic rank", so it writes ΔW = B·A with B (d_out, r) and A (r, d_in) and trains only A and B
-(W₀ stays frozen). Eq. 3 of the paper, with the α/r scaling of §4.1:
-
-    h = W₀x + ΔWx = W₀x + (α/r)·B·A·x.
-
-1. **Start at the base model.** B is initialised to zero, so ΔW = 0 and the first forward pass is the pretrained
-   model's, exactly (A is random so that the gradient of B, ∂L/∂B = (α/r)·(∂L/∂h)·(Ax)ᵀ, is not zero).
-2. **Parameters.** A and B hold r·(d_in + d_out) numbers instead of d_in·d_out: for one 64 × 64 projection of the
-   tiny model at r = 4, 512 instead of 4,096 (8×); for one 1280 × 1280 projection of SDXL, 10,240 instead of
-   1,638,400 (160×). Only those are trained and saved, so a LoRA file is megabytes where the model is gigabytes.
-3. **Why α/r.** With α fixed, changing r does not change the size of the initial updates much, so the learning
-   rate found for one rank works for another (§4.1: "we simply set α to the first r we try and do not tune it").
-4. **Merge.** After training, W' = W₀ + (α/r)·B·A is one matrix of W₀'s shape: the merged layer is a plain linear
-   layer again and sampling costs nothing extra (§4.1, "No additional inference latency").
-5. **Unmerge.** W₀ = W' − (α/r)·B·A recovers the base weights (up to float rounding), so one base model can carry
-   several adapters and switch between them; a scale s multiplies ΔW (s = 0 gives the base model back).
-
-Which layers (Hu et al. §7.1 adapt W_q and W_v of a transformer; for Stable Diffusion the usual choice, that of
-diffusers' LoRA training scripts, is all four projections of every attention, ``to_q``, ``to_k``, ``to_v``,
-``to_out``). On the tiny U-Net, :data:`CROSS_ATTENTION` adapts the four projections of the cross-attention
-(``attn2``): K and V read the text, so they decide what a word means to the image (Custom Diffusion, Kumari et al.
-2023, trains only those two); Q and the output projection decide how the image uses what it read. ``to_out`` is
-included because it is the one projection after the attention that can change the *size* of the update the block
-adds to the image tokens; it costs a quarter of the LoRA parameters (64·r + 64·r of 4 × (64·r + 64·r)).
-
-peft, in this module
---------------------
-``peft.inject_adapter_in_model(LoraConfig(...), unet)`` replaces each targeted ``nn.Linear`` by a ``peft`` LoRA
-layer *in place* (the old layer becomes its ``base_layer``) and freezes every other parameter. The model stays a
-:class:`~diffusion_lab.models.unet.UNet`, so the pipeline keeps working (``get_peft_model`` would wrap it in a
-``PeftModel``; in peft 0.21.2 that works too, despite our dataclass ``config``, but the pipeline would then hold a
-wrapper). While a LoRA is in place the U-Net's ``state_dict`` names change (``to_q.weight`` →
-``to_q.base_layer.weight``): save the adapter with :func:`save_lora`, or merge it in with
-``remove_lora(unet, merge=True)`` and save the plain U-Net.
-
-SDXL through diffusers
-----------------------
-The same API drives a real-size model: :func:`add_sdxl_lora` calls ``pipe.unet.add_adapter(LoraConfig(...))``
-(diffusers' PEFT integration), :func:`train_sdxl_lora` is the DreamBooth-LoRA-SDXL training loop of diffusers'
-examples reduced to its core, and :func:`save_sdxl_lora` writes the file that ``pipe.load_lora_weights`` reads, so
-``set_adapters``, ``fuse_lora`` / ``unfuse_lora`` and ``disable_lora`` / ``enable_lora`` work on it as on any LoRA
-from the hub. Everything runs on the tiny offline SDXL of :func:`diffusion_lab.bridge.tiny.tiny_sdxl` on a CPU.
-
-The real-weights recipe on a 16 GB GPU
---------------------------------------
-:func:`sdxl_lora_recipe` picks real weights when :func:`diffusion_lab.bridge.hub.check_environment` allows it and the
-tiny pipeline otherwise. The knobs, and why each (this is what diffusers' ``train_dreambooth_lora_sdxl.py`` does
-with ``--mixed_precision fp16 --gradient_checkpointing --train_batch_size 1 --gradient_accumulation_steps 4``;
-the change that brought it under 16 GB is diffusers PR #4470, "Allow SDXL LoRA to be run with less than 16GB of VRAM"):
-
-- **fp16 base, fp32 LoRA.** The frozen U-Net in half precision (bf16 on Ampere and later, fp16 on a T4) halves its
-  memory; the few LoRA parameters stay fp32 so that Adam's small updates are not rounded away. In fp16 a gradient
-  scaler (``torch.amp.GradScaler``) keeps small gradients from underflowing; bf16 needs none.
-- **Precomputed latents and text embeddings.** The VAE encodes the 3–5 training images once (its posterior mean and
-  std are kept; a latent is sampled from them each step) and both text encoders encode the prompt once (with the
-  pooled vector and the six ``add_time_ids``); then the VAE and the text encoders leave the GPU
-  (``offload_encoders=True``): only the U-Net trains.
-- **Encode with the fp16-fix VAE** (``bridge.COMPONENT_IDS["sdxl-vae-fp16-fix"]`` = ``madebyollin/sdxl-vae-fp16-fix``):
-  SDXL's own VAE overflows in fp16 (NaN latents); the fixed one does not.
-- **Gradient checkpointing** (``unet.enable_gradient_checkpointing()``): keep only block inputs in the forward pass
-  and recompute the rest during the backward pass: about one more forward pass of compute for a large cut in
-  activation memory.
-- **Batch 1 + gradient accumulation 4**: an effective batch of 4 at the activation memory of 1.
-- **Rank 4–16, 1024² images, 500–1000 steps, lr 1e-4** (constant, AdamW), as in the diffusers example.
-- **8-bit AdamW** (bitsandbytes) is optional: its saving is in the optimiser's two moments, 8 bytes → 2 bytes per
-  *trained* parameter, which for a LoRA is tens of megabytes (it matters for full fine-tuning, not here).
-
-Memory of that recipe — an ESTIMATE from parameter counts (parameters × bytes), not a measurement:
-
-=========================================  ===============  ==================  ======================================
-what                                       parameters       bytes each          memory
-=========================================  ===============  ==================  ======================================
-U-Net, frozen, fp16                        2,567,463,684    2                   5.13 GB (the whole run)
-CLIP ViT-L text encoder, fp16              123,060,480      2                   0.25 GB (precompute only, then CPU)
-OpenCLIP bigG text encoder + proj., fp16   694,659,840      2                   1.39 GB (precompute only, then CPU)
-VAE (fp16-fix), fp16                       83,653,863       2                   0.17 GB (precompute only, then CPU)
-LoRA r = 4, 560 to_q/k/v/to_out.0          5,806,080        4 + 4 + 8 = 16      0.09 GB (fp32 weights, grads, Adam)
-LoRA r = 16, same layers                   23,224,320       16                  0.37 GB (8-bit Adam: 0.23 GB)
-=========================================  ===============  ==================  ======================================
-
-So about 5.2–5.5 GB of weights and optimiser state during training (6.9 GB while everything is on the GPU for the
-precompute); the rest of a 16 GB card is for activations, which parameter counts do not give: with gradient
-checkpointing, batch 1 at 1024² (128 × 128 latents) they are reported to fit. For comparison, full fine-tuning of
-the U-Net with fp32 weights, gradients and Adam needs 16 bytes × 2.57 B = 41 GB before any activation. The LoRA
-file at r = 4 is 5,806,080 × 4 bytes = 23 MB, against 5.1 GB for the U-Net's fp16 weights (221×).
+h = W₀x + (α/r)·B·A·x (LoRA Eq. 3 with the α/r scaling of §4.1); merged, W' = W₀ + (α/r)·B·A (§4.1), unmerged,
+W₀ = W' − (α/r)·B·A. A and B hold r·(d_in + d_out) numbers instead of d_in·d_out, and only they are trained and
+saved. ``peft.inject_adapter_in_model`` replaces each targeted ``nn.Linear`` in place (the old layer becomes its
+``base_layer``), so the model stays our :class:`~diffusion_lab.models.unet.UNet` and the pipeline keeps working;
+while a LoRA is in place the ``state_dict`` names change (save the adapter with :func:`save_lora`, or merge it with
+``remove_lora(unet, merge=True)``). On the tiny U-Net :data:`CROSS_ATTENTION` adapts the four projections of the
+cross-attention, where a word's meaning for the image is decided. The SDXL recipe through diffusers is
+:mod:`diffusion_lab.bridge.lora_sdxl`; notebook 11 has the measurements and the reasons.
 """
 
 from __future__ import annotations
@@ -116,7 +34,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import diffusers
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
@@ -125,19 +42,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffusion_lab.bridge import hub as bridge
-from diffusion_lab.bridge.generate import check_size, sdxl_text_embeddings
-from diffusion_lab.bridge.hub import quiet_hf
 from diffusion_lab.training import finetune
+from diffusion_lab.training.loop import optimizer_step
 from diffusion_lab.utils.checkpoint import save_tensors_atomic, write_json_atomic
-from diffusion_lab.utils.errors import FileError
+from diffusion_lab.utils.errors import FileError, check_int, check_number
 from diffusion_lab.utils.settings import pick
 
 __all__ = [
     "CROSS_ATTENTION",
     "SELF_ATTENTION",
     "ALL_ATTENTION",
-    "SDXL_ATTENTION",
     "LORA_FILE",
     "LORA_CONFIG_FILE",
     "LoraCounts",
@@ -156,18 +70,12 @@ __all__ = [
     "set_lora_scale",
     "remove_lora",
     "train_lora",
-    "add_sdxl_lora",
-    "train_sdxl_lora",
-    "save_sdxl_lora",
-    "sdxl_lora_recipe",
 ]
 
 CROSS_ATTENTION = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out")
 """The tiny U-Net's cross-attention projections (peft matches a name when a module's name ends with it)."""
 SELF_ATTENTION = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out")
 ALL_ATTENTION = CROSS_ATTENTION + SELF_ATTENTION
-SDXL_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
-"""Every attention projection of a diffusers U-Net (self and cross), the target of diffusers' SDXL LoRA script."""
 LORA_FILE = "lora.safetensors"
 LORA_CONFIG_FILE = "lora_config.json"
 FORMAT = "diffusion_lab.lora/1"
@@ -481,8 +389,12 @@ def _check_images_prompts(images, prompts, n_channels: int | None = None) -> lis
 
 
 def _check_positive(name: str, value, integer: bool = True) -> None:
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
+    """TypeError for a wrong type (a bool, 2.0 for a count, a string), ValueError for a value <= 0."""
+    if integer:
+        check_int(name, value, minimum=None)
+    else:
+        check_number(name, value)
+    if not value > 0:
         raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} > 0, got {value!r}")
 
 
@@ -529,285 +441,13 @@ def train_lora(
     unet.train()  # LoRA dropout, if any
     losses: list[float] = []
     try:
-        for _ in tqdm(range(steps), desc="LoRA", disable=not progress, mininterval=1.0):
+        for step in tqdm(range(steps), desc="LoRA", disable=not progress, mininterval=1.0):
             idx = torch.randint(0, len(latents), (batch_size,), generator=generator)  # (B,)
             loss = finetune.denoising_loss(pipe, latents[idx.to(latents.device)], [prompts[i] for i in idx], generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(loss, optimizer, params, step=step)
             losses.append(loss.item())
     finally:
         unet.train(was_training)
         for p, flag in zip(pipe.text_encoder.parameters(), text_flags, strict=True):
             p.requires_grad_(flag)
     return losses
-
-
-def add_sdxl_lora(
-    pipe,
-    rank: int = 4,
-    alpha: float | None = None,
-    target_modules: Sequence[str] = SDXL_ATTENTION,
-    adapter_name: str = "default",
-    seed: int | None = None,
-):
-    """``pipe.unet.add_adapter(LoraConfig(...))``: LoRA on the U-Net's attention projections (diffusers' PEFT
-    integration), A ~ N(0, 1/r) and B = 0 (``init_lora_weights="gaussian"``, as the DreamBooth-LoRA-SDXL script),
-    every other weight frozen, and the LoRA parameters in fp32 whatever the U-Net's dtype. Returns ``pipe``."""
-    unet = pipe.unet
-    if adapter_name in getattr(unet, "peft_config", {}):
-        raise ValueError(f"the U-Net already has a LoRA adapter named {adapter_name!r}: pass another adapter_name")
-    targets = _targeted(unet, target_modules)
-    rank = _check_rank(rank, min(min(m.weight.shape[:2]) for m in targets.values()))
-    alpha = _check_alpha(alpha, rank)
-    config = LoraConfig(
-        r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(target_modules), bias="none"
-    )
-    unet.requires_grad_(False)
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        unet.add_adapter(config, adapter_name=adapter_name)
-    for name, p in unet.named_parameters():
-        if ".lora_" in name and f".{adapter_name}." in name:
-            p.data = p.data.float()  # fp32 LoRA parameters beside an fp16 base (diffusers' cast_training_params)
-    return pipe
-
-
-@torch.no_grad()
-def _sdxl_inputs(pipe, images, prompts: list[str]):
-    """Everything the U-Net needs, computed once: the VAE posterior (mean, std) (N, 4, H/f, W/f) × 2, the text
-    states (N, 77, D), pooled vectors (N, P) and the six micro-conditioning numbers (N, 6)."""
-
-    vae = pipe.vae
-    upcast = vae.dtype == torch.float16 and vae.config.force_upcast  # SDXL's own VAE overflows in fp16
-    dtype = torch.float32 if upcast else vae.dtype
-    if upcast:
-        with quiet_hf():
-            vae.to(torch.float32)
-    try:
-        dist = vae.encode(images.to(vae.device, dtype)).latent_dist
-        mean, std = dist.mean, dist.std  # (N, 4, h, w) each
-    finally:
-        if upcast:
-            with quiet_hf():
-                vae.to(torch.float16)
-    s = vae.config.scaling_factor
-
-    embeds, pooled = sdxl_text_embeddings(pipe, prompts)  # (N, 77, D), (N, P)
-    h, w = images.shape[-2:]
-    # micro-conditioning (SDXL paper §2.2): original size, crop top-left, target size; no crops here
-    time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32).repeat(len(images), 1)  # (N, 6)
-    return mean * s, std * s, embeds, pooled, time_ids
-
-
-def _adamw(params, lr: float, device: torch.device, use_8bit_adam: bool | None):
-    """bitsandbytes' 8-bit AdamW when asked (``True``) or when ``None`` and it is importable on a CUDA device."""
-    if use_8bit_adam is not False:
-        try:
-            import bitsandbytes as bnb  # lazy: optional, GPU only (8-bit AdamW)  # type: ignore[import-not-found]
-        except ImportError:
-            if use_8bit_adam:
-                raise ImportError("use_8bit_adam=True needs bitsandbytes: pip install bitsandbytes") from None
-        else:
-            if use_8bit_adam or device.type == "cuda":
-                return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-4)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)  # weight decay as diffusers' script (adam_weight_decay)
-
-
-def train_sdxl_lora(
-    pipe,
-    images,
-    prompt: str | Sequence[str],
-    steps: int | None = None,
-    rank: int = 4,
-    alpha: float | None = None,
-    lr: float = 1e-4,
-    batch_size: int = 1,
-    gradient_accumulation_steps: int = 4,
-    gradient_checkpointing: bool = False,
-    offload_encoders: bool = False,
-    use_8bit_adam: bool | None = None,
-    max_grad_norm: float = 1.0,
-    seed: int = 0,
-    adapter_name: str = "default",
-    progress: bool = True,
-) -> list[float]:
-    """The DreamBooth-LoRA-SDXL recipe reduced to its core; returns the loss of every optimiser step.
-
-    images: a tensor (N, 3, H, W) in [−1, 1] or a list of PIL images (preprocessed by ``pipe.image_processor``);
-    prompt: one for all images or one each. Runs where ``pipe.unet`` is, in its dtype; an adapter named
-    ``adapter_name`` is added if missing (:func:`add_sdxl_lora`).
-
-    1. Precompute: latent posteriors (VAE), text states + pooled vectors (both encoders), ``add_time_ids``. With
-       ``offload_encoders`` the VAE and text encoders then move to the CPU (move them back before sampling).
-    2. Each micro-step: z_0 ~ N(μ, σ²) (the cached posterior), ε ~ N(0, I), t ~ U{0 … T − 1},
-       z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε (``DDPMScheduler.from_config(pipe.scheduler.config).add_noise``: SDXL's Euler
-       scheduler's own ``add_noise`` works in its σ-space and only at its sampling timesteps, so the training
-       scripts build a DDPM scheduler with the same betas), L = ‖ε − ε_θ(z_t, t, c, c_pool, time_ids)‖² (or the v
-       target if the scheduler says ``v_prediction``), divided by ``gradient_accumulation_steps``.
-    3. Every ``gradient_accumulation_steps`` micro-steps: gradient clipping at ``max_grad_norm``, AdamW step (8-bit
-       if ``use_8bit_adam`` and bitsandbytes is there), through a GradScaler when the U-Net is fp16.
-    ``steps`` (optimiser steps) defaults to 500 (2 in quick mode).
-    """
-    if not isinstance(images, torch.Tensor):
-        images = list(images)
-        if not images:
-            raise ValueError("images is empty: pass the 3-5 pictures of the subject to learn")
-        images = pipe.image_processor.preprocess(images)  # (N, 3, H, W) in [-1, 1]
-    prompts = _check_images_prompts(images, prompt, n_channels=3)
-    steps = pick(full=500, quick=2) if steps is None else steps
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("gradient_accumulation_steps", gradient_accumulation_steps)):  # fmt: skip
-        _check_positive(name, value)
-    _check_positive("lr", lr, integer=False)
-
-    check_size(images.shape[-2], images.shape[-1], pipe.vae_scale_factor)
-
-    unet = pipe.unet
-    device, dtype = unet.device, unet.dtype
-    if adapter_name not in getattr(unet, "peft_config", {}):
-        add_sdxl_lora(pipe, rank, alpha, adapter_name=adapter_name, seed=seed)
-    params = [p for n, p in unet.named_parameters() if ".lora_" in n and f".{adapter_name}." in n]
-
-    mean, std, embeds, pooled, time_ids = _sdxl_inputs(pipe, images, prompts)  # step 1
-    if offload_encoders:
-        for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-            if module is not None:
-                module.to("cpu")
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    mean, std = mean.to(device, torch.float32), std.to(device, torch.float32)  # (N, 4, h, w)
-    embeds, pooled, time_ids = embeds.to(device, dtype), pooled.to(device, dtype), time_ids.to(device, dtype)
-    noise_scheduler = diffusers.DDPMScheduler.from_config(pipe.scheduler.config)
-    prediction_type = noise_scheduler.config.prediction_type
-
-    optimizer = _adamw(params, lr, device, use_8bit_adam)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    generator = torch.Generator().manual_seed(seed)
-    was_training = unet.training
-    if gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()  # diffusers checkpoints only in training mode
-    losses: list[float] = []
-    try:
-        for _ in tqdm(range(steps), desc="SDXL LoRA", disable=not progress, mininterval=1.0):
-            total = 0.0
-            for _ in range(gradient_accumulation_steps):
-                idx = torch.randint(0, len(mean), (batch_size,), generator=generator).to(device)  # (B,)
-                z0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator).to(device)  # (B, 4, h, w)
-                noise = torch.randn(z0.shape, generator=generator).to(device)  # (B, 4, h, w)
-                t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
-                t = t.to(device)  # (B,)
-                z_t = noise_scheduler.add_noise(z0, noise, t)  # √ᾱ_t z_0 + √(1 − ᾱ_t) ε
-                target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(z0, noise, t)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    pred = unet(
-                        z_t.to(dtype),
-                        t,
-                        encoder_hidden_states=embeds[idx],
-                        added_cond_kwargs={"text_embeds": pooled[idx], "time_ids": time_ids[idx]},
-                        return_dict=False,
-                    )[0]  # (B, 4, h, w)
-                loss = torch.nn.functional.mse_loss(pred.float(), target.float()) / gradient_accumulation_steps
-                scaler.scale(loss).backward()
-                total += loss.item()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(total)
-    finally:
-        unet.train(was_training)
-        if gradient_checkpointing:
-            unet.disable_gradient_checkpointing()
-    return losses
-
-
-def save_sdxl_lora(pipe, directory: str | os.PathLike, adapter_name: str = "default") -> Path:
-    """``StableDiffusionXLPipeline.save_lora_weights`` of the U-Net's adapter, with its ``LoraConfig`` in the file's
-    metadata (so that ``load_lora_weights`` gets α right when α ≠ r), written to a temporary folder and renamed into
-    place. Returns the path of ``pytorch_lora_weights.safetensors``, which ``pipe.load_lora_weights(directory)``
-    reads."""
-
-    unet = pipe.unet
-    if adapter_name not in getattr(unet, "peft_config", {}):
-        raise ValueError(f"the U-Net has no LoRA adapter named {adapter_name!r}: call add_sdxl_lora first")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory))
-    try:
-        diffusers.StableDiffusionXLPipeline.save_lora_weights(
-            tmp,
-            unet_lora_layers=get_peft_model_state_dict(unet, adapter_name=adapter_name),
-            unet_lora_adapter_metadata=unet.peft_config[adapter_name].to_dict(),
-            safe_serialization=True,
-        )
-        for f in tmp.iterdir():
-            os.replace(f, directory / f.name)
-    finally:
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
-    return directory / "pytorch_lora_weights.safetensors"
-
-
-def sdxl_lora_recipe(
-    images,
-    prompt: str,
-    output_dir: str | os.PathLike,
-    env=None,
-    steps: int | None = None,
-    rank: int = 4,
-    lr: float = 1e-4,
-    gradient_accumulation_steps: int = 4,
-    seed: int = 0,
-    cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-):
-    """The whole recipe, for a notebook: real SDXL on a GPU when ``env.use_real``, the tiny SDXL otherwise.
-
-    1. ``env = bridge.check_environment()`` (if not given); ``pipe = bridge.load_pipeline("sdxl-base", env)``
-       (fp16/bf16 weights on a GPU); with real weights the VAE is swapped for the fp16-fix one.
-    2. Images resized to the model's size (1024² real, 64² tiny); the pipeline goes to ``env.device``.
-    3. :func:`train_sdxl_lora` with the 16 GB knobs (gradient checkpointing, batch 1 × accumulation 4, encoders
-       offloaded after the precompute); ``steps`` defaults to 800 real, 2 tiny.
-    4. :func:`save_sdxl_lora` into ``output_dir``; the pipeline returns to ``env.device``, ready to sample.
-    ``cache_dir``: where the tiny stand-in is kept (see :func:`diffusion_lab.bridge.hub.load_pipeline`). Returns (pipe,
-    losses, path of the LoRA file). Only the tiny path runs in this project's tests; the real one is untested here.
-    """
-
-    env = env if env is not None else bridge.check_environment()
-    pipe = bridge.load_pipeline("sdxl-base", env, cache_dir=cache_dir)
-    if not bridge.is_tiny(pipe):
-        pipe.vae = diffusers.AutoencoderKL.from_pretrained(
-            bridge.COMPONENT_IDS["sdxl-vae-fp16-fix"], torch_dtype=pipe.unet.dtype
-        )
-    size = pipe.default_sample_size * pipe.vae_scale_factor  # 1024 real, 64 tiny
-    if not isinstance(images, torch.Tensor):
-        images = list(images)
-        if not images:
-            raise ValueError("images is empty: pass the 3-5 pictures of the subject to learn")
-        images = pipe.image_processor.preprocess(images, height=size, width=size)  # (N, 3, size, size)
-    if env.device == "cuda":
-        pipe.to("cuda")  # fp16: 5.1 GB U-Net + 1.8 GB encoders and VAE (these leave after the precompute)
-    if steps is None:
-        steps = 800 if not bridge.is_tiny(pipe) else 2
-    losses = train_sdxl_lora(
-        pipe,
-        images,
-        prompt,
-        steps=steps,
-        rank=rank,
-        lr=lr,
-        batch_size=1,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        gradient_checkpointing=True,
-        offload_encoders=env.device == "cuda",
-        seed=seed,
-        progress=progress,
-    )
-    path = save_sdxl_lora(pipe, output_dir)
-    if env.device == "cuda":
-        pipe.to("cuda")
-    return pipe, losses, path

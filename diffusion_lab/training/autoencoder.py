@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from diffusion_lab.models.autoencoder import AutoencoderKL
+from diffusion_lab.training.loop import optimizer_step
+from diffusion_lab.utils.errors import check_int, check_number
 
 __all__ = ["estimate_scaling_factor", "train_autoencoder", "vae_loss"]
 
@@ -122,12 +124,17 @@ def train_autoencoder(
 
     if steps is None and seconds is None:
         raise ValueError("give steps, seconds or both: training stops at whichever comes first")
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive integer or None, got {steps!r}")
-    if seconds is not None and not seconds > 0:
+    if steps is not None:
+        check_int("steps", steps)
+    if seconds is not None and not check_number("seconds", seconds) > 0:
         raise ValueError(f"seconds must be positive or None, got {seconds!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int("batch_size", batch_size)
+    check_int("seed", seed, minimum=0)
+    if not check_number("lr", lr) > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    check_number("kl_weight", kl_weight, minimum=0.0)
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a tensor (N, C, H, W) in [-1, 1], got {type(images).__name__}")
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty batch (N, C, H, W), got shape {tuple(images.shape)}")
     model._check_images(images[:1])
@@ -146,14 +153,9 @@ def train_autoencoder(
         while (steps is None or step < steps) and (seconds is None or elapsed < seconds):
             idx = torch.randint(0, images.shape[0], (batch_size,), generator=generator)
             x = images[idx].to(device, model.dtype)  # (B, C, H, W)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / warmup)
             loss, recon, kl = vae_loss(model, x, kl_weight, generator=generator)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the autoencoder loss became {loss.item()} at step {step}; lower lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            lr_k = lr * min(1.0, (step + 1) / warmup)  # warm-up, then constant (no decay: the step count is open)
+            optimizer_step(loss, optimizer, model.parameters(), lr=lr_k, step=step)
             step += 1
             record = {
                 "step": step,

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from diffusion_lab.maths.diffusion import q_sample, velocity
+from diffusion_lab.maths.diffusion import q_sample
 from diffusion_lab.maths.images import edge_map
 from diffusion_lab.mnist.captions import attributes, captions_for, fit_bins
 from diffusion_lab.mnist.data import load_mnist
@@ -19,6 +17,8 @@ from diffusion_lab.models.controlnet import ControlNet
 from diffusion_lab.pipelines.controlnet import TinyControlNetPipeline
 from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
 from diffusion_lab.training.finetune import encode_images
+from diffusion_lab.training.loop import check_config_fields, optimizer_step, warmup_cosine
+from diffusion_lab.training.loss import training_target
 from diffusion_lab.utils.settings import pick
 
 __all__ = ["ControlNetTrainConfig", "controlnet_loss", "train_controlnet"]
@@ -53,9 +53,7 @@ def controlnet_loss(
         z_t, t, encoder_hidden_states=c, encoder_attention_mask=mask, down_block_additional_residuals=down,
         mid_block_additional_residual=mid, **kw,
     )  # fmt: skip
-    ab_t = ab[t][:, None, None, None]  # (B, 1, 1, 1)
-    prediction_type = pipe.scheduler.config["prediction_type"]
-    target = {"epsilon": noise, "v_prediction": velocity(latents, noise, ab_t), "sample": latents}[prediction_type]
+    target = training_target(pipe.scheduler.config["prediction_type"], latents, noise, ab[t][:, None, None, None])
     return (out - target).pow(2).flatten(1).mean(1).mean()  # per example, then the batch (as denoising_loss)
 
 
@@ -85,28 +83,19 @@ class ControlNetTrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "num_images"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
-        for name in ("empty_prompt_prob", "caption_drop_prob", "final_lr_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        check_config_fields(
+            self, counts=("steps", "batch_size", "num_images"), indices=("warmup_steps", "seed"), positive=("lr",),
+            non_negative=("weight_decay", "grad_clip"),
+            fractions=("empty_prompt_prob", "caption_drop_prob", "final_lr_fraction"),
+        )  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up over ``warmup_steps``, then cosine decay to ``final_lr_fraction``·lr at the last step."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(self.steps - self.warmup_steps - 1, 1)
-        f = self.final_lr_fraction
-        return self.lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+        """Linear warm-up over ``warmup_steps``, then cosine decay to ``final_lr_fraction``·lr at the last step
+        (:func:`~diffusion_lab.training.loop.warmup_cosine` with ``total_steps = steps − 1``)."""
+        return warmup_cosine(step, self.steps - 1, self.warmup_steps, self.lr, self.final_lr_fraction)
 
 
 def train_controlnet(
@@ -138,6 +127,8 @@ def train_controlnet(
     """
 
     cfg = config or ControlNetTrainConfig()
+    if not isinstance(cfg, ControlNetTrainConfig):
+        raise TypeError(f"config must be a ControlNetTrainConfig or None, got {type(config).__name__}")
     if images is None:
         images, labels = load_mnist("train", limit=cfg.num_images)
     elif labels is None or len(labels) != len(images):
@@ -160,8 +151,6 @@ def train_controlnet(
     g = torch.Generator().manual_seed(cfg.seed)
     losses: list[float] = []
     for step in tqdm(range(cfg.steps), desc="ControlNet", disable=not progress, mininterval=1.0):
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr_at(step)
         idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=g)  # (B,)
         prompts = captions_for(
             labels[idx], None, bins, attrs={k: v[idx] for k, v in attrs.items()}, generator=g,
@@ -170,13 +159,9 @@ def train_controlnet(
         empty = (torch.rand(cfg.batch_size, generator=g) < cfg.empty_prompt_prob).tolist()
         prompts = ["" if e else p for p, e in zip(prompts, empty, strict=True)]
         loss = controlnet_loss(pipe, controlnet, latents[idx], prompts, controls[idx.to(device)], g)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the ControlNet loss became {loss.item()} at step {step}; lower lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(controlnet.parameters(), cfg.grad_clip)
-        optimizer.step()
+        optimizer_step(
+            loss, optimizer, controlnet.parameters(), lr=cfg.lr_at(step), max_grad_norm=cfg.grad_clip, step=step
+        )
         losses.append(loss.item())
         if callback is not None:
             callback(step, losses[-1])

@@ -38,10 +38,13 @@ from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from diffusion_lab.maths.diffusion import q_sample, velocity
+from diffusion_lab.maths.diffusion import q_sample
 from diffusion_lab.mnist.captions import _ink, _moments, is_placeholder
 from diffusion_lab.mnist.data import from_unit_range, to_unit_range
+from diffusion_lab.training.loop import optimizer_step
+from diffusion_lab.training.loss import training_target
 from diffusion_lab.utils.checkpoint import save_tensors_atomic
+from diffusion_lab.utils.errors import check_int, check_number
 from diffusion_lab.utils.settings import pick
 
 __all__ = [
@@ -106,7 +109,7 @@ def denoising_loss(
     out = pipe.unet(z_t, t.to(latents.device), encoder_hidden_states=c, encoder_attention_mask=mask, **kw)
     ab_t = ab.to(latents.device)[t][:, None, None, None]  # (B, 1, 1, 1)
     prediction_type = sched.config["prediction_type"]
-    target = {"epsilon": noise, "v_prediction": velocity(latents, noise, ab_t), "sample": latents}[prediction_type]
+    target = training_target(prediction_type, latents, noise, ab_t)
     per_example = (out - target).pow(2).flatten(1).mean(1)  # (B,)
     return per_example.mean() if reduce else per_example
 
@@ -255,12 +258,11 @@ def _check_examples(images: object, what: str = "images") -> torch.Tensor:
     return images
 
 
-def _check_steps(steps: object, lr: object, batch_size: object) -> None:
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(lr, (int, float)) or not lr > 0:
+def _check_steps(steps: object, lr: object, batch_size: object, seed: object = 0) -> None:
+    check_int("steps", steps)
+    check_int("batch_size", batch_size)
+    check_int("seed", seed, minimum=0)
+    if not check_number("lr", lr) > 0:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
 
 
@@ -286,7 +288,7 @@ def textual_inversion(
     """
     images = _check_examples(images)
     steps = pick(400, 30) if steps is None else steps
-    _check_steps(steps, lr, batch_size)
+    _check_steps(steps, lr, batch_size, seed)
     if not templates or any("{}" not in t for t in templates):
         raise ValueError(f"every template needs a '{{}}' where the token goes, got {list(templates)}")
 
@@ -304,14 +306,12 @@ def textual_inversion(
     g = torch.Generator().manual_seed(seed)
     losses = []
     try:
-        for _ in tqdm(range(steps), desc="textual inversion", disable=not progress, mininterval=1.0):
+        for step in tqdm(range(steps), desc="textual inversion", disable=not progress, mininterval=1.0):
             idx = torch.randint(0, len(latents), (batch_size,), generator=g)  # (B,)
             which = torch.randint(0, len(templates), (batch_size,), generator=g).tolist()
             prompts = [templates[i].format(token) for i in which]
             loss = denoising_loss(pipe, latents[idx], prompts, g)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(loss, optimizer, [table], step=step)
             losses.append(loss.item())
     finally:
         hook.remove()
@@ -381,8 +381,8 @@ def dreambooth(
     """
     images = _check_examples(images)
     steps = pick(300, 20) if steps is None else steps
-    _check_steps(steps, lr, batch_size)
-    if not isinstance(prior_weight, (int, float)) or prior_weight < 0:
+    _check_steps(steps, lr, batch_size, seed)
+    if check_number("prior_weight", prior_weight) < 0:
         raise ValueError(f"prior_weight must be a number >= 0 (1.0 in the paper), got {prior_weight!r}")
     if rare_token not in instance_prompt.split():
         raise ValueError(f"instance_prompt {instance_prompt!r} must contain the rare token {rare_token!r}")
@@ -402,7 +402,7 @@ def dreambooth(
     z_class = encode_images(pipe, class_images) if use_prior else None  # (M, L, h, w)
     g = torch.Generator().manual_seed(seed)
     result = DreamBoothResult()
-    for _ in tqdm(range(steps), desc="DreamBooth", disable=not progress, mininterval=1.0):
+    for step in tqdm(range(steps), desc="DreamBooth", disable=not progress, mininterval=1.0):
         idx = torch.randint(0, len(z_instance), (batch_size,), generator=g)
         loss = denoising_loss(pipe, z_instance[idx], [instance_prompt] * batch_size, g)
         result.instance_losses.append(loss.item())
@@ -411,8 +411,6 @@ def dreambooth(
             prior = denoising_loss(pipe, z_class[jdx], [class_prompt] * batch_size, g)
             result.prior_losses.append(prior.item())
             loss = loss + prior_weight * prior
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(loss, optimizer, unet.parameters(), step=step)
     unet.eval().requires_grad_(False)
     return result

@@ -35,9 +35,134 @@ from tqdm.auto import tqdm
 from diffusion_lab.maths.diffusion import PREDICTION_TYPES
 from diffusion_lab.training.loss import diffusion_loss
 from diffusion_lab.utils.checkpoint import load_config, load_training_state, save_checkpoint
-from diffusion_lab.utils.errors import check_choice
+from diffusion_lab.utils.errors import check_choice, check_int, check_number
 
-__all__ = ["EMA", "TrainConfig", "Trainer"]
+__all__ = [
+    "EMA",
+    "TrainConfig",
+    "Trainer",
+    "check_config_fields",
+    "check_finite_loss",
+    "optimizer_step",
+    "warmup_cosine",
+]
+
+
+def check_config_fields(
+    cfg: object,
+    *,
+    counts: tuple[str, ...] = (),
+    optional_counts: tuple[str, ...] = (),
+    indices: tuple[str, ...] = (),
+    positive: tuple[str, ...] = (),
+    non_negative: tuple[str, ...] = (),
+    fractions: tuple[str, ...] = (),
+    decays: tuple[str, ...] = (),
+) -> None:
+    """The error convention for a training config's fields, named by kind: ``counts`` integers >= 1
+    (``optional_counts``: or None), ``indices`` integers >= 0, ``positive`` numbers > 0, ``non_negative`` numbers
+    >= 0 (or None: off), ``fractions`` numbers in [0, 1], ``decays`` numbers in [0, 1) (an EMA's β). A wrong type
+    (a bool or 2.0 for a count, a string for a number) raises TypeError, a wrong value ValueError; both name the
+    field."""
+    for name in counts + optional_counts:
+        value = getattr(cfg, name)
+        if value is None and name in optional_counts:
+            continue
+        check_int(name, value, minimum=None)
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for name in indices:
+        check_int(name, getattr(cfg, name), minimum=0)
+    for name in positive:
+        if not check_number(name, getattr(cfg, name)) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
+    for name in non_negative:
+        if getattr(cfg, name) is not None:
+            check_number(name, getattr(cfg, name), minimum=0.0)
+    for name in fractions:
+        check_number(name, getattr(cfg, name), minimum=0.0, maximum=1.0)
+    for name in decays:
+        if not 0 <= check_number(name, getattr(cfg, name)) < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {getattr(cfg, name)!r}")
+
+
+def warmup_cosine(
+    step: int, total_steps: int, warmup_steps: int, lr: float, min_factor: float, *, progress: float | None = None
+) -> float:
+    """The learning rate of step k (0-based): linear warm-up, then cosine decay from lr to ``min_factor``·lr.
+
+    η_k = lr·(k + 1)/W for k < W;  η_k = lr·(f + (1 − f)·½(1 + cos πp)),  p = min(1, (k − W)/max(1, K − W)) after.
+
+    The one convention of every recipe: the first step already trains (lr/W, not 0), the peak is reached at k = W − 1
+    and the decay starts from the peak at k = W; p counts from the end of the warm-up and reaches 1 at k = K, so the
+    last step taken (K − 1) sits just above f·lr. It is the convention most copies used and the one the shipped
+    models and notebook 02's stored check were made with (a recipe that wants f·lr at its last step passes
+    ``total_steps = steps − 1``). ``min_factor`` f = 1 gives warm-up then a constant lr. ``progress``: p given
+    directly, for the time-budgeted recipes whose number of steps is not known in advance (elapsed / budget).
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if progress is None:
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return lr * (min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def check_finite_loss(loss: torch.Tensor | float, step: int, hint: str = "lower lr") -> None:
+    """``FloatingPointError`` naming the step if the loss is NaN or ±inf (before it reaches the weights)."""
+    value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"the training loss became {value} at step {step}; {hint}")
+
+
+def optimizer_step(
+    loss: torch.Tensor | None,
+    optimizer: torch.optim.Optimizer,
+    params,
+    *,
+    lr: float | None = None,
+    max_grad_norm: float | None = None,
+    ema: EMA | None = None,
+    model: nn.Module | None = None,
+    step: int = 0,
+    hint: str = "lower lr",
+    scaler: torch.amp.GradScaler | None = None,
+    clip_grad_norm: Callable | None = None,
+) -> torch.Tensor | None:
+    """One optimiser step of every training loop; returns the gradient norm before clipping (a 0-d tensor; None
+    without clipping).
+
+    1. ``loss`` finite, else ``FloatingPointError`` naming ``step`` (nothing has touched the weights yet);
+    2. lr of every parameter group ← ``lr`` (if given);
+    3. gradients cleared, then ∇loss; ``loss=None``: the caller has accumulated the gradients already
+       (micro-batches, ``accelerator.backward``, a scaled fp16 loss), and they are cleared after the step instead;
+    4. the global norm of ``params``' gradients clipped to ``max_grad_norm`` (after unscaling them if a ``scaler``
+       (fp16 ``GradScaler``) is given; ``clip_grad_norm``: another clipping function, e.g. the accelerator's);
+    5. ``optimizer.step()`` (through the scaler if given);
+    6. ``ema.update(model)`` if an EMA is given.
+    """
+    if loss is not None:
+        check_finite_loss(loss, step, hint)
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    if loss is not None:
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+    norm = None
+    if max_grad_norm:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        norm = (clip_grad_norm or nn.utils.clip_grad_norm_)(params, max_grad_norm)  # a tensor: no device sync here
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if loss is None:
+        optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(model)
+    return norm
 
 
 class EMA:
@@ -88,17 +213,16 @@ class TrainConfig:
     def __post_init__(self):
         check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         check_choice("lr_schedule", self.lr_schedule, ("cosine", "constant"))
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got steps={self.steps}, batch_size={self.batch_size}")
+        check_config_fields(
+            self, counts=("steps", "batch_size"), indices=("warmup_steps", "seed"), positive=("lr",),
+            non_negative=("weight_decay", "grad_clip", "min_snr_gamma"), fractions=("cond_drop_prob",),
+            decays=("ema_decay",),
+        )  # fmt: skip
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up, then constant or cosine decay to 10 % (step counts from 0)."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        if self.lr_schedule == "constant":
-            return self.lr
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
-        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        """Linear warm-up, then constant or cosine decay to 10 % (:func:`warmup_cosine`; step counts from 0)."""
+        final = 1.0 if self.lr_schedule == "constant" else 0.1
+        return warmup_cosine(step, self.steps, self.warmup_steps, self.lr, final)
 
 
 class Trainer:
@@ -140,8 +264,6 @@ class Trainer:
         idx = torch.randint(0, self.images.shape[0], (cfg.batch_size,), generator=self.generator)
         x0 = self.images[idx].to(self.device)
         y = self.labels[idx].to(self.device) if self.labels is not None else None
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr_at(self.step)
         loss = diffusion_loss(
             self.model,
             x0,
@@ -152,17 +274,12 @@ class Trainer:
             cond_drop_prob=cfg.cond_drop_prob if y is not None else 0.0,
             generator=self.generator,
         )
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {loss.item()} at step {self.step}; training stopped and nothing was saved from this "
-                "state (the last good checkpoint, if any, is untouched). Lower lr or enable grad_clip."
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.ema.update(self.model)
+        optimizer_step(
+            loss, self.optimizer, self.model.parameters(), lr=cfg.lr_at(self.step), max_grad_norm=cfg.grad_clip,
+            ema=self.ema, model=self.model, step=self.step,
+            hint="training stopped and nothing was saved from this state (the last good checkpoint, if any, is "
+            "untouched). Lower lr or enable grad_clip.",
+        )  # fmt: skip
         self.step += 1
         return loss.item()
 

@@ -1,4 +1,8 @@
-"""The denoising loss: the target for each prediction type, optional Min-SNR weighting (Hang et al. 2023)."""
+"""The denoising loss: the target for each prediction type, optional Min-SNR weighting (Hang et al. 2023).
+
+x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (DDPM Eq. 4); the network learns ε (DDPM Eq. 14), v = √ᾱ_t ε − √(1−ᾱ_t) x_0
+(Salimans & Ho 2022, §4) or x_0 itself, the ``prediction_type`` of the scheduler it samples with.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,26 @@ from diffusion_lab.maths.diffusion import PREDICTION_TYPES, extract, q_sample, v
 from diffusion_lab.utils.errors import check_choice
 from diffusion_lab.utils.torch_utils import randn
 
-__all__ = ["diffusion_loss", "min_snr_weight"]
+__all__ = ["diffusion_loss", "min_snr_weight", "training_target"]
+
+
+def training_target(
+    prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, alphas_cumprod_t: torch.Tensor | float
+) -> torch.Tensor:
+    """What the network must output for x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, shaped as ``x0`` (B, C, H, W):
+
+    - ``"epsilon"``: ε (DDPM Eq. 14);
+    - ``"v_prediction"``: v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho 2022, §4; diffusers' ``get_velocity``);
+    - ``"sample"``: x_0.
+
+    ``alphas_cumprod_t``: ᾱ_t broadcastable to ``x0``, e.g. (B, 1, 1, 1). Another ``prediction_type``: ValueError.
+    """
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return velocity(x0, noise, alphas_cumprod_t)
+    return x0
 
 
 def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
@@ -58,7 +81,7 @@ def diffusion_loss(
         class_labels = torch.where(drop, torch.full_like(class_labels, null), class_labels)
     out = model(x_t, t, class_labels) if class_labels is not None else model(x_t, t)
     ab_t = extract(ab, t, x0.ndim)  # (B, 1, 1, 1)
-    target = {"epsilon": noise, "v_prediction": velocity(x0, noise, ab_t), "sample": x0}[prediction_type]
+    target = training_target(prediction_type, x0, noise, ab_t)
     per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
     if min_snr_gamma is not None:
         per_sample = per_sample * min_snr_weight(ab[t] / (1 - ab[t]), min_snr_gamma, prediction_type)

@@ -1,25 +1,24 @@
-"""The course's tested training recipes, shared by the notebooks and ``benchmarks/cpu_train.py``.
+"""The course's tested training recipes, shared by the notebooks and ``benchmarks/cpu_train.py``: the latent
+text-to-image U-Net (tiny SD) and the latent rectified-flow MMDiT (tiny SD3), with their shared training loop.
 
 A recipe is a model config plus a training config plus the scheduler they were trained with; the notebook and the
-benchmark call the same function, so the figures in the README are the notebook's figures.
+benchmark call the same function, so the figures in the README are the notebook's figures. Loss: the v target
+v = √ᾱ_t ε − √(1−ᾱ_t) z_0 (Salimans & Ho 2022, §4) for the U-Net, ε − z_0 on the straight path for the MMDiT (SD3
+Eq. 1). The pixel-space MNIST recipe (:mod:`.recipes_pixel`) and saving / loading the shipped models
+(:mod:`.tiny_sd_io`) live in their own modules and are re-exported here.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffusion_lab.maths.diffusion import PREDICTION_TYPES, q_sample, velocity
+from diffusion_lab.maths.diffusion import PREDICTION_TYPES, q_sample
 from diffusion_lab.maths.flow import flow_interpolate, flow_velocity, logit_normal_timesteps, shift_sigmas
 from diffusion_lab.maths.guidance import drop_condition
 from diffusion_lab.mnist.captions import AttributeBins, attributes, captions_for, fit_bins
@@ -34,13 +33,23 @@ from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
 from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
 from diffusion_lab.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from diffusion_lab.training.autoencoder import train_autoencoder
-from diffusion_lab.training.loop import EMA, TrainConfig, Trainer
-from diffusion_lab.training.loss import min_snr_weight
-from diffusion_lab.utils.checkpoint import write_json_atomic
+from diffusion_lab.training.loop import EMA, check_config_fields, optimizer_step, warmup_cosine
+from diffusion_lab.training.loss import min_snr_weight, training_target
+from diffusion_lab.training.recipes_pixel import (
+    SCHEDULE,
+    measure_throughput,
+    mnist_pixel_recipe,
+    schedulers_for,
+    train_mnist_pixel,
+)
+from diffusion_lab.training.tiny_sd_io import BINS_FILE, load_tiny_sd, pretrained_tiny_sd_path, save_tiny_sd
 from diffusion_lab.utils.errors import check_choice
 from diffusion_lab.utils.settings import pick
 
 __all__ = [
+    "SCHEDULE",
+    "schedulers_for",
+    "BINS_FILE",
     "mnist_pixel_recipe",
     "train_mnist_pixel",
     "measure_throughput",
@@ -54,110 +63,6 @@ __all__ = [
     "latent_flow_recipe",
     "train_latent_flow",
 ]
-
-# Why these choices (measured on 2 CPU threads, see the README's benchmark section and notebook 02):
-# - patch_size=2: fold 2×2 pixels into channels (28×28×1 → 14×14×4): every convolution 4× cheaper, lossless;
-# - two levels (14×14, 7×7) with self-attention only at 7×7; 32/64 channels (0.69 M parameters);
-# - cosine schedule (Improved DDPM): fewer steps wasted on pure noise at 28×28;
-# - v-prediction (Salimans & Ho 2022) with Min-SNR-5 weighting (Hang et al. 2023): x̂_0 stays bounded at high noise;
-#   in 10-minute runs an ε-version (batch 128) reached 68 % adherence unguided, this one 88 % (benchmarks/results/logs/);
-# - batch 64: twice the updates of batch 128 for the same images, which pays off in a run this short;
-# - EMA 0.995 with warm-up: a 0.999 average lags too far behind a run of only ~1000 steps;
-# - 10 % label dropout, so one network gives both branches of classifier-free guidance.
-SCHEDULE = dict(beta_schedule="squaredcos_cap_v2")
-
-
-def mnist_pixel_recipe(steps: int = 1500, seed: int = 0) -> tuple[UNetConfig, TrainConfig]:
-    """The class-conditional pixel-space MNIST model of notebook 02 and the CPU benchmark."""
-    model = UNetConfig(
-        in_channels=1,
-        out_channels=1,
-        channels=(32, 64),
-        attention_levels=(False, True),
-        num_classes=10,
-        time_embed_dim=128,
-        patch_size=2,
-        extra={"recipe": "mnist_pixel", "schedule": SCHEDULE},
-    )
-    train = TrainConfig(
-        steps=steps,
-        batch_size=64,
-        lr=2e-3,
-        warmup_steps=50,
-        lr_schedule="cosine",
-        grad_clip=1.0,
-        prediction_type="v_prediction",
-        min_snr_gamma=5.0,
-        cond_drop_prob=0.1,
-        ema_decay=0.995,
-        seed=seed,
-    )
-    return model, train
-
-
-def schedulers_for(model_config: UNetConfig, prediction_type: str) -> tuple[DDPMScheduler, DDIMScheduler]:
-    """DDPM and DDIM schedulers matching the recipe's training schedule.
-
-    ``clip_sample`` is off for v-prediction: clamping x̂_0 to [−1, 1] made guided samples collapse (measured with
-    the recipe's model, DDIM-25, n = 500: adherence 0.89 at w = 1 either way, but at w = 1.5 it is 0.97 without
-    clipping; with clipping guidance lowered adherence, to 0.32 at w = 2). ε-models keep it on.
-    """
-    kw = dict(
-        model_config.extra.get("schedule", SCHEDULE),
-        prediction_type=prediction_type,
-        clip_sample=prediction_type == "epsilon",
-    )
-    return DDPMScheduler(**kw), DDIMScheduler(timestep_spacing="trailing", **kw)
-
-
-def measure_throughput(model: UNet, batch_size: int = 128, steps: int = 5) -> float:
-    """Training images per second of ``model`` on random data (after 2 warm-up steps); the model is not changed."""
-
-    m = copy.deepcopy(model).train()
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-    c = m.config
-    x = torch.randn(batch_size, c.in_channels, 28, 28, device=m.device)
-    t = torch.randint(0, 1000, (batch_size,), device=m.device)
-    y = torch.randint(0, c.num_classes + 1, (batch_size,), device=m.device) if c.num_classes else None
-    for i in range(steps + 2):
-        if i == 2:
-            start = time.perf_counter()
-        loss = (m(x, t, y) - x).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return batch_size * steps / (time.perf_counter() - start)
-
-
-def train_mnist_pixel(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    time_budget_s: float | None = None,
-    steps: int | None = None,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    callbacks=(),
-    progress: bool = True,
-) -> Trainer:
-    """Train the recipe. With ``time_budget_s`` the number of steps is set from a short speed probe so that the
-    cosine learning-rate schedule ends when the budget does (training also stops at the budget, whatever happens)."""
-    if (time_budget_s is None) == (steps is None):
-        raise ValueError("give exactly one of time_budget_s or steps")
-    torch.manual_seed(seed)
-    model_cfg, _ = mnist_pixel_recipe(seed=seed)
-    model = UNet(model_cfg).to(device)
-    if time_budget_s is not None:
-        start = time.perf_counter()
-        rate = measure_throughput(model, batch_size=mnist_pixel_recipe()[1].batch_size)  # images per second
-        time_budget_s -= time.perf_counter() - start  # the probe counts against the budget
-        steps = max(1, int(0.95 * time_budget_s * rate / mnist_pixel_recipe()[1].batch_size))
-    _, train_cfg = mnist_pixel_recipe(steps=steps, seed=seed)
-    ddpm, _ = schedulers_for(model_cfg, train_cfg.prediction_type)
-    trainer = Trainer(model, images, ddpm.alphas_cumprod, train_cfg, labels=labels, callbacks=list(callbacks))
-    trainer.run(time_limit_s=time_budget_s, progress=progress)
-    return trainer
-
 
 # Why these choices (measured on this 2-thread CPU, November 2026; benchmarks/cpu_train.py --model latent; the A/B
 # runs at fixed step counts, n = 1000, DDIM-25, are summarised in benchmarks/results/latent_ablation.md):
@@ -224,22 +129,27 @@ class LatentTextTrainConfig:
 
     def __post_init__(self):
         check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        check_config_fields(
+            self, counts=("bins_images", "ae_batch_size", "batch_size"),
+            optional_counts=("num_images", "ae_steps", "max_steps"), indices=("warmup_steps", "seed"),
+            positive=("budget_s", "ae_seconds", "ae_lr", "lr"),
+            non_negative=("kl_weight", "weight_decay", "grad_clip", "min_snr_gamma", "token_embedding_std"),
+            fractions=("caption_drop_prob", "cond_drop_prob", "final_lr_fraction"),
+            decays=("ema_decay",),
+        )  # fmt: skip
         if not self.budget_s > self.ae_seconds > 0:
             raise ValueError(f"need budget_s > ae_seconds > 0, got {self.budget_s} and {self.ae_seconds}")
-        for name in ("ae_steps", "max_steps"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def lr_at(self, step: int, progress: float) -> float:
-        """Linear warm-up over ``warmup_steps``, then cosine decay in the share ``progress`` ∈ [0, 1] of the time."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        f = self.final_lr_fraction
-        return self.lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    def lr_at(self, step: int, progress: float | None = None) -> float:
+        """Linear warm-up over ``warmup_steps``, then cosine decay to ``final_lr_fraction``·lr (:func:`warmup_cosine`)
+        over ``max_steps``, or over the share ``progress`` ∈ [0, 1] of the time budget when it is given."""
+        if progress is None and self.max_steps is None:
+            raise ValueError("lr_at needs progress (the share of the time budget) when max_steps is None")
+        total = self.max_steps or 0  # unused when progress is given
+        return warmup_cosine(step, total, self.warmup_steps, self.lr, self.final_lr_fraction, progress=progress)
 
 
 def latent_text_recipe(
@@ -330,6 +240,8 @@ def train_latent_text2img(
     vae_cfg, text_cfg, unet_cfg, cfg = latent_text_recipe(budget_s, seed)
     vae_cfg, text_cfg, unet_cfg = vae_config or vae_cfg, text_config or text_cfg, unet_config or unet_cfg
     cfg = train_config or cfg
+    if not isinstance(cfg, LatentTextTrainConfig):
+        raise TypeError(f"train_config must be a LatentTextTrainConfig or None, got {type(train_config).__name__}")
     deadline = start + cfg.budget_s
     if images is None:
         images, labels = load_mnist("train", limit=cfg.num_images)
@@ -373,8 +285,7 @@ def train_latent_text2img(
             z_t, t, encoder_hidden_states=text.last_hidden_state, encoder_attention_mask=mask,
             pooled_text=text.pooler_output if unet_cfg.pooled_dim else None,
         )  # fmt: skip
-        ab_t = ab[t][:, None, None, None]
-        target = {"epsilon": noise, "v_prediction": velocity(z0, noise, ab_t), "sample": z0}[cfg.prediction_type]
+        target = training_target(cfg.prediction_type, z0, noise, ab[t][:, None, None, None])
         per_sample = (out - target).pow(2).flatten(1).mean(1)  # (B,)
         if cfg.min_snr_gamma is not None:
             per_sample = per_sample * min_snr_weight(ab[t] / (1 - ab[t]), cfg.min_snr_gamma, cfg.prediction_type)
@@ -458,10 +369,13 @@ class LatentFlowTrainConfig:
 
     def __post_init__(self):
         check_choice("timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLING)
-        if not self.budget_s > 0:
-            raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ValueError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
+        check_config_fields(
+            self, counts=("bins_images", "batch_size"), optional_counts=("num_images", "max_steps"),
+            indices=("warmup_steps", "seed"), positive=("budget_s", "lr", "logit_std"),
+            non_negative=("weight_decay", "grad_clip", "token_embedding_std"),
+            fractions=("caption_drop_prob", "cond_drop_prob", "final_lr_fraction"),
+            decays=("ema_decay",),
+        )  # fmt: skip
         shift_sigmas(0.5, self.shift)  # validates the shift
 
     def to_dict(self) -> dict:
@@ -521,6 +435,8 @@ def train_latent_flow(
     :func:`train_latent_text2img` does (``diffusion_seconds``, ``diffusion_steps``, ``losses``, ``bins``, …).
     """
 
+    if train_config is not None and not isinstance(train_config, LatentFlowTrainConfig):
+        raise TypeError(f"train_config must be a LatentFlowTrainConfig or None, got {type(train_config).__name__}")
     start = time.perf_counter()
     text_cfg = text_config or latent_text_recipe()[1]
     model_cfg, cfg = latent_flow_recipe(text_cfg, vae.config.latent_channels, budget_s, seed)
@@ -617,9 +533,6 @@ def _train_text_denoiser(
         now = time.perf_counter()
         if (now - t0 >= seconds and step > 0) or (cfg.max_steps is not None and step >= cfg.max_steps):
             break
-        progress_share = step / cfg.max_steps if cfg.max_steps else (now - t0) / seconds
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr_at(step, progress_share)
         idx = torch.randint(0, n, (cfg.batch_size,), generator=g)
         z0 = latents[idx]  # (B, L, h, w)
         captions = captions_for(
@@ -631,14 +544,10 @@ def _train_text_denoiser(
         mask = ids != tokenizer.pad_token_id  # (B, M)
         text = text_encoder(ids, attention_mask=mask)
         loss = loss_fn(denoiser, z0, text, mask, g)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss.item()} at step {step}; lower lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(both.parameters(), cfg.grad_clip)
-        optimizer.step()
-        ema.update(both)
+        lr = cfg.lr_at(step, None if cfg.max_steps else (now - t0) / seconds)  # over the steps, or the time
+        optimizer_step(
+            loss, optimizer, both.parameters(), lr=lr, max_grad_norm=cfg.grad_clip, ema=ema, model=both, step=step
+        )
         step += 1
         losses.append(loss.item())
         bar.update(1)
@@ -648,45 +557,3 @@ def _train_text_denoiser(
             callback(step, losses[-1])
     bar.close()
     return ema, losses, step
-
-
-BINS_FILE = "caption_bins.json"
-
-
-def pretrained_tiny_sd_path(name: str = "tiny_sd") -> Path:
-    """``$DIFFUSION_LAB_DATA/pretrained/<name>`` if that variable is set, else ``data/pretrained/<name>``.
-
-    ``tiny_sd`` (U-Net + DDIM) is written by ``benchmarks/cpu_train.py --model latent --save …`` and ``tiny_sd3``
-    (MMDiT + rectified flow, on tiny_sd's autoencoder) by ``--model flow --save …``: the very runs whose figures are
-    in the README (2 CPU threads)."""
-    root = os.environ.get("DIFFUSION_LAB_DATA")
-    return (Path(root) if root else Path(__file__).resolve().parents[2] / "data") / "pretrained" / name
-
-
-def save_tiny_sd(pipe: TinyStableDiffusionPipeline, bins: AttributeBins, directory: str | os.PathLike) -> Path:
-    """``pipe.save_pretrained(directory)`` plus the caption bins (``caption_bins.json``) its captions were cut with:
-    :func:`diffusion_lab.mnist.captions.attribute_adherence` needs them to judge "thick", "slanted", "small"."""
-    directory = Path(directory)
-    write_json_atomic(directory / BINS_FILE, bins.to_dict())  # first: model_index.json (last) marks a whole save
-    pipe.save_pretrained(directory)
-    return directory
-
-
-def load_tiny_sd(
-    directory: str | os.PathLike | None = None, device: torch.device | str | None = None
-) -> tuple[TinyStableDiffusionPipeline, AttributeBins]:
-    """(pipeline, caption bins) from a folder written by :func:`save_tiny_sd` (default: the shipped U-Net model;
-    ``load_tiny_sd(pretrained_tiny_sd_path("tiny_sd3"))`` loads the shipped MMDiT one). The pipeline class
-    (:class:`TinyStableDiffusionPipeline` or :class:`TinySD3Pipeline`) is the one the folder's index names."""
-    directory = Path(directory) if directory is not None else pretrained_tiny_sd_path()
-    if not (directory / BINS_FILE).is_file():
-        raise FileNotFoundError(
-            f"{directory} holds no {BINS_FILE}: pass a folder written by save_tiny_sd, or train one with "
-            "benchmarks/cpu_train.py --model latent --save <folder> (about 2 minutes on a CPU)"
-        )
-    index = directory / "model_index.json"
-    stored = json.loads(index.read_text("utf-8")).get("_class_name") if index.is_file() else None
-    cls = TinySD3Pipeline if stored == TinySD3Pipeline.__name__ else TinyStableDiffusionPipeline
-    pipe = cls.from_pretrained(directory, device=device)
-    bins = AttributeBins.from_dict(json.loads((directory / BINS_FILE).read_text()))
-    return pipe, bins

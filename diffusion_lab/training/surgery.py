@@ -1,78 +1,25 @@
 """Model surgery on a trained tiny Stable Diffusion: EMA vs raw weights, magnitude pruning and int8 quantization.
 
-Notation
---------
 =========================  ==============  =========================================================================
 code                       symbol          meaning
 =========================  ==============  =========================================================================
 ``w``                      w               one weight tensor of a Conv2d (C_out, C_in, k, k) or Linear (C_out, C_in)
-``module_types``           —               the layers whose weights are touched (Conv2d, Linear); biases and the
-                                           norms' γ, β never are
-``sparsity``               p               share of the weights in the scope set to zero, p ∈ [0, 1)
-``scope``                  —               where the p is counted: ``"global"`` (one threshold over all the weights)
-                                           or ``"per_layer"`` (p of every tensor)
-``k``                      k               number of weights zeroed in a scope of N weights: k = ⌊p·N⌋
-``scale``                  s               int8 step of one output channel: s_c = max_j |w_cj| / 127
-``q``                      q               int8 codes q = round(w / s) ∈ {−127 … 127}
+``sparsity``, ``scope``    p               share of the weights set to zero, counted over all weights (``"global"``)
+                                           or per tensor (``"per_layer"``); k = ⌊p·N⌋ zeroed of N
+``scale``, ``q``           s, q            int8 step s_c = max_j |w_cj| / 127 per output channel, codes
+                                           q = round(w / s) ∈ {−127 … 127}, ŵ = s·q, |w − ŵ| ≤ s/2
 ``ema_decay``              β               θ_ema ← β·θ_ema + (1 − β)·θ after every optimiser step
 =========================  ==============  =========================================================================
 
-1. Magnitude pruning (Han et al. 2015, "Learning both Weights and Connections for Efficient Neural Networks")
-----------------------------------------------------------------------------------------------------------------
-Set to zero the k = ⌊p·N⌋ weights of smallest |w| in the scope (keep |w| above the k-th smallest |w|), once, without
-retraining (Han et al. retrain after pruning; we measure what pruning alone costs). Zeros do not shrink a dense
-file, nor speed up a dense convolution: the gain is in a *sparse encoding* (below) and, with sparse kernels or
-structured (channel) pruning, in time. ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` computes
-the same mask (it rounds p·N where we floor; the tests pass it k).
-
-One global threshold is not neutral: layers with small weights lose most. In the shipped tiny_sd the layers that
-start at zero (``conv_out``, ``pooled_embed``, the ResBlocks' ``conv2``) keep small weights, and global pruning at
-p = 0.5 zeroes 79 % of ``conv_out`` and 81 % of ``pooled_embed`` (the pooled text, which carries the digit): digit
-adherence falls from 0.96 to 0.89, where per-layer pruning at 0.5 keeps 0.94 (n = 500, DDIM-25, w = 3).
-
-2. int8 (Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only
-Inference")
-----------------------------------------------------------------------------------------------------------------
-Symmetric per-output-channel quantization: s_c = max_j |w_cj| / 127, q = round(w / s) ∈ [−127, 127] (int8),
-ŵ = s·q. Rounding moves each weight by at most half a step: |w − ŵ| ≤ s/2. Two variants here:
-
-- :func:`quantize_dynamic_int8`: PyTorch's dynamic quantization of the ``nn.Linear`` layers (int8 weights, per
-  tensor; activations quantized on the fly per batch; real int8 matrix products on the CPU). Our U-Net is
-  convolution-heavy (Conv2d 279 k of its 443 k weights), so it changes little;
-- :func:`int8_weight_only`: every Conv2d and Linear weight replaced by its int8 round trip ŵ (simulated
-  "weight-only int8": the arithmetic stays fp32, as in weight-only schemes that dequantize before the product).
-  It answers "what does int8 storage cost in quality", not "how fast are int8 kernels".
-
-3. EMA (Polyak & Juditsky 1992 averaging; Karras et al. 2024, "Analyzing and Improving the Training Dynamics of
-Diffusion Models" for EMA in diffusion)
-----------------------------------------------------------------------------------------------------------------
-The recipes sample with θ_ema (β = 0.99 with warm-up, :class:`diffusion_lab.training.loop.EMA`); :func:`ema_vs_raw`
-trains a short model and scores the raw last iterate θ against θ_ema with the same metrics. Measured (n = 500,
-DDIM-25, w = 3, seed 0, same prompts and noise for both): after the recipe's 1,000 steps EMA vs raw scored digit
-adherence 0.986 / 0.986, attribute adherence 0.923 / 0.920, FID-MNIST 228 / 249; after 300 steps 0.43 / 0.45,
-0.80 / 0.78, 901 / 1115. The average mainly buys FID; between two sampling seeds the same model moves by about
-0.01 (digit), 0.03 (attribute) and 17 (FID).
-
-Measured on the shipped tiny_sd (same settings): int8 weight-only stores the U-Net in 26.5 % of the fp32 bytes with
-unchanged metrics; dynamic int8 is no faster here (its Linear layers are small and the convolutions stay fp32).
-
-Size: what a file of each encoding holds
-----------------------------------------
-Sizes are the bytes of a real safetensors file (``safetensors.torch.save`` in memory, header included) of the
-denoiser's tensors in one of three encodings (:func:`encode_state`):
-
-- ``"dense"``: every tensor in fp32 (what ``save_pretrained`` writes; pruning does not change it);
-- ``"bitmask"``: each prunable weight as a bitmask of its nonzeros (N/8 bytes, uint8) plus its nonzero values in
-  fp32 (4 bytes each); everything else dense. N·(1/8 + 4·(1 − p)) bytes against 4N: smaller for any p > 1/32;
-- ``"int8"``: each prunable weight as int8 codes (N bytes) plus one fp32 scale per output channel; the rest fp32.
-  Lossless only for weights already on the int8 grid (the output of :func:`int8_weight_only`).
-
-A dynamically quantized Linear holds int8 weights in any encoding (its codes, a per-tensor scale and zero point).
-:func:`compact_size` reports the smallest encoding that stores a model *exactly* (the variant's "size").
-
-Quality is measured as the project does (``benchmarks/cpu_train.py --model latent``): digit adherence (the MNIST
-classifier), attribute adherence (:func:`diffusion_lab.mnist.captions.attribute_adherence`) and FID-MNIST with its floor for
-the same n (:func:`diffusion_lab.mnist.metrics.evaluate`). FID is biased upward at small n: compare variants at equal n.
+Magnitude pruning (Han et al. 2015) zeroes the k weights of smallest |w| in the scope, once, without retraining;
+int8 (Jacob et al. 2018) is symmetric per-output-channel, either simulated weight-only (:func:`int8_weight_only`)
+or PyTorch's dynamic quantization of the Linear layers (:func:`quantize_dynamic_int8`); EMA (Polyak & Juditsky
+1992) is compared with the raw last iterate by :func:`ema_vs_raw`. Sizes are the bytes of a real safetensors file
+in one of three encodings (:func:`encode_state`: ``"dense"`` fp32; ``"bitmask"`` N/8 mask bytes + 4 bytes per
+nonzero; ``"int8"`` N codes + one fp32 scale per channel); quality is digit adherence, attribute adherence and
+FID-MNIST with its floor at the same n, as in ``benchmarks/cpu_train.py``. Notebook 11 has the measurements and
+why (one global threshold starves the layers with small weights; int8 weight-only keeps the metrics at 26.5 % of
+the bytes; EMA mainly buys FID).
 """
 
 from __future__ import annotations

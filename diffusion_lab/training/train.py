@@ -83,7 +83,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffusion_lab.maths.diffusion import q_sample, velocity
+from diffusion_lab.maths.diffusion import q_sample
 from diffusion_lab.maths.guidance import drop_condition
 from diffusion_lab.mnist.captions import attributes, captions_for
 from diffusion_lab.mnist.data import load_mnist
@@ -91,7 +91,8 @@ from diffusion_lab.models.text_encoder import TextEncoder
 from diffusion_lab.models.unet import UNet
 from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
 from diffusion_lab.training.finetune import encode_images
-from diffusion_lab.training.loop import EMA
+from diffusion_lab.training.loop import EMA, check_finite_loss, optimizer_step
+from diffusion_lab.training.loss import training_target
 from diffusion_lab.training.recipes import latent_text_recipe, load_tiny_sd, pretrained_tiny_sd_path, save_tiny_sd
 from diffusion_lab.utils.checkpoint import load_config, load_training_state, save_checkpoint, write_json_atomic
 from diffusion_lab.utils.settings import pick
@@ -151,7 +152,9 @@ class TrainArgs:
     def __post_init__(self):
         def check_int(name: str, minimum: int = 1) -> None:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"--{_flag(name)} must be an integer >= {minimum}, got {value!r}")
+            if value < minimum:
                 raise ValueError(f"--{_flag(name)} must be an integer >= {minimum}, got {value!r}")
 
         for name in ("steps", "global_batch_size", "gradient_accumulation_steps", "num_images"):
@@ -436,7 +439,7 @@ def _train(accelerator, args: TrainArgs) -> dict:
     peak_lr = (
         args.lr if args.lr is not None else recipe.lr * (recipe.final_lr_fraction if args.init == "pretrained" else 1)
     )
-    schedule = dataclasses.replace(recipe, lr=peak_lr, warmup_steps=args.warmup_steps)
+    schedule = dataclasses.replace(recipe, lr=peak_lr, warmup_steps=args.warmup_steps, max_steps=args.steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=recipe.weight_decay)
     ema = EMA(model, args.ema_decay)
     start_step, losses, seconds_before = 0, [], 0.0
@@ -474,8 +477,6 @@ def _train(accelerator, args: TrainArgs) -> dict:
                disable=not (args.progress and accelerator.is_main_process), mininterval=1.0)  # fmt: skip
     model.train()
     for step in range(start_step, args.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = schedule.lr_at(step, step / args.steps)
         batch = global_batch(data, step, args)  # the whole global batch, B rows
         first = accelerator.process_index * a * micro  # this process's shard: rows first … first + A·b − 1
         shard_loss = torch.zeros((), device=accelerator.device)
@@ -486,20 +487,19 @@ def _train(accelerator, args: TrainArgs) -> dict:
             with accelerator.accumulate(model):  # no all-reduce until the A-th micro-batch
                 z_t = q_sample(z0, t, noise, ab)  # √ᾱ_t z_0 + √(1 − ᾱ_t) ε, (b, L, h, w)
                 out = model(ids, mask, z_t, t).float()  # (b, L, h, w)
-                ab_t = ab[t][:, None, None, None]  # (b, 1, 1, 1)
-                target = {"epsilon": noise, "v_prediction": velocity(z0, noise, ab_t), "sample": z0}[prediction_type]
+                target = training_target(prediction_type, z0, noise, ab[t][:, None, None, None])
                 loss = (out - target).pow(2).flatten(1).mean(1).mean()  # L_{p,a}: mean over the micro-batch
                 accelerator.backward(loss)  # adds ∇(L_{p,a} / A) to .grad; on the A-th, DDP averages over P
-                if accelerator.sync_gradients and args.grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
-                optimizer.step()  # a no-op until the A-th micro-batch
-                optimizer.zero_grad(set_to_none=True)
+                # clip the global norm once the gradients are whole; the step is a no-op until the A-th micro-batch;
+                # the finite check waits for the loss reduced over all processes (below), so that they stop together
+                optimizer_step(
+                    None, optimizer, model.parameters(), lr=schedule.lr_at(step), step=step,
+                    max_grad_norm=args.grad_clip if accelerator.sync_gradients else None,
+                    clip_grad_norm=accelerator.clip_grad_norm_,
+                )  # fmt: skip
             shard_loss += loss.detach() / a
         step_loss = accelerator.reduce(shard_loss, reduction="mean").item()  # mean over the global batch
-        if not math.isfinite(step_loss):
-            raise FloatingPointError(
-                f"the training loss became {step_loss} at step {step}; lower --lr (the last checkpoint is untouched)"
-            )
+        check_finite_loss(step_loss, step, "lower --lr (the last checkpoint is untouched)")
         if not accelerator.optimizer_step_was_skipped:  # fp16: a step skipped for overflow leaves the EMA alone
             ema.update(raw)
         losses.append(step_loss)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -10,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffusion_lab.maths.diffusion import PREDICTION_TYPES, q_sample, velocity
+from diffusion_lab.maths.diffusion import PREDICTION_TYPES, q_sample
 from diffusion_lab.maths.images import _check_batch, downsample
 from diffusion_lab.mnist.data import load_mnist
 from diffusion_lab.models.autoencoder import AutoencoderKL
@@ -18,7 +17,8 @@ from diffusion_lab.models.unet import UNet, UNetConfig
 from diffusion_lab.pipelines.upscale import LOW_RES_SCHEDULE, TinyUpscalePipeline, low_res_scheduler, noise_augment
 from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
 from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
-from diffusion_lab.training.loop import EMA
+from diffusion_lab.training.loop import EMA, check_config_fields, optimizer_step, warmup_cosine
+from diffusion_lab.training.loss import training_target
 from diffusion_lab.utils.errors import check_choice
 from diffusion_lab.utils.settings import pick
 
@@ -60,30 +60,23 @@ class UpscalerTrainConfig:
 
     def __post_init__(self):
         check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
-        for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.num_images is not None and (not isinstance(self.num_images, int) or self.num_images < 1):
-            raise ValueError(f"num_images must be a positive integer or None, got {self.num_images!r}")
+        check_config_fields(
+            self, counts=("steps", "batch_size"), optional_counts=("num_images",),
+            indices=("warmup_steps", "max_noise_level", "seed"), positive=("lr",),
+            non_negative=("weight_decay", "grad_clip"), fractions=("final_lr_fraction",),
+            decays=("ema_decay",),
+        )  # fmt: skip
         T_low = LOW_RES_SCHEDULE["num_train_timesteps"]
-        if isinstance(self.max_noise_level, bool) or not isinstance(self.max_noise_level, int):
-            raise ValueError(f"max_noise_level must be an integer in 0..{T_low - 1}, got {self.max_noise_level!r}")
         if not 0 <= self.max_noise_level < T_low:
             raise ValueError(f"max_noise_level must be in 0..{T_low - 1}, got {self.max_noise_level}")
-        if not self.lr > 0 or not 0 <= self.final_lr_fraction <= 1:
-            raise ValueError(f"need lr > 0 and final_lr_fraction in [0, 1], got {self.lr}, {self.final_lr_fraction}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up over ``warmup_steps``, then cosine decay to ``final_lr_fraction``·lr at ``steps``."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
-        f = self.final_lr_fraction
-        return self.lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * progress)))
+        """Linear warm-up over ``warmup_steps``, then cosine decay to ``final_lr_fraction``·lr at ``steps``
+        (:func:`~diffusion_lab.training.loop.warmup_cosine`)."""
+        return warmup_cosine(step, self.steps, self.warmup_steps, self.lr, self.final_lr_fraction)
 
 
 # Why these choices (A/B runs of 2,000 steps at batch 64 unless said, 1,000 MNIST test digits, DDIM-10, k = 0;
@@ -169,8 +162,7 @@ def upscaler_loss(
     k = torch.randint(0, max_noise_level + 1, (b,), generator=generator)  # (B,) uniform on 0..K
     noisy_low = noise_augment(low, k, generator, alphas_cumprod=low_alphas_cumprod)
     out = unet(torch.cat([z_t, noisy_low], dim=1), t, class_labels=k)  # (B, L, h, w)
-    ab_t = alphas_cumprod[t][:, None, None, None]
-    target = {"epsilon": noise, "v_prediction": velocity(z0, noise, ab_t), "sample": z0}[prediction_type]
+    target = training_target(prediction_type, z0, noise, alphas_cumprod[t][:, None, None, None])
     return (out - target).pow(2).mean()
 
 
@@ -220,18 +212,12 @@ def train_upscaler(
     losses: list[float] = []
     unet.train()
     for step in tqdm(range(cfg.steps), desc="x4 upscaler", disable=not progress, mininterval=1.0):
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr_at(step)
         idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=g)
         loss = upscaler_loss(unet, latents[idx], lows[idx], ab, ab_low, cfg.max_noise_level, cfg.prediction_type, g)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss.item()} at step {step}; lower lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
-        optimizer.step()
-        ema.update(unet)
+        optimizer_step(
+            loss, optimizer, unet.parameters(), lr=cfg.lr_at(step), max_grad_norm=cfg.grad_clip, ema=ema, model=unet,
+            step=step,
+        )  # fmt: skip
         losses.append(loss.item())
         if callback is not None:
             callback(step, losses[-1])

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from diffusion_lab.maths.diffusion import PREDICTION_TYPES, q_sample, velocity
+from diffusion_lab.maths.diffusion import PREDICTION_TYPES, q_sample
 from diffusion_lab.maths.guidance import drop_condition
 from diffusion_lab.mnist.classifier import MnistClassifier
 from diffusion_lab.mnist.data import load_mnist
@@ -25,7 +23,8 @@ from diffusion_lab.models.unet import UNet, UNetConfig
 from diffusion_lab.pipelines.variations import TinyVariationPipeline
 from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
 from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
-from diffusion_lab.training.loop import EMA
+from diffusion_lab.training.loop import EMA, check_config_fields, optimizer_step, warmup_cosine
+from diffusion_lab.training.loss import training_target
 from diffusion_lab.training.recipes import LATENT_SCHEDULE
 from diffusion_lab.utils.errors import check_choice
 from diffusion_lab.utils.settings import pick
@@ -56,29 +55,21 @@ class VariationTrainConfig:
 
     def __post_init__(self):
         check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
-        for name in ("steps", "batch_size", "max_noise_level"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.num_images is not None and (not isinstance(self.num_images, int) or self.num_images < 2):
+        check_config_fields(
+            self, counts=("steps", "batch_size", "max_noise_level"), optional_counts=("num_images",),
+            indices=("warmup_steps", "seed"), positive=("lr",), non_negative=("weight_decay", "grad_clip"),
+            fractions=("cond_drop_prob", "final_lr_fraction"),
+            decays=("ema_decay",),
+        )  # fmt: skip
+        if self.num_images is not None and self.num_images < 2:
             raise ValueError(f"num_images must be an integer >= 2 or None (all), got {self.num_images!r}")
-        if not 0.0 <= self.cond_drop_prob <= 1.0:
-            raise ValueError(f"cond_drop_prob must be in [0, 1], got {self.cond_drop_prob!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up over ``warmup_steps``, then cosine decay to ``final_lr_fraction``·lr at ``steps``."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        f, progress = (
-            self.final_lr_fraction,
-            min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)),
-        )
-        return self.lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return warmup_cosine(step, self.steps, self.warmup_steps, self.lr, self.final_lr_fraction)
 
 
 def variation_recipe(
@@ -183,8 +174,6 @@ def train_variations(
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc="variations U-Net", disable=not progress, mininterval=1.0)
     for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr_at(step)
         idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=g)
         z0 = latents[idx]  # (B, L, h, w)
         k = torch.randint(0, max_k, (cfg.batch_size,), generator=g)  # (B,) noise levels of the embeddings
@@ -193,17 +182,12 @@ def train_variations(
         t = torch.randint(0, len(ab), (cfg.batch_size,), generator=g)  # (B,)
         noise = torch.randn(z0.shape, generator=g)
         z_t = q_sample(z0, t, noise, ab)
-        ab_t = ab[t][:, None, None, None]
-        target = {"epsilon": noise, "v_prediction": velocity(z0, noise, ab_t), "sample": z0}[cfg.prediction_type]
+        target = training_target(cfg.prediction_type, z0, noise, ab[t][:, None, None, None])
         loss = (unet(z_t, t, pooled_text=c) - target).pow(2).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss.item()} at step {step}; lower lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
-        optimizer.step()
-        ema.update(unet)
+        optimizer_step(
+            loss, optimizer, unet.parameters(), lr=cfg.lr_at(step), max_grad_norm=cfg.grad_clip, ema=ema, model=unet,
+            step=step,
+        )  # fmt: skip
         losses.append(loss.item())
         if step % 25 == 24:
             bar.set_postfix(loss=f"{sum(losses[-25:]) / 25:.4f}", refresh=False)
