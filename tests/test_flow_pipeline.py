@@ -17,6 +17,7 @@ from diffusion_lab.pipelines.stable_diffusion_3 import TinySD3Pipeline
 from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
 from diffusion_lab.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from diffusion_lab.training.recipes import LatentFlowTrainConfig, latent_flow_recipe, train_latent_flow
+from diffusion_lab.utils.errors import FileError
 
 
 def _randomise(module: torch.nn.Module, seed: int) -> None:
@@ -124,7 +125,7 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     again = TinySD3Pipeline.from_pretrained(tmp_path / "tiny-sd3")
     assert type(again.scheduler) is FlowMatchEulerDiscreteScheduler and again.scheduler.config.shift == 3.0
     torch.testing.assert_close(_run(again, guidance_scale=2.0).images, _run(pipe, guidance_scale=2.0).images)
-    with pytest.raises(ValueError, match=r"holds a TinySD3Pipeline: load it with TinySD3Pipeline"):
+    with pytest.raises(FileError, match=r"holds a TinySD3Pipeline, not a TinyStableDiffusionPipeline: load it with TinySD3Pipeline"):
         TinyStableDiffusionPipeline.from_pretrained(tmp_path / "tiny-sd3")
 
 
