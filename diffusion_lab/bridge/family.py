@@ -28,22 +28,17 @@ code                        symbol      meaning
 ``vae_scale_factor``        f           pixels per latent: x4 upscaler 4, SD 1.5 / unCLIP / SVD 8; stand-ins 2 or 4
 ==========================  ==========  ===============================================================================
 
-Where each condition enters the network (:func:`conditioning_facts` prints the config fields that prove it):
-
-- **x4 upscaler** — c̃ is concatenated to z_t along channels (UNet ``in_channels`` 7 = 4 + 3) and s is a class label
-  (``num_class_embeds``); the latent has c_lr's size, so the VAE's f = 4 *is* the upscaling factor.
-- **ControlNet** — a trainable copy of the UNet's encoder reads c_ctl (embedded by stride-2 convolutions down to the
-  latent size) and returns one residual per skip connection of the frozen UNet.
-- **Stable unCLIP** — the image enters only as its CLIP embedding, through the class embedding (``class_embed_type``
-  ``"projection"``); the prompt still enters by cross-attention. Output size does not depend on the input size.
-- **SVD** — the conditioning frame's latent is concatenated to every frame's noisy latent (``in_channels`` 8 = 4 + 4),
-  its CLIP embedding replaces the text in cross-attention, and (fps, motion, σ_aug) are added time embeddings.
-
-What is here: tiny random-weight stand-ins of the four real pipeline classes (``tiny_*``, seeded, no hub), the
-loader :func:`load_family_pipeline` (``bridge.load_pipeline`` plus the ControlNet that must be passed as
-``controlnet=``), the input checks (:func:`check_upscale_sizes`, :func:`check_control_image`,
-:func:`check_num_frames`), and thin helpers (:func:`canny_edges`, :func:`toy_scene`, :func:`frames_to_tensor`,
-:func:`frames_to_gif`, :func:`unet_skip_count`, :func:`is_stand_in`).
+Where each condition enters (:func:`conditioning_facts` prints the config fields that prove it): the x4 upscaler
+concatenates c̃ to z_t (UNet ``in_channels`` 7 = 4 + 3) and reads s as a class label, its VAE's f = 4 *being* the
+upscaling factor; ControlNet's trainable encoder copy reads c_ctl and returns one residual per skip; Stable unCLIP
+reads the image only as its CLIP embedding through the class embedding (``class_embed_type`` ``"projection"``), the
+prompt still by cross-attention; SVD concatenates the conditioning frame's latent to every frame (``in_channels`` 8),
+its CLIP embedding replaces the text in cross-attention, and (fps, motion, σ_aug) are added time embeddings. Here:
+seeded tiny stand-ins of the four real pipeline classes (``tiny_*``, no hub), :func:`load_family_pipeline`
+(``bridge.load_pipeline`` plus the ControlNet passed as ``controlnet=``), the input checks diffusers does not make
+(:func:`check_upscale_sizes`, :func:`check_control_image`, :func:`check_num_frames`: a wrong type is a ``TypeError``, a
+wrong value a ``ValueError`` saying what to pass), and thin helpers (:func:`canny_edges`, :func:`toy_scene`,
+:func:`frames_to_tensor`, :func:`frames_to_gif`, :func:`unet_skip_count`, :func:`is_stand_in`).
 """
 
 from __future__ import annotations

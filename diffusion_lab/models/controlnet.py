@@ -1,7 +1,5 @@
 """Structure control for the tiny Stable Diffusion: a ControlNet (Zhang, Rao & Agrawala 2023).
 
-Notation
---------
 ================================  ==============  =====================================================================
 code                              symbol          meaning
 ================================  ==============  =====================================================================
@@ -11,77 +9,30 @@ code                              symbol          meaning
 ``F``, ``Θ``                      F(·; Θ)         the frozen U-Net's encoder half (its levels and middle block)
 ``Θ_c``                           Θ_c             the trainable copy of those blocks, initialised from Θ
 ``controlnet_down_blocks[i]``     Z(·; Θ_z)       a zero convolution: 1×1 conv whose weight and bias start at 0
-``down_residuals[i]``             r_i             Z(the copy's skip i), added to the frozen U-Net's skip i (B, C_i, h_i, w_i)
-``mid_residual``                  r_mid           Z(the copy's middle-block output), added to the frozen one's
+``down_residuals[i]``, ``mid``    r_i, r_mid      Z(the copy's skip i / middle output), added to the frozen U-Net's
 ``conditioning_scale``            λ               multiplies every residual (``controlnet_conditioning_scale``); 0 = base
-``control_guidance_start, _end``  [s, e]          the share of the sampling steps during which the control acts
 ``c``, ``pooled``                 c_t, c̄_t        the prompt's token states (B, M, D) and pooled vector (B, D)
 ================================  ==============  =====================================================================
 
-1. The idea (Zhang et al. 2023, §3.1, Eq. 1-2)
-----------------------------------------------
-A block of a trained network maps a feature map x to y = F(x; Θ) (Eq. 1). ControlNet locks Θ and adds a trainable
-copy Θ_c of the block that also sees the condition c, connected by two zero convolutions Z (Eq. 2):
+    y = F(x; Θ)                                                   a locked block (Eq. 1)
+    y_c = F(x; Θ) + Z(F(x + Z(c; Θ_z1); Θ_c); Θ_z2)               the controlled block (Eq. 2)
+    c_f = E(c_i)                                                  pixel-space control → the first feature map (Eq. 3)
+    L = E ‖target − f_θ(z_t, t, c_t, c_f)‖²                       the base model's own loss, only Θ_c, E, Z train (Eq. 4)
+    ∂L/∂W = (∂L/∂y) xᵀ ≠ 0,  ∂L/∂x = Wᵀ(∂L/∂y) = 0 while W = 0    why zero convolutions still learn (§3.1)
 
-    y_c = F(x; Θ) + Z(F(x + Z(c; Θ_z1); Θ_c); Θ_z2).
-
-For Stable Diffusion the "block" is the U-Net's whole encoder half and middle block: the copy reads z_t plus the
-embedded control image, and each of its skip outputs and its middle-block output goes through its own zero 1×1
-convolution and is *added* to the frozen U-Net's matching skip connection (and middle-block output) before the
-frozen decoder half reads it. SD 1.5 has 12 skips and one middle block: 13 zero convolutions, a copy of ~360 M
-parameters beside the locked 860 M. The tiny U-Net here has one skip per level (one level: one skip) and a middle
-block: 2 zero convolutions; the frozen side takes them through :meth:`UNet.forward`'s
-``down_block_additional_residuals`` and ``mid_block_additional_residual`` (diffusers' names).
-
-2. Zero convolution
--------------------
-Z(x) = W x + b with W = 0 and b = 0 outputs 0 for every x, so at initialisation y_c = y: the ControlNet is an exact
-no-op and the first samples are the base model's, bit for bit (x + 0 = x in floating point). Training still moves
-it, because the gradients of a zero convolution's *parameters* are not zero:
-
-    ∂L/∂W = (∂L/∂y) xᵀ ≠ 0,   ∂L/∂b = ∂L/∂y ≠ 0,   but   ∂L/∂x = Wᵀ (∂L/∂y) = 0 while W = 0.
-
-So the first optimiser step moves only the output zero convolutions; from the second step on W ≠ 0 and gradients
-reach the copy Θ_c, and through it the hint network's zero-initialised last convolution (Z(·; Θ_z1) of Eq. 2), from
-the third step the whole hint network. No random noise is ever added to the frozen model's features: the control
-grows from zero.
-
-3. The hint network (Eq. 3)
----------------------------
-The control image lives in pixel space (28×28, 512×512 for SD) and z_t in latent space (7×7, 64×64). c_f = E(c_i):
-a few 3×3 convolutions with SiLU, every second one with stride 2, down to the U-Net's first feature map, the last
-convolution zero-initialised (diffusers' ``ControlNetConditioningEmbedding``, same layer names; the paper: four
-4×4 stride-2 convolutions with 16, 32, 64, 128 channels). Here channels (16, 32, 64): two stride-2 convolutions,
-28 → 14 → 7. c_f is added to the copy's first feature map, conv_in(z_t) + c_f.
-
-4. Training (Eq. 4)
--------------------
-The base model's own loss, with the control as an extra input: L = E ‖target − f_θ(z_t, t, c_t, c_f)‖², here the
-v target of the tiny model (:func:`diffusion_lab.training.finetune.denoising_loss`, the same draws of t and ε). Only Θ_c, E
-and the zero convolutions train; the U-Net, the autoencoder and the text encoder stay frozen. As in the paper
-(§3.3), half of the prompts are replaced by the empty prompt, so the ControlNet learns to read the control map
-itself instead of leaning on the prompt.
-
-5. Sampling
------------
-:class:`TinyControlNetPipeline` has the call shape of diffusers' ``StableDiffusionControlNetPipeline``:
-``pipe(prompt, image=control, controlnet_conditioning_scale=λ, control_guidance_start=s, control_guidance_end=e)``.
-The residuals are multiplied by λ; step i of N is controlled when i/N ≥ s and (i + 1)/N ≤ e (diffusers'
-``controlnet_keep``), and the other steps are the base model's. With classifier-free guidance the control goes to
-both branches ([uncond; cond] in one batch), as in diffusers; ``guess_mode=True`` gives it to the conditional branch
-only and scales the residuals from 0.1 (first skip) to 1.0 (middle block) on a log scale, diffusers' guess mode.
-
-6. Control maps for MNIST
--------------------------
-- :func:`edge_map` (the canny ControlNet's analogue): Sobel gradients of the brightness, thinned by non-maximum
-  suppression along the gradient direction and thresholded (Canny 1986 without the hysteresis): a 1-pixel outline.
-- :func:`coarse_mask` (the "semantic synthesis" ControlNet's analogue, a segmentation map): the digit's silhouette
-  at 7×7 (ink share of each 4×4 cell above a threshold), drawn at 28×28: where the digit is, not what it looks like.
-
-Agreement of an output with its control (:func:`edge_f1`, :func:`mask_iou`): compute the same map of the generated
-image and compare it with the control map: F1 of the edge pixels, or intersection over union of the masks. Edge
-benchmarks (BSDS) match edges within a tolerance of a pixel or two, but at 28×28 that is too lenient (two different
-test digits of one class score F1 ≈ 0.78 with one pixel of tolerance, ≈ 0.31 without): the default is exact pixels.
+For Stable Diffusion the "block" is the U-Net's whole encoder half and middle block: the copy reads conv_in(z_t) + c_f,
+and each of its skip outputs and its middle output goes through its own zero 1×1 convolution and is *added* to the
+frozen U-Net's matching skip (SD 1.5: 12 skips + 1 middle = 13 zero convolutions; here one per level + 1), through
+:meth:`UNet.forward`'s ``down_block_additional_residuals`` / ``mid_block_additional_residual`` (diffusers' names). At
+initialisation every Z outputs exactly 0, so the ControlNet is a no-op and the first samples are the base model's bit
+for bit; the first step moves only the output Z, then gradients reach Θ_c and the hint network. E is diffusers'
+``ControlNetConditioningEmbedding`` (same layer names): 3×3 convolutions with SiLU, every second one stride 2, here
+28 → 14 → 7. Training (:func:`diffusion_lab.training.controlnet.train_controlnet`) replaces half the prompts by the
+empty one (§3.3) so the network reads the map itself. Sampling (:class:`~diffusion_lab.pipelines.controlnet.TinyControlNetPipeline`,
+diffusers' call shape) scales the residuals by λ on the steps in [control_guidance_start, control_guidance_end] and
+feeds both CFG branches (``guess_mode``: the conditional one only, residuals scaled 0.1 → 1 on a log scale). The
+MNIST control maps and their agreement measures (edge_map, coarse_mask, edge_f1, mask_iou) are in
+:mod:`diffusion_lab.maths.images`.
 """
 
 from __future__ import annotations

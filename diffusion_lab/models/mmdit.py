@@ -22,32 +22,14 @@ A DiT block (Peebles & Xie 2023, "Scalable Diffusion Models with Transformers", 
 
 The modulation layer starts at zero, so every block starts as the identity ("-Zero"): a deep stack trains stably.
 
-An MMDiT block (SD3 §4, Fig. 2) keeps two streams, image tokens and text tokens, each with its *own* weights for
-the modulation, LayerNorms, q/k/v projections, output projection and MLP, and joins them for one attention over
-the concatenated sequence [image; text] (length N + M): image tokens read the text (as cross-attention would) and
-text tokens read the image, in the same softmax. Text padding is masked out of the keys.
-
-SD3's depth parameterisation (§5.3): hidden size 64·depth, heads = depth (head size 64); SD3-medium has depth 24
-(D = 1536, 24 heads, 2 B parameters). :meth:`MMDiTConfig.from_depth` builds that family; our MNIST model is a tiny
-member of it. Our config against SD3-medium's (``SD3_MEDIUM_DIFFUSERS`` holds diffusers' names, tested):
-
-========================  ==========================  ===========================================================
-ours (``MMDiTConfig``)    SD3-medium                  diffusers ``SD3Transformer2DModel``
-========================  ==========================  ===========================================================
-``depth``                 24                          ``num_layers``
-``hidden_size``           1536 = 64·24                ``num_attention_heads · attention_head_dim``, ``caption_projection_dim``
-``num_heads``             24                          ``num_attention_heads`` (``attention_head_dim`` 64)
-``patch_size``            2                           ``patch_size``
-``in/out_channels``       16 (SD3's 16-channel VAE)   ``in_channels``, ``out_channels``
-``sample_size``           128 (1024 px / 8)           ``sample_size`` (positions cropped from ``pos_embed_max_size`` 192)
-``joint_attention_dim``   4096 (CLIP-L + CLIP-G       ``joint_attention_dim``
-                          states padded, and T5-XXL)
-``pooled_projection_dim`` 2048 (768 + 1280 pooled)    ``pooled_projection_dim``
-``max_text_tokens``       77 + 256 = 333              (the pipeline's ``max_sequence_length`` 256 for T5)
-========================  ==========================  ===========================================================
-
-Differences kept for clarity: SD3's last block updates only the image stream (``context_pre_only``), its positions
-are a cropped larger table, and later versions add q/k normalisation (SD3.5). Timesteps: this model takes t ∈ [0, 1] and embeds 1000·t, the value diffusers' SD3 transformer receives.
+An MMDiT block (SD3 §4, Fig. 2) keeps two streams, image and text tokens, each with its *own* modulation,
+LayerNorms, q/k/v, output projection and MLP, joined in one attention over [image; text] (length N + M, text padding
+masked out of the keys). SD3's family (§5.3) has D = 64·depth and depth heads of size 64 (:meth:`MMDiTConfig.from_depth`;
+SD3-medium: depth 24, 2 B parameters, :func:`sd3_medium_config`); diffusers' ``SD3Transformer2DModel`` names our
+``depth`` ``num_layers``, ``hidden_size`` ``num_attention_heads · attention_head_dim`` (``SD3_MEDIUM_DIFFUSERS`` maps
+them all, tested), ``max_text_tokens`` is 77 CLIP + 256 T5 tokens. Kept simpler than SD3: every block updates both
+streams (SD3's last is ``context_pre_only``), positions are one sin-cos table, no q/k normalisation (SD3.5). The model
+takes t ∈ [0, 1] and embeds 1000·t, the value diffusers' SD3 transformer receives.
 """
 
 from __future__ import annotations

@@ -1,4 +1,27 @@
-"""A word tokenizer and a small causal transformer text encoder shaped like CLIP's (``input_ids`` → ``last_hidden_state``, ``pooler_output``)."""
+"""A word tokenizer and a small causal transformer text encoder shaped like CLIP's text model.
+
+=====================  ==========  ====================================================================================
+code                   symbol      meaning
+=====================  ==========  ====================================================================================
+``input_ids``          (B, L)      <bos> w₁ … wₙ <eos> <pad> …; L = ``max_length`` (8 in the course recipe: the longest
+                                   caption has 7 tokens); ``attention_mask`` is 1 on <bos> … <eos>
+``last_hidden_state``  h           (B, L, D) per-token states: what the U-Net's cross-attention reads
+``pooler_output``      h_eos       (B, D) the state at the first <eos>, one vector per prompt (SDXL adds it to the time
+                                   embedding)
+``text_embeds``        W·h_eos     (B, projection_dim) when ``projection_dim`` is set (CLIP's text projection)
+=====================  ==========  ====================================================================================
+
+h⁰ = E_tok[input_ids] + E_pos[0..L−1];  hˡ = hˡ⁻¹ + MHA(LN(hˡ⁻¹)) with a causal mask, then + MLP(LN(·));  h = LN(hᴺ)
+(pre-LayerNorm transformer, as CLIP's text encoder, Radford et al. 2021, §2.4).
+
+Stable Diffusion's text encoder is CLIP's, pretrained contrastively and kept frozen: SD 1.5 feeds CLIP ViT-L/14's
+(77, 768) states, unmasked, to cross-attention; SDXL concatenates CLIP-L and OpenCLIP-bigG per token (768 + 1280 =
+2048) and adds bigG's pooled output to the time embedding; SD3 adds T5-XXL. Here the vocabulary is a few dozen caption
+words, so :class:`TextEncoder` is a tiny CLIP-like transformer (width 64, 2 layers, 8 positions in the recipe) trained
+jointly with the denoiser, and :class:`WordTokenizer` mirrors ``pipe.tokenizer(...)`` of transformers (padding,
+truncation that keeps <bos>/<eos>, ``add_tokens`` for textual inversion). Both save and load as JSON + safetensors; a
+missing or damaged file is a :class:`~diffusion_lab.utils.errors.FileError`.
+"""
 
 from __future__ import annotations
 
