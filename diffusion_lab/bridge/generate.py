@@ -1,4 +1,23 @@
-"""Driving the real SDXL and SD3 pipelines step by step: text embeddings, generation, memory and timing."""
+"""Driving the real SDXL and SD3 pipelines step by step: text embeddings, the sampling loop, decoding, memory, timing.
+
+===========================  ======  ==============================================================================
+code                         symbol  meaning
+===========================  ======  ==============================================================================
+``prompt_embeds``            c       per-token text states: SDXL CLIP-L ⊕ bigG (B, 77, 2048); SD3 [CLIP ⊕ pad; T5]
+``pooled_prompt_embeds``     c̄       pooled text (SDXL bigG 1280; SD3 CLIP-L ⊕ CLIP-G 2048)
+``add_time_ids``             —       SDXL micro-conditioning (orig h, w, crop top, left, target h, w) (SDXL §2.2)
+``guidance_scale``           w       ε̃ = ε_∅ + w·(ε_c − ε_∅) (SDXL: on ε; SD3: on the velocity v)
+``vae_scale_factor``         f       pixels per latent; height and width must be multiples of f (× patch for SD3)
+===========================  ======  ==============================================================================
+
+    SDXL (Euler, ε): x ← x + (σ_next − σ)·ε̃;  decode x/s                       (Karras et al. 2022, Alg. 1 step)
+    SD3 (flow, v):   x ← x + (t_next − t)·ṽ;  decode x/s + shift               (SD3 §2, rectified flow)
+
+:func:`sdxl_generate` and :func:`sd3_generate` write out ``pipe(prompt)`` for one prompt with the pipeline's own
+components and scheduler, so the same seed gives the same image as the pipeline call (tested). :func:`check_size`
+refuses sizes the latent grid cannot hold; :func:`measure` times a call and its peak memory; :func:`suggest_on_oom`
+re-raises an out-of-memory error with the next knob to try, cheapest first.
+"""
 
 from __future__ import annotations
 

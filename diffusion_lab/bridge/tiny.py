@@ -1,4 +1,15 @@
-"""Tiny random-weight stand-ins of the real pipelines, built offline from each model's own config shape."""
+"""Tiny random-weight stand-ins of the real pipelines (SD 1.5, SDXL, SDXL-Turbo and refiner, SD3, TAESD, the x4
+upscaler, ControlNet, Stable unCLIP, SVD), built offline from each model's own config shape.
+
+Each ``tiny_*`` builds the *real* diffusers/transformers classes (the pipeline class, its UNet or transformer, VAE,
+text encoders and tokenizers, scheduler) with the same structure and configuration keys as the hub model — latent
+channels, cross-attention widths, added-condition dims, two text encoders for SDXL, three for SD3 — but a few
+thousand to a few million parameters, seeded, so the notebooks run every code path on a CPU without a download. The
+pictures are noise (random weights); shapes, the call signatures and the step-by-step maths are the real ones. The
+VAE factor f is 2 (4 for the upscaler's stand-in), where every real SD/SDXL/SD3 VAE has f = 8: decide sizes from the
+pipeline you got (``bridge.is_tiny``). :mod:`diffusion_lab.bridge.hub` saves each once and loads it with
+``from_pretrained``, exactly as a hub model.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,23 @@
-"""Classifier-free guidance as two small pure pieces: condition dropout in training and the guided combination at sampling (Ho & Salimans 2022, eq. 6; Lin et al. 2024, Alg. 2 for the rescale)."""
+"""Classifier-free guidance as two small pure pieces: condition dropout in training, the guided combination at sampling.
+
+=====================  =========  =================================================================================
+code                   symbol     meaning
+=====================  =========  =================================================================================
+``cond``, ``uncond``   ε_c, ε_∅   the model's prediction with the condition and with the null condition ∅
+``guidance_scale``     w          diffusers' scale: w = 1 is ε_c (no guidance), w = 0 is ε_∅
+``guidance_rescale``   φ          share of the rescaled prediction, 0 = off (the paper uses 0.7)
+``drop_prob``          p_uncond   probability that a training row's condition is replaced by ∅
+=====================  =========  =================================================================================
+
+    training:  c ← ∅ with probability p_uncond                        (Ho & Salimans 2022, Algorithm 1, line 3)
+    sampling:  ε̃ = ε_∅ + w·(ε_c − ε_∅)                                (ibid., Eq. 6, with w = 1 + their w)
+    rescale:   ε_r = ε̃·σ(ε_c)/σ(ε̃),  ε = φ·ε_r + (1 − φ)·ε̃             (Lin et al. 2024, Eq. 15-16)
+
+One network learns both ε_c and ε_∅ because some rows see the null condition; at sampling, w > 1 moves the prediction
+away from ε_∅, trading diversity for adherence to the condition. Strong w inflates the prediction's standard
+deviation (over-exposed images); the rescale brings σ back to that of ε_c. All three are pure tensor functions, the
+same numbers as diffusers' (``rescale_noise_cfg`` is diffusers' function of that name).
+"""
 
 from __future__ import annotations
 

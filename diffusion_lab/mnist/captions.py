@@ -1,17 +1,17 @@
 """Measurable attributes of MNIST digits (size, thickness, slant), the captions built from them, and prompt parsing.
 
-=====================  ===============  ==========================================================================
-code                   symbol           meaning
-=====================  ===============  ==========================================================================
-``images``             x, b             (B, 1, H, W) in [−1, 1]; brightness b = (x + 1)/2
-``INK_FLOOR``          τ                0.4: brightness at or below it is background
-``p``                  p                ink clamp((b − τ)/(1 − τ), 0, 1); u = column (right), v = row (**down**)
-``mass``, ``mu20`` …   A, μ₂₀, μ₀₂, μ₁₁  ink mass Σp and central moments (1/A)Σp·(u − ū)², …, (1/A)Σp·(u − ū)(v − v̄)
-``thickness``          w = 2A/P         mean stroke width in pixels (P: the outline's length, below)
-``slant``              s = −μ₁₁/μ₀₂     pixels of lean to the right per pixel of height (top leaning right: s > 0)
-``size``               d                4·(μ₂₀μ₀₂ − μ₁₁²)^¼: diameter of the disc with the moment ellipse's area
-``AttributeBins``      q_lo, q_½, q_hi  per attribute and digit: the low_q, 0.5, high_q quantiles on MNIST
-=====================  ===============  ==========================================================================
+=====================  =================  ==========================================================================
+code                   symbol             meaning
+=====================  =================  ==========================================================================
+``images``             x, b               (B, 1, H, W) in [−1, 1]; brightness b = (x + 1)/2
+``INK_FLOOR``          τ                  0.4: brightness at or below it is background
+``p``                  p                  ink clamp((b − τ)/(1 − τ), 0, 1); u = column (right), v = row (**down**)
+``mass``, ``mu20`` …   A, μ₂₀, μ₀₂, μ₁₁   ink mass Σp and central moments (1/A)Σp·(u − ū)², …, (1/A)Σp·(u − ū)(v − v̄)
+``thickness``          w = 2A/P           mean stroke width in pixels (P: the outline's length, below)
+``slant``              s = −μ₁₁/μ₀₂       pixels of lean to the right per pixel of height (top leaning right: s > 0)
+``size``               d                  4·(μ₂₀μ₀₂ − μ₁₁²)^¼: diameter of the disc with the moment ellipse's area
+``AttributeBins``      q_lo, q_½, q_hi    per attribute and digit: the low_q, 0.5, high_q quantiles on MNIST
+=====================  =================  ==========================================================================
 
 - P by Cauchy–Crofton on the four lattice directions: P = (π/8)·[N₀ + N₉₀ + (N₄₅ + N₁₃₅)/√2], N_θ = Σ|p(x + e_θ) −
   p(x)| (within −5 … +3 % for a straight edge of any direction, and symmetric in the lean, unlike Σ|∇p|).

@@ -1,4 +1,21 @@
-"""Image embeddings for variations: the classifier's features, normalised, and the noise-level embedding of unCLIP."""
+"""Image embeddings for variations (Stable unCLIP's conditioning, Ramesh et al. 2022): the classifier's features,
+normalised, and noised to a level s.
+
+===================  ======  =====================================================================================
+code                 symbol  meaning
+===================  ======  =====================================================================================
+``image_embedding``  e       (B, D) classifier features f(x) of reference digits (B, 1, 28, 28) in [−1, 1]
+``mean``, ``std``    μ, σ    per-feature statistics fitted on real embeddings (:meth:`EmbeddingNormalizer.fit`)
+``noise_level``      s       0 … S − 1: how much the normalised embedding is noised (0 = as it is)
+===================  ======  =====================================================================================
+
+    u = (e − μ)/σ,   u_s = √ᾱ_s·u + √(1 − ᾱ_s)·ε   (the forward process, DDPM Eq. 4, on the embedding),
+    conditioning = (σ·u_s + μ) ⊕ sin-embedding(s)   (2·D numbers, diffusers' ``StableUnCLIPImg2ImgPipeline.noise_image_embeddings``)
+
+Noising the embedding (s > 0) keeps the coarse content and frees the details, so variations differ more; the level
+itself is part of the conditioning so the denoiser knows how much to trust e. The normaliser saves and loads like a
+model (safetensors + JSON); a damaged file is a :class:`~diffusion_lab.utils.errors.FileError`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,18 @@
-"""Exercise checkers of notebook 01 (forward diffusion)."""
+"""Exercise checkers of notebook 01 (forward diffusion).
+
+============================  =============================================================================
+checker                       the student's function must return
+============================  =============================================================================
+``check_q_sample``            x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε, one t per sample (DDPM Eq. 4)
+``check_snr_crossing``        the first t with SNR_t = ᾱ_t/(1 − ᾱ_t) < 1 (0 dB)
+``check_trailing_timesteps``  trailing spacing: round(T − k·T/n) − 1, k = 0..n−1
+============================  =============================================================================
+
+Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
+independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
+code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
+machinery: :mod:`diffusion_lab.course.exercises.checking`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,17 @@
-"""Exercise checkers of notebook 02 (DDPM from scratch)."""
+"""Exercise checkers of notebook 02 (DDPM from scratch).
+
+===================  ==================================================================================
+checker              the student's function must return
+===================  ==================================================================================
+``check_ddpm_loss``  L_simple = mean‖ε − ε_θ(x_t, t)‖² (DDPM Eq. 14)
+``check_ddpm_step``  x_{t−1} = (x_t − β_t/√(1 − ᾱ_t)·ε̂)/√α_t + σ_t·z, σ_t² = β̃_t (DDPM Alg. 2, Eq. 7)
+===================  ==================================================================================
+
+Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
+independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
+code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
+machinery: :mod:`diffusion_lab.course.exercises.checking`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,17 @@
-"""Exercise checkers of notebook 03 (DDIM and samplers)."""
+"""Exercise checkers of notebook 03 (DDIM and samplers).
+
+==========================  ==================================================================================
+checker                     the student's function must return
+==========================  ==================================================================================
+``check_ddim_step``         x_{t'} = √ᾱ_{t'}·x̂₀ + √(1 − ᾱ_{t'} − σ²)·ε̂ (DDIM Eq. 12, without the noise term)
+``check_timesteps_answer``  the n timesteps a scheduler with this spacing visits, in order
+==========================  ==================================================================================
+
+Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
+independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
+code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
+machinery: :mod:`diffusion_lab.course.exercises.checking`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,18 @@
-"""Exercise checkers of notebook 04 (latent autoencoder)."""
+"""Exercise checkers of notebook 04 (latent autoencoder).
+
+========================  ============================================================================
+checker                   the student's function must return
+========================  ============================================================================
+``check_reparameterize``  z = μ + σ·ε, σ = exp(½·log σ²) (Kingma & Welling 2014, §2.4)
+``check_gaussian_kl``     KL(N(μ, σ²) ‖ N(0, 1)) = ½Σ(μ² + σ² − 1 − log σ²) per sample (ibid., App. B)
+``check_scaling_factor``  s = 1/std(z), so that s·z has unit variance
+========================  ============================================================================
+
+Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
+independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
+code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
+machinery: :mod:`diffusion_lab.course.exercises.checking`.
+"""
 
 from __future__ import annotations
 

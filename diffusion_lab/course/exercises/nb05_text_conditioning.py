@@ -1,4 +1,18 @@
-"""Exercise checkers of notebook 05 (text conditioning and cross-attention)."""
+"""Exercise checkers of notebook 05 (text conditioning and cross-attention).
+
+=========================  ==============================================================================
+checker                    the student's function must return
+=========================  ==============================================================================
+``check_tokenize``         (input_ids, attention_mask) as WordTokenizer: <bos> words <eos> <pad>…
+``check_cross_attention``  softmax(QKᵀ/√d + mask)·V with padded keys removed (Vaswani et al. 2017, Eq. 1)
+``check_pooled_output``    each row's state at its first <eos> (CLIP's pooled output)
+=========================  ==============================================================================
+
+Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
+independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
+code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
+machinery: :mod:`diffusion_lab.course.exercises.checking`.
+"""
 
 from __future__ import annotations
 

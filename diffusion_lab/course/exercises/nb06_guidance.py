@@ -1,4 +1,18 @@
-"""Exercise checkers of notebook 06 (classifier-free guidance)."""
+"""Exercise checkers of notebook 06 (classifier-free guidance).
+
+===========================  ==================================================================
+checker                      the student's function must return
+===========================  ==================================================================
+``check_cfg_combine``        ε̃ = ε_∅ + w·(ε_c − ε_∅) (Ho & Salimans 2022, Eq. 6, diffusers' w)
+``check_rescale_noise_cfg``  φ·ε̃·σ(ε_c)/σ(ε̃) + (1 − φ)·ε̃ (Lin et al. 2024, Eq. 15-16)
+``check_best_guidance``      the w whose measured value is best (highest, or lowest for FID)
+===========================  ==================================================================
+
+Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
+independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
+code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
+machinery: :mod:`diffusion_lab.course.exercises.checking`.
+"""
 
 from __future__ import annotations
 

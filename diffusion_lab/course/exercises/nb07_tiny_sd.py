@@ -1,4 +1,18 @@
-"""Exercise checkers of notebook 07 (tiny Stable Diffusion)."""
+"""Exercise checkers of notebook 07 (tiny Stable Diffusion).
+
+=======================  ============================================================
+checker                  the student's function must return
+=======================  ============================================================
+``check_img2img_start``  t_start = N − int(N·γ) (diffusers' get_timesteps)
+``check_latent_mask``    the pixel mask averaged over each f×f cell: (B, 1, H/f, W/f)
+``check_inpaint_blend``  z ← (1 − m)·z_known + m·z after each step (m = 1 repaints)
+=======================  ============================================================
+
+Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
+independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
+code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
+machinery: :mod:`diffusion_lab.course.exercises.checking`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,18 @@
-"""Exercise checkers of notebook 08 (rectified flow and MMDiT)."""
+"""Exercise checkers of notebook 08 (rectified flow and MMDiT).
+
+=========================  =========================================================================
+checker                    the student's function must return
+=========================  =========================================================================
+``check_flow_path``        x_t = (1 − t)·x₀ + t·ε and v = ε − x₀ (Liu et al. 2023, rectified flow)
+``check_time_shift``       t' = α·t/(1 + (α − 1)·t) (SD3 §5.3.2)
+``check_flow_euler_step``  x_{t_next} = x_t + (t_next − t)·v
+=========================  =========================================================================
+
+Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
+independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
+code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
+machinery: :mod:`diffusion_lab.course.exercises.checking`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,17 @@
-"""Exercise checkers of notebook 09 (Stable Diffusion XL)."""
+"""Exercise checkers of notebook 09 (Stable Diffusion XL).
+
+=======================  ================================================================================
+checker                  the student's function must return
+=======================  ================================================================================
+``check_sdxl_time_ids``  (orig h, orig w, crop top, crop left, target h, target w) (SDXL §2.2)
+``check_refiner_split``  the base's and the refiner's timesteps for high_noise_frac (ensemble of experts)
+=======================  ================================================================================
+
+Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
+independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
+code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
+machinery: :mod:`diffusion_lab.course.exercises.checking`.
+"""
 
 from __future__ import annotations
 

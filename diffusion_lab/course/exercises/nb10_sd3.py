@@ -1,4 +1,16 @@
-"""Exercise checkers of notebook 10 (Stable Diffusion 3)."""
+"""Exercise checkers of notebook 10 (Stable Diffusion 3).
+
+========================  ===========================================================================
+checker                   the student's function must return
+========================  ===========================================================================
+``check_sd3_joint_text``  [CLIP-L ⊕ CLIP-G, zero-padded to T5's width; T5] → (B, 77 + S, D₅) (SD3 §4)
+========================  ===========================================================================
+
+Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
+independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
+code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
+machinery: :mod:`diffusion_lab.course.exercises.checking`.
+"""
 
 from __future__ import annotations
 

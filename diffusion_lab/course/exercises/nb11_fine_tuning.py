@@ -1,4 +1,18 @@
-"""Exercise checkers of notebook 11 (fine-tuning and model surgery)."""
+"""Exercise checkers of notebook 11 (fine-tuning and model surgery).
+
+=================================  =======================================================
+checker                            the student's function must return
+=================================  =======================================================
+``check_lora_forward``             h = W·x + (α/r)·B·A·x (Hu et al. 2022, Eq. 3)
+``check_prior_preservation_loss``  ‖ε − ε̂‖² + λ·‖ε_pr − ε̂_pr‖² (Ruiz et al. 2023, Eq. 2)
+``check_magnitude_prune``          the ⌊p·N⌋ smallest |w| set to zero (Han et al. 2015)
+=================================  =======================================================
+
+Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
+independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
+code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
+machinery: :mod:`diffusion_lab.course.exercises.checking`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,18 @@
-"""Exercise checkers of notebook 12 (beyond text-to-image)."""
+"""Exercise checkers of notebook 12 (beyond text-to-image).
+
+===============================  ===========================================================================================
+checker                          the student's function must return
+===============================  ===========================================================================================
+``check_psnr``                   10·log₁₀(MAX²/MSE) per image pair, MAX = 2 in [−1, 1]
+``check_control_keep``           1 when i/n ≥ start and (i + 1)/n ≤ end, else 0 (diffusers' controlnet_keep)
+``check_noise_image_embedding``  unCLIP's noise augmentation of a normalised image embedding at a level (Ramesh et al. 2022)
+===============================  ===========================================================================================
+
+Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
+independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
+code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
+machinery: :mod:`diffusion_lab.course.exercises.checking`.
+"""
 
 from __future__ import annotations
 
