@@ -25,7 +25,7 @@ SCHEDULERS = [DDPMScheduler, DDIMScheduler]
         ({"num_train_timesteps": 1}, "num_train_timesteps must be an integer >= 2"),
         ({"beta_start": 0.5, "beta_end": 0.1}, "beta_start <= beta_end"),
         ({"steps_offset": -1}, "steps_offset must be an integer >= 0"),
-        ({"thresholding": True}, "thresholding=True"),
+        ({"thresholding": True, "dynamic_thresholding_ratio": 1.5}, "dynamic_thresholding_ratio must be in"),
         ({"trained_betas": [0.1, 0.2]}, "trained_betas must be 1000 values"),
     ],
 )

@@ -224,28 +224,30 @@ class _ShiftedLabels(torch.nn.Module):
         return self.unet(x, t, labels)
 
 
-class _ZeroText(torch.nn.Module):
-    """A broken text encoder: the shipped one with its token states and pooled output replaced by zeros (the
-    denoiser no longer hears the prompt)."""
+def _zero_text(encoder):
+    """A broken text encoder: a copy of the shipped one (still a ``TextEncoder``, so the pipeline accepts it) whose
+    token states and pooled output are replaced by zeros (the denoiser no longer hears the prompt)."""
+    copy = type(encoder)(encoder.config)
+    copy.load_state_dict(encoder.state_dict())
+    forward = copy.forward
 
-    def __init__(self, encoder):
-        super().__init__()
-        self.encoder, self.config = encoder, encoder.config
-
-    def forward(self, *args, **kwargs):
-        out = self.encoder(*args, **kwargs)
+    def zeroed(*args, **kwargs):
+        out = forward(*args, **kwargs)
         return dataclasses.replace(
             out,
             last_hidden_state=torch.zeros_like(out.last_hidden_state),
             pooler_output=torch.zeros_like(out.pooler_output),
         )
 
+    copy.forward = zeroed
+    return copy.eval()
+
 
 def broken(name: str, model):
     """A broken copy of the shipped model (the shipped object is not changed)."""
     if FLOORS[name]["kind"] == "class_conditional_unet":
         return _ShiftedLabels(model)
-    return type(model)(**{**model.components, "text_encoder": _ZeroText(model.text_encoder)})
+    return type(model)(**{**model.components, "text_encoder": _zero_text(model.text_encoder)})
 
 
 # the cheap ones (about 1 s each); measured for mnist_pixel_cond too (its entry's "negative_controls")
