@@ -192,14 +192,14 @@ def test_legacy_full_module_paths_still_load(tmp_path):
     [
         ({"num_inference_steps": True}, TypeError, "num_inference_steps must be an integer"),
         ({"num_inference_steps": 2.0}, TypeError, "num_inference_steps must be an integer"),
-        ({"num_inference_steps": 0}, ValueError, "num_inference_steps must be >= 1"),
+        ({"num_inference_steps": 0}, ValueError, r"num_inference_steps must be (an integer )?>= 1"),
         ({"output_type": "np"}, ValueError, "output_type must be one of"),
         ({"image": "a picture"}, TypeError, "must be a tensor"),
         ({"image": "nan"}, ValueError, "NaN"),
         ({"image": "uint8"}, ValueError, "of floats"),
         ({"image": "3d"}, ValueError, r"pass image\[None\]"),
-        ({"image": "channels"}, ValueError, "channels, not"),
-        ({"image": "size"}, ValueError, "got 5x5 images"),
+        ({"image": "channels"}, ValueError, r"channels(, not| but)"),
+        ({"image": "size"}, ValueError, r"(got 5x5 images|a 5x5 image cannot be upscaled)"),
         ({"latents": torch.zeros(1, 4, 3, 3)}, ValueError, "latents must have shape"),
     ],
 )

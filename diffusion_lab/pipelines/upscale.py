@@ -176,17 +176,22 @@ class TinyUpscalePipeline(TinyPipeline):
         if height % f or width % f or height < f or width < f:
             raise ValueError(f"height and width must be positive multiples of {f}, got {height}x{width}; e.g. 28x28")
         h, w = height // f, width // f
-        size_hint = ""
-        if isinstance(image, torch.Tensor) and image.ndim == 4:
+        if isinstance(image, torch.Tensor) and image.ndim == 4:  # the two mistakes an upscaler invites, said its way
             ih, iw = image.shape[2:]
-            size_hint = (
-                f": a {ih}x{iw} image cannot be upscaled x{f} to {height}x{width}: give {h}x{w} images "
-                f"({height} / {f}; e.g. downsample(x, {f}) of {height}x{width} images), or set height={ih * f}, "
-                f"width={iw * f}"
-            )
-        hints = {"channels": f" (the autoencoder and the U-Net's conditioning input take {c})", "size": size_hint}
-        check_images(image, "image", channels=c, size=(h, w), hints=hints)
-        check_int("num_inference_steps", num_inference_steps)
+            if image.shape[1] != c:
+                raise ValueError(
+                    f"image has {image.shape[1]} channels but the autoencoder (and the U-Net's conditioning input) "
+                    f"expects {c}: give (B, {c}, {h}, {w}) images"
+                )
+            if (ih, iw) != (h, w):
+                raise ValueError(
+                    f"a {ih}x{iw} image cannot be upscaled x{f} to {height}x{width}: give {h}x{w} images "
+                    f"({height} / {f}; e.g. downsample(x, {f}) of {height}x{width} images), or set height={ih * f}, "
+                    f"width={iw * f}"
+                )
+        check_images(image, "image", channels=c, size=(h, w))
+        if check_int("num_inference_steps", num_inference_steps, minimum=None) < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps}")
         K = self.max_noise_level
         if check_int("noise_level", noise_level, minimum=None) < 0 or noise_level > K:
             raise ValueError(
