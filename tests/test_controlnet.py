@@ -183,7 +183,8 @@ def test_loss_is_the_base_models_loss_and_training_leaves_the_base_frozen(shippe
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         ControlNetTrainConfig(steps=0)
     schedule = ControlNetTrainConfig(steps=100, lr=1.0, warmup_steps=10, final_lr_fraction=0.1)
-    assert schedule.lr_at(0) == 0.1 and schedule.lr_at(10) == 1.0 and schedule.lr_at(99) == pytest.approx(0.1)
+    assert schedule.lr_at(0) == 0.1 and schedule.lr_at(10) == 1.0 and schedule.lr_at(100) == pytest.approx(0.1)
+    assert schedule.lr_at(99) > schedule.lr_at(100)  # the same convention as every loop: the floor after the last step
 
 
 # ------------------------------------------------------------------------------------------------ control maps

@@ -93,9 +93,9 @@ class ControlNetTrainConfig:
         return asdict(self)
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up over ``warmup_steps``, then cosine decay to ``final_lr_fraction``·lr at the last step
-        (:func:`~diffusion_lab.training.loop.warmup_cosine` with ``total_steps = steps − 1``)."""
-        return warmup_cosine(step, self.steps - 1, self.warmup_steps, self.lr, self.final_lr_fraction)
+        """Linear warm-up over ``warmup_steps``, then cosine decay to ``final_lr_fraction``·lr, the one convention of
+        :func:`~diffusion_lab.training.loop.warmup_cosine` shared by every training loop."""
+        return warmup_cosine(step, self.steps, self.warmup_steps, self.lr, self.final_lr_fraction)
 
 
 def train_controlnet(
