@@ -1,6 +1,6 @@
 """From scratch to measured quality on this machine's CPU: the pixel-space class-conditional MNIST recipe.
 
-Trains ``diffusion_lab.training.recipes.mnist_pixel_recipe`` (the model of notebook 02) for a wall-clock budget, then samples
+Trains ``diffusion_lab.training.recipes_pixel.mnist_pixel_recipe`` (the model of notebook 02) for a wall-clock budget, then samples
 with DDIM and DDPM and measures prompt adherence and FID-MNIST (with the real-vs-real floor for the same n) using
 the shipped classifier. Appends one record per (sampler, steps, guidance) to ``benchmarks/results/cpu_train.json``.
 
@@ -42,15 +42,9 @@ from diffusion_lab.mnist.classifier import load_classifier
 from diffusion_lab.mnist.data import load_mnist
 from diffusion_lab.mnist.metrics import evaluate, reference_stats
 from diffusion_lab.pipelines.sampling import sample
-from diffusion_lab.training.recipes import (
-    load_tiny_sd,
-    pretrained_tiny_sd_path,
-    save_tiny_sd,
-    schedulers_for,
-    train_latent_flow,
-    train_latent_text2img,
-    train_mnist_pixel,
-)
+from diffusion_lab.training.recipes import train_latent_flow, train_latent_text2img
+from diffusion_lab.training.recipes_pixel import schedulers_for, train_mnist_pixel
+from diffusion_lab.training.tiny_sd_io import load_tiny_sd, pretrained_tiny_sd_path, save_tiny_sd
 from diffusion_lab.utils.checkpoint import write_json_atomic
 
 OUT = Path(__file__).resolve().parent / "results" / "cpu_train.json"
@@ -374,7 +368,7 @@ def main() -> None:
     common = {
         "model": f"UNet {tuple(model.config.channels)} patch {model.config.patch_size}, "
         f"{model.num_parameters() / 1e6:.2f} M params, class-conditional, pixel space",
-        "recipe": "diffusion_lab.training.recipes.mnist_pixel_recipe",
+        "recipe": "diffusion_lab.training.recipes_pixel.mnist_pixel_recipe",
         "label": args.label,
         "train_seconds": round(wall, 1),
         "train_step_seconds": round(trainer.train_seconds, 1),

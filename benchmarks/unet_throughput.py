@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from diffusion_lab.models.unet import UNet, UNetConfig
-from diffusion_lab.training.recipes import mnist_pixel_recipe
+from diffusion_lab.training.recipes_pixel import mnist_pixel_recipe
 from diffusion_lab.utils.checkpoint import write_json_atomic
 
 OUT = Path(__file__).resolve().parent / "results" / "unet_throughput.json"

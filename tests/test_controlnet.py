@@ -13,7 +13,7 @@ from diffusion_lab.models.unet import UNet, UNetConfig
 from diffusion_lab.pipelines.controlnet import TinyControlNetPipeline, controlnet_keep
 from diffusion_lab.training.controlnet import ControlNetTrainConfig, controlnet_loss, train_controlnet
 from diffusion_lab.training.finetune import denoising_loss, encode_images
-from diffusion_lab.training.recipes import load_tiny_sd
+from diffusion_lab.training.tiny_sd_io import load_tiny_sd
 from diffusion_lab.utils.errors import FileError
 
 PROMPTS = ["a seven", "a thick two"]

@@ -24,7 +24,7 @@ from diffusion_lab.training.finetune import (
     save_learned_embeds,
     textual_inversion,
 )
-from diffusion_lab.training.recipes import load_tiny_sd
+from diffusion_lab.training.tiny_sd_io import load_tiny_sd
 
 
 @pytest.fixture(scope="module")

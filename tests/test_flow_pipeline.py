@@ -125,7 +125,9 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     again = TinySD3Pipeline.from_pretrained(tmp_path / "tiny-sd3")
     assert type(again.scheduler) is FlowMatchEulerDiscreteScheduler and again.scheduler.config.shift == 3.0
     torch.testing.assert_close(_run(again, guidance_scale=2.0).images, _run(pipe, guidance_scale=2.0).images)
-    with pytest.raises(FileError, match=r"holds a TinySD3Pipeline, not a TinyStableDiffusionPipeline: load it with TinySD3Pipeline"):
+    with pytest.raises(
+        FileError, match=r"holds a TinySD3Pipeline, not a TinyStableDiffusionPipeline: load it with TinySD3Pipeline"
+    ):
         TinyStableDiffusionPipeline.from_pretrained(tmp_path / "tiny-sd3")
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from diffusion_lab.bridge import lora, lora_sdxl
 from diffusion_lab.mnist.data import load_mnist
 from diffusion_lab.training import finetune
-from diffusion_lab.training.recipes import load_tiny_sd, pretrained_tiny_sd_path
+from diffusion_lab.training.tiny_sd_io import load_tiny_sd, pretrained_tiny_sd_path
 from diffusion_lab.utils.errors import FileError
 
 SHIPPED_UNET = pretrained_tiny_sd_path() / "unet" / "model.safetensors"

@@ -84,7 +84,7 @@ def load_shipped(name: str):
 
         return load_model(PRETRAINED / name, UNet, use_ema=True).eval(), None
     if kind == "text_to_image_pipeline":
-        from diffusion_lab.training.recipes import load_tiny_sd
+        from diffusion_lab.training.tiny_sd_io import load_tiny_sd
 
         return load_tiny_sd(PRETRAINED / name)
     raise AssertionError(
@@ -111,7 +111,7 @@ def measure(
     generator = torch.Generator().manual_seed(entry["seed"] if seed is None else seed)
     if entry["kind"] == "class_conditional_unet":
         from diffusion_lab.pipelines.sampling import sample
-        from diffusion_lab.training.recipes import schedulers_for
+        from diffusion_lab.training.recipes_pixel import schedulers_for
         from diffusion_lab.utils.checkpoint import load_config
 
         prediction_type = load_config(PRETRAINED / name)["train_config"]["prediction_type"]

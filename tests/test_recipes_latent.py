@@ -11,13 +11,8 @@ import torch
 from diffusion_lab.mnist.captions import AttributeBins
 from diffusion_lab.mnist.data import load_mnist
 from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
-from diffusion_lab.training.recipes import (
-    latent_text_recipe,
-    load_tiny_sd,
-    pretrained_tiny_sd_path,
-    save_tiny_sd,
-    train_latent_text2img,
-)
+from diffusion_lab.training.recipes import latent_text_recipe, train_latent_text2img
+from diffusion_lab.training.tiny_sd_io import load_tiny_sd, pretrained_tiny_sd_path, save_tiny_sd
 
 
 def test_train_latent_text2img_quick(monkeypatch):

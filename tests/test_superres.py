@@ -16,7 +16,7 @@ from diffusion_lab.mnist.data import load_mnist
 from diffusion_lab.models.unet import UNet
 from diffusion_lab.pipelines.upscale import LOW_RES_SCHEDULE, TinyUpscalePipeline, low_res_scheduler, noise_augment
 from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
-from diffusion_lab.training.recipes import load_tiny_sd
+from diffusion_lab.training.tiny_sd_io import load_tiny_sd
 from diffusion_lab.training.upscaler import UpscalerTrainConfig, train_upscaler, upscaler_recipe, upscaler_schedulers
 from diffusion_lab.utils.errors import FileError
 

@@ -32,7 +32,7 @@ def state_equal(a: nn.Module, b: nn.Module) -> bool:
 
 @pytest.fixture(scope="module")
 def shipped():
-    from diffusion_lab.training.recipes import load_tiny_sd
+    from diffusion_lab.training.tiny_sd_io import load_tiny_sd
 
     return load_tiny_sd()
 

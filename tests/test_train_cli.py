@@ -19,7 +19,7 @@ import pytest
 from safetensors.torch import load_file
 
 from diffusion_lab.training import train
-from diffusion_lab.training.recipes import load_tiny_sd
+from diffusion_lab.training.tiny_sd_io import load_tiny_sd
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--global-batch-size", "8", "--num-images", "64", "--no-progress"]

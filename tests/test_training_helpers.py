@@ -17,8 +17,8 @@ from diffusion_lab.training.recipes import (
     LatentTextTrainConfig,
     train_latent_flow,
     train_latent_text2img,
-    train_mnist_pixel,
 )
+from diffusion_lab.training.recipes_pixel import train_mnist_pixel
 from diffusion_lab.training.upscaler import UpscalerTrainConfig
 from diffusion_lab.training.variations import VariationTrainConfig
 

@@ -16,7 +16,7 @@ from diffusion_lab.models.unet import UNet, UNetConfig, timestep_embedding
 from diffusion_lab.pipelines.variations import TinyVariationPipeline, variation_scores
 from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
 from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
-from diffusion_lab.training.recipes import pretrained_tiny_sd_path
+from diffusion_lab.training.tiny_sd_io import pretrained_tiny_sd_path
 from diffusion_lab.training.variations import AUG_SCHEDULE, VariationTrainConfig, train_variations, variation_recipe
 from diffusion_lab.utils.errors import FileError
 

@@ -121,7 +121,7 @@ def train_controlnet(
        the U-Net, autoencoder and text encoder are frozen (requires_grad False, eval mode).
     3. Each step: :func:`controlnet_loss` (Eq. 4, the base model's loss with the control).
 
-    ``bins``: the caption bins of the base model (from :func:`diffusion_lab.training.recipes.load_tiny_sd`); None fits them
+    ``bins``: the caption bins of the base model (from :func:`diffusion_lab.training.tiny_sd_io.load_tiny_sd`); None fits them
     on the training images. Returns the :class:`TinyControlNetPipeline` (sharing ``pipe``'s components) and ``info``:
     ``losses``, ``steps``, ``seconds``, ``steps_per_s``, ``parameters``, ``config``.
     """

@@ -5,7 +5,7 @@ A recipe is a model config plus a training config plus the scheduler they were t
 benchmark call the same function, so the figures in the README are the notebook's figures. Loss: the v target
 v = √ᾱ_t ε − √(1−ᾱ_t) z_0 (Salimans & Ho 2022, §4) for the U-Net, ε − z_0 on the straight path for the MMDiT (SD3
 Eq. 1). The pixel-space MNIST recipe (:mod:`.recipes_pixel`) and saving / loading the shipped models
-(:mod:`.tiny_sd_io`) live in their own modules and are re-exported here.
+(:mod:`.tiny_sd_io`) live in their own modules.
 """
 
 from __future__ import annotations
@@ -35,30 +35,13 @@ from diffusion_lab.schedulers.scheduling_flow_match_euler_discrete import FlowMa
 from diffusion_lab.training.autoencoder import train_autoencoder
 from diffusion_lab.training.loop import EMA, check_config_fields, optimizer_step, warmup_cosine
 from diffusion_lab.training.loss import min_snr_weight, training_target
-from diffusion_lab.training.recipes_pixel import (
-    SCHEDULE,
-    measure_throughput,
-    mnist_pixel_recipe,
-    schedulers_for,
-    train_mnist_pixel,
-)
-from diffusion_lab.training.tiny_sd_io import BINS_FILE, load_tiny_sd, pretrained_tiny_sd_path, save_tiny_sd
 from diffusion_lab.utils.errors import check_choice
 from diffusion_lab.utils.settings import pick
 
 __all__ = [
-    "SCHEDULE",
-    "schedulers_for",
-    "BINS_FILE",
-    "mnist_pixel_recipe",
-    "train_mnist_pixel",
-    "measure_throughput",
     "LatentTextTrainConfig",
     "latent_text_recipe",
     "train_latent_text2img",
-    "save_tiny_sd",
-    "load_tiny_sd",
-    "pretrained_tiny_sd_path",
     "LatentFlowTrainConfig",
     "latent_flow_recipe",
     "train_latent_flow",

@@ -550,7 +550,7 @@ def ema_vs_raw(
     progress: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> tuple[list[dict], dict]:
-    """Train the latent text-to-image recipe for ``budget_s`` seconds (:func:`~diffusion_lab.recipes.
+    """Train the latent text-to-image recipe for ``budget_s`` seconds (:func:`~diffusion_lab.training.recipes.
     train_latent_text2img` with ``keep_raw=True``) and score its EMA weights θ_ema (row ``"ema"``) against the raw
     last iterate θ (row ``"raw"``: text encoder and U-Net; same autoencoder) on the same prompts and seed.
     Returns (table, info) with the training ``info`` (without the raw pipeline)."""

@@ -42,7 +42,7 @@ Checkpoints are safetensors + JSON (:func:`diffusion_lab.utils.checkpoint.save_c
 process, never pickle): ``output_dir/checkpoint-<k>`` holds the weights, the EMA weights, the optimizer state and the
 arguments. Because a step's data come from (s, k), resuming needs no random state: ``--resume latest`` continues
 exactly where the run stopped. At the end the main process writes the EMA weights as a pipeline folder,
-``output_dir/pipeline`` (``recipes.load_tiny_sd(output_dir / "pipeline")``), and ``output_dir/train_log.json``.
+``output_dir/pipeline`` (``tiny_sd_io.load_tiny_sd(output_dir / "pipeline")``), and ``output_dir/train_log.json``.
 
 Commands
 --------
@@ -93,7 +93,8 @@ from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
 from diffusion_lab.training.finetune import encode_images
 from diffusion_lab.training.loop import EMA, check_finite_loss, optimizer_step
 from diffusion_lab.training.loss import training_target
-from diffusion_lab.training.recipes import latent_text_recipe, load_tiny_sd, pretrained_tiny_sd_path, save_tiny_sd
+from diffusion_lab.training.recipes import latent_text_recipe
+from diffusion_lab.training.tiny_sd_io import load_tiny_sd, pretrained_tiny_sd_path, save_tiny_sd
 from diffusion_lab.utils.checkpoint import load_config, load_training_state, save_checkpoint, write_json_atomic
 from diffusion_lab.utils.settings import pick
 
@@ -319,7 +320,7 @@ def _load_shipped(args: TrainArgs):
         what = "the weights to fine-tune (--init pretrained)" if args.init == "pretrained" else "the autoencoder"
         raise FileNotFoundError(
             f"{folder} is not a tiny_sd folder, and it holds {what} and the caption bins: pass --pretrained-dir with "
-            "a folder written by recipes.save_tiny_sd (the repository ships data/pretrained/tiny_sd; "
+            "a folder written by tiny_sd_io.save_tiny_sd (the repository ships data/pretrained/tiny_sd; "
             "benchmarks/cpu_train.py --model latent --save <folder> makes one)"
         ) from e
 
