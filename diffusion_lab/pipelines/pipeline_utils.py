@@ -124,13 +124,23 @@ class TinyPipeline:
         return {name: getattr(self, name) for name in self._component_classes}
 
     @property
-    def _components(self) -> tuple[str, ...]:  # the names in order (training/surgery.py reads _components[3])
-        return tuple(self._component_classes)
-
-    @property
     def denoiser(self) -> torch.nn.Module:
         """The network that predicts the noise / velocity (``unet`` or ``transformer``)."""
         return getattr(self, self._denoiser_name)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """f: pixels per latent position along each side (4 for 28×28 → 7×7; the ×4 upscaler's factor too)."""
+        return self.vae.config.downsampling
+
+    def check_denoiser_reads_latents(self, extra_channels: int = 0) -> None:
+        """``ValueError`` unless the denoiser reads the autoencoder's latent channels (plus ``extra_channels`` of
+        conditioning concatenated to them)."""
+        reads, latent = self.denoiser.config.in_channels, self.vae.config.latent_channels
+        if reads != latent + extra_channels:
+            name = {"unet": "U-Net"}.get(self._denoiser_name, self._denoiser_name)
+            extra = f" + {extra_channels} of conditioning" if extra_channels else ""
+            raise ValueError(f"the {name} reads {reads} channels but the autoencoder's latents have {latent}{extra}")
 
     @property
     def device(self) -> torch.device:

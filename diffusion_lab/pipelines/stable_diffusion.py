@@ -52,18 +52,9 @@ class TinyStableDiffusionPipeline(TinyPipeline):
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         if unet.config.cross_attention_dim is None:
             raise ValueError("the U-Net needs text cross-attention: build it with UNetConfig(cross_attention_dim=...)")
-        if unet.config.in_channels != vae.config.latent_channels:
-            raise ValueError(
-                f"the U-Net reads {unet.config.in_channels} channels but the autoencoder's latents have "
-                f"{vae.config.latent_channels}"
-            )
+        self.check_denoiser_reads_latents()
 
     # ------------------------------------------------------------------------------------------------- helpers
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """f: pixels per latent position along each side (4 for 28×28 → 7×7)."""
-        return self.vae.config.downsampling
 
     @property
     def max_length(self) -> int:

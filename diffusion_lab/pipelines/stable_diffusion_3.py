@@ -37,11 +37,7 @@ class TinySD3Pipeline(TinyStableDiffusionPipeline):
         )
         if transformer.config.joint_attention_dim is None:
             raise ValueError("the transformer needs a text stream: build it with MMDiTConfig(joint_attention_dim=...)")
-        if transformer.config.in_channels != vae.config.latent_channels:
-            raise ValueError(
-                f"the transformer reads {transformer.config.in_channels} channels but the autoencoder's latents have "
-                f"{vae.config.latent_channels}"
-            )
+        self.check_denoiser_reads_latents()
         if not hasattr(scheduler, "scale_noise"):
             raise ValueError(
                 f"{type(scheduler).__name__} is not a flow-matching scheduler: use FlowMatchEulerDiscreteScheduler "

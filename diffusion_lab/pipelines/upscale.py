@@ -163,11 +163,6 @@ class TinyUpscalePipeline(TinyPipeline):
                 f"{max_noise_level + 1}, got {c.num_classes}"
             )
 
-    @property
-    def vae_scale_factor(self) -> int:
-        """f = r: pixels per latent position along a side, and the upscale factor (4)."""
-        return self.vae.config.downsampling
-
     def check_inputs(self, image: object, num_inference_steps: object, noise_level: object, height: int, width: int):
         """Every argument checked by the error convention (a TypeError or a ValueError that says what to pass)."""
         f, c = self.vae_scale_factor, self.vae.config.in_channels

@@ -120,11 +120,7 @@ class TinyVariationPipeline(TinyPipeline):
                 f"the U-Net must take pooled_dim = 2·{d} = {2 * d} (embedding + noise-level embedding), "
                 f"got {unet.config.pooled_dim}"
             )
-        if unet.config.in_channels != vae.config.latent_channels:
-            raise ValueError(
-                f"the U-Net reads {unet.config.in_channels} channels but the autoencoder's latents have "
-                f"{vae.config.latent_channels}"
-            )
+        self.check_denoiser_reads_latents()
 
     @property
     def embedding_dim(self) -> int:

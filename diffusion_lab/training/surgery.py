@@ -296,7 +296,7 @@ def swap_denoiser(pipe, denoiser: nn.Module):
     """A pipeline of the same class sharing ``pipe``'s autoencoder, text encoder and tokenizer (not copied), with
     ``denoiser`` (U-Net or SD3 transformer) and a copy of the scheduler (``set_timesteps`` changes its state)."""
     parts = dict(pipe.components)
-    parts[pipe._components[3]] = denoiser  # "unet" or "transformer"
+    parts[pipe._denoiser_name] = denoiser  # "unet" or "transformer"
     parts["scheduler"] = copy.deepcopy(pipe.scheduler)
     return type(pipe)(**parts)
 
