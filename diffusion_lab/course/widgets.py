@@ -11,22 +11,15 @@ import torch
 
 from diffusion_lab.course.plots import as_image_batch, figure_to_png, show_images
 from diffusion_lab.maths.diffusion import q_sample
-from diffusion_lab.maths.schedules import BETA_SCHEDULES, alphas_cumprod_from_betas, make_betas, snr_db
+from diffusion_lab.maths.schedules import BETA_SCHEDULES, schedule_table, snr_db
 from diffusion_lab.mnist.classifier import classify
 from diffusion_lab.pipelines.sampling import sample
 from diffusion_lab.utils.errors import check_choice, check_int, check_number, check_tensor
 from diffusion_lab.utils.torch_utils import randn
 
-__all__ = ["ForwardProcessExplorer", "GuidanceExplorer", "Img2ImgExplorer", "SamplerExplorer", "schedule_table"]
+__all__ = ["ForwardProcessExplorer", "GuidanceExplorer", "Img2ImgExplorer", "SamplerExplorer"]
 
 _SAMPLER_STEPS = (1, 2, 5, 10, 20, 50, 100)  # the steps slider's stops
-_BETA_RANGES = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012), "squaredcos_cap_v2": (1e-4, 0.02)}
-
-
-def schedule_table(T: int = 1000) -> dict[str, torch.Tensor]:
-    """ᾱ (T,) for each of :data:`~diffusion_lab.maths.schedules.BETA_SCHEDULES` with its usual β range
-    (DDPM's 1e-4 → 0.02 for linear, Stable Diffusion's 0.00085 → 0.012 for scaled_linear)."""
-    return {name: alphas_cumprod_from_betas(make_betas(name, T, *_BETA_RANGES[name])) for name in BETA_SCHEDULES}
 
 
 class ForwardProcessExplorer:

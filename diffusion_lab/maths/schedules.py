@@ -32,6 +32,8 @@ import torch
 from diffusion_lab.utils.errors import check_choice
 
 __all__ = [
+    "USUAL_BETA_RANGES",
+    "schedule_table",
     "BETA_SCHEDULES",
     "TIMESTEP_SPACINGS",
     "linear_betas",
@@ -167,3 +169,12 @@ def custom_timesteps(timesteps, num_train_timesteps: int = 1000) -> np.ndarray:
             f"custom timesteps must lie in [0, {num_train_timesteps - 1}] (num_train_timesteps), got {values}"
         )
     return ts
+
+
+USUAL_BETA_RANGES = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012), "squaredcos_cap_v2": (1e-4, 0.02)}
+
+
+def schedule_table(T: int = 1000) -> dict[str, torch.Tensor]:
+    """ᾱ (T,) for each of :data:`~diffusion_lab.maths.schedules.BETA_SCHEDULES` with its usual β range
+    (DDPM's 1e-4 → 0.02 for linear, Stable Diffusion's 0.00085 → 0.012 for scaled_linear)."""
+    return {name: alphas_cumprod_from_betas(make_betas(name, T, *USUAL_BETA_RANGES[name])) for name in BETA_SCHEDULES}

@@ -22,9 +22,8 @@ import numpy as np
 import torch
 
 from diffusion_lab.course.exercises.checking import _check_callable, _report
-from diffusion_lab.course.widgets import schedule_table
 from diffusion_lab.maths.diffusion import q_sample
-from diffusion_lab.maths.schedules import BETA_SCHEDULES, inference_timesteps, snr
+from diffusion_lab.maths.schedules import BETA_SCHEDULES, inference_timesteps, schedule_table, snr
 from diffusion_lab.utils.errors import check_choice
 
 __all__ = ["check_q_sample", "check_snr_crossing", "check_trailing_timesteps"]

@@ -20,8 +20,8 @@ from collections.abc import Callable
 import torch
 
 from diffusion_lab.course.exercises.checking import _check_callable, _report
-from diffusion_lab.course.widgets import schedule_table
 from diffusion_lab.maths.diffusion import ddpm_step, q_sample, x0_from_eps
+from diffusion_lab.maths.schedules import schedule_table
 
 __all__ = ["check_ddpm_loss", "check_ddpm_step"]
 

@@ -20,9 +20,8 @@ from collections.abc import Callable
 import torch
 
 from diffusion_lab.course.exercises.checking import _check_callable, _report
-from diffusion_lab.course.widgets import schedule_table
 from diffusion_lab.maths.diffusion import ddim_sigma, ddim_step
-from diffusion_lab.maths.schedules import TIMESTEP_SPACINGS, inference_timesteps
+from diffusion_lab.maths.schedules import TIMESTEP_SPACINGS, inference_timesteps, schedule_table
 from diffusion_lab.utils.errors import check_choice, check_int
 
 __all__ = ["check_ddim_step", "check_timesteps_answer"]
