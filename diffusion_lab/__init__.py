@@ -1,6 +1,8 @@
 """diffusion-lab: diffusion models from first principles to Stable Diffusion XL and 3.
 
-Light to import: torch and numpy only. Plots, widgets and diffusers are imported by the modules that need them.
+The names used most, from every layer (see the package docstrings: utils < maths < mnist < schedulers < models <
+pipelines < training < bridge < course). Importing it loads torch, numpy and diffusers' scheduler base classes (our
+schedulers are diffusers schedulers); plots, widgets, transformers, peft and Accelerate load only where used.
 """
 
 from diffusion_lab.maths.diffusion import (
