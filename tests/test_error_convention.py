@@ -157,7 +157,7 @@ CASES = [
     ("moons-float", lambda m, b: data.moons(10.0), TypeError, "n must be an integer"),
     ("moons-zero", lambda m, b: data.moons(0), ValueError, "n must be >= 1"),
     ("swiss_roll-noise", lambda m, b: data.swiss_roll(10, noise=-1.0), ValueError, "noise must be >= 0"),
-    ("classify-list", lambda m, b: classifier.classify([0.0], m["clf"]), TypeError, "images must be a torch.Tensor"),
+    ("classify-list", lambda m, b: classifier.classify([0.0], m["clf"]), TypeError, "images must be a tensor"),
     ("classify-rank", lambda m, b: classifier.classify(torch.zeros(2, 28, 28), m["clf"]), ValueError, r"\(B, 1, 28"),
     ("classify-batch-float", lambda m, b: classifier.classify(_DIGITS, m["clf"], batch_size=2.0), TypeError, "batch"),
     ("classify-batch-zero", lambda m, b: classifier.classify(_DIGITS, m["clf"], batch_size=0), ValueError, "batch_s"),

@@ -47,6 +47,7 @@ from diffusion_lab.training.loop import optimizer_step
 from diffusion_lab.utils.checkpoint import save_tensors_atomic, write_json_atomic
 from diffusion_lab.utils.errors import FileError, check_int, check_number
 from diffusion_lab.utils.settings import pick
+from diffusion_lab.utils.validation import check_images
 
 __all__ = [
     "CROSS_ATTENTION",
@@ -374,12 +375,7 @@ def remove_lora(model: nn.Module, merge: bool = False) -> nn.Module:
 
 
 def _check_images_prompts(images, prompts, n_channels: int | None = None) -> list[str]:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ValueError(f"images must be a tensor (N, C, H, W) in [-1, 1], got {getattr(images, 'shape', images)!r}")
-    if len(images) == 0:
-        raise ValueError("images is empty: pass at least one example of the concept to learn")
-    if n_channels is not None and images.shape[1] != n_channels:
-        raise ValueError(f"images must have {n_channels} channel(s), got shape {tuple(images.shape)}")
+    check_images(images, "images", channels=n_channels, value_range=(-1.0, 1.0))
     if isinstance(prompts, str):
         prompts = [prompts] * len(images)
     prompts = list(prompts)

@@ -32,7 +32,8 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from diffusion_lab.utils.errors import FileError, check_int, check_number, check_tensor
+from diffusion_lab.utils.errors import FileError, check_int, check_number
+from diffusion_lab.utils.validation import check_images
 
 __all__ = [
     "ClassifierConfig",
@@ -112,7 +113,7 @@ class MnistClassifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features f(x) = W·conv(x) + b, before the ReLU: (B, 1, 28, 28) → (B, D)."""
-        _check_image_shape(x, "x")
+        _check_images(x, "x")
         h = x
         for stage in self.stages:
             h = stage(h)  # (B, C_k, 28/2^k, 28/2^k)
@@ -179,25 +180,12 @@ def load_classifier(path: str | os.PathLike | None = None, device: str | torch.d
     return model.to(device if device is not None else "cpu").eval()
 
 
-def _check_image_shape(x: object, name: str = "images") -> None:
-    check_tensor(name, x, "of shape (B, 1, 28, 28)")
-    if x.ndim != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
-        hint = f" ({x.shape[1]} channels; MNIST images have 1)" if x.ndim == 4 and x.shape[1] != 1 else ""
-        raise ValueError(f"{name} must have shape (B, 1, 28, 28), got {tuple(x.shape)}{hint}")
+_HINTS = {"channels": " (MNIST digits have 1: average the RGB channels)", "size": " (MNIST digits are 28x28)"}
 
 
-def _check_images(images: object) -> torch.Tensor:
-    _check_image_shape(images)
-    if images.shape[0] == 0:
-        raise ValueError("images is an empty batch (B = 0); metrics need at least one image")
-    if not images.is_floating_point():
-        raise ValueError(
-            f"images must be floating point in [-1, 1], got dtype {images.dtype} "
-            "(uint8 pixels: convert with diffusion_lab.mnist.data.to_unit_range)"
-        )
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or inf values")
-    return images
+def _check_images(images: object, name: str = "images") -> torch.Tensor:
+    """A non-empty, finite float tensor (B, 1, 28, 28): the one image validator with MNIST's shape."""
+    return check_images(images, name, channels=1, size=IMAGE_SHAPE[1:], hints=_HINTS)
 
 
 def _check_labels(labels: object, n: int) -> torch.Tensor:

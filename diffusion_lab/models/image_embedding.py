@@ -30,39 +30,18 @@ from diffusion_lab.models.unet import timestep_embedding
 from diffusion_lab.utils.checkpoint import PretrainedModel
 from diffusion_lab.utils.errors import check_int, check_tensor
 from diffusion_lab.utils.torch_utils import randn
+from diffusion_lab.utils.validation import check_images
 
 __all__ = ["NormalizerConfig", "EmbeddingNormalizer", "image_embedding", "noise_embedding"]
 
 
 def _check_reference_images(images: object, name: str = "image") -> torch.Tensor:
-    """A non-empty float tensor (B, 1, 28, 28) with values in [−1, 1]; else a TypeError (not a tensor) or a
-    ValueError (shape, dtype, range) that says what to do."""
-    check_tensor(name, images, "(B, 1, 28, 28) in [-1, 1]")
-    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
-        hint = ""
-        if images.ndim == 2:
-            hint = "; one digit (28, 28): pass image[None, None]"
-        elif images.ndim == 3:
-            hint = "; one digit (1, 28, 28): pass image[None]"
-        elif images.ndim == 4 and images.shape[1] != 1:
-            hint = f"; it has {images.shape[1]} channels and MNIST digits have 1 (RGB: average the channels)"
-        raise ValueError(f"{name} must have shape (B, 1, 28, 28), got {tuple(images.shape)}{hint}")
-    if images.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (B = 0): give at least one reference image")
-    if not images.is_floating_point():
-        raise ValueError(
-            f"{name} must be floating point in [-1, 1], got dtype {images.dtype} "
-            "(uint8 pixels: convert with diffusion_lab.mnist.data.to_unit_range)"
-        )
-    if not torch.isfinite(images).all():
-        raise ValueError(f"{name} contains NaN or inf values")
-    lo, hi = images.min().item(), images.max().item()
-    if lo < -1.001 or hi > 1.001:
-        raise ValueError(
-            f"{name} values must be in [-1, 1], got {lo:.3g} to {hi:.3g} "
-            "(0..255 pixels: use diffusion_lab.mnist.data.to_unit_range)"
-        )
-    return images
+    """A non-empty float tensor (B, 1, 28, 28) with values in [−1, 1] (the one image validator)."""
+    hints = {
+        "channels": " (MNIST digits have 1: average the RGB channels)",
+        "range": " (0..255 pixels: use diffusion_lab.mnist.data.to_unit_range)",
+    }
+    return check_images(images, name, channels=1, size=(28, 28), value_range=(-1.0, 1.0), hints=hints)
 
 
 def image_embedding(classifier: MnistClassifier, images: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
