@@ -94,7 +94,7 @@ def test_every_widget_notebook_is_listed():
     uses_widgets = set()
     for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         source = "\n".join("".join(c["source"]) for c in json.loads(path.read_text("utf-8"))["cells"])
-        if re.search(r"\bipywidgets\b|diffusion_lab\.widgets|\binteractive\(|\binteract\(", source):
+        if re.search(r"\bipywidgets\b|diffusion_lab\.course\.widgets|\binteractive\(|\binteract\(", source):
             uses_widgets.add(path.name)
     assert uses_widgets, "no notebook uses widgets: the pattern above is stale"
     missing = uses_widgets - set(WIDGET_NOTEBOOKS)
