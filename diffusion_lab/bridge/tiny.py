@@ -267,30 +267,10 @@ def tiny_sd3(seed: int = 0, with_t5: bool = True) -> diffusers.StableDiffusion3P
     return pipe
 
 
-def tiny_sd15(seed: int = 0) -> diffusers.StableDiffusionPipeline:
-    """A random-weight SD 1.5/2.1/SD-Turbo-shaped ``StableDiffusionPipeline`` (one CLIP encoder, no safety checker)."""
-    tok = tiny_clip_tokenizer()
-    te = _seeded(seed, lambda: transformers.CLIPTextModel(_clip_text_config(tok, 32, 2, 32)))
-    unet = _seeded(
-        seed + 1,
-        lambda: diffusers.UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            norm_num_groups=32,
-        ),
-    )
-    vae = _seeded(seed + 2, lambda: _tiny_vae(4, scaling_factor=0.18215))
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=te,
-        tokenizer=tok,
-        unet=unet,
+def _sd15_pipeline(pipeline_class: type, **components) -> diffusers.DiffusionPipeline:
+    """An SD 1.5-family pipeline from stand-in components: SD 1.5's Euler scheduler, no safety checker."""
+    pipe = pipeline_class(
+        **components,
         scheduler=diffusers.EulerDiscreteScheduler(
             beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
         ),
@@ -300,6 +280,15 @@ def tiny_sd15(seed: int = 0) -> diffusers.StableDiffusionPipeline:
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_sd15(seed: int = 0) -> diffusers.StableDiffusionPipeline:
+    """A random-weight SD 1.5/2.1/SD-Turbo-shaped ``StableDiffusionPipeline`` (one CLIP encoder, no safety checker)."""
+    tok = tiny_clip_tokenizer()
+    te = _seeded(seed, lambda: transformers.CLIPTextModel(_clip_text_config(tok, 32, 2, 32)))
+    unet = _sd_unet(seed + 1, sample_size=32)
+    vae = _seeded(seed + 2, lambda: _tiny_vae(4, scaling_factor=0.18215))
+    return _sd15_pipeline(diffusers.StableDiffusionPipeline, vae=vae, text_encoder=te, tokenizer=tok, unet=unet)
 
 
 def tiny_taesd(latent_channels: int = 4, seed: int = 0) -> diffusers.AutoencoderTiny:
@@ -404,21 +393,14 @@ def tiny_sd15_controlnet(seed: int = 0) -> diffusers.StableDiffusionControlNetPi
         conv.reset_parameters()  # the zero convolutions, given PyTorch's default random initialisation
     controlnet.controlnet_cond_embedding.conv_out.reset_parameters()
     vae = _seeded(seed + 3, lambda: _tiny_vae(4, scaling_factor=0.18215))
-    pipe = diffusers.StableDiffusionControlNetPipeline(
+    return _sd15_pipeline(
+        diffusers.StableDiffusionControlNetPipeline,
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tok,
         unet=unet,
         controlnet=controlnet,
-        scheduler=diffusers.EulerDiscreteScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
-        ),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def tiny_unclip(seed: int = 0) -> diffusers.StableUnCLIPImg2ImgPipeline:
