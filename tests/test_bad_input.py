@@ -40,11 +40,12 @@ def test_unknown_variance_type():
 
 
 @pytest.mark.parametrize("cls", SCHEDULERS)
-@pytest.mark.parametrize("n", [0, -3, 1001, 2.5])
-def test_bad_number_of_inference_steps(cls, n):
-    with pytest.raises(
-        ValueError, match=r"num_inference_steps must be an integer between 1 and num_train_timesteps=1000"
-    ):
+@pytest.mark.parametrize(
+    ("n", "error"), [(0, ValueError), (-3, ValueError), (1001, ValueError), (2.5, TypeError), (True, TypeError)]
+)
+def test_bad_number_of_inference_steps(cls, n, error):
+    """A count that is not an integer (a float, True) is a TypeError, an integer out of range a ValueError."""
+    with pytest.raises(error, match=r"num_inference_steps must be an integer between 1 and num_train_timesteps=1000"):
         cls().set_timesteps(n)
 
 

@@ -123,6 +123,9 @@ def test_bad_input_raises_clear_errors():
         s.step(torch.zeros(1, 4), 1000.0, torch.zeros(1, 4))
     with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 1"):
         s.set_timesteps(0)
+    for not_a_count in (True, 2.0):
+        with pytest.raises(TypeError, match="num_inference_steps must be an integer >= 1"):
+            s.set_timesteps(not_a_count)
     s.set_timesteps(4)
     with pytest.raises(ValueError, match="not an integer step number"):
         s.step(torch.zeros(1, 4), 0, torch.zeros(1, 4))

@@ -134,7 +134,9 @@ def inference_timesteps(
     """
     check_choice("timestep_spacing", spacing, TIMESTEP_SPACINGS)
     n, T = num_inference_steps, num_train_timesteps
-    if not isinstance(n, (int, np.integer)) or n < 1 or n > T:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer):
+        raise TypeError(f"num_inference_steps must be an integer between 1 and num_train_timesteps={T}, got {n!r}")
+    if n < 1 or n > T:
         raise ValueError(f"num_inference_steps must be an integer between 1 and num_train_timesteps={T}, got {n!r}")
     if spacing == "linspace":
         return np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)

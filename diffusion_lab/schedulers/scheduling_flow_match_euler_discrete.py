@@ -134,7 +134,9 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
             if num_inference_steps is not None and num_inference_steps != len(s):
                 raise ValueError(f"num_inference_steps={num_inference_steps} but {len(s)} sigmas were given")
             num_inference_steps = len(s)
-        elif not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+        elif isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int | np.integer):
+            raise TypeError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        elif num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         else:
             ts = np.linspace(self.sigma_max * T, self.sigma_min * T, num_inference_steps)  # (n,) float64
