@@ -96,7 +96,7 @@ class TinyControlNetPipeline(TinyStableDiffusionPipeline):
         c = self.controlnet.config.conditioning_channels
         if image is None:
             raise TypeError(f"pass the control map: image=... (a tensor (B or 1, {c}, {height}, {width}) in [0, 1], "
-                            "e.g. controlnet.edge_map(images))")  # fmt: skip
+                            "e.g. edge_map(images) from diffusion_lab.maths.images)")  # fmt: skip
         hints = {
             "channels": ": make it grey, e.g. image.mean(dim=1, keepdim=True)" if c == 1 else "",
             "size": f": resize it with torch.nn.functional.interpolate(image, size=({height}, {width}), "
