@@ -29,7 +29,7 @@ High-Resolution Image Synthesis", the SD3 paper, §2–3):
 - shift          t ↦ α·t / (1 + (α − 1)·t): more of the sampling steps at high noise, needed when images have more
                  pixels (SD3 §5.3.2, α = √(m/n) for m pixels against a base of n; SD3 uses α = 3 at 1024²)
 
-Classifier-free guidance is unchanged: it combines velocities exactly as it combines ε (``sampling.cfg_combine``),
+Classifier-free guidance is unchanged: it combines velocities exactly as it combines ε (``maths.guidance.cfg_combine``),
 since v is an affine function of ε at fixed x_t and t.
 """
 
