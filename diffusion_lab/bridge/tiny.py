@@ -131,25 +131,35 @@ def tiny_sdxl_turbo(seed: int = 0) -> diffusers.StableDiffusionXLPipeline:
     return pipe
 
 
+# SD's cross-attention UNet at toy width (two levels, one resnet each): the base of every stand-in UNet below
+_TOY_UNET = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=32,
+    norm_num_groups=32,
+)
+
+
 def _tiny_sdxl_unet(n_time_ids: int, cross_attention_dim: int) -> diffusers.UNet2DConditionModel:
     """SDXL's UNet at toy width: ``text_time`` conditioning of n time ids (embedded to 8 each) plus a 32-wide pooled
     text vector, as the pipeline checks (``projection_class_embeddings_input_dim`` = n·8 + 32)."""
     return diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=n_time_ids * 8 + 32,
-        cross_attention_dim=cross_attention_dim,
-        norm_num_groups=32,
+        **_TOY_UNET
+        | dict(
+            sample_size=32,
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2),
+            projection_class_embeddings_input_dim=n_time_ids * 8 + 32,
+            cross_attention_dim=cross_attention_dim,
+        )
     )
 
 
@@ -326,19 +336,8 @@ def _clip_image_processor() -> transformers.CLIPImageProcessor:
 
 
 def _sd_unet(seed: int, **config) -> diffusers.UNet2DConditionModel:
-    """SD's cross-attention UNet at toy width (two levels, one resnet each); ``config`` adds the conditioning."""
-    base = dict(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=32,
-    )
-    return _seeded(seed, lambda: diffusers.UNet2DConditionModel(**(base | config)))
+    """SD's cross-attention UNet at toy width (``_TOY_UNET``); ``config`` adds the conditioning."""
+    return _seeded(seed, lambda: diffusers.UNet2DConditionModel(**(_TOY_UNET | config)))
 
 
 def tiny_sd_upscaler(seed: int = 0) -> diffusers.StableDiffusionUpscalePipeline:
