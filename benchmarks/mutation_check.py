@@ -195,7 +195,7 @@ MUTATIONS: tuple[Mutation, ...] = (
       "return (v - flow_velocity(z0, noise)).pow(2).mean()",
       "return (v - flow_velocity(noise, z0)).pow(2).mean()",
       "rectified-flow recipe trains on the velocity z_0 − ε instead of ε − z_0",
-      True, ("tests/test_recipes_latent.py", "tests/test_flow_pipeline.py"), ("08",)),
+      True, ("tests/test_training_helpers.py", "tests/test_recipes_latent.py", "tests/test_flow_pipeline.py"), ("08",)),
     # --- weakly tested: fine-tuning losses ---------------------------------------------------------------------
     M("finetune-v-model-eps-target", "diffusion_lab/training/finetune.py",
       "target = training_target(prediction_type, latents, noise, ab_t)",

@@ -251,3 +251,42 @@ def test_autoencoder_finetune_and_lora_entry_points_follow_the_error_convention(
         lora._check_positive("batch_size", 2.0)
     with pytest.raises(ValueError, match="lr must be a number > 0"):
         lora._check_positive("lr", 0.0, integer=False)
+
+
+def test_flow_matching_loss_targets_noise_minus_data():
+    """The rectified-flow recipe's loss is E‖v − (ε − z_0)‖² with t then ε drawn from the generator in that order,
+    written out here with a model that answers a fixed velocity c (a sign error in the target changes the loss)."""
+    import types
+
+    from diffusion_lab.training.recipes import flow_matching_loss
+
+    class FixedVelocity(torch.nn.Module):
+        config = types.SimpleNamespace(patch_size=1)
+
+        def __init__(self, c):
+            super().__init__()
+            self.c, self.seen = c, {}
+
+        def forward(self, z_t, t, *, encoder_hidden_states, encoder_attention_mask, pooled_projections):
+            self.seen.update(z_t=z_t, t=t, pooled=pooled_projections)
+            return self.c.expand_as(z_t)
+
+    z0 = torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(1))
+    c = torch.full((1, 4, 5, 5), 0.7)
+    text = types.SimpleNamespace(last_hidden_state=torch.zeros(3, 2, 8), pooler_output=torch.ones(3, 8))
+    model = FixedVelocity(c)
+    got = flow_matching_loss(
+        model, z0, text, torch.ones(3, 2), torch.Generator().manual_seed(7), sample_t=_uniform_t, pooled=True
+    )
+    g = torch.Generator().manual_seed(7)
+    t = torch.rand(3, generator=g)
+    eps = torch.randn(z0.shape, generator=g)
+    torch.testing.assert_close(model.seen["z_t"], (1 - t)[:, None, None, None] * z0 + t[:, None, None, None] * eps)
+    torch.testing.assert_close(model.seen["t"], t)
+    assert model.seen["pooled"] is text.pooler_output
+    torch.testing.assert_close(got, (c - (eps - z0)).pow(2).mean())
+    assert not torch.isclose(got, (c - (z0 - eps)).pow(2).mean())  # the opposite sign is a different loss
+
+
+def _uniform_t(n: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=generator)

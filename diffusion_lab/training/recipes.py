@@ -10,6 +10,7 @@ Eq. 1). The pixel-space MNIST recipe (:mod:`.recipes_pixel`) and saving / loadin
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ from diffusion_lab.utils.errors import check_choice
 from diffusion_lab.utils.settings import pick
 
 __all__ = [
+    "flow_matching_loss",
     "LatentTextTrainConfig",
     "latent_text_recipe",
     "train_latent_text2img",
@@ -393,6 +395,30 @@ def latent_flow_recipe(
     return model, train
 
 
+def flow_matching_loss(
+    model: MMDiT,
+    z0: torch.Tensor,
+    text,
+    mask: torch.Tensor,
+    g: torch.Generator,
+    *,
+    sample_t: Callable[[int, torch.Generator], torch.Tensor],
+    pooled: bool,
+) -> torch.Tensor:
+    """The rectified-flow loss of one batch (SD3 Eq. 1 and §3): t ~ ``sample_t``, then ε ~ N(0, I) from ``g``,
+    z_t = (1 − t)·z_0 + t·ε, and E‖v_θ(z_t, t, c) − (ε − z_0)‖². z0: (B, L, h, w); ``text``: the text encoder's
+    output (``last_hidden_state``, ``pooler_output`` when ``pooled``)."""
+    h, w = z0.shape[-2:]
+    t = sample_t(len(z0), g)  # (B,) in (0, 1)
+    noise = torch.randn(z0.shape, generator=g)
+    z_t = flow_interpolate(z0, noise, t)  # (1 − t)·z_0 + t·ε
+    v = model(
+        pad_to_patch(z_t, model.config.patch_size), t, encoder_hidden_states=text.last_hidden_state,
+        encoder_attention_mask=mask, pooled_projections=text.pooler_output if pooled else None,
+    )[..., :h, :w]  # fmt: skip
+    return (v - flow_velocity(z0, noise)).pow(2).mean()  # target ε − z_0
+
+
 def train_latent_flow(
     vae: AutoencoderKL,
     budget_s: float = 105.0,
@@ -438,18 +464,9 @@ def train_latent_flow(
     t0 = time.perf_counter()
     torch.manual_seed(seed + 1)
     text_encoder, model = TextEncoder(text_cfg), MMDiT(model_cfg)
-    p = model_cfg.patch_size
-
-    def flow_loss(model: MMDiT, z0: torch.Tensor, text, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        h, w = z0.shape[-2:]
-        t = cfg.sample_t(len(z0), g)  # (B,) in (0, 1)
-        noise = torch.randn(z0.shape, generator=g)
-        z_t = flow_interpolate(z0, noise, t)  # (1 − t)·z_0 + t·ε
-        v = model(
-            pad_to_patch(z_t, p), t, encoder_hidden_states=text.last_hidden_state, encoder_attention_mask=mask,
-            pooled_projections=text.pooler_output if model_cfg.pooled_projection_dim else None,
-        )[..., :h, :w]  # fmt: skip
-        return (v - flow_velocity(z0, noise)).pow(2).mean()  # target ε − z_0
+    flow_loss = functools.partial(
+        flow_matching_loss, sample_t=cfg.sample_t, pooled=bool(model_cfg.pooled_projection_dim)
+    )
 
     ema, losses, step = _train_text_denoiser(
         text_encoder, model, flow_loss, latents, labels, attrs, bins, tokenizer, text_cfg.max_position, cfg,
