@@ -16,6 +16,7 @@ import importlib.metadata
 import inspect
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +25,13 @@ import torch
 from PIL import Image
 
 from diffusion_lab import schedulers
-from diffusion_lab.utils.checkpoint import write_json_atomic
+from diffusion_lab.utils.checkpoint import (
+    clean_stale_temps,
+    merge_missing,
+    swap_folder,
+    temp_sibling,
+    write_json_atomic,
+)
 from diffusion_lab.utils.errors import FileError, check_choice
 from diffusion_lab.utils.torch_utils import randn
 
@@ -249,20 +256,49 @@ class TinyPipeline:
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """One folder per component and ``model_index.json``, laid out like diffusers'.
 
-        Each component is written atomically and ``model_index.json`` last, so an interrupted save leaves a folder
-        that :meth:`from_pretrained` refuses (no index) rather than a silent mix of old and new parts.
+        The save is atomic as a whole: the new pipeline is built in a sibling temporary folder
+        (``.<name>.tmp-<pid>-…``), the files of the old folder that the pipeline does not own (anything but
+        ``model_index.json`` and the component folders: ``caption_bins.json``, a student's notes) and the extra
+        files inside its component folders are brought over (hard links), and the complete new folder is swapped in
+        (:func:`~diffusion_lab.utils.checkpoint.swap_folder`). Until then the old pipeline loads whole; a save killed
+        at any moment never leaves a mix, and its leftovers are removed at the next save. A folder that holds the
+        working directory (``save_pretrained(".")``) or is a symbolic link is written in place instead:
+        ``model_index.json`` out first and in last, so an interrupted save leaves a folder that
+        :meth:`from_pretrained` refuses rather than a silent mix.
         """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        if directory.exists() and not directory.is_dir():
+            raise FileError(f"{directory} is a file, not a folder: give save_pretrained a folder path")
         index: dict[str, Any] = {"_class_name": type(self).__name__, "_diffusion_lab_version": _version()}
         index.update({key: getattr(self, key) for key in self._config_names})
+        absolute = Path(os.path.abspath(directory))
+        cwd = Path.cwd()
+        if directory.is_symlink() or cwd == absolute or absolute in cwd.parents:
+            (directory / "model_index.json").unlink(missing_ok=True)
+            self._write_components(directory, index)
+            return directory
+        absolute.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(absolute.parent, absolute.name)
+        tmp = temp_sibling(absolute)
+        try:
+            self._write_components(tmp, index, keep_from=absolute if absolute.is_dir() else None)
+            swap_folder(tmp, absolute)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    def _write_components(self, directory: Path, index: dict[str, Any], keep_from: Path | None = None) -> None:
+        """Each component into its folder, then the files of ``keep_from`` that the save does not own, then
+        ``model_index.json`` (last)."""
         for name, component in self.components.items():
-            (directory / name).mkdir(exist_ok=True)
+            (directory / name).mkdir(parents=True, exist_ok=True)
             self._save_component(name, component, directory / name)
             library = type(component).__module__.split(".")[0]
             index[name] = [LIBRARY if library == LIBRARY else library, type(component).__name__]
+        if keep_from is not None:
+            merge_missing(keep_from, directory, skip=("model_index.json",))
         write_json_atomic(directory / "model_index.json", index)
-        return directory
 
     @classmethod
     def read_index(cls, directory: Path) -> dict:

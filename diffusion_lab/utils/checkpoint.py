@@ -12,17 +12,26 @@ file                       content
 ``state.json``             optimizer hyper-parameters, EMA step, training step (optional)
 =========================  ===================================================================
 
-The folder is written next to its destination under a temporary name and renamed into place, so a crash
-never leaves a half-written checkpoint where a good one was. Loading checks every key and shape and names
-the mismatches instead of loading a wrong model silently.
+Saving never destroys what it was not asked to replace. A new folder is written next to its destination under a
+temporary name (``.<name>.tmp-<pid>-…``) and renamed into place: it appears whole or not at all. Into an existing
+folder (``save_pretrained("checkpoints")``, ``save_pretrained(".")``) each of the files above is written through a
+temporary file and a rename, ``config.json`` removed first and written last (an interrupted save leaves a folder that
+loading refuses, never a silent mix), the files of this table that the save does not write (an older EMA) are removed,
+and every other file of the folder is left alone. Temporaries of killed saves are removed at the next save into the
+same place (:func:`clean_stale_temps`). Loading checks every key and shape and names the mismatches instead of loading
+a wrong model silently.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +43,10 @@ from diffusion_lab.utils.errors import FileError
 
 __all__ = [
     "save_tensors_atomic",
+    "clean_stale_temps",
+    "temp_sibling",
+    "merge_missing",
+    "swap_folder",
     "PretrainedModel",
     "save_checkpoint",
     "load_config",
@@ -43,6 +56,9 @@ __all__ = [
 ]
 
 FORMAT = "diffusion_lab.checkpoint/1"
+OWN_FILES = ("config.json", "model.safetensors", "ema.safetensors", "state.safetensors", "state.json")
+STALE_AFTER_S = 600.0  # a temporary untouched this long is stale even if its process still runs
+_TEMP_MARKS = (".tmp-", ".old-")
 
 
 def _tensors(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
@@ -82,14 +98,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write JSON to a temporary file next to ``path``, then rename it into place: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=2, default=str)
             fh.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -103,13 +117,11 @@ def save_tensors_atomic(
     """Write one safetensors file through a temporary file next to ``path`` and a rename (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), dir=path.parent)
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -128,52 +140,224 @@ def save_checkpoint(
     train_config: dict | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically; ``model`` needs a dataclass ``config`` with ``to_dict()``."""
+    """Write a checkpoint folder (the module docstring says how it stays safe); ``model`` needs a dataclass
+    ``config`` with ``to_dict()``. Files of the folder that are not checkpoint files are left alone."""
+    _check_path("directory", directory)
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileError(f"{directory} is a file, not a folder: give save_pretrained a folder path")
+    config = {
+        "format": FORMAT,
+        "model_class": type(model).__name__,
+        "model_config": model.config.to_dict(),
+        "train_config": train_config,
+        "step": step,
+        "torch": torch.__version__,
+        "extra": extra or {},
+    }
+    writers: dict[str, Any] = {"model.safetensors": _tensor_writer(_tensors(model.state_dict()))}
+    if ema_model is not None:
+        writers["ema.safetensors"] = _tensor_writer(_tensors(ema_model.state_dict()))
+    if optimizer is not None or generator is not None:
+        tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+        state: dict[str, Any] = {"step": step}
+        if generator is not None:
+            tensors["rng.generator"] = generator.get_state()
+        if optimizer is not None:
+            opt_tensors, state["optimizer"] = _optimizer_to_safe(optimizer)
+            tensors.update(opt_tensors)
+        writers["state.safetensors"] = _tensor_writer(tensors)
+        writers["state.json"] = _json_writer(state)
+    writers["config.json"] = _json_writer(config)  # last: it marks a whole checkpoint
+    if directory.is_dir():
+        _save_in_place(directory, writers)
+        return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    clean_stale_temps(directory.parent, directory.name)
+    tmp = temp_sibling(directory)
     try:
-        config = {
-            "format": FORMAT,
-            "model_class": type(model).__name__,
-            "model_config": model.config.to_dict(),
-            "train_config": train_config,
-            "step": step,
-            "torch": torch.__version__,
-            "extra": extra or {},
-        }
-        _write_json(tmp / "config.json", config)
-        save_file(_tensors(model.state_dict()), str(tmp / "model.safetensors"))
-        if ema_model is not None:
-            save_file(_tensors(ema_model.state_dict()), str(tmp / "ema.safetensors"))
-        if optimizer is not None or generator is not None:
-            tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
-            state: dict[str, Any] = {"step": step}
-            if generator is not None:
-                tensors["rng.generator"] = generator.get_state()
-            if optimizer is not None:
-                opt_tensors, state["optimizer"] = _optimizer_to_safe(optimizer)
-                tensors.update(opt_tensors)
-            save_file(tensors, str(tmp / "state.safetensors"))
-            _write_json(tmp / "state.json", state)
-        # mkdtemp makes the folder private (0700) and safetensors writes 0600: give it the usual permissions
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)
-        # swap into place: the old folder (if any) is removed only once the new one is there
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+        for name, write in writers.items():
+            write(tmp / name)
+            os.chmod(tmp / name, 0o666 & ~_umask())  # safetensors writes 0600: give the usual permissions
+        try:
+            os.rename(tmp, directory)  # fails if the folder appeared meanwhile: then write into it
+        except OSError:
+            if not directory.is_dir():
+                raise
+            _save_in_place(directory, writers)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
+
+
+def _tensor_writer(tensors: dict[str, torch.Tensor]):
+    return lambda path: save_file(tensors, str(path))
+
+
+def _json_writer(obj: Any):
+    return lambda path: _write_json(path, obj)
+
+
+def _save_in_place(directory: Path, writers: dict) -> None:
+    """Each checkpoint file through a temporary file and a rename; ``config.json`` out first and in last; the
+    checkpoint files this save does not write (an older EMA, optimizer state) removed; nothing else touched."""
+    for name in OWN_FILES:
+        clean_stale_temps(directory, name)
+    (directory / "config.json").unlink(missing_ok=True)
+    for name in OWN_FILES:
+        if name not in writers:
+            (directory / name).unlink(missing_ok=True)
+    for name, write in writers.items():
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(name), dir=directory)
+        os.close(fd)
+        try:
+            write(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, directory / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+# --------------------------------------------------------------------------- temporaries, merging and swapping
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _tmp_prefix(name: str) -> str:
+    """Temporaries carry the writer's pid, so that the next save can tell a killed save's leftovers."""
+    return f".{name}.tmp-{os.getpid()}-"
+
+
+def temp_sibling(path: str | os.PathLike) -> Path:
+    """A new empty folder next to ``path`` (``.<name>.tmp-<pid>-…``) with the usual permissions."""
+    path = Path(os.path.abspath(path))
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+    return tmp
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def _newest_mtime(path: Path) -> float:
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+                except OSError:
+                    pass
+    return newest
+
+
+def clean_stale_temps(folder: str | os.PathLike, name: str, max_age_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove what killed saves of ``name`` left in ``folder`` (``.<name>.tmp-*``, ``.<name>.old-*``): those whose
+    process has exited, or untouched for ``max_age_s`` seconds. An aside ``.<name>.old-*`` is put back instead when
+    ``name`` itself is missing (a save killed between its two renames). Returns what was removed."""
+    _check_path("folder", folder)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty file or folder name, got {name!r}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        mark = next((m for m in _TEMP_MARKS if entry.name.startswith(f".{name}{m}")), None)
+        if mark is None:
+            continue
+        pid_text = entry.name[len(name) + 1 + len(mark) :].split("-", 1)[0]
+        try:
+            dead = pid_text.isdigit() and not _pid_alive(int(pid_text))
+            if not dead and time.time() - _newest_mtime(entry) < max_age_s:
+                continue
+            if mark == ".old-" and not (folder / name).exists():
+                os.rename(entry, folder / name)
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:  # another save cleaned it first
+            continue
+        removed.append(entry)
+    return removed
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and any(m in name for m in _TEMP_MARKS)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link (instant, no space), or a copy where the file system has none."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def merge_missing(old: str | os.PathLike, new: str | os.PathLike, skip: tuple[str, ...] = ()) -> None:
+    """Bring into ``new`` every entry of ``old`` that ``new`` lacks (hard links where possible), except the names in
+    ``skip`` and temporaries; a folder present in both is merged the same way, with the checkpoint files
+    (``OWN_FILES``) skipped inside it (they belong to the save that wrote ``new``)."""
+    old, new = Path(old), Path(new)
+    for entry in old.iterdir():
+        if entry.name in skip or _is_temp(entry.name):
+            continue
+        target = new / entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            if target.is_dir():
+                merge_missing(entry, target, skip=OWN_FILES)
+            elif not target.exists():
+                shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
+        elif not target.exists() and not target.is_symlink():
+            _link_or_copy(str(entry), str(target))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def swap_folder(new: str | os.PathLike, directory: str | os.PathLike) -> None:
+    """Put the complete folder ``new`` in place of ``directory`` and remove the old one: in one atomic exchange
+    where the system has it, else by renaming the old one aside first (the next save puts it back if a kill
+    came between the two renames). Readers see the whole old folder until the whole new one is there."""
+    new, directory = Path(new), Path(directory)
+    if not directory.exists():
+        os.rename(new, directory)
+    elif _exchange(new, directory):
+        shutil.rmtree(new, ignore_errors=True)  # it now holds the old folder
+    else:
+        aside = directory.with_name(f".{directory.name}.old-{os.getpid()}-{new.name.rsplit('-', 1)[-1]}")
+        os.rename(directory, aside)
+        os.rename(new, directory)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def load_config(directory: str | os.PathLike) -> dict:
@@ -335,7 +519,8 @@ class PretrainedModel(torch.nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Weights (safetensors) and config (JSON) in a folder, written atomically."""
+        """Weights (safetensors) and config (JSON) in a folder, each file written atomically; the folder's other
+        files are kept (``save_pretrained(".")`` works)."""
         save_checkpoint(directory, self)
 
     @classmethod
