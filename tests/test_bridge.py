@@ -309,7 +309,8 @@ def test_environment_unreachable_hub_is_bounded(monkeypatch):
     """A hub that never answers (DNS included) costs at most the timeout, then the tiny path: the probe runs in a
     thread that is waited for with the timeout, and check_environment returns while the probe still hangs."""
     monkeypatch.setenv("DIFFUSION_LAB_SMOKE", "0")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE", "HF_ENDPOINT"):  # all are honoured
+        monkeypatch.delenv(var, raising=False)
     release, connects, threads = threading.Event(), [], []
 
     def never_answers(address, timeout=None):  # hangs until the test lets it go, whatever the socket timeout
@@ -343,7 +344,8 @@ def test_environment_unreachable_hub_is_bounded(monkeypatch):
 
 def test_environment_refused_connection(monkeypatch):
     monkeypatch.setenv("DIFFUSION_LAB_SMOKE", "0")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE", "HF_ENDPOINT"):  # all are honoured
+        monkeypatch.delenv(var, raising=False)
     env = bridge.check_environment(hub_timeout=2.0, allow_cpu=True, probe_host=("127.0.0.1", 9))
     assert not env.hub and not env.use_real and "unreachable" in str(env)
 

@@ -35,6 +35,7 @@ What is here
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -43,6 +44,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import diffusers
 import torch
@@ -74,6 +76,8 @@ __all__ = [
 ]
 
 HUB_HOST = ("huggingface.co", 443)
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE")
+HUB_TIMEOUT = 10.0  # seconds: connect and read, for every hub call load_pipeline makes
 TINY_VERSION = 2  # bump when a tiny_* builder changes, so cached copies are rebuilt
 
 
@@ -257,13 +261,36 @@ def _truthy(var: str) -> bool:
     return os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def check_environment(hub_timeout: float = 3.0, allow_cpu: bool = False, probe_host: tuple[str, int] = HUB_HOST):
+def _hub_endpoint() -> str:
+    """The hub's base URL: ``$HF_ENDPOINT`` (a mirror) read now, else what huggingface_hub read at import."""
+    from huggingface_hub import constants  # lazy: only a call that reaches the hub needs it
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def _endpoint_host(endpoint: str) -> tuple[str, int]:
+    """(host, port) of an endpoint URL: ``https://hf-mirror.com`` → ("hf-mirror.com", 443)."""
+    parts = urlsplit(endpoint)
+    if not parts.hostname:
+        raise ValueError(f"HF_ENDPOINT={endpoint!r} is not a URL such as https://huggingface.co")
+    return parts.hostname, parts.port or (80 if parts.scheme == "http" else 443)
+
+
+def _offline_var() -> str | None:
+    """The first of ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``, ``DIFFUSERS_OFFLINE`` that is set to a true value."""
+    return next((var for var in OFFLINE_VARS if _truthy(var)), None)
+
+
+def check_environment(
+    hub_timeout: float = 3.0, allow_cpu: bool = False, probe_host: tuple[str, int] | None = None
+) -> Environment:
     """Decide between real weights and tiny pipelines, and say why.
 
     Real weights need (1) a CUDA GPU — SDXL takes minutes per image on a CPU; ``allow_cpu=True`` lifts this —
-    (2) not quick mode (``DIFFUSION_LAB_SMOKE=1``, tests) and no ``HF_HUB_OFFLINE=1``, and (3) the hub answering
-    within ``hub_timeout`` seconds. Nothing here waits longer than that; the network is not touched at all when (1)
-    or (2) already say "tiny"."""
+    (2) not quick mode (``DIFFUSION_LAB_SMOKE=1``, tests) and no offline switch (``HF_HUB_OFFLINE``,
+    ``TRANSFORMERS_OFFLINE`` or ``DIFFUSERS_OFFLINE`` = 1), and (3) the hub answering within ``hub_timeout`` seconds:
+    the host of ``$HF_ENDPOINT`` when set (a mirror), else huggingface.co, unless ``probe_host`` names another. Nothing
+    here waits longer than that; the network is not touched at all when (1) or (2) already say "tiny"."""
     reasons: list[str] = []
     gpu = torch.cuda.is_available()
     name = mem = None
@@ -277,12 +304,12 @@ def check_environment(hub_timeout: float = 3.0, allow_cpu: bool = False, probe_h
     hub = False
     if smoke_mode():
         reasons.append("quick mode (DIFFUSION_LAB_SMOKE=1): tests never download")
-    elif _truthy("HF_HUB_OFFLINE"):
-        reasons.append("HF_HUB_OFFLINE=1")
+    elif offline := _offline_var():
+        reasons.append(f"{offline}=1 (offline mode): the hub was not asked")
     elif not gpu and not allow_cpu:
         reasons.append("the hub was not asked (no GPU to run real weights on)")
     else:
-        hub, why = _hub_reachable(hub_timeout, probe_host)
+        hub, why = _hub_reachable(hub_timeout, probe_host or _endpoint_host(_hub_endpoint()))
         reasons.append(why)
     use_real = hub and (gpu or allow_cpu)
     if use_real:
@@ -345,18 +372,100 @@ def quiet_hf() -> Iterator[None]:
                 lib.enable_progress_bar()
 
 
-def _explain_hub_error(exc: Exception, repo_id: str) -> str | None:
+def _error_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every error behind it (``__cause__``, ``__context__``): diffusers wraps the hub's error in an
+    ``OSError``, so the reason is found one or two links down."""
+    chain: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop(0)
+        if err is not None and not any(err is seen for seen in chain):
+            chain.append(err)
+            todo += [err.__cause__, err.__context__]
+    return chain
+
+
+def _is_timeout(err: BaseException) -> bool:
+    """A connect or read timeout: the socket's own (``TimeoutError``) or httpx's ``TimeoutException`` family."""
+    return isinstance(err, TimeoutError) or any(c.__name__ == "TimeoutException" for c in type(err).__mro__)
+
+
+def _explain_hub_error(exc: BaseException, repo_id: str, timeout: float | None = None) -> tuple[str, str] | None:
+    """(kind, message) for a hub error anywhere in ``exc``'s chain: kind "gated" (accept the licence, log in),
+    "missing" (repository or revision not found: try the next id) or "timeout" (the hub did not answer); None for
+    anything else."""
     from huggingface_hub import errors  # lazy: only a call that reaches the hub needs it
 
-    if isinstance(exc, errors.GatedRepoError):
-        return (
+    chain = _error_chain(exc)
+    if any(isinstance(err, errors.GatedRepoError) for err in chain):  # (a subclass of RepositoryNotFoundError)
+        return "gated", (
             f"{repo_id} is gated: open https://huggingface.co/{repo_id} while logged in, accept the licence, then give "
             "this machine a token — `hf auth login` in a terminal, `export HF_TOKEN=...`, or on Kaggle a secret named "
             "HF_TOKEN (Add-ons → Secrets). Never paste a token into a notebook cell."
         )
-    if isinstance(exc, errors.RepositoryNotFoundError):
-        return f"{repo_id} was not found on the hub (deleted, renamed, or private)"
+    if any(isinstance(err, errors.RevisionNotFoundError) for err in chain):
+        return "missing", f"{repo_id} has no such revision on the hub"
+    if any(isinstance(err, errors.RepositoryNotFoundError) for err in chain):
+        return "missing", f"{repo_id} was not found on the hub (deleted, renamed, or private)"
+    if any(_is_timeout(err) for err in chain):
+        within = f" within {timeout:g} s" if timeout is not None else " in time"
+        return "timeout", (
+            f"the hub ({_hub_endpoint()}) did not answer{within} while loading {repo_id} (a captive portal, a proxy "
+            "or a slow network; set HF_HUB_OFFLINE=1 to skip the hub)"
+        )
     return None
+
+
+class _BoundedTransport:
+    """An HTTP transport that gives every request a connect, read, write and pool timeout of at most ``seconds``,
+    whatever the caller passed (huggingface_hub's ``model_info`` and ``repo_info`` pass ``timeout=None``: no limit)."""
+
+    def __init__(self, inner, seconds: float):
+        self.inner, self.seconds = inner, seconds
+
+    def handle_request(self, request):
+        given = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {
+            key: self.seconds if given.get(key) is None else min(given[key], self.seconds)
+            for key in ("connect", "read", "write", "pool")
+        }
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@contextlib.contextmanager
+def _bounded_hub(timeout: float) -> Iterator[None]:
+    """Inside the block every request huggingface_hub makes (diffusers' ``model_info``, ``resolve_revision``, file
+    metadata and downloads) has a connect+read timeout of ``timeout`` seconds, and diffusers' ``model_info`` asks
+    ``$HF_ENDPOINT`` as set now. Without it a hub that accepts the connection and never answers (a captive portal, a
+    proxy) holds ``from_pretrained`` for minutes: diffusers passes no timeout and huggingface_hub's client has none.
+    The previous client factory comes back afterwards."""
+    from diffusers.pipelines import pipeline_utils  # lazy: only a call that reaches the hub needs it
+    from huggingface_hub import HfApi, set_client_factory  # lazy: as above
+    from huggingface_hub.utils import _http  # lazy: as above
+
+    previous = _http._GLOBAL_CLIENT_FACTORY
+
+    def bounded_client():
+        client = previous()
+        client._transport = _BoundedTransport(client._transport, timeout)  # direct connections
+        client._mounts = {
+            pattern: t and _BoundedTransport(t, timeout) for pattern, t in client._mounts.items()
+        }  # proxies
+        return client
+
+    original = getattr(pipeline_utils, "model_info", None)
+    set_client_factory(bounded_client)
+    if original is not None:
+        pipeline_utils.model_info = functools.partial(HfApi(endpoint=_hub_endpoint()).model_info, timeout=timeout)
+    try:
+        yield
+    finally:
+        if original is not None:
+            pipeline_utils.model_info = original
+        set_client_factory(previous)
 
 
 def load_pipeline(
@@ -367,15 +476,21 @@ def load_pipeline(
     pipeline_class: type | None = None,
     cache_dir: str | Path | None = None,
     strict: bool = False,
+    hub_timeout: float = HUB_TIMEOUT,
     **from_pretrained_kwargs,
 ):
     """``pipeline_class.from_pretrained(source, ...)`` where ``source`` is the hub id when ``env.use_real`` and the
     tiny local copy otherwise. A gated model without access prints the steps to get it and falls back to the tiny
     pipeline (``strict=True``: raises ``PermissionError`` instead); a repository that disappeared moves on to the
-    card's ``alternatives``; a network failure falls back to the tiny pipeline with a message. Never silent: every
-    path prints what was loaded."""
+    card's ``alternatives``; a network failure, or a hub that does not answer within ``hub_timeout`` seconds (connect
+    and read, each call), falls back to the tiny pipeline with a message. Never silent: every path prints what was
+    loaded."""
     card = _card(key)
     cls = pipeline_class or card.pipeline_class
+    if isinstance(hub_timeout, bool) or not isinstance(hub_timeout, int | float):
+        raise TypeError(f"hub_timeout must be a number of seconds; got {type(hub_timeout).__name__}")
+    if not hub_timeout > 0:
+        raise ValueError(f"hub_timeout must be positive; got {hub_timeout}")
     if env.use_real:
         token, _ = find_token()
         kwargs = {"dtype": env.dtype, **from_pretrained_kwargs}
@@ -383,23 +498,27 @@ def load_pipeline(
             kwargs["variant"] = "fp16"
         for rid in [repo_id] if repo_id else [card.repo_id, *card.alternatives]:
             try:
-                pipe = cls.from_pretrained(rid, token=token, **kwargs)
+                with _bounded_hub(hub_timeout):
+                    pipe = cls.from_pretrained(rid, token=token, **kwargs)
                 print(f"loaded {rid} ({cls.__name__}, {kwargs['dtype']})")
                 return pipe
             except Exception as exc:  # noqa: BLE001 - sorted below: gated → raise, missing → next id, else tiny
                 if kwargs.get("variant") and "variant" in str(exc) and "variant" not in from_pretrained_kwargs:
                     kwargs.pop("variant")  # no fp16 files in this repo: the full ones, cast at load
-                    with contextlib.suppress(Exception):
+                    with contextlib.suppress(Exception), _bounded_hub(hub_timeout):
                         return cls.from_pretrained(rid, token=token, **kwargs)
-                message = _explain_hub_error(exc, rid)
-                if message and "gated" in message:
+                kind, message = _explain_hub_error(exc, rid, hub_timeout) or (None, None)
+                if kind == "gated":
                     if strict:
                         raise PermissionError(message) from exc
                     print(f"{message}\nUntil then: the tiny stand-in.")
                     break
-                if message:
+                if kind == "missing":
                     print(f"{message}; trying the next id")
                     continue
+                if kind == "timeout":
+                    print(f"{message}; using the tiny pipeline")
+                    break
                 print(f"could not load {rid} ({type(exc).__name__}: {str(exc)[:200]}); using the tiny pipeline")
                 break
         else:
