@@ -70,6 +70,8 @@ def fake_hub(monkeypatch, tmp_path):
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         # huggingface_hub reads HF_ENDPOINT and its cache folder once, at import: point those at the fake hub too
         monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", server.url)
+        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"  # single files (a model's from_pretrained)
+        monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
         monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", server.url)  # diffusers' resolve_revision
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
@@ -162,6 +164,66 @@ def test_wrapped_hub_errors_are_found_down_the_chain():
         except httpx2.ReadTimeout as inner:
             raise OSError("Cannot load model x/y") from inner
     except OSError as wrapped:
-        kind, message = hub._explain_hub_error(wrapped, "x/y", 2.0)
+        kind, message = hub.explain_hub_error(wrapped, "x/y", 2.0)
     assert kind == "timeout" and "did not answer within 2 s" in message
-    assert hub._explain_hub_error(OSError("disk full"), "x/y") is None
+    assert hub.explain_hub_error(OSError("disk full"), "x/y") is None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated-weights", "bad-json", "no-index"],
+)
+def test_a_damaged_tiny_cache_is_rebuilt_and_said_so(tmp_path, capsys, damage):
+    """A cached tiny pipeline that no longer loads (a truncated weights file, a broken JSON, a missing index) is
+    detected, removed, rebuilt, and the message says so; the rebuilt copy loads."""
+    env = bridge.Environment("cpu", None, None, False, None, False, ("test: tiny only",))
+    bridge.load_pipeline("sd15", env, cache_dir=tmp_path)
+    folder = bridge.tiny_pipeline_path("sd15", tmp_path)
+    if damage == "truncated-weights":
+        weights = next(folder.glob("unet/*.safetensors"))
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "bad-json":
+        (folder / "unet" / "config.json").write_text('{"in_channels": 4,')
+    else:
+        (folder / "model_index.json").unlink()
+    capsys.readouterr()
+    pipe = bridge.load_pipeline("sd15", env, cache_dir=tmp_path)
+    out = capsys.readouterr().out
+    assert "rebuilding it" in out and "loaded the TINY stand-in" in out
+    assert bridge.is_tiny(pipe)
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == [folder.name]  # nothing left aside
+
+
+@pytest.mark.parametrize("mode", ["silent", "missing", "gated"])
+def test_real_controlnet_is_bounded_and_explained(fake_hub, capsys, mode):
+    """The family's ControlNet loader (the real-path ``ControlNetModel.from_pretrained``) is bounded as
+    load_pipeline is: a silent hub gives up within seconds and stops the search; 404 and 401 say why per id."""
+    from diffusion_lab.bridge import family
+
+    server = fake_hub(mode)
+    start = time.monotonic()
+    assert family._real_controlnet(["org/cn-a", "org/cn-b"], _real_env(), hub_timeout=1.0) is None
+    assert time.monotonic() - start < 10
+    text = capsys.readouterr().out
+    if mode == "silent":
+        assert "did not answer within 1 s" in text and "cn-b" not in text
+    elif mode == "missing":
+        assert "org/cn-a was not found" in text and "org/cn-b was not found" in text
+    else:
+        assert "org/cn-a is gated" in text and "accept the licence" in text
+    assert server.paths and all("org/cn-" in path for path in server.paths)  # the fake hub was asked, no other host
+
+
+def test_sdxl_fp16_fix_vae_is_bounded(fake_hub, capsys):
+    """The SDXL LoRA recipe's fp16-fix VAE download is bounded too: a silent hub keeps the pipeline's VAE."""
+    from types import SimpleNamespace
+
+    from diffusion_lab.bridge import lora_sdxl
+
+    fake_hub("silent")
+    own_vae = object()
+    pipe = SimpleNamespace(vae=own_vae, unet=SimpleNamespace(dtype=None))
+    start = time.monotonic()
+    assert lora_sdxl._fp16_fix_vae(pipe, hub_timeout=1.0) is own_vae
+    assert time.monotonic() - start < 10
+    assert "keeping the pipeline's VAE" in capsys.readouterr().out

@@ -97,21 +97,32 @@ def is_stand_in(pipe) -> bool:
     return count_parameters(pipe.unet) < STAND_IN_MAX_PARAMETERS
 
 
-def _real_controlnet(ids: Sequence[str], env: hub.Environment) -> diffusers.ControlNetModel | None:
+def _real_controlnet(
+    ids: Sequence[str], env: hub.Environment, hub_timeout: float = hub.HUB_TIMEOUT
+) -> diffusers.ControlNetModel | None:
     """``ControlNetModel.from_pretrained`` of the first id that loads, or None with a message. In half precision the
-    fp16 files are asked for first, then the full ones (cast at load) when a repository has none."""
+    fp16 files are asked for first, then the full ones (cast at load) when a repository has none. Every hub request
+    is bounded by ``hub_timeout`` seconds; a hub that does not answer stops the search (the next id would wait too)."""
     token, _ = hub.find_token()
     half = env.dtype in (torch.float16, torch.bfloat16)
     for rid in ids:
         for variant in ("fp16", None) if half else (None,):
             try:
-                model = diffusers.ControlNetModel.from_pretrained(rid, dtype=env.dtype, variant=variant, token=token)
+                with hub.bounded_hub(hub_timeout):
+                    model = diffusers.ControlNetModel.from_pretrained(
+                        rid, dtype=env.dtype, variant=variant, token=token
+                    )
                 print(f"loaded the ControlNet {rid} ({env.dtype})")
                 return model
             except Exception as exc:  # noqa: BLE001 - no fp16 files → the full ones; otherwise the next id
-                if variant:
+                kind, message = hub.explain_hub_error(exc, rid, hub_timeout) or (None, None)
+                if kind == "timeout":
+                    print(f"{message}; no ControlNet")
+                    return None
+                if variant and kind is None:
                     continue
-                print(f"could not load the ControlNet {rid} ({type(exc).__name__}: {str(exc)[:160]})")
+                print(message or f"could not load the ControlNet {rid} ({type(exc).__name__}: {str(exc)[:160]})")
+                break
     return None
 
 
@@ -125,7 +136,7 @@ def load_family_pipeline(key: str, env: hub.Environment, **kwargs):
     if not (env.use_real and ids):
         return hub.load_pipeline(key, env, **kwargs)
     tiny_env = replace(env, use_real=False, reasons=(*env.reasons, "the ControlNet could not be loaded"))
-    controlnet = _real_controlnet(ids, env)
+    controlnet = _real_controlnet(ids, env, kwargs.get("hub_timeout", hub.HUB_TIMEOUT))
     if controlnet is None:
         print("using the tiny stand-in of the whole pipeline")
         return hub.load_pipeline(key, tiny_env, **kwargs)

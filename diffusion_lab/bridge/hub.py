@@ -73,6 +73,8 @@ __all__ = [
     "quiet_hf",
     "load_pipeline",
     "is_tiny",
+    "bounded_hub",
+    "explain_hub_error",
 ]
 
 HUB_HOST = ("huggingface.co", 443)
@@ -330,6 +332,9 @@ def tiny_pipeline_path(key: str, cache_dir: str | Path | None = None) -> Path:
     target = root / "tiny" / f"{key}-v{TINY_VERSION}-diffusers{diffusers.__version__}"  # a stale copy is never reused
     if (target / "model_index.json").exists():
         return target
+    if target.exists():  # a folder without its index was not written by this function: damaged, rebuild it
+        print(f"the cached tiny pipeline at {_shown(target)} has no model_index.json; rebuilding it")
+        _discard(target)
     root.joinpath("tiny").mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root / "tiny"))
     try:
@@ -343,6 +348,20 @@ def tiny_pipeline_path(key: str, cache_dir: str | Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _shown(path: Path) -> str:
+    return str(path).replace(str(Path.home()), "~")
+
+
+def _discard(folder: Path) -> None:
+    """Remove a damaged cache folder: renamed aside first (a reader never sees half of it), then deleted."""
+    aside = folder.with_name(f".{folder.name}.damaged-{os.getpid()}")
+    try:
+        folder.rename(aside)
+    except OSError:  # already gone (another process rebuilt it), or not renamable: delete in place
+        aside = folder
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _card(key: str) -> ModelCard:
@@ -390,7 +409,7 @@ def _is_timeout(err: BaseException) -> bool:
     return isinstance(err, TimeoutError) or any(c.__name__ == "TimeoutException" for c in type(err).__mro__)
 
 
-def _explain_hub_error(exc: BaseException, repo_id: str, timeout: float | None = None) -> tuple[str, str] | None:
+def explain_hub_error(exc: BaseException, repo_id: str, timeout: float | None = None) -> tuple[str, str] | None:
     """(kind, message) for a hub error anywhere in ``exc``'s chain: kind "gated" (accept the licence, log in),
     "missing" (repository or revision not found: try the next id) or "timeout" (the hub did not answer); None for
     anything else."""
@@ -418,25 +437,35 @@ def _explain_hub_error(exc: BaseException, repo_id: str, timeout: float | None =
 
 class _BoundedTransport:
     """An HTTP transport that gives every request a connect, read, write and pool timeout of at most ``seconds``,
-    whatever the caller passed (huggingface_hub's ``model_info`` and ``repo_info`` pass ``timeout=None``: no limit)."""
+    whatever the caller passed (huggingface_hub's ``model_info`` and ``repo_info`` pass ``timeout=None``: no limit).
+    After the first timeout every later request of the same block fails at once: huggingface_hub retries a timed-out
+    download five times with back-off (about 23 s of sleeping plus six timeouts), which would turn "seconds" into
+    minutes."""
 
-    def __init__(self, inner, seconds: float):
-        self.inner, self.seconds = inner, seconds
+    def __init__(self, inner, seconds: float, timed_out: threading.Event):
+        self.inner, self.seconds, self.timed_out = inner, seconds, timed_out
 
     def handle_request(self, request):
+        if self.timed_out.is_set():  # a plain TimeoutError: huggingface_hub does not retry it
+            raise TimeoutError(f"the hub did not answer within {self.seconds:g} s earlier; not asking again")
         given = request.extensions.get("timeout") or {}
         request.extensions["timeout"] = {
             key: self.seconds if given.get(key) is None else min(given[key], self.seconds)
             for key in ("connect", "read", "write", "pool")
         }
-        return self.inner.handle_request(request)
+        try:
+            return self.inner.handle_request(request)
+        except Exception as err:
+            if _is_timeout(err):
+                self.timed_out.set()
+            raise
 
     def close(self) -> None:
         self.inner.close()
 
 
 @contextlib.contextmanager
-def _bounded_hub(timeout: float) -> Iterator[None]:
+def bounded_hub(timeout: float) -> Iterator[None]:
     """Inside the block every request huggingface_hub makes (diffusers' ``model_info``, ``resolve_revision``, file
     metadata and downloads) has a connect+read timeout of ``timeout`` seconds, and diffusers' ``model_info`` asks
     ``$HF_ENDPOINT`` as set now. Without it a hub that accepts the connection and never answers (a captive portal, a
@@ -447,12 +476,13 @@ def _bounded_hub(timeout: float) -> Iterator[None]:
     from huggingface_hub.utils import _http  # lazy: as above
 
     previous = _http._GLOBAL_CLIENT_FACTORY
+    timed_out = threading.Event()  # shared by every client of this block: one timeout ends the block's requests
 
     def bounded_client():
         client = previous()
-        client._transport = _BoundedTransport(client._transport, timeout)  # direct connections
+        client._transport = _BoundedTransport(client._transport, timeout, timed_out)  # direct connections
         client._mounts = {
-            pattern: t and _BoundedTransport(t, timeout) for pattern, t in client._mounts.items()
+            pattern: t and _BoundedTransport(t, timeout, timed_out) for pattern, t in client._mounts.items()
         }  # proxies
         return client
 
@@ -498,16 +528,16 @@ def load_pipeline(
             kwargs["variant"] = "fp16"
         for rid in [repo_id] if repo_id else [card.repo_id, *card.alternatives]:
             try:
-                with _bounded_hub(hub_timeout):
+                with bounded_hub(hub_timeout):
                     pipe = cls.from_pretrained(rid, token=token, **kwargs)
                 print(f"loaded {rid} ({cls.__name__}, {kwargs['dtype']})")
                 return pipe
             except Exception as exc:  # noqa: BLE001 - sorted below: gated → raise, missing → next id, else tiny
                 if kwargs.get("variant") and "variant" in str(exc) and "variant" not in from_pretrained_kwargs:
                     kwargs.pop("variant")  # no fp16 files in this repo: the full ones, cast at load
-                    with contextlib.suppress(Exception), _bounded_hub(hub_timeout):
+                    with contextlib.suppress(Exception), bounded_hub(hub_timeout):
                         return cls.from_pretrained(rid, token=token, **kwargs)
-                kind, message = _explain_hub_error(exc, rid, hub_timeout) or (None, None)
+                kind, message = explain_hub_error(exc, rid, hub_timeout) or (None, None)
                 if kind == "gated":
                     if strict:
                         raise PermissionError(message) from exc
@@ -524,12 +554,21 @@ def load_pipeline(
         else:
             print(f"none of {[card.repo_id, *card.alternatives]} could be loaded; using the tiny pipeline")
     path = tiny_pipeline_path(key, cache_dir)
-    with quiet_hf():
-        pipe = cls.from_pretrained(path, local_files_only=True, **from_pretrained_kwargs)
+    try:
+        with quiet_hf():
+            pipe = cls.from_pretrained(path, local_files_only=True, **from_pretrained_kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure to read our own cache means a damaged copy: rebuild it once
+        print(
+            f"the cached tiny pipeline at {_shown(path)} is damaged ({type(exc).__name__}: {str(exc)[:160]}); "
+            "rebuilding it"
+        )
+        _discard(path)
+        path = tiny_pipeline_path(key, cache_dir)
+        with quiet_hf():
+            pipe = cls.from_pretrained(path, local_files_only=True, **from_pretrained_kwargs)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
-    shown = str(path).replace(str(Path.home()), "~")
-    print(f"loaded the TINY stand-in for {card.repo_id} from {shown} (random weights: the pictures are noise)")
+    print(f"loaded the TINY stand-in for {card.repo_id} from {_shown(path)} (random weights: the pictures are noise)")
     return pipe
 
 

@@ -251,6 +251,20 @@ def save_sdxl_lora(pipe, directory: str | os.PathLike, adapter_name: str = "defa
     return directory / "pytorch_lora_weights.safetensors"
 
 
+def _fp16_fix_vae(pipe, hub_timeout: float):
+    """The fp16-fix SDXL VAE (same weights scaled so fp16 activations stay finite), loaded with every hub request
+    bounded by ``hub_timeout``; if the hub fails, the pipeline's own VAE with a message (diffusers upcasts it to
+    fp32 for decoding: ``force_upcast``)."""
+    rid = bridge.COMPONENT_IDS["sdxl-vae-fp16-fix"]
+    try:
+        with bridge.bounded_hub(hub_timeout):
+            return diffusers.AutoencoderKL.from_pretrained(rid, dtype=pipe.unet.dtype)
+    except Exception as exc:  # noqa: BLE001 - any hub failure keeps the pipeline's VAE, said why
+        _, message = bridge.explain_hub_error(exc, rid, hub_timeout) or (None, f"{type(exc).__name__}: {exc}")
+        print(f"could not load {rid} ({message[:200]}); keeping the pipeline's VAE (decoded in fp32)")
+        return pipe.vae
+
+
 def sdxl_lora_recipe(
     images,
     prompt: str,
@@ -263,6 +277,7 @@ def sdxl_lora_recipe(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    hub_timeout: float = bridge.HUB_TIMEOUT,
 ):
     """The whole recipe, for a notebook: real SDXL on a GPU when ``env.use_real``, the tiny SDXL otherwise.
 
@@ -272,16 +287,15 @@ def sdxl_lora_recipe(
     3. :func:`train_sdxl_lora` with the 16 GB knobs (gradient checkpointing, batch 1 × accumulation 4, encoders
        offloaded after the precompute); ``steps`` defaults to 800 real, 2 tiny.
     4. :func:`save_sdxl_lora` into ``output_dir``; the pipeline returns to ``env.device``, ready to sample.
-    ``cache_dir``: where the tiny stand-in is kept (see :func:`diffusion_lab.bridge.hub.load_pipeline`). Returns (pipe,
+    ``cache_dir``: where the tiny stand-in is kept, ``hub_timeout``: seconds each hub request may take (see
+    :func:`diffusion_lab.bridge.hub.load_pipeline`). Returns (pipe,
     losses, path of the LoRA file). Only the tiny path runs in this project's tests; the real one is untested here.
     """
 
     env = env if env is not None else bridge.check_environment()
-    pipe = bridge.load_pipeline("sdxl-base", env, cache_dir=cache_dir)
+    pipe = bridge.load_pipeline("sdxl-base", env, cache_dir=cache_dir, hub_timeout=hub_timeout)
     if not bridge.is_tiny(pipe):
-        pipe.vae = diffusers.AutoencoderKL.from_pretrained(
-            bridge.COMPONENT_IDS["sdxl-vae-fp16-fix"], torch_dtype=pipe.unet.dtype
-        )
+        pipe.vae = _fp16_fix_vae(pipe, hub_timeout)
     size = pipe.default_sample_size * pipe.vae_scale_factor  # 1024 real, 64 tiny
     if not isinstance(images, torch.Tensor):
         images = list(images)
