@@ -22,7 +22,7 @@ from diffusion_lab.models.text_encoder import TextEncoder, WordTokenizer
 from diffusion_lab.models.unet import UNet
 from diffusion_lab.pipelines.pipeline_utils import PipelineOutput
 from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
-from diffusion_lab.utils.errors import check_int, check_number
+from diffusion_lab.utils.errors import check_number
 from diffusion_lab.utils.validation import check_images
 
 __all__ = ["TinyControlNetPipeline", "controlnet_keep"]
@@ -90,9 +90,18 @@ class TinyControlNetPipeline(TinyStableDiffusionPipeline):
         return cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, controlnet, pipe.scheduler)
 
     def check_control(
-        self, image: object, batch_size: int, height: int, width: int, scale: object, start: object, end: object
-    ) -> torch.Tensor:
-        """Validate the control arguments; returns the control maps expanded to (batch_size, C_c, H, W)."""
+        self,
+        image: object,
+        batch_size: int,
+        height: int,
+        width: int,
+        scale: object,
+        start: object,
+        end: object,
+        guess_mode: object = False,
+    ) -> tuple[torch.Tensor, float, float, float]:
+        """Validate the control arguments against the checked ``height`` and ``width``; returns the control maps
+        expanded to (batch_size, C_c, H, W) and (scale, start, end) as Python floats."""
         c = self.controlnet.config.conditioning_channels
         if image is None:
             raise TypeError(f"pass the control map: image=... (a tensor (B or 1, {c}, {height}, {width}) in [0, 1], "
@@ -105,15 +114,19 @@ class TinyControlNetPipeline(TinyStableDiffusionPipeline):
         }
         image = check_images(image, "the control image", channels=c, size=(height, width), batch=batch_size,
                              value_range=(0, 1), hints=hints)  # fmt: skip
-        check_number("controlnet_conditioning_scale", scale, minimum=0)  # 0: the base model, 1: as trained
-        for name, value in (("control_guidance_start", start), ("control_guidance_end", end)):
+        scale = check_number("controlnet_conditioning_scale", scale, minimum=0)  # 0: the base model, 1: as trained
+        start, end = (
             check_number(name, value, minimum=0, maximum=1)  # a share of the sampling steps
+            for name, value in (("control_guidance_start", start), ("control_guidance_end", end))
+        )
         if start >= end:
             raise ValueError(
                 f"control_guidance_start ({start}) must be smaller than control_guidance_end ({end}): the control "
                 "acts on the steps between them (shares of the schedule, 0 = the first step)"
             )
-        return image.expand(batch_size, -1, -1, -1)
+        if not isinstance(guess_mode, bool) and type(guess_mode).__name__ != "bool_":
+            raise TypeError(f"guess_mode must be True or False, got {guess_mode!r} ({type(guess_mode).__name__})")
+        return image.expand(batch_size, -1, -1, -1), scale, start, end
 
     @torch.no_grad()
     def __call__(
@@ -123,9 +136,9 @@ class TinyControlNetPipeline(TinyStableDiffusionPipeline):
         negative_prompt: str | Sequence[str] | None = None,
         num_inference_steps: int = 25,
         guidance_scale: float = 3.0,
-        generator: torch.Generator | None = None,
-        height: int = 28,
-        width: int = 28,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        height: int | None = 28,
+        width: int | None = 28,
         controlnet_conditioning_scale: float = 1.0,
         control_guidance_start: float = 0.0,
         control_guidance_end: float = 1.0,
@@ -139,26 +152,28 @@ class TinyControlNetPipeline(TinyStableDiffusionPipeline):
     ) -> PipelineOutput:
         """Text-to-image with the control map ``image`` (B or 1, C_c, H, W) in [0, 1]; the other arguments as
         :meth:`TinyStableDiffusionPipeline.__call__` (no img2img or inpainting here)."""
-        b = len(self._as_prompts(prompt, "prompt"))
-        control = self.check_control(
-            image, b, height, width, controlnet_conditioning_scale, control_guidance_start, control_guidance_end
-        )
-        check_int("num_inference_steps", num_inference_steps)
+        prompts, negatives = self._prompts(prompt, negative_prompt)
+        checked = self.check_inputs(  # height and width first: the control map is checked against them
+            prompts, negatives, num_inference_steps, guidance_scale, height, width, None, None, None,
+            guidance_rescale=guidance_rescale, eta=eta, generator=generator, output_type=output_type,
+            callback=callback, latents=latents,
+        )  # fmt: skip
+        height, width = checked["height"], checked["width"]
+        control, scale, start, end = self.check_control(
+            image, len(prompts), height, width, controlnet_conditioning_scale, control_guidance_start,
+            control_guidance_end, guess_mode,
+        )  # fmt: skip
         image = control.to(self.device, self.controlnet.dtype)
         self._control = _ControlInputs(
-            image=image,
-            hint=self.controlnet.embed_control(image),
-            scale=float(controlnet_conditioning_scale),
-            start=float(control_guidance_start),
-            end=float(control_guidance_end),
+            image=image, hint=self.controlnet.embed_control(image), scale=scale, start=start, end=end,
             guess_mode=bool(guess_mode),
-        )
+        )  # fmt: skip
         try:
             return super().__call__(
-                prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale, generator=generator, height=height, width=width,
-                guidance_rescale=guidance_rescale, eta=eta, latents=latents, output_type=output_type,
-                return_intermediates=return_intermediates, callback=callback,
+                prompts, negative_prompt=negatives, num_inference_steps=checked["num_inference_steps"],
+                guidance_scale=checked["guidance_scale"], generator=generator, height=height, width=width,
+                guidance_rescale=checked["guidance_rescale"], eta=checked["eta"], latents=latents,
+                output_type=output_type, return_intermediates=return_intermediates, callback=callback,
             )  # fmt: skip
         finally:
             self._control = None

@@ -32,13 +32,14 @@ from diffusion_lab.utils.checkpoint import (
     temp_sibling,
     write_json_atomic,
 )
-from diffusion_lab.utils.errors import FileError, check_choice
+from diffusion_lab.utils.errors import FileError, check_choice, check_generator, check_int, check_number
 from diffusion_lab.utils.torch_utils import randn
 
 __all__ = ["PipelineOutput", "TinyPipeline"]
 
 LIBRARY = "diffusion_lab"
 OUTPUT_TYPES = ("pt", "pil", "latent")
+DEFAULT_SIZE = 28  # height and width of an MNIST digit: what ``height=None`` / ``width=None`` mean
 
 
 @dataclass
@@ -185,6 +186,40 @@ class TinyPipeline:
     def check_output_type(output_type: object) -> None:
         check_choice("output_type", output_type, OUTPUT_TYPES)
 
+    def check_size(self, height: object, width: object, multiple: int, why: str = "") -> tuple[int, int]:
+        """(height, width) as Python ints: ``None`` is the default size (28), anything else a positive multiple of
+        ``multiple``; ``why`` explains the multiple. The message names the side and the nearest valid sizes."""
+        sides = []
+        for name, value in (("height", height), ("width", width)):
+            value = DEFAULT_SIZE if value is None else check_int(name, value, minimum=None)
+            if value < multiple or value % multiple:
+                low = value // multiple * multiple
+                near = f"{multiple}" if low < multiple else f"{low} or {low + multiple}"
+                raise ValueError(
+                    f"height and width must be positive multiples of {multiple}{why}, got {name}={value}; the "
+                    f"nearest valid {name}: {near} (e.g. 28x28)"
+                )
+            sides.append(value)
+        return sides[0], sides[1]
+
+    def check_common_inputs(
+        self, *, num_inference_steps: object, generator: object, batch: int, eta: object = None,
+        output_type: object = "pt", callback: object = None, latents: object = None,
+    ) -> tuple[int, float | None]:  # fmt: skip
+        """The arguments every ``__call__`` shares, checked once by the error convention (diffusers' ``check_inputs``):
+        returns (num_inference_steps, eta) as Python numbers. ``generator``: one, or one per sample (``batch``)."""
+        steps = check_int("num_inference_steps", num_inference_steps)
+        eta = None if eta is None else check_number("eta", eta, minimum=0)
+        check_generator("generator", generator, batch=batch)
+        self.check_output_type(output_type)
+        if callback is not None and not callable(callback):
+            raise TypeError(
+                f"callback must be a function callback(i, t, latents) or None, got {type(callback).__name__}"
+            )
+        if latents is not None and not isinstance(latents, torch.Tensor):
+            raise TypeError(f"latents must be a tensor (the starting noise) or None, got {type(latents).__name__}")
+        return steps, eta
+
     def initial_noise(
         self, shape: tuple[int, ...], generator: torch.Generator | None, latents: torch.Tensor | None = None,
         dtype: torch.dtype | None = None,
@@ -196,6 +231,10 @@ class TinyPipeline:
             raise TypeError(f"latents must be a tensor of shape {shape}, got {type(latents).__name__}")
         if tuple(latents.shape) != tuple(shape):
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        if not latents.is_floating_point():
+            raise ValueError(f"latents must be a float tensor (standard normal noise), got dtype {latents.dtype}")
+        if not torch.isfinite(latents).all():
+            raise ValueError("latents contains NaN or infinite values: pass finite noise, e.g. torch.randn(shape)")
         return latents.to(device=self.device, dtype=dtype)
 
     def prepare_latents(

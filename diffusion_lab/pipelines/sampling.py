@@ -26,6 +26,7 @@ import torch
 
 from diffusion_lab.maths.diffusion import predict_x0_and_eps
 from diffusion_lab.maths.guidance import cfg_combine
+from diffusion_lab.utils.errors import check_generator, check_int, check_number, check_tensor
 from diffusion_lab.utils.torch_utils import randn
 
 __all__ = ["guided_output", "sample", "SampleOutput", "ddim_invert"]
@@ -69,6 +70,33 @@ def _accepts(fn: Callable, name: str) -> bool:
     return name in inspect.signature(fn).parameters
 
 
+def _check_sample_inputs(shape, num_inference_steps, class_labels, guidance_scale, eta, generator, callback, latents):
+    """:func:`sample`'s arguments by the error convention; returns (shape, steps, w, eta) as Python values."""
+    if isinstance(shape, torch.Size | tuple | list) and len(shape) >= 2:
+        shape = tuple(check_int(f"shape[{i}]", v) for i, v in enumerate(shape))
+    elif isinstance(shape, torch.Size | tuple | list):
+        raise ValueError(f"shape must be (B, C, H, W) with B >= 1, got {tuple(shape)}")
+    else:
+        raise TypeError(f"shape must be a tuple (B, C, H, W) of integers, got {type(shape).__name__}")
+    steps = check_int("num_inference_steps", num_inference_steps)
+    guidance_scale = check_number("guidance_scale", guidance_scale, minimum=0)  # 1 = no guidance
+    eta = None if eta is None else check_number("eta", eta, minimum=0)
+    check_generator("generator", generator, batch=shape[0])
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function callback(i, t, x) or None, got {type(callback).__name__}")
+    if class_labels is not None:
+        check_tensor("class_labels", class_labels, f"of integer labels ({shape[0]},)")
+        if class_labels.is_floating_point() or class_labels.dtype == torch.bool:
+            raise ValueError(f"class_labels must hold integers, got dtype {class_labels.dtype}: use labels.long()")
+    if latents is not None:
+        check_tensor("latents", latents, f"of shape {shape}")
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        if not torch.isfinite(latents).all():
+            raise ValueError("latents contains NaN or infinite values: pass finite noise, e.g. torch.randn(shape)")
+    return shape, steps, guidance_scale, eta
+
+
 @torch.no_grad()
 def sample(
     model: Callable,
@@ -93,10 +121,9 @@ def sample(
     step's ``pred_original_sample`` x̂_0 (every scheduler of ours has it). ``callback(i, t, x)`` is called after
     every step. ``latents`` replaces the random start x_T (e.g. the output of :func:`ddim_invert`).
     """
-    if len(shape) < 2 or shape[0] < 1:
-        raise ValueError(f"shape must be (B, C, H, W) with B >= 1, got {tuple(shape)}")
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance), got {guidance_scale}")
+    shape, num_inference_steps, guidance_scale, eta = _check_sample_inputs(
+        shape, num_inference_steps, class_labels, guidance_scale, eta, generator, callback, latents
+    )
     if device is None:  # the model's device (CPU for plain functions and parameter-free wrappers)
         first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
         device = first.device if first is not None else torch.device("cpu")
@@ -109,8 +136,6 @@ def sample(
 
     scheduler.set_timesteps(num_inference_steps, device=device)
     if latents is not None:
-        if tuple(latents.shape) != tuple(shape):
-            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
         x = latents.to(device) * scheduler.init_noise_sigma
     else:
         x = randn(shape, generator, device) * scheduler.init_noise_sigma  # x_T ~ N(0, σ_max² I)

@@ -34,10 +34,12 @@ from diffusion_lab.models.autoencoder import AutoencoderKL
 from diffusion_lab.models.text_encoder import TextEncoder, WordTokenizer
 from diffusion_lab.models.unet import UNet
 from diffusion_lab.pipelines.pipeline_utils import PipelineOutput, TinyPipeline
-from diffusion_lab.utils.errors import check_int, check_number
+from diffusion_lab.utils.errors import check_number
 from diffusion_lab.utils.validation import check_images
 
 __all__ = ["TinyStableDiffusionPipeline"]
+
+_IMAGE_HINTS = {"range": " (0..255 pixels p: convert with x = p / 127.5 - 1, diffusion_lab.mnist.data.to_unit_range)"}
 
 
 class TinyStableDiffusionPipeline(TinyPipeline):
@@ -69,6 +71,14 @@ class TinyStableDiffusionPipeline(TinyPipeline):
         raise TypeError(
             f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}: {prompt!r}"
         )
+
+    def _prompts(self, prompt, negative_prompt) -> tuple[list[str], list[str] | None]:
+        """The prompts as a list, and the negative prompts (one repeated for every prompt) or None."""
+        prompts = self._as_prompts(prompt, "prompt")
+        negatives = None if negative_prompt is None else self._as_prompts(negative_prompt, "negative_prompt")
+        if negatives is not None and len(negatives) == 1 < len(prompts):
+            negatives = negatives * len(prompts)
+        return prompts, negatives
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -103,37 +113,45 @@ class TinyStableDiffusionPipeline(TinyPipeline):
         return self.vae_scale_factor * self.unet.config.downsampling
 
     def check_inputs(
-        self, prompts, negatives, num_inference_steps, guidance_scale, height, width, strength, image, mask
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Every argument checked by the error convention; returns image and mask (B or 1, ·, H, W) or None."""
+        self, prompts, negatives, num_inference_steps, guidance_scale, height, width, strength, image, mask, *,
+        guidance_rescale=0.0, eta=None, generator=None, output_type="pt", callback=None, latents=None,
+    ) -> dict:  # fmt: skip
+        """Every argument checked once, before any work, by the error convention (diffusers' ``check_inputs``).
+        Returns the checked values: numbers as Python numbers (NumPy / torch scalars accepted), ``height``/``width``
+        (``None`` = 28), ``image`` and ``mask_image`` as tensors (B or 1, ·, H, W) or None."""
         if negatives is not None and len(negatives) != len(prompts):
             raise ValueError(
                 f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}: give one negative "
                 "prompt (a string) or one per prompt"
             )
-        check_int("num_inference_steps", num_inference_steps)
-        check_number("guidance_scale", guidance_scale, minimum=0)  # 0: unconditional, 1: no guidance
-        for name, value in (("height", height), ("width", width)):
-            check_int(name, value)
         f = self.latent_multiple
-        if height % f or width % f or height < f or width < f:
-            raise ValueError(
-                f"height and width must be positive multiples of {f} (autoencoder factor {self.vae_scale_factor} × "
-                f"denoiser factor {f // self.vae_scale_factor}), got {height}x{width}; e.g. 28x28"
-            )
+        why = f" (autoencoder factor {self.vae_scale_factor} × denoiser factor {f // self.vae_scale_factor})"
+        height, width = self.check_size(height, width, f, why)
+        steps, eta = self.check_common_inputs(
+            num_inference_steps=num_inference_steps, generator=generator, batch=len(prompts), eta=eta,
+            output_type=output_type, callback=callback, latents=latents,
+        )  # fmt: skip
+        guidance_scale = check_number("guidance_scale", guidance_scale, minimum=0)  # 0: unconditional, 1: none
+        guidance_rescale = check_number("guidance_rescale", guidance_rescale)
+        if not 0 <= guidance_rescale <= 1:
+            raise ValueError(f"guidance_rescale must be in [0, 1] (0 = off, 0.7 as Lin et al.), got {guidance_rescale}")
         if strength is not None:
-            check_number("strength", strength, minimum=0, maximum=1)  # 0: keep the image, 1: ignore it
+            strength = check_number("strength", strength, minimum=0, maximum=1)  # 0: keep the image, 1: ignore it
             if image is None:
                 raise ValueError("strength needs an image to start from: pass image=... (img2img or inpainting)")
         if mask is not None and image is None:
             raise ValueError("mask_image needs the image to inpaint: pass image=...")
         b, size = len(prompts), (height, width)
         if image is not None:
-            image = check_images(image, "image", channels=self.vae.config.in_channels, size=size, batch=b)
+            image = check_images(image, "image", channels=self.vae.config.in_channels, size=size, batch=b,
+                                 value_range=(-1, 1), allow_pil=True, hints=_IMAGE_HINTS)  # fmt: skip
         if mask is not None:
             mask = check_images(mask, "mask_image", channels=1, size=size, batch=b, value_range=(0, 1),
-                                hints={"range": " (1 = repaint, 0 = keep)"})  # fmt: skip
-        return image, mask
+                                hints={"range": " (1 = repaint, 0 = keep; 0..255 masks: divide by 255)"})  # fmt: skip
+        return dict(
+            num_inference_steps=steps, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, eta=eta,
+            height=height, width=width, strength=strength, image=image, mask_image=mask,
+        )  # fmt: skip
 
     # ---------------------------------------------------------------------------------------------------- call
 
@@ -144,9 +162,9 @@ class TinyStableDiffusionPipeline(TinyPipeline):
         negative_prompt: str | Sequence[str] | None = None,
         num_inference_steps: int = 25,
         guidance_scale: float = 3.0,
-        generator: torch.Generator | None = None,
-        height: int = 28,
-        width: int = 28,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        height: int | None = 28,
+        width: int | None = 28,
         image: torch.Tensor | None = None,
         strength: float | None = None,
         mask_image: torch.Tensor | None = None,
@@ -159,18 +177,21 @@ class TinyStableDiffusionPipeline(TinyPipeline):
     ) -> PipelineOutput:
         """Generate one image per prompt. ``strength`` defaults to 0.8 for img2img and 1.0 for inpainting.
 
-        ``latents`` replaces the random start z_T (B, L, H/f, W/f); ``callback(i, t, latents)`` runs after each
-        step; ``output_type``: "pt" (tensor in [−1, 1]), "pil" or "latent". ``eta`` goes to schedulers whose
+        ``image`` (B or 1, C, H, W) in [−1, 1] or a PIL image, ``mask_image`` (B or 1, 1, H, W) in [0, 1];
+        ``height``/``width`` ``None`` = 28; ``generator`` one, or a list with one per prompt (sample i from
+        generator i, as diffusers). ``latents`` replaces the random start z_T (B, L, H/f, W/f);
+        ``callback(i, t, latents)`` runs after each step; ``output_type``: "pt" (tensor in [−1, 1]), "pil" or "latent". ``eta`` goes to schedulers whose
         ``step`` takes it (DDIM).
         """
-        prompts = self._as_prompts(prompt, "prompt")
-        negatives = None if negative_prompt is None else self._as_prompts(negative_prompt, "negative_prompt")
-        if negatives is not None and len(negatives) == 1 < len(prompts):
-            negatives = negatives * len(prompts)
-        image, mask_image = self.check_inputs(
-            prompts, negatives, num_inference_steps, guidance_scale, height, width, strength, image, mask_image
+        prompts, negatives = self._prompts(prompt, negative_prompt)
+        checked = self.check_inputs(
+            prompts, negatives, num_inference_steps, guidance_scale, height, width, strength, image, mask_image,
+            guidance_rescale=guidance_rescale, eta=eta, generator=generator, output_type=output_type,
+            callback=callback, latents=latents,
+        )  # fmt: skip
+        num_inference_steps, guidance_scale, guidance_rescale, eta, height, width, strength, image, mask_image = (
+            checked.values()
         )
-        self.check_output_type(output_type)
         if image is not None and strength is None:
             strength = 1.0 if mask_image is not None else 0.8
         b, device, s = len(prompts), self.device, self.vae.config.scaling_factor

@@ -72,6 +72,7 @@ from diffusion_lab.utils.validation import check_images
 
 __all__ = ["LOW_RES_SCHEDULE", "TinyUpscalePipeline", "low_res_scheduler", "noise_augment", "upscale_metrics"]
 
+_IMAGE_HINTS = {"range": " (0..255 pixels p: convert with x = p / 127.5 - 1, diffusion_lab.mnist.data.to_unit_range)"}
 # The x4 upscaler's low_res_scheduler: β from 1e-4 to 0.02 over 1000 steps, spaced in √β (see the module docstring).
 LOW_RES_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=1e-4, beta_end=0.02)
 
@@ -163,13 +164,15 @@ class TinyUpscalePipeline(TinyPipeline):
                 f"{max_noise_level + 1}, got {c.num_classes}"
             )
 
-    def check_inputs(self, image: object, num_inference_steps: object, noise_level: object, height: int, width: int):
-        """Every argument checked by the error convention (a TypeError or a ValueError that says what to pass)."""
+    def check_inputs(
+        self, image: object, num_inference_steps: object, noise_level: object, height: object, width: object, *,
+        generator: object = None, eta: object = None, output_type: object = "pt", callback: object = None,
+        latents: object = None,
+    ) -> dict:  # fmt: skip
+        """Every argument checked by the error convention (a TypeError or a ValueError that says what to pass);
+        returns the checked values (numbers as Python numbers, ``height``/``width`` ``None`` = 28)."""
         f, c = self.vae_scale_factor, self.vae.config.in_channels
-        for name, value in (("height", height), ("width", width)):
-            check_int(name, value)
-        if height % f or width % f or height < f or width < f:
-            raise ValueError(f"height and width must be positive multiples of {f}, got {height}x{width}; e.g. 28x28")
+        height, width = self.check_size(height, width, f)
         h, w = height // f, width // f
         if isinstance(image, torch.Tensor) and image.ndim == 4:  # the two mistakes an upscaler invites, said its way
             ih, iw = image.shape[2:]
@@ -184,15 +187,21 @@ class TinyUpscalePipeline(TinyPipeline):
                     f"({height} / {f}; e.g. downsample(x, {f}) of {height}x{width} images), or set height={ih * f}, "
                     f"width={iw * f}"
                 )
-        check_images(image, "image", channels=c, size=(h, w))
+        image = check_images(image, "image", channels=c, size=(h, w), value_range=(-1, 1), hints=_IMAGE_HINTS)
         if check_int("num_inference_steps", num_inference_steps, minimum=None) < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps}")
         K = self.max_noise_level
-        if check_int("noise_level", noise_level, minimum=None) < 0 or noise_level > K:
+        noise_level = check_int("noise_level", noise_level, minimum=None)
+        if noise_level < 0 or noise_level > K:
             raise ValueError(
                 f"noise_level must be an integer in [0, {K}] (max_noise_level; 0 = follow the input closely, larger "
                 f"= invent more detail), got {noise_level!r}"
             )
+        steps, eta = self.check_common_inputs(
+            num_inference_steps=num_inference_steps, generator=generator, batch=image.shape[0], eta=eta,
+            output_type=output_type, callback=callback, latents=latents,
+        )  # fmt: skip
+        return dict(image=image, num_inference_steps=steps, noise_level=noise_level, eta=eta)
 
     @torch.no_grad()
     def __call__(
@@ -200,9 +209,9 @@ class TinyUpscalePipeline(TinyPipeline):
         image: torch.Tensor,
         num_inference_steps: int = 10,
         noise_level: int = 20,
-        generator: torch.Generator | None = None,
-        height: int = 28,
-        width: int = 28,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        height: int | None = 28,
+        width: int | None = 28,
         eta: float | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pt",
@@ -221,8 +230,11 @@ class TinyUpscalePipeline(TinyPipeline):
         ``callback(i, t, latents)`` runs after each step. Repeat an image (``image.repeat_interleave(n, 0)``) for n
         different upscalings of it.
         """
-        self.check_inputs(image, num_inference_steps, noise_level, height, width)
-        self.check_output_type(output_type)
+        checked = self.check_inputs(
+            image, num_inference_steps, noise_level, height, width, generator=generator, eta=eta,
+            output_type=output_type, callback=callback, latents=latents,
+        )  # fmt: skip
+        image, num_inference_steps, noise_level, eta = checked.values()
         device, b = self.device, image.shape[0]
         shape = (b, self.vae.config.latent_channels, *image.shape[2:])  # (B, L, h, w): the latents of the output
 

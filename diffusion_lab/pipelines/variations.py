@@ -84,7 +84,7 @@ __all__ = ["TinyVariationPipeline", "variation_scores"]
 _CLASSIFIER_FILE = "mnist_classifier.safetensors"
 _HINTS = {
     "channels": " (MNIST digits have 1; RGB: average the channels)",
-    "range": " (0..255 pixels: use diffusion_lab.mnist.data.to_unit_range)",
+    "range": " (0..255 pixels p: convert with x = p / 127.5 - 1, diffusion_lab.mnist.data.to_unit_range)",
 }
 
 
@@ -146,24 +146,47 @@ class TinyVariationPipeline(TinyPipeline):
         ab_aug = self.image_noising_scheduler.alphas_cumprod.to(self.device)
         return noise_embedding(image_embeds, noise_level, self.image_normalizer, ab_aug, generator=generator)
 
-    def check_inputs(self, image, image_embeds, num_inference_steps, guidance_scale, noise_level, n) -> None:
+    def check_inputs(
+        self, image, image_embeds, num_inference_steps, guidance_scale, noise_level, n, *, generator=None, eta=None,
+        output_type="pt", callback=None, latents=None,
+    ) -> dict:  # fmt: skip
+        """Every argument checked once by the error convention; returns the checked values (numbers as Python
+        numbers; NumPy and torch scalars accepted)."""
         if (image is None) == (image_embeds is None):
             raise ValueError("give either image (B, 1, 28, 28) or image_embeds (B, D), not both and not neither")
         if image is not None:
-            check_images(image, "image", channels=1, size=(28, 28), value_range=(-1, 1), hints=_HINTS)
+            image = check_images(image, "image", channels=1, size=(28, 28), value_range=(-1, 1), hints=_HINTS)
+            b = image.shape[0]
         else:
             d = self.embedding_dim
-            if not isinstance(image_embeds, torch.Tensor) or image_embeds.ndim != 2 or image_embeds.shape[1] != d:
-                got = tuple(image_embeds.shape) if isinstance(image_embeds, torch.Tensor) else type(image_embeds)
-                raise ValueError(f"image_embeds must have shape (B, {d}) (pipe.encode_image(image)), got {got}")
+            if not isinstance(image_embeds, torch.Tensor):
+                raise TypeError(
+                    f"image_embeds must be a tensor (B, {d}) (pipe.encode_image(image)), got {type(image_embeds).__name__}"
+                )
+            if image_embeds.ndim != 2 or image_embeds.shape[1] != d:
+                raise ValueError(
+                    f"image_embeds must have shape (B, {d}) (pipe.encode_image(image)), got {tuple(image_embeds.shape)}"
+                )
             if image_embeds.shape[0] == 0:
                 raise ValueError("image_embeds is an empty batch (B = 0): give at least one embedding")
-        check_int("num_inference_steps", num_inference_steps)
-        check_number("guidance_scale", guidance_scale, minimum=0)  # 0: ignore the image, 1: no guidance
-        if isinstance(noise_level, torch.Tensor):  # one level per call, as diffusers
+            if not image_embeds.is_floating_point() or not torch.isfinite(image_embeds).all():
+                raise ValueError("image_embeds must hold finite floats (pipe.encode_image(image)), got NaN/inf or "
+                                 f"dtype {image_embeds.dtype}")  # fmt: skip
+            b = image_embeds.shape[0]
+        guidance_scale = check_number("guidance_scale", guidance_scale, minimum=0)  # 0: ignore the image, 1: none
+        if isinstance(noise_level, torch.Tensor) and noise_level.ndim > 0:  # one level per call, as diffusers
             raise ValueError(f"noise_level must be one integer in [0, {self.num_noise_levels - 1}], got a tensor")
+        noise_level = check_int("noise_level", noise_level, minimum=None)
         _check_noise_level(noise_level, self.num_noise_levels)
-        check_int("num_images_per_prompt", n)
+        n = check_int("num_images_per_prompt", n)
+        steps, eta = self.check_common_inputs(
+            num_inference_steps=num_inference_steps, generator=generator, batch=b * n, eta=eta,
+            output_type=output_type, callback=callback, latents=latents,
+        )  # fmt: skip
+        return dict(
+            image=image, num_inference_steps=steps, guidance_scale=guidance_scale, noise_level=noise_level, n=n,
+            eta=eta,
+        )  # fmt: skip
 
     @torch.no_grad()
     def __call__(
@@ -173,7 +196,7 @@ class TinyVariationPipeline(TinyPipeline):
         guidance_scale: float = 2.0,
         noise_level: int = 0,
         num_images_per_prompt: int = 1,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         *,
         image_embeds: torch.Tensor | None = None,
         eta: float | None = None,
@@ -191,9 +214,11 @@ class TinyVariationPipeline(TinyPipeline):
            ṽ = v_∅ + w·(v_c − v_∅); ``callback(i, t, z)`` after each step.
         3. x = D(z_0 / s). ``output_type``: "pt" (tensor in [−1, 1]), "pil" or "latent".
         """
-        n = num_images_per_prompt
-        self.check_inputs(image, image_embeds, num_inference_steps, guidance_scale, noise_level, n)
-        self.check_output_type(output_type)
+        checked = self.check_inputs(
+            image, image_embeds, num_inference_steps, guidance_scale, noise_level, num_images_per_prompt,
+            generator=generator, eta=eta, output_type=output_type, callback=callback, latents=latents,
+        )  # fmt: skip
+        image, num_inference_steps, guidance_scale, noise_level, n, eta = checked.values()
         device = self.device
 
         # 1. the conditioning: embed, repeat n times, noise each copy, [c_∅ ; c] for guidance
