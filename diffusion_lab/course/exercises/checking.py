@@ -2,13 +2,18 @@
 
 Every ``check_*`` function prints one line starting with ✅ or ❌ and returns True or False, so a notebook cell
 can also ``assert`` it. They compare the student's answer with the library on several random cases; an error
-raised by the student's code becomes a ❌ with the error message, never a crash of the check.
+raised by the student's code becomes a ❌ with the error message, never a crash of the check. So does an answer of
+the wrong kind: the converters here (:func:`_as_tensor`, :func:`_as_number`, :func:`_as_int_list`) turn what the
+student returned into a tensor, a number or a list of ints, or say what is wrong with it (a tuple, a string, NaN,
+a complex or meta tensor, ...) for the hint. ``KeyboardInterrupt`` and ``SystemExit`` are never caught.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 
@@ -26,6 +31,93 @@ def _report(ok: bool, what: str, hint: str) -> bool:
     return ok
 
 
+def _kind(value: object) -> str:
+    """What a value is, for a hint: "a tuple of 2", "a str", "a float32 tensor of shape (7, 5)", "a function"."""
+    if value is None:
+        return "None"
+    if isinstance(value, tuple | list | dict | set):
+        return f"a {type(value).__name__} of {len(value)}"
+    if isinstance(value, torch.Tensor):
+        where = "" if value.device.type == "cpu" else f" on {value.device.type}"
+        return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}{where}"
+    if isinstance(value, np.ndarray):
+        return f"a NumPy {value.dtype} array of shape {value.shape}"
+    if callable(value):
+        return "a function (call it and use its result)"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _as_tensor(value: object, dtype: torch.dtype | None = None) -> tuple[torch.Tensor | None, str]:
+    """``value`` (a tensor, a NumPy array, a number or a nested list of numbers) as one real, detached CPU tensor of
+    ``dtype``; or None and what is wrong with it ("got a tuple of 2", "got a complex tensor ...")."""
+    if value is None or isinstance(value, bool | np.bool_ | str | bytes | dict | set) or callable(value):
+        return None, f"got {_kind(value)}"
+    if isinstance(value, tuple | list) and any(isinstance(v, torch.Tensor | np.ndarray | tuple | list) for v in value):
+        if not all(isinstance(v, list) for v in value):  # nested lists of numbers are a table; tensors in a tuple not
+            return None, f"got {_kind(value)}"
+    try:
+        tensor = torch.as_tensor(value)
+    except Exception:  # an object array, a generator, an int too large for any dtype, ...
+        return None, f"got {_kind(value)}"
+    if tensor.is_complex():
+        return None, f"got {_kind(tensor)}: the result is real"
+    try:
+        tensor = tensor.detach().cpu()
+        return (tensor if dtype is None else tensor.to(dtype)), ""
+    except Exception:  # a meta tensor has no values to read
+        return None, f"got {_kind(tensor)}, which has no values to read"
+
+
+def _finite_hint(got: torch.Tensor, want: torch.Tensor) -> str:
+    """A hint if ``got`` has NaN or inf where the right answer ``want`` is finite, else ""."""
+    if got.is_floating_point() and not bool(torch.isfinite(got).all()) and bool(torch.isfinite(want).all()):
+        return "your result contains NaN or inf: look for a division by zero, or a sqrt or log of a negative number"
+    return ""
+
+
+def _as_number(value: object, whole: bool = False) -> tuple[float | int | None, str]:
+    """``value`` (a Python, NumPy or one-element tensor number) as a finite float, or an int if ``whole``; or None and
+    what is wrong with it ("got a str", "got nan", "got 2.5, not a whole number"). Bools are not numbers here."""
+    if isinstance(value, torch.Tensor):
+        ok = value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool
+    elif isinstance(value, np.ndarray | np.generic):
+        ok = value.size == 1 and value.dtype.kind in "iuf"
+    else:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok:
+        return None, f"got {_kind(value)}"
+    try:
+        number = value.item() if isinstance(value, torch.Tensor | np.ndarray | np.generic) else value
+        as_float = float(number)
+    except Exception:  # a meta tensor, an int beyond the float range
+        return None, f"got {_kind(value)} that cannot be read as a number"
+    if not math.isfinite(as_float):
+        return None, f"got {as_float}"
+    if not whole:
+        return as_float, ""
+    if not as_float.is_integer():
+        return None, f"got {as_float}, not a whole number"
+    return int(number), ""
+
+
+def _as_int_list(value: object) -> tuple[list[int] | None, str]:
+    """``value`` (a list, tuple, 1-D array or 1-D tensor of whole numbers) as a list of ints; or None and what is
+    wrong with it."""
+    if isinstance(value, torch.Tensor | np.ndarray):
+        if value.ndim != 1:
+            return None, f"got {_kind(value)}, not one flat list"
+    elif not isinstance(value, list | tuple | range):
+        return None, f"got {_kind(value)}"
+    out = []
+    for item in value:
+        number, problem = _as_number(item, whole=True)
+        if problem:
+            return None, f"entry {len(out)} {problem}"
+        out.append(number)
+    return out, ""
+
+
 def _call(fn: Callable, what: str, *args):
     """(result, None) or (None, the ❌ line's hint) when the student's function raised or returned None."""
     try:
@@ -38,12 +130,16 @@ def _call(fn: Callable, what: str, *args):
 
 
 def _call_tensor(fn: Callable, what: str, want: torch.Tensor, wrong_shape: str, *args) -> tuple[torch.Tensor, str]:
-    """``fn(*args)`` as a tensor of ``want``'s dtype, and a hint if it raised, returned a placeholder or has the
-    wrong shape (``wrong_shape`` is the hint then, formatted with ``want=`` and ``got=`` shapes)."""
+    """``fn(*args)`` as a tensor of ``want``'s dtype, and a hint if it raised, returned a placeholder, something that
+    is not one tensor, NaN or inf, or has the wrong shape (``wrong_shape`` is the hint then, formatted with ``want=``
+    and ``got=`` shapes; the tensor is returned with it). The tensor is None when the result could not be read."""
     got, hint = _call(fn, what, *args)
     if hint:
         return got, hint
-    got = torch.as_tensor(got).to(want.dtype)
+    got, problem = _as_tensor(got, want.dtype)
+    if problem:
+        return None, f"return one tensor, {problem}"
     if got.shape != want.shape:
         return got, wrong_shape.format(want=tuple(want.shape), got=tuple(got.shape))
-    return got, ""
+    hint = _finite_hint(got, want)
+    return (None if hint else got), hint

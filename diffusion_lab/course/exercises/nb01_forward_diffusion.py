@@ -21,7 +21,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from diffusion_lab.course.exercises.checking import _check_callable, _report
+from diffusion_lab.course.exercises.checking import (
+    _as_int_list,
+    _as_number,
+    _as_tensor,
+    _check_callable,
+    _finite_hint,
+    _report,
+)
 from diffusion_lab.maths.diffusion import q_sample
 from diffusion_lab.maths.schedules import BETA_SCHEDULES, inference_timesteps, schedule_table, snr
 from diffusion_lab.utils.errors import check_choice
@@ -47,7 +54,9 @@ def check_q_sample(fn: Callable[..., torch.Tensor]) -> bool:
             return _report(False, "q_sample", f"your function raised {type(e).__name__}: {e}")
         if got is None:
             return _report(False, "q_sample", "your function returns None: fill in its body and return x_t")
-        got = torch.as_tensor(got)
+        got, problem = _as_tensor(got, want.dtype)
+        if problem:
+            return _report(False, "q_sample", f"return x_t as one tensor, {problem}")
         if got.shape != want.shape:
             return _report(
                 False,
@@ -56,7 +65,9 @@ def check_q_sample(fn: Callable[..., torch.Tensor]) -> bool:
                 f"{tuple(got.shape)}: reshape ᾱ_t to (B, 1, ..., 1) with x0.ndim "
                 "dimensions, e.g. alphas_cumprod[t].reshape(-1, *[1] * (x0.ndim - 1))",
             )
-        if not torch.allclose(got.to(want.dtype), want, atol=1e-5):
+        if _finite_hint(got, want):
+            return _report(False, "q_sample", _finite_hint(got, want))
+        if not torch.allclose(got, want, atol=1e-5):
             return _report(
                 False,
                 "q_sample",
@@ -72,11 +83,12 @@ def check_snr_crossing(t_answer, schedule: str = "squaredcos_cap_v2") -> bool:
     want = int(torch.nonzero(snr(schedule_table()[schedule]) < 1)[0])
     if t_answer is None:
         return _report(False, what, "set answer to an integer t")
-    try:
-        answer = int(t_answer)  # accepts Python ints, NumPy integers and one-element tensors
-    except (TypeError, ValueError, RuntimeError):
+    answer, problem = _as_number(t_answer, whole=True)  # Python ints, NumPy integers and one-element tensors
+    if problem:
         return _report(
-            False, what, "answer must be one integer t, e.g. int(torch.nonzero(mask)[0]), not a list or a mask"
+            False,
+            what,
+            f"answer must be one integer t, e.g. int(torch.nonzero(mask)[0]), not a list or a mask: {problem}",
         )
     return _report(
         answer == want, what, "find the first index where snr(alphas_cumprod) < 1, e.g. with torch.nonzero(...)[0]"
@@ -94,7 +106,9 @@ def check_trailing_timesteps(fn: Callable[[int, int], np.ndarray]) -> bool:
             return _report(False, what, f"your function raised {type(e).__name__}: {e}")
         if out is None:
             return _report(False, what, "your function returns None: fill in its body")
-        got = np.asarray(out).astype(np.int64).tolist()
+        got, problem = _as_int_list(out)
+        if problem:
+            return _report(False, what, f"return the n timesteps as a list or 1-D array of whole numbers: {problem}")
         want = inference_timesteps(n, T, "trailing").tolist()
         if got != want:
             return _report(

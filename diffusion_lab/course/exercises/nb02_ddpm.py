@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _check_callable, _report
+from diffusion_lab.course.exercises.checking import _as_tensor, _check_callable, _finite_hint, _report
 from diffusion_lab.maths.diffusion import ddpm_step, q_sample, x0_from_eps
 from diffusion_lab.maths.schedules import schedule_table
 
@@ -45,11 +45,15 @@ def check_ddpm_loss(fn: Callable[..., torch.Tensor]) -> bool:
         return _report(False, what, f"your function raised {type(e).__name__}: {e}")
     if got is None:
         return _report(False, what, "your function returns None: fill in its body")
-    got = torch.as_tensor(got)
+    got, problem = _as_tensor(got, want.dtype)
+    if problem:
+        return _report(False, what, f"return one number (the mean over the batch), {problem}")
     if got.numel() != 1:
         return _report(False, what, f"return one number (the mean over the batch), got shape {tuple(got.shape)}")
+    if _finite_hint(got, want):
+        return _report(False, what, _finite_hint(got, want))
     return _report(
-        bool(torch.allclose(got.float(), want, atol=1e-6)),
+        bool(torch.allclose(got.reshape(()), want, atol=1e-6)),
         what,
         "x_t = q_sample(x0, t, noise, ᾱ); the target is the noise; average the squared error",
     )
@@ -71,7 +75,13 @@ def check_ddpm_step(fn: Callable[..., torch.Tensor]) -> bool:
             return _report(False, what, f"your function raised {type(e).__name__}: {e}")
         if got is None:
             return _report(False, what, "your function returns None: fill in its body")
-        if not torch.allclose(torch.as_tensor(got).float(), want, atol=1e-4):
+        got, problem = _as_tensor(got, want.dtype)
+        if problem or got.shape != want.shape:
+            got_what = problem or f"got shape {tuple(got.shape)}"
+            return _report(False, what, f"return x_(t-1) as one tensor of x_t's shape {tuple(want.shape)}, {got_what}")
+        if _finite_hint(got, want):
+            return _report(False, what, _finite_hint(got, want))
+        if not torch.allclose(got, want, atol=1e-4):
             return _report(
                 False,
                 what,

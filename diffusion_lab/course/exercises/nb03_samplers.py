@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _check_callable, _report
+from diffusion_lab.course.exercises.checking import _as_int_list, _as_tensor, _check_callable, _finite_hint, _report
 from diffusion_lab.maths.diffusion import ddim_sigma, ddim_step
 from diffusion_lab.maths.schedules import TIMESTEP_SPACINGS, inference_timesteps, schedule_table
 from diffusion_lab.utils.errors import check_choice, check_int
@@ -44,23 +44,27 @@ def check_ddim_step(fn: Callable[..., torch.Tensor]) -> bool:
             return _report(False, what, f"your function raised {type(e).__name__}: {e}")
         if got is None:
             return _report(False, what, "your function returns None: fill in its body")
-        if not torch.allclose(torch.as_tensor(got).float(), want, atol=1e-5):
+        got, problem = _as_tensor(got, want.dtype)
+        if problem or got.shape != want.shape:
+            got_what = problem or f"got shape {tuple(got.shape)}"
+            return _report(False, what, f"return x_t' as one tensor of x̂_0's shape {tuple(want.shape)}, {got_what}")
+        if _finite_hint(got, want):
+            return _report(False, what, _finite_hint(got, want))
+        if not torch.allclose(got, want, atol=1e-5):
             return _report(False, what, f"wrong for eta={eta}: the direction term is sqrt(1 − ᾱ' − σ²)·ε̂")
     return _report(True, what, "")
 
 
 def check_timesteps_answer(answer, n: int, spacing: str, T: int = 1000) -> bool:
     """``answer`` must be the ``n`` timesteps a sampler with this ``spacing`` visits, in order."""
-    check_int("n", n)
-    check_int("T", T)
+    n, T = check_int("n", n), check_int("T", T)
     check_choice("spacing", spacing, TIMESTEP_SPACINGS)
     what = f"{spacing} timesteps for n={n}"
     if answer is None:
         return _report(False, what, "set answer to a list of integers")
-    try:
-        got = [int(v) for v in answer]
-    except (TypeError, ValueError):
-        return _report(False, what, "answer must be a list of integers, e.g. scheduler.timesteps.tolist()")
+    got, problem = _as_int_list(answer)
+    if problem:
+        return _report(False, what, f"answer must be a list of integers, e.g. scheduler.timesteps.tolist(): {problem}")
     return _report(
         got == inference_timesteps(n, T, spacing).tolist(),
         what,

@@ -20,7 +20,15 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _call, _call_tensor, _check_callable, _report
+from diffusion_lab.course.exercises.checking import (
+    _as_number,
+    _as_tensor,
+    _call,
+    _call_tensor,
+    _check_callable,
+    _finite_hint,
+    _report,
+)
 
 __all__ = ["check_reparameterize", "check_gaussian_kl", "check_scaling_factor"]
 
@@ -50,16 +58,17 @@ def check_gaussian_kl(fn: Callable[..., torch.Tensor]) -> bool:
     got, hint = _call(fn, what, mean, logvar)
     if hint:
         return _report(False, what, hint)
-    got = torch.as_tensor(got).to(want.dtype)
+    got, problem = _as_tensor(got, want.dtype)
+    if problem:
+        return _report(False, what, f"return one tensor, one KL per sample, {problem}")
     if got.numel() == 1 and torch.allclose(got.reshape(()).to(want.dtype), want.sum(), rtol=1e-4):
         return _report(False, what, "return one KL per sample (shape (B,)): sum over dims 1.., not over the batch")
     if got.shape != want.shape:
         return _report(False, what, f"return shape {tuple(want.shape)} (one KL per sample), not {tuple(got.shape)}")
-    return _report(
-        torch.allclose(got.to(want.dtype), want, rtol=1e-4, atol=1e-4),
-        what,
-        "KL = ½·Σ(μ² + σ² − 1 − log σ²) with σ² = exp(logvar), summed over channels and positions",
-    )
+    formula = "KL = ½·Σ(μ² + σ² − 1 − log σ²) with σ² = exp(logvar), summed over channels and positions"
+    if _finite_hint(got, want):  # e.g. logvar read as the variance: log of a negative number
+        return _report(False, what, f"{_finite_hint(got, want)}; {formula}")
+    return _report(torch.allclose(got, want, rtol=1e-4, atol=1e-4), what, formula)
 
 
 def check_scaling_factor(fn: Callable[[torch.Tensor], float]) -> bool:
@@ -73,10 +82,9 @@ def check_scaling_factor(fn: Callable[[torch.Tensor], float]) -> bool:
         got, hint = _call(fn, what, z)
         if hint:
             return _report(False, what, hint)
-        try:
-            got = float(got)
-        except (TypeError, ValueError, RuntimeError):
-            return _report(False, what, "return one number s (a float), e.g. 1 / latents.std().item()")
+        got, problem = _as_number(got)
+        if problem:
+            return _report(False, what, f"return one number s (a float), e.g. 1 / latents.std().item(): {problem}")
         if abs(got - z.std().item()) < 1e-3 * z.std().item():
             return _report(False, what, "that is the standard deviation itself; the factor is its inverse, 1 / std")
         if abs(got - want) > 1e-3 * want:

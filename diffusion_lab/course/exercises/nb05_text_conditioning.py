@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _call, _call_tensor, _check_callable, _report
+from diffusion_lab.course.exercises.checking import _as_int_list, _call, _call_tensor, _check_callable, _kind, _report
 from diffusion_lab.models.text_encoder import WordTokenizer
 
 __all__ = ["check_tokenize", "check_cross_attention", "check_pooled_output"]
@@ -50,10 +50,12 @@ def check_tokenize(fn: Callable[[str, list[str], int], tuple[list[int], list[int
         got, hint = _call(fn, what, text, list(vocab), max_length)
         if hint:
             return _report(False, what, hint)
-        try:
-            ids, mask = ([int(i) for i in seq] for seq in got)
-        except (TypeError, ValueError):
-            return _report(False, what, "return two lists of ints: (input_ids, attention_mask)")
+        if not (isinstance(got, tuple | list) and len(got) == 2):
+            return _report(False, what, f"return two lists of ints: (input_ids, attention_mask), got {_kind(got)}")
+        (ids, problem_ids), (mask, problem_mask) = _as_int_list(got[0]), _as_int_list(got[1])
+        if problem_ids or problem_mask:
+            problem = f"input_ids: {problem_ids}" if problem_ids else f"attention_mask: {problem_mask}"
+            return _report(False, what, f"return two lists of ints: (input_ids, attention_mask); {problem}")
         if (ids, mask) == want:
             continue
         if len(ids) != max_length or len(mask) != max_length:

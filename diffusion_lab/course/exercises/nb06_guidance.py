@@ -16,13 +16,15 @@ machinery: :mod:`diffusion_lab.course.exercises.checking`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from diffusion_lab.course.exercises.checking import _call_tensor, _check_callable, _report
+from diffusion_lab.course.exercises.checking import _as_number, _call_tensor, _check_callable, _report
 from diffusion_lab.maths.guidance import rescale_noise_cfg
+from diffusion_lab.utils.errors import check_number
 
 __all__ = ["check_cfg_combine", "check_rescale_noise_cfg", "check_best_guidance"]
 
@@ -92,16 +94,16 @@ def check_best_guidance(answer, guidance_scales, values, *, lower_is_better: boo
     """``answer`` must be the guidance scale w (from ``guidance_scales``) at which the measured ``values`` are best:
     the highest, or the lowest with ``lower_is_better`` (e.g. FID)."""
     what = "best guidance scale"
-    ws = [float(w) for w in guidance_scales]
-    v = np.asarray([float(x) for x in values], dtype=float)
+    ws, v = _numbers("guidance_scales", guidance_scales), np.asarray(_numbers("values", values, finite=False))
     if len(ws) != len(v) or not len(ws):
         return _report(False, what, "pass the guidance scales and one measured value per scale (two equal lists)")
     if answer is None:
         return _report(False, what, "set your answer to a guidance scale w, a number from the list of scales")
-    try:
-        answer = float(answer)
-    except (TypeError, ValueError):
-        return _report(False, what, "answer with one number, the guidance scale w itself")
+    if bool(np.isnan(v).all()):
+        raise ValueError("values are all NaN: measure at least one guidance scale")
+    answer, problem = _as_number(answer)
+    if problem:
+        return _report(False, what, f"answer with one number, the guidance scale w itself: {problem}")
     best = int(np.nanargmin(v) if lower_is_better else np.nanargmax(v))
     worst = int(np.nanargmax(v) if lower_is_better else np.nanargmin(v))
     if np.isclose(answer, ws[best]):
@@ -117,3 +119,20 @@ def check_best_guidance(answer, guidance_scales, values, *, lower_is_better: boo
     else:
         hint = "find the " + ("lowest" if lower_is_better else "highest") + " measured value and read off its w"
     return _report(False, what, hint)
+
+
+def _not_finite(x: object) -> bool:
+    try:
+        return not isinstance(x, bool) and not math.isfinite(float(x))
+    except Exception:  # not a number at all: check_number says so
+        return False
+
+
+def _numbers(name: str, values: object, finite: bool = True) -> list[float]:
+    """A checker's own list argument as floats (NaN and inf allowed unless ``finite``: a value not measured, or a
+    diverged one); ``TypeError`` naming ``name`` if it is not a list of numbers."""
+    if isinstance(values, str | bytes | dict | set) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a list of numbers, got {type(values).__name__}")
+    return [
+        float(x) if not finite and _not_finite(x) else check_number(f"{name}[{i}]", x) for i, x in enumerate(values)
+    ]

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from diffusion_lab.course.exercises.checking import _call, _call_tensor, _check_callable, _report
+from diffusion_lab.course.exercises.checking import _as_number, _call, _call_tensor, _check_callable, _report
 
 __all__ = ["check_img2img_start", "check_latent_mask", "check_inpaint_blend"]
 
@@ -43,10 +43,9 @@ def check_img2img_start(fn: Callable[[int, float], int]) -> bool:
         got, hint = _call(fn, what, n, strength)
         if hint:
             return _report(False, what, hint)
-        try:
-            got_f = float(got)
-        except (TypeError, ValueError):
-            return _report(False, what, f"return one whole number (an index), got {type(got).__name__}")
+        got_f, problem = _as_number(got, whole=True)
+        if problem:
+            return _report(False, what, f"return one whole number (an index), {problem}")
         if got_f == want:
             continue
         if got_f == round(n * (1 - strength)) or got_f == int(n * (1 - strength)):
@@ -57,7 +56,7 @@ def check_img2img_start(fn: Callable[[int, float], int]) -> bool:
         elif got_f == n - want:
             hint = f"for N = {n}, γ = {strength} that is the number of steps run; return where they start: N − int(N·γ)"
         else:
-            hint = f"for N = {n}, γ = {strength} the answer is not {got}: run int(N·γ) steps, the last ones"
+            hint = f"for N = {n}, γ = {strength} the answer is not {got_f}: run int(N·γ) steps, the last ones"
         return _report(False, what, hint)
     return _report(True, what, "")
 

@@ -20,7 +20,15 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _call, _call_tensor, _check_callable, _report
+from diffusion_lab.course.exercises.checking import (
+    _as_tensor,
+    _call,
+    _call_tensor,
+    _check_callable,
+    _finite_hint,
+    _kind,
+    _report,
+)
 
 __all__ = ["check_flow_path", "check_time_shift", "check_flow_euler_step"]
 
@@ -39,12 +47,18 @@ def check_flow_path(fn: Callable[..., tuple]) -> bool:
     if hint:
         return _report(False, what, hint)
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
-        return _report(False, what, "return two tensors: (x_t, v)")
-    got_x, got_v = (torch.as_tensor(o).to(x0.dtype) for o in out)
+        return _report(False, what, f"return two tensors: (x_t, v), got {_kind(out)}")
+    (got_x, problem_x), (got_v, problem_v) = (_as_tensor(o, x0.dtype) for o in out)
+    if problem_x or problem_v:
+        return _report(
+            False, what, f"return two tensors: (x_t, v); {'x_t' if problem_x else 'v'} {problem_x or problem_v}"
+        )
     if got_x.shape != want_x.shape or got_v.shape != want_v.shape:
         return _report(
             False, what, f"both must have x0's shape {tuple(x0.shape)}: broadcast t as t[:, None, None, None]"
         )
+    if _finite_hint(got_x, want_x) or _finite_hint(got_v, want_v):
+        return _report(False, what, _finite_hint(got_x, want_x) or _finite_hint(got_v, want_v))
     if not torch.allclose(got_x, want_x, atol=1e-5):
         if torch.allclose(got_x, tb * x0 + (1 - tb) * noise, atol=1e-5):
             hint = "x_t is reversed: at t = 0 it must be the data x₀, at t = 1 the noise ε"

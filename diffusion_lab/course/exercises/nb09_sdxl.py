@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from diffusion_lab.course.exercises.checking import _call, _call_tensor, _check_callable, _report
+from diffusion_lab.course.exercises.checking import _as_int_list, _call, _call_tensor, _check_callable, _kind, _report
 
 __all__ = ["check_sdxl_time_ids", "check_refiner_split"]
 
@@ -35,8 +35,8 @@ def check_sdxl_time_ids(fn: Callable[..., torch.Tensor]) -> bool:
         got, hint = _call_tensor(
             fn, what, want, "return a (1, 6) tensor (one row of six numbers), not {got}", orig, crop, target
         )
-        if hint and got is not None and torch.as_tensor(got).numel() == 6:
-            got, hint = torch.as_tensor(got).to(torch.float32).reshape(1, 6), ""
+        if hint and got is not None and got.numel() == 6:  # the six numbers in another shape
+            got, hint = got.reshape(1, 6), ""
             if torch.equal(got, want):
                 hint = "the numbers are right; return them as one row: shape (1, 6), e.g. torch.tensor([[...]])"
         if hint:
@@ -72,8 +72,14 @@ def check_refiner_split(fn: Callable[..., tuple]) -> bool:
         if hint:
             return _report(False, what, hint)
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
-            return _report(False, what, "return two lists: (base_timesteps, refiner_timesteps)")
-        got = tuple([int(t) for t in part] for part in out)
+            return _report(False, what, f"return two lists: (base_timesteps, refiner_timesteps), got {_kind(out)}")
+        (base, problem_base), (refiner, problem_refiner) = _as_int_list(out[0]), _as_int_list(out[1])
+        if problem_base or problem_refiner:
+            problem = f"base: {problem_base}" if problem_base else f"refiner: {problem_refiner}"
+            return _report(
+                False, what, f"return two lists of timesteps: (base_timesteps, refiner_timesteps); {problem}"
+            )
+        got = (base, refiner)
         if got == tuple(want):
             continue
         if got == tuple(_refiner_split_reference(ts, 1 - frac)):

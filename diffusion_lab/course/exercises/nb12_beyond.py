@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _call, _call_tensor, _check_callable, _report
+from diffusion_lab.course.exercises.checking import _as_number, _call, _call_tensor, _check_callable, _report
 
 __all__ = ["check_psnr", "check_control_keep", "check_noise_image_embedding"]
 
@@ -68,10 +68,10 @@ def check_control_keep(fn: Callable[[int, int, float, float], float]) -> bool:
             out, hint = _call(fn, what, i, n, start, end)
             if hint:
                 return _report(False, what, hint)
-            try:
-                got.append(float(out))
-            except (TypeError, ValueError):
-                return _report(False, what, f"return a number (1.0 or 0.0), not {type(out).__name__}")
+            number, problem = _as_number(out)
+            if problem:
+                return _report(False, what, f"return a number (1.0 or 0.0), {problem}")
+            got.append(number)
         want = [_control_keep(i, n, start, end) for i in range(n)]
         if got == want:
             continue

@@ -1,0 +1,322 @@
+"""Every exercise checker answers any wrong answer with one ❌ line and a hint: never an exception, never a ✅.
+
+The checkers are found in the package (every public ``check_*`` of every ``nbNN_*`` module), so a new checker is
+covered at once: one missing from the table of right answers below fails ``test_every_checker_has_a_right_answer``.
+A checker that takes the student's function gets functions returning the wrong kind of thing (a tuple, a string, a
+list, a NumPy array, a tensor of the wrong shape, dtype or device, NaN, None, ...); one that takes a value gets
+values of the wrong type (None, a string, a tuple, NaN, inf, a bool, a tensor, ...). The library's own answer still
+gets ✅. Only a checker's own arguments raise (a value where a function goes: ``TypeError``), and a
+``KeyboardInterrupt`` in the student's code is never swallowed. The notebooks' plotting helpers and widgets refuse
+bad arguments by the error convention (``TypeError`` / ``ValueError`` naming the parameter).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusion_lab.course import exercises
+from diffusion_lab.maths.diffusion import ddim_step, ddpm_step, q_sample, x0_from_eps
+from diffusion_lab.maths.guidance import rescale_noise_cfg
+from diffusion_lab.maths.schedules import inference_timesteps, schedule_table, snr
+
+SECONDS_PER_CALL = 2.0  # every checker answers in milliseconds; a slow one would stall a notebook cell
+
+
+def _discover() -> dict:
+    """Every public ``check_*`` function defined in an ``nbNN_*`` module of the exercises package."""
+    found = {}
+    for info in pkgutil.iter_modules(exercises.__path__):
+        if not re.fullmatch(r"nb\d\d_\w+", info.name):
+            continue
+        module = importlib.import_module(f"{exercises.__name__}.{info.name}")
+        for name, obj in vars(module).items():
+            if name.startswith("check_") and inspect.isfunction(obj) and obj.__module__ == module.__name__:
+                found[name] = obj
+    return found
+
+
+CHECKERS = _discover()
+FUNCTION_CHECKERS = sorted(n for n, c in CHECKERS.items() if next(iter(inspect.signature(c).parameters)) == "fn")
+VALUE_CHECKERS = sorted(set(CHECKERS) - set(FUNCTION_CHECKERS))
+
+
+# --- the right answers: the library's functions, or the formulas the checkers' docstrings state ---------------------
+
+
+def _tokenize(text, vocab, max_length):
+    ids = [vocab.index(w) if w in vocab else 1 for w in re.findall(r"[a-z0-9]+", text.lower())]
+    ids = [2, *ids[: max_length - 2], 3]
+    return ids + [0] * (max_length - len(ids)), [1] * len(ids) + [0] * (max_length - len(ids))
+
+
+def _attention(q, k, v, mask):
+    scores = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(mask[:, None, None, :] == 0, float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def _refiner_split(ts, frac):
+    cut = round(1000 - frac * 1000)
+    return [t for t in ts if t >= cut], [t for t in ts if t < cut]
+
+
+def _joint_text(clip_l, clip_g, t5):
+    clip = F.pad(torch.cat([clip_l, clip_g], -1), (0, t5.shape[-1] - clip_l.shape[-1] - clip_g.shape[-1]))
+    return torch.cat([clip, t5], 1)
+
+
+def _prune(w, p):
+    flat = w.flatten().clone()
+    flat[flat.abs().argsort()[: int(p * w.numel())]] = 0
+    return flat.view_as(w)
+
+
+def _noise_embedding(emb, mean, std, noise, ab, level):
+    return (ab[level].sqrt() * (emb - mean) / std + (1 - ab[level]).sqrt() * noise) * std + mean
+
+
+RIGHT_FUNCTIONS = {
+    "check_q_sample": q_sample,
+    "check_trailing_timesteps": lambda n, T: inference_timesteps(n, T, "trailing"),
+    "check_ddpm_loss": lambda model, x0, t, noise, ab: (noise - model(q_sample(x0, t, noise, ab), t)).pow(2).mean(),
+    "check_ddpm_step": lambda eps, x_t, ab_t, ab_prev, z: ddpm_step(x0_from_eps(x_t, eps, ab_t), x_t, ab_t, ab_prev, z),
+    "check_ddim_step": ddim_step,
+    "check_reparameterize": lambda m, lv, e: m + torch.exp(0.5 * lv) * e,
+    "check_gaussian_kl": lambda m, lv: 0.5 * (m**2 + lv.exp() - 1 - lv).sum(dim=(1, 2, 3)),
+    "check_scaling_factor": lambda z: 1 / z.std().item(),
+    "check_tokenize": _tokenize,
+    "check_cross_attention": _attention,
+    "check_pooled_output": lambda h, ids, eos: h[torch.arange(len(ids)), (ids == eos).int().argmax(1)],
+    "check_cfg_combine": lambda c, u, w: u + w * (c - u),
+    "check_rescale_noise_cfg": rescale_noise_cfg,
+    "check_img2img_start": lambda n, s: n - int(n * s),
+    "check_latent_mask": lambda m, f: F.avg_pool2d(m, f),
+    "check_inpaint_blend": lambda z, known, m: (1 - m) * known + m * z,
+    "check_flow_path": lambda x0, e, t: ((1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * e, e - x0),
+    "check_time_shift": lambda t, a: a * t / (1 + (a - 1) * t),
+    "check_flow_euler_step": lambda x, v, t, t_next: x + (t_next - t) * v,
+    "check_sdxl_time_ids": lambda o, c, t: torch.tensor([[*o, *c, *t]]),
+    "check_refiner_split": _refiner_split,
+    "check_sd3_joint_text": _joint_text,
+    "check_lora_forward": lambda x, W, A, B, a: x @ W.T + (a / A.shape[0]) * (x @ A.T) @ B.T,
+    "check_prior_preservation_loss": lambda p, t, pp, tp, lam: F.mse_loss(p, t) + lam * F.mse_loss(pp, tp),
+    "check_magnitude_prune": _prune,
+    "check_psnr": lambda x, y: 10 * torch.log10(4 / (x - y).pow(2).mean(dim=(1, 2, 3))),
+    "check_control_keep": lambda i, n, s, e: float(s <= i / n and (i + 1) / n <= e),
+    "check_noise_image_embedding": _noise_embedding,
+}
+
+_WS, _ADHERENCE = [0, 1, 2, 3, 5, 8], [0.1, 0.4, 0.6, 0.7, 0.72, 0.69]
+RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
+    "check_snr_crossing": (int(torch.nonzero(snr(schedule_table()["squaredcos_cap_v2"]) < 1)[0]), ()),
+    "check_timesteps_answer": (inference_timesteps(20, 1000, "trailing").tolist(), (20, "trailing")),
+    "check_best_guidance": (5, (_WS, _ADHERENCE)),
+}
+
+
+# --- the wrong answers -------------------------------------------------------------------------------------------
+
+
+def _map(out, leaf):
+    """``out`` with every tensor, array and number replaced by ``leaf(it)`` (tuples and lists kept)."""
+    if isinstance(out, tuple | list):
+        return type(out)(_map(o, leaf) for o in out)
+    return leaf(out)
+
+
+def _nan(x):
+    return torch.full_like(torch.as_tensor(x, dtype=torch.float32), float("nan"))
+
+
+def _raise(error):
+    raise error
+
+
+WRONG_FUNCTIONS = {  # name: a function of the right answer that makes a wrong one
+    "tuple": lambda right: lambda *a: (torch.zeros(3), torch.zeros(3)),
+    "tuple-of-right-answers": lambda right: lambda *a: (right(*a), right(*a)),
+    "right-answer-in-a-1-tuple": lambda right: lambda *a: (right(*a),),
+    "right-answer-in-a-list": lambda right: lambda *a: [right(*a)],
+    "string": lambda right: lambda *a: "x_t",
+    "numeric-string": lambda right: lambda *a: "1",
+    "list": lambda right: lambda *a: [1.0, 2.0, 3.0],
+    "ndarray": lambda right: lambda *a: np.zeros((2, 3)),
+    "object-array": lambda right: lambda *a: np.array([None, "a"], dtype=object),
+    "wrong-shape": lambda right: lambda *a: torch.zeros(7, 5),
+    "int64-wrong-shape": lambda right: lambda *a: torch.ones(7, 5, dtype=torch.int64),
+    "int64-zeros-like": lambda right: lambda *a: _map(right(*a), lambda x: torch.zeros_like(torch.as_tensor(x),
+                                                                                              dtype=torch.int64)),
+    "nan-like": lambda right: lambda *a: _map(right(*a), _nan),
+    "inf-like": lambda right: lambda *a: _map(right(*a), lambda x: _nan(x).fill_(float("inf"))),
+    "nan-number": lambda right: lambda *a: float("nan"),
+    "complex-like": lambda right: lambda *a: _map(right(*a), lambda x: torch.as_tensor(x).to(torch.complex64) + 1j),
+    "meta-device": lambda right: lambda *a: _map(right(*a), lambda x: torch.empty_like(torch.as_tensor(x),
+                                                                                       device="meta")),
+    "bool": lambda right: lambda *a: True,
+    "bool-tensor": lambda right: lambda *a: torch.ones(3, dtype=torch.bool),
+    "huge-int": lambda right: lambda *a: 10**400,
+    "negative": lambda right: lambda *a: -1,
+    "dict": lambda right: lambda *a: {"x": 1},
+    "object": lambda right: lambda *a: object(),
+    "generator": lambda right: lambda *a: (x for x in range(3)),
+    "the-function-itself": lambda right: lambda *a: right,
+    "none": lambda right: lambda *a: None,
+    "prints-and-returns-none": lambda right: lambda *a: print("my answer is ..."),
+    "raises-ValueError": lambda right: lambda *a: _raise(ValueError("no idea")),
+    "raises-multi-line": lambda right: lambda *a: _raise(RuntimeError("line one\nline two")),
+    "wrong-signature": lambda right: lambda: 0,
+}  # fmt: skip
+
+
+def _answer_and_time(check, *args):
+    start = time.perf_counter()
+    result = check(*args)
+    elapsed = time.perf_counter() - start
+    assert elapsed < SECONDS_PER_CALL, f"{check.__name__} took {elapsed:.1f} s"
+    return result
+
+
+def _assert_rejected(result, capsys, about):
+    """False, and the checker's line (the last one printed) is a ❌ with a hint."""
+    lines = capsys.readouterr().out.splitlines()
+    assert result is False, (about, lines)
+    line = next(line for line in reversed(lines) if line.startswith(("✅", "❌")))
+    assert line.startswith("❌") and "Hint" in line, (about, lines)
+
+
+def test_every_checker_has_a_right_answer():
+    assert len(CHECKERS) >= 31 and set(CHECKERS) == set(exercises.__all__)
+    assert set(FUNCTION_CHECKERS) == set(RIGHT_FUNCTIONS), "add the new checker's right answer to RIGHT_FUNCTIONS"
+    assert set(VALUE_CHECKERS) == set(RIGHT_VALUES), "add the new checker's right answer to RIGHT_VALUES"
+
+
+@pytest.mark.parametrize("name", FUNCTION_CHECKERS)
+def test_function_checker_accepts_the_right_answer(name, capsys):
+    assert _answer_and_time(CHECKERS[name], RIGHT_FUNCTIONS[name]) is True
+    assert capsys.readouterr().out.startswith("✅")
+
+
+@pytest.mark.parametrize("name", FUNCTION_CHECKERS)
+def test_function_checker_rejects_every_wrong_kind_of_result(name, capsys):
+    check, right = CHECKERS[name], RIGHT_FUNCTIONS[name]
+    for wrong, make in WRONG_FUNCTIONS.items():
+        _assert_rejected(_answer_and_time(check, make(right)), capsys, (name, wrong))
+
+
+def _float_tensors(out, change):
+    return _map(out, lambda x: change(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else x)
+
+
+@pytest.mark.parametrize("name", FUNCTION_CHECKERS)
+def test_function_checker_survives_the_right_answer_in_another_form(name, capsys):
+    """float64, requires_grad and NumPy forms of the right answer are right; bfloat16 may be rounded off, but it is a
+    ✅ or a ❌ with a hint, never a crash."""
+    check, right = CHECKERS[name], RIGHT_FUNCTIONS[name]
+    must_pass = {
+        "float64": lambda *a: _float_tensors(right(*a), torch.Tensor.double),
+        "requires_grad": lambda *a: _float_tensors(right(*a), lambda x: x.detach().clone().requires_grad_()),
+        "numpy": lambda *a: _float_tensors(right(*a), lambda x: x.numpy()),
+    }
+    for form, fn in must_pass.items():
+        assert _answer_and_time(check, fn) is True, (name, form)
+        assert capsys.readouterr().out.startswith("✅"), (name, form)
+    result = _answer_and_time(check, lambda *a: _float_tensors(right(*a), lambda x: x.to(torch.bfloat16)))
+    line = capsys.readouterr().out
+    assert (result is True and line.startswith("✅")) or (result is False and line.startswith("❌") and "Hint" in line)
+
+
+@pytest.mark.parametrize("name", FUNCTION_CHECKERS)
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])
+def test_function_checker_never_swallows_an_interrupt(name, error):
+    with pytest.raises(error):
+        CHECKERS[name](lambda *a: _raise(error()))
+
+
+@pytest.mark.parametrize("name", FUNCTION_CHECKERS)
+@pytest.mark.parametrize("value", [None, 3, "my_fn", torch.zeros(3)], ids=["None", "int", "str", "tensor"])
+def test_function_checker_given_a_value_raises_type_error(name, value):
+    """The convention: a checker given something that is not a function says so (the student called it)."""
+    with pytest.raises(TypeError, match="pass your function itself"):
+        CHECKERS[name](value)
+
+
+def _wrong_values(right):
+    """Values of the wrong type or out of range, and the right answer in a wrong container or type."""
+    values = {
+        "None": None, "string": "abc", "tuple": (1, 2), "list": [1, 2], "nan": float("nan"), "inf": float("inf"),
+        "-inf": float("-inf"), "True": True, "False": False, "np.bool_": np.bool_(True), "tensor": torch.tensor([1.0, 2.0]),
+        "nan-tensor": torch.tensor(float("nan")), "negative": -5, "huge": 10**30, "huger-than-float": 10**400,
+        "big-float": 1e300, "complex": 1 + 2j, "dict": {"a": 1}, "object": object(), "ndarray": np.array([1, 2]),
+        "function": lambda: right, "meta-tensor": torch.empty(3, device="meta"), "bytes": b"5",
+        "right-as-string": str(right), "right-in-a-list": [right], "right-in-a-tuple": (right,),
+    }  # fmt: skip
+    if isinstance(right, list):
+        values |= {
+            "half-steps": [t + 0.5 for t in right], "with-nan": [*right[:-1], float("nan")],
+            "with-inf": [*right[:-1], float("inf")], "with-None": [*right[:-1], None], "bools": [True] * len(right),
+            "2-d": [right], "set": set(right), "strings": [str(t) for t in right],
+        }  # fmt: skip
+    else:
+        values |= {"plus-a-half": right + 0.5, "as-bool": bool(right)}
+    return values
+
+
+@pytest.mark.parametrize("name", VALUE_CHECKERS)
+def test_value_checker_accepts_the_right_answer(name, capsys):
+    right, args = RIGHT_VALUES[name]
+    assert _answer_and_time(CHECKERS[name], right, *args) is True
+    assert capsys.readouterr().out.startswith("✅")
+
+
+@pytest.mark.parametrize("name", VALUE_CHECKERS)
+def test_value_checker_rejects_every_wrong_value(name, capsys):
+    right, args = RIGHT_VALUES[name]
+    for wrong, value in _wrong_values(right).items():
+        _assert_rejected(_answer_and_time(CHECKERS[name], value, *args), capsys, (name, wrong))
+
+
+# --- a value checker's own arguments (set by the notebook, not the student) follow the error convention -----------
+
+
+def _best(answer, ws, values):
+    return CHECKERS["check_best_guidance"](answer, ws, values)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: _best(5, "0 1 2 3 5 8", _ADHERENCE), TypeError, "guidance_scales must be a list of numbers"),
+        (lambda: _best(5, 8, _ADHERENCE), TypeError, "guidance_scales must be a list of numbers"),
+        (lambda: _best(5, [0, True, 2, 3, 5, 8], _ADHERENCE), TypeError, r"guidance_scales\[1\] must be a number"),
+        (lambda: _best(5, [0, 1, float("inf"), 3, 5, 8], _ADHERENCE), ValueError, r"guidance_scales\[2\] must be fin"),
+        (lambda: _best(5, _WS, 0.7), TypeError, "values must be a list of numbers"),
+        (lambda: _best(5, _WS, [0.1, "0.4", 0.6, 0.7, 0.72, 0.69]), TypeError, r"values\[1\] must be a number"),
+        (lambda: _best(5, _WS, [float("nan")] * 6), ValueError, "values are all NaN"),
+        (lambda: CHECKERS["check_timesteps_answer"]([1], True, "trailing"), TypeError, "n must be an integer"),
+        (lambda: CHECKERS["check_timesteps_answer"]([1], 20, "trailing", T=0), ValueError, "T must be >= 1"),
+        (lambda: CHECKERS["check_snr_crossing"](500, schedule=None), ValueError, "schedule must be one of"),
+    ],
+    ids=["ws-str", "ws-int", "ws-bool", "ws-inf", "values-float", "values-str", "values-nan", "n-bool", "T-zero",
+         "schedule-None"],
+)  # fmt: skip
+def test_value_checker_own_arguments_follow_the_error_convention(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_value_checker_own_arguments_accept_numpy_torch_and_unmeasured_values(capsys):
+    """NumPy and torch scalars are numbers; a NaN or inf measurement is a scale not measured or diverged."""
+    right, (n, spacing) = RIGHT_VALUES["check_timesteps_answer"]
+    assert CHECKERS["check_timesteps_answer"](right, np.int64(n), spacing, T=torch.tensor(1000))
+    values = [float("nan"), 0.4, float("inf"), 0.7, 0.72, 0.69]  # inf is the best here
+    assert _best(2, np.array(_WS), torch.tensor(values, dtype=torch.float64))
+    assert _best(5, tuple(np.float32(w) for w in _WS), [0.1, 0.4, float("nan"), 0.7, 0.72, 0.69])
+    assert capsys.readouterr().out.count("✅") == 3
