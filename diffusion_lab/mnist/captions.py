@@ -215,7 +215,9 @@ class AttributeBins:
 
 def _digit_rows(digits: torch.Tensor | Sequence[int | None] | int | None, n: int) -> torch.Tensor:
     """Digits (or None = any digit) → row indices into the (11, 3) tables, (n,) long."""
-    if digits is None or (isinstance(digits, int) and not isinstance(digits, bool)):
+    if isinstance(digits, torch.Tensor) and digits.ndim == 0 and digits.dtype != torch.bool:
+        digits = digits.item()  # one digit for every image, as an int
+    if digits is None or (isinstance(digits, numbers.Integral) and not isinstance(digits, bool)):
         digits = [digits] * n
     if isinstance(digits, torch.Tensor):
         if digits.dtype.is_floating_point or digits.dtype.is_complex or digits.dtype == torch.bool:
@@ -251,9 +253,8 @@ def fit_bins(
     then has a third "thick", a third "thin", …); row 10 ("any digit") is always fitted on all images. Each digit
     needs at least ``min_per_digit`` images.
     """
-    check_number("low_q", low_q)
-    check_number("high_q", high_q)
-    check_int("min_per_digit", min_per_digit)
+    low_q, high_q = check_number("low_q", low_q), check_number("high_q", high_q)
+    min_per_digit = check_int("min_per_digit", min_per_digit)
     if not 0 < low_q < 0.5 < high_q < 1:
         raise ValueError(f"need 0 < low_q < 0.5 < high_q < 1, got low_q={low_q}, high_q={high_q}")
     values = _binned_values(attributes(images))  # each (N,) on the images' device

@@ -64,12 +64,12 @@ class ClassifierConfig:
         if isinstance(self.channels, str) or not isinstance(self.channels, tuple | list):
             raise TypeError(f"channels must be a tuple of 1 to 3 integers, e.g. (32, 64), got {self.channels!r}")
         object.__setattr__(self, "channels", tuple(self.channels))  # JSON gives a list
-        for i, c in enumerate(self.channels):
-            check_int(f"channels[{i}]", c)
+        channels = tuple(check_int(f"channels[{i}]", c) for i, c in enumerate(self.channels))
+        object.__setattr__(self, "channels", channels)  # np.int64 / torch scalars → int
         if not 1 <= len(self.channels) <= 3:
             raise ValueError(f"channels must be 1 to 3 positive integers, got {self.channels!r}")
-        check_int("feature_dim", self.feature_dim)
-        check_number("dropout", self.dropout, minimum=0.0)
+        object.__setattr__(self, "feature_dim", check_int("feature_dim", self.feature_dim))
+        object.__setattr__(self, "dropout", check_number("dropout", self.dropout, minimum=0.0))
         if not self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.num_classes != NUM_CLASSES:
@@ -206,8 +206,8 @@ def _check_labels(labels: object, n: int) -> torch.Tensor:
     return labels.long().cpu()
 
 
-def _check_batch_size(batch_size: int) -> None:
-    check_int("batch_size", batch_size)
+def _check_batch_size(batch_size: int) -> int:
+    return check_int("batch_size", batch_size)
 
 
 @contextlib.contextmanager
@@ -230,7 +230,7 @@ def classify(
     Images (N, 1, 28, 28) are clamped to [−1, 1] and moved batch by batch to the classifier's device.
     """
     images = _check_images(images)
-    _check_batch_size(batch_size)
+    batch_size = _check_batch_size(batch_size)
     if not isinstance(classifier, nn.Module):
         raise TypeError(
             f"classifier must be an MnistClassifier (from load_classifier()), got {type(classifier).__name__}"

@@ -83,7 +83,7 @@ def load_mnist(
     """
     check_choice("split", split, _SPLITS)
     if limit is not None:
-        check_int("limit", limit)
+        limit = check_int("limit", limit)  # np.int64 / torch scalars accepted, bools refused
     if path is not None and not isinstance(path, str | os.PathLike):
         raise TypeError(f"path must be a str or os.PathLike (None for data/mnist.npz), got {type(path).__name__}")
     path = Path(path) if path is not None else default_mnist_path()
@@ -140,13 +140,13 @@ def load_mnist_torchvision(
 
 def _generator(seed: int | None) -> torch.Generator:
     g = torch.Generator()
-    g.manual_seed(0 if seed is None else seed)
+    g.manual_seed(0 if seed is None else check_int("seed (None for 0)", seed, minimum=0))
     return g
 
 
-def _check_n(n: int, noise: float) -> None:
-    check_int("n", n)
-    check_number("noise", noise, minimum=0.0)
+def _check_n(n: int, noise: float) -> tuple[int, float]:
+    """(n, noise) as Python numbers: NumPy / torch scalars accepted, bools, NaN and negatives refused."""
+    return check_int("n", n), check_number("noise", noise, minimum=0.0)
 
 
 def swiss_roll(n: int = 1000, *, noise: float = 0.05, seed: int | None = 0) -> torch.Tensor:
@@ -154,7 +154,7 @@ def swiss_roll(n: int = 1000, *, noise: float = 0.05, seed: int | None = 0) -> t
 
     The same curve as scikit-learn's ``make_swiss_roll`` (its x and z coordinates). Returns (n, 2) float32.
     """
-    _check_n(n, noise)
+    n, noise = _check_n(n, noise)
     g = _generator(seed)
     theta = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g))  # (n,)
     pts = torch.stack([theta * torch.cos(theta), theta * torch.sin(theta)], dim=1)  # (n, 2)
@@ -167,7 +167,7 @@ def moons(n: int = 1000, *, noise: float = 0.05, seed: int | None = 0) -> torch.
 
     Returns (n, 2) float32; the first ⌈n/2⌉ points are the upper moon.
     """
-    _check_n(n, noise)
+    n, noise = _check_n(n, noise)
     g = _generator(seed)
     n_up = (n + 1) // 2
     a = math.pi * torch.rand(n, generator=g)  # (n,)

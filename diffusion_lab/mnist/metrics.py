@@ -50,6 +50,7 @@ import torch
 
 from diffusion_lab.mnist.classifier import NUM_CLASSES, MnistClassifier, _check_images, _check_labels, classify
 from diffusion_lab.mnist.data import load_mnist
+from diffusion_lab.utils.errors import check_int
 
 __all__ = [
     "ReferenceStats",
@@ -255,16 +256,21 @@ def fid_mnist(
     return frechet_distance(mu, sigma, ref.mu, ref.sigma)
 
 
-def _check_n(n: object, n_max: int) -> None:
-    if not isinstance(n, int) or isinstance(n, bool):
-        raise TypeError(f"n must be an integer between 2 and {n_max} (the MNIST training set), got {n!r}")
+def _check_n(n: object, n_max: int) -> int:
+    """``n`` as a Python int in 2..n_max (NumPy / torch integer scalars accepted, bools refused)."""
+    try:
+        n = check_int("n", n, minimum=None)
+    except TypeError:
+        raise TypeError(f"n must be an integer between 2 and {n_max} (the MNIST training set), got {n!r}") from None
     if not 2 <= n <= n_max:
         raise ValueError(f"n must be an integer between 2 and {n_max} (the MNIST training set), got {n!r}")
+    return n
 
 
 def _train_subset(n: int, seed: int) -> torch.Tensor:
     """n training images (n, 1, 28, 28), drawn without replacement by a seeded generator (no global RNG touched)."""
-    _check_n(n, _N_TRAIN)  # before loading, so that bad input fails fast
+    n = _check_n(n, _N_TRAIN)  # before loading, so that bad input fails fast
+    seed = check_int("seed", seed, minimum=0)
     images, _ = load_mnist("train")
     g = torch.Generator().manual_seed(seed)
     return images[torch.randperm(len(images), generator=g)[:n]]

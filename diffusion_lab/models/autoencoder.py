@@ -81,13 +81,14 @@ class AutoencoderConfig:
             raise TypeError(f"channels must be a tuple with one width per level, e.g. (16, 32), got {self.channels!r}")
         self.channels = tuple(check_int(f"channels[{i}]", c) for i, c in enumerate(self.channels))
         for name in ("in_channels", "latent_channels", "blocks_per_level", "groups"):
-            check_int(name, getattr(self, name))
-        check_number("scaling_factor", self.scaling_factor)
+            setattr(self, name, check_int(name, getattr(self, name)))  # np.int64 / torch scalars → int
+        self.scaling_factor = check_number("scaling_factor", self.scaling_factor)
         if len(self.channels) < 1:
             raise ValueError("channels needs at least one level, e.g. (16, 32)")
         if any(c % self.groups for c in self.channels):
             raise ValueError(f"every entry of channels {self.channels} must be divisible by groups={self.groups}")
-        if check_int("patch_size", self.patch_size, minimum=None) < 1:
+        self.patch_size = check_int("patch_size", self.patch_size, minimum=None)
+        if self.patch_size < 1:
             raise ValueError(f"patch_size must be a positive integer (1: no folding), got {self.patch_size!r}")
         if self.in_channels < 1 or self.latent_channels < 1 or self.blocks_per_level < 1:
             raise ValueError(

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_lab.models.unet import SpatialTransformer, UNet, UNetConfig, timestep_embedding
+from diffusion_lab.models.unet import SpatialTransformer, UNet, UNetConfig, timestep_embedding, timesteps_for_batch
 from diffusion_lab.utils.checkpoint import PretrainedModel
 from diffusion_lab.utils.errors import check_int, check_tensor
 
@@ -106,7 +106,8 @@ class ControlNetConfig:
             raise ValueError(
                 f"conditioning_embedding_out_channels must be positive widths, got {self.conditioning_embedding_out_channels}"
             )
-        if check_int("conditioning_channels", self.conditioning_channels, minimum=None) < 1:
+        self.conditioning_channels = check_int("conditioning_channels", self.conditioning_channels, minimum=None)
+        if self.conditioning_channels < 1:
             raise ValueError(f"conditioning_channels must be a positive integer, got {self.conditioning_channels!r}")
 
     @property
@@ -289,10 +290,7 @@ class ControlNet(PretrainedModel):
         cfg, b = self.config.unet, x.shape[0]
         context, mask = encoder_hidden_states, encoder_attention_mask
         # the time (+ class, + pooled text) embedding, as the U-Net computes it
-        t = torch.as_tensor(t, device=x.device)
-        if t.numel() not in (1, b):
-            raise ValueError(f"t must be one timestep or one per sample ({b}), got shape {tuple(t.shape)}")
-        t = t.reshape(-1).expand(b)  # (B,)
+        t = timesteps_for_batch(t, b, x.device)  # (B,)
         emb = self.time_mlp(timestep_embedding(t, cfg.channels[0]).to(x.dtype))  # (B, E)
         if self.class_embed is not None:
             if class_labels is None:

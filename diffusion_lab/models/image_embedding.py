@@ -19,6 +19,7 @@ model (safetensors + JSON); a damaged file is a :class:`~diffusion_lab.utils.err
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 
 import torch
@@ -59,7 +60,7 @@ class NormalizerConfig:
     embedding_dim: int = 128
 
     def __post_init__(self):
-        check_int("embedding_dim", self.embedding_dim)
+        self.embedding_dim = check_int("embedding_dim", self.embedding_dim)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,11 +114,11 @@ class EmbeddingNormalizer(PretrainedModel):
 
 def _check_noise_level(noise_level: object, num_levels: int) -> None:
     if isinstance(noise_level, torch.Tensor):
-        if noise_level.is_floating_point() or noise_level.numel() == 0:
+        if noise_level.is_floating_point() or noise_level.dtype == torch.bool or noise_level.numel() == 0:
             raise ValueError(f"noise_level must hold integers in [0, {num_levels - 1}], got {noise_level!r}")
         lo, hi = int(noise_level.min()), int(noise_level.max())
-    elif isinstance(noise_level, int) and not isinstance(noise_level, bool):
-        lo = hi = noise_level
+    elif isinstance(noise_level, numbers.Integral) and not isinstance(noise_level, bool):  # np.int64 too
+        lo = hi = int(noise_level)
     else:
         raise TypeError(f"noise_level must be an integer in [0, {num_levels - 1}], got {noise_level!r}")
     if lo < 0 or hi >= num_levels:

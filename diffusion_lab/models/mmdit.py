@@ -42,7 +42,7 @@ from torch import nn
 
 from diffusion_lab.models.unet import timestep_embedding
 from diffusion_lab.utils.checkpoint import PretrainedModel
-from diffusion_lab.utils.errors import check_int, check_tensor
+from diffusion_lab.utils.errors import check_int, check_number, check_tensor
 
 __all__ = [
     "SD3_MEDIUM_DIFFUSERS",
@@ -78,7 +78,8 @@ class MMDiTConfig:
     def __post_init__(self):
         for name in ("in_channels", "out_channels", "sample_size", "patch_size", "depth", "hidden_size", "num_heads"):
             value = getattr(self, name)
-            if check_int(name, value, minimum=None) < 1:
+            setattr(self, name, check_int(name, value, minimum=None))  # np.int64 / torch scalars → int
+            if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
@@ -286,7 +287,9 @@ class MMDiT(PretrainedModel):
             )
         if H > cfg.sample_size or W > cfg.sample_size:
             raise ValueError(f"latent size {H}x{W} exceeds the model's sample_size {cfg.sample_size}")
-        if isinstance(timestep, bool) or not isinstance(timestep, torch.Tensor | int | float):
+        if not isinstance(timestep, torch.Tensor):  # a number: NumPy / torch scalars accepted, bools and NaN refused
+            timestep = check_number("timestep", timestep)
+        elif timestep.dtype == torch.bool:
             raise TypeError(f"timestep must be a number or a tensor of flow times in [0, 1], got {timestep!r}")
         t = torch.as_tensor(timestep)
         if t.numel() not in (1, x.shape[0]) or not bool(((t >= 0) & (t <= 1)).all()):

@@ -41,13 +41,37 @@ from diffusion_lab.mnist.captions import ATTRIBUTE_WORDS, DIGIT_NAMES, PLACEHOLD
 from diffusion_lab.utils.checkpoint import PretrainedModel, write_json_atomic
 from diffusion_lab.utils.errors import FileError, check_int, check_number, check_tensor
 
-__all__ = ["BatchEncoding", "TextEncoder", "TextEncoderConfig", "TextEncoderOutput", "WordTokenizer"]
+__all__ = [
+    "BatchEncoding",
+    "PromptTruncatedWarning",
+    "PromptWarning",
+    "TextEncoder",
+    "TextEncoderConfig",
+    "TextEncoderOutput",
+    "UnknownTokenWarning",
+    "WordTokenizer",
+]
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")  # ids 0, 1, 2, 3
 _CAPTION_WORDS = tuple(w for pair in ATTRIBUTE_WORDS.values() for w in pair)
 BASE_WORDS = ("a", "an", "the", "digit", "number", "handwritten", *DIGIT_NAMES, *_CAPTION_WORDS)
 _TOKENIZER_FILE = "tokenizer.json"
 _TOKENIZER_FORMAT = "diffusion_lab.word_tokenizer/1"
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")  # runs of characters the word pattern [a-z0-9] never keeps
+
+
+class PromptWarning(UserWarning):
+    """A prompt was not read as written: words cut off, unknown words or characters (filter this to silence all)."""
+
+
+class PromptTruncatedWarning(PromptWarning):
+    """A prompt was longer than ``max_length`` tokens and its last words were dropped."""
+
+
+class UnknownTokenWarning(PromptWarning):
+    """Words the vocabulary lacks became <unk>, or characters outside it (emoji, accents) were dropped."""
 
 
 class BatchEncoding(dict):
@@ -75,6 +99,11 @@ class WordTokenizer:
     L = ``max_length`` (default ``model_max_length``): <bos> w₁ … wₙ <eos> <pad> … with mask 1 on <bos>…<eos>.
     The empty prompt "" gives <bos> <eos>: the unconditional prompt of classifier-free guidance. Truncation keeps
     <bos> and <eos> and drops words, as CLIP's tokenizer does. Unknown words become <unk>, with a warning naming them.
+
+    Warnings (:class:`PromptWarning`, once per call, naming the prompt and the words): a prompt cut to ``max_length``
+    (:class:`PromptTruncatedWarning`; ``truncation=True`` passed explicitly asks for the cut and stays silent, as
+    transformers' tokenizers), unknown words and characters outside the vocabulary — emoji, accented letters — which
+    are dropped (:class:`UnknownTokenWarning`). The ids are the same with or without the warnings.
     """
 
     pad_token, unk_token, bos_token, eos_token = SPECIAL_TOKENS
@@ -95,7 +124,7 @@ class WordTokenizer:
             raise ValueError(
                 f"vocab words must be lower-case letters and digits only (or an added token like '<my-token>'), got {bad[:5]}"
             )
-        check_int("model_max_length (room for <bos> and <eos>)", model_max_length, minimum=2)
+        model_max_length = check_int("model_max_length (room for <bos> and <eos>)", model_max_length, minimum=2)
         self.vocab = vocab  # id → word
         self.token_to_id = {w: i for i, w in enumerate(vocab)}
         self.model_max_length = model_max_length
@@ -148,36 +177,59 @@ class WordTokenizer:
             self.vocab.append(t)
         return len(new)
 
-    def encode(self, text: str, *, max_length: int | None = None, truncation: bool = True) -> list[int]:
-        """One text → [<bos>, ids…, <eos>] (no padding). Unknown words → <unk>, with a warning naming them."""
+    def encode(self, text: str, *, max_length: int | None = None, truncation: bool | None = True) -> list[int]:
+        """One text → [<bos>, ids…, <eos>] (no padding). Unknown words → <unk>, with a warning naming them.
+        ``truncation``: True (default here: the low-level call cuts as asked, silently, as notebook 05 shows),
+        None cuts with a :class:`PromptTruncatedWarning`, False raises; ``tokenizer(texts)`` defaults to None."""
         return self._encode([text], max_length, truncation)[0]
 
-    def _encode(self, texts: list[str], max_length: int | None, truncation: bool) -> list[list[int]]:
+    def _encode(self, texts: list[str], max_length: int | None, truncation: bool | None) -> list[list[int]]:
         max_length = self.model_max_length if max_length is None else max_length
-        if isinstance(max_length, bool) or not isinstance(max_length, int):
-            raise TypeError(f"max_length must be an integer >= 2 (room for <bos> and <eos>), got {max_length!r}")
+        max_length = check_int("max_length", max_length, minimum=None)
         if max_length < 2:
             raise ValueError(f"max_length must be an integer >= 2 (room for <bos> and <eos>), got {max_length!r}")
+        if truncation is not None and not isinstance(truncation, bool):
+            raise TypeError(f"truncation must be True, False or None (truncate with a warning), got {truncation!r}")
         unknown: set[str] = set()
+        cut, dropped = [], []  # per prompt: "prompt i ... 'words'"
         out = []
-        for text in texts:
-            ids = []
-            for w in self.tokenize(text):
+        for i, text in enumerate(texts):
+            ids, words = [], self.tokenize(text)
+            for w in words:
                 if w not in self.token_to_id:
                     unknown.add(w)
                 ids.append(self.token_to_id.get(w, self.unk_token_id))
             if len(ids) + 2 > max_length:
-                if not truncation:
+                if truncation is False:
                     raise ValueError(
                         f"{text!r} is {len(ids) + 2} tokens with <bos> and <eos>, more than max_length={max_length}: "
                         "shorten it, raise max_length, or pass truncation=True"
                     )
                 ids = ids[: max_length - 2]
+                cut.append(f"prompt {i} is longer than the tokenizer's {max_length} tokens: dropped "
+                           f"{' '.join(words[max_length - 2:])!r}")  # fmt: skip
             out.append([self.bos_token_id, *ids, self.eos_token_id])
+            chars = list(dict.fromkeys(_NON_ASCII.findall(text)))
+            if chars:
+                it = "it was" if len(chars) == 1 else "they were"
+                are = "is" if len(chars) == 1 else "are"
+                dropped.append(f"prompt {i}: {', '.join(map(repr, chars))} {are} not in the vocabulary; {it} dropped")
+        said = []  # one UnknownTokenWarning per call, whatever was unknown
         if unknown:
-            warnings.warn(
+            said.append(
                 f"unknown words {sorted(unknown)} were mapped to <unk>; the vocabulary knows {self.vocab_size - 4} "
-                "words (tokenizer.vocab): rephrase, or build the tokenizer with WordTokenizer.from_texts(..., extra_words=...)",
+                "words (tokenizer.vocab): rephrase, or build the tokenizer with WordTokenizer.from_texts(..., extra_words=...)"
+            )
+        if dropped:
+            said.append(
+                "; ".join(dropped) + " (the tokenizer reads lower-case ASCII letters and digits: write the words out)"
+            )
+        if said:
+            warnings.warn("; ".join(said), UnknownTokenWarning, stacklevel=3)
+        if cut and truncation is None:
+            warnings.warn(
+                "; ".join(cut) + " (shorten the prompt, or pass truncation=True to cut it without this warning)",
+                PromptTruncatedWarning,
                 stacklevel=3,
             )
         return out
@@ -187,7 +239,7 @@ class WordTokenizer:
         texts: str | Sequence[str],
         padding: bool | str = "max_length",
         max_length: int | None = None,
-        truncation: bool = True,
+        truncation: bool | None = None,
         return_tensors: str | None = "pt",
     ) -> BatchEncoding:
         """Tokenize one text or a list: ``input_ids`` and ``attention_mask``, (B, L) long tensors (B = 1 for one text).
@@ -195,6 +247,8 @@ class WordTokenizer:
         padding: ``"max_length"`` (L = max_length, default ``model_max_length``), ``"longest"`` or True (L = longest
         in the batch), False or ``"do_not_pad"`` (no padding; needs ``return_tensors=None`` if lengths differ).
         return_tensors: ``"pt"`` for tensors, None for lists of lists.
+        truncation: None (default) cuts a prompt longer than the length to its first words and warns
+        (:class:`PromptTruncatedWarning`, naming the dropped words); True cuts silently; False raises ``ValueError``.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -213,6 +267,7 @@ class WordTokenizer:
         if return_tensors not in ("pt", None):
             raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
         ids = self._encode(list(texts), max_length, truncation)
+        max_length = None if max_length is None else check_int("max_length", max_length)  # np.int64 → int
         if padding == "max_length":
             length = self.model_max_length if max_length is None else max_length
         elif padding in ("longest", True):
@@ -263,7 +318,10 @@ class WordTokenizer:
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as e:
-            raise FileError(f"{path} is not valid JSON (truncated?): {e}") from e
+            raise FileError(
+                f"{path} is not valid JSON (truncated?): {e}; write it again with WordTokenizer.save_pretrained (re-run "
+                "the cell that saved it), or delete the folder"
+            ) from e
         if not isinstance(obj, dict) or obj.get("format") != _TOKENIZER_FORMAT:
             raise FileError(
                 f"{path} is not a diffusion_lab word tokenizer: write it with WordTokenizer.save_pretrained"

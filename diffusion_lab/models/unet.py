@@ -40,6 +40,7 @@ unshuffle", as simple diffusion and DiT's patches do) is lossless and makes ever
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -80,10 +81,11 @@ class UNetConfig:
         self.channels = tuple(check_int(f"channels[{i}]", c) for i, c in enumerate(self.channels))
         self.attention_levels = tuple(bool(a) for a in self.attention_levels)
         for name in ("in_channels", "out_channels", "time_embed_dim", "groups", "heads", "patch_size"):
-            if check_int(name, getattr(self, name), minimum=None) < 1:
+            setattr(self, name, check_int(name, getattr(self, name), minimum=None))  # np.int64 / torch scalars → int
+            if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        check_int("blocks_per_level", self.blocks_per_level, minimum=0)
-        check_number("dropout", self.dropout, minimum=0.0, maximum=1.0)
+        self.blocks_per_level = check_int("blocks_per_level", self.blocks_per_level, minimum=0)
+        self.dropout = check_number("dropout", self.dropout, minimum=0.0, maximum=1.0)
         if len(self.channels) < 1 or len(self.attention_levels) != len(self.channels):
             raise ValueError(
                 f"attention_levels needs one entry per level ({len(self.channels)}), got {len(self.attention_levels)}"
@@ -92,8 +94,10 @@ class UNetConfig:
             raise ValueError(f"every entry of channels {self.channels} must be divisible by groups={self.groups}")
         for name in ("num_classes", "cross_attention_dim", "pooled_dim"):
             value = getattr(self, name)
-            if value is not None and check_int(name, value, minimum=None) < 1:
-                raise ValueError(f"{name} must be None or >= 1, got {value}")
+            if value is not None:
+                setattr(self, name, check_int(name, value, minimum=None))
+                if getattr(self, name) < 1:
+                    raise ValueError(f"{name} must be None or >= 1, got {value}")
 
     @property
     def downsampling(self) -> int:
@@ -102,6 +106,22 @@ class UNetConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def timesteps_for_batch(t: object, b: int, device: torch.device) -> torch.Tensor:
+    """``t`` (a number, a NumPy / torch scalar, or a (B,) tensor) as a (B,) tensor on ``device``. ``TypeError`` for
+    a bool, None or a string; ``ValueError`` for a NaN / inf number or a tensor that is neither one nor B values
+    (a tensor's values are not scanned: that would cost a device sync each step)."""
+    if isinstance(t, torch.Tensor):
+        if t.dtype == torch.bool:
+            raise TypeError(f"t must be a timestep (a number or a tensor of numbers), got a bool tensor {t!r}")
+    else:
+        number = check_number("t (the timestep)", t)
+        t = int(t) if isinstance(t, numbers.Integral) else number  # ints stay ints: the same tensor as before
+    t = torch.as_tensor(t, device=device)
+    if t.numel() not in (1, b):
+        raise ValueError(f"t must be one timestep or one per sample ({b}), got shape {tuple(t.shape)}")
+    return t.reshape(-1).expand(b)  # (B,)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -466,10 +486,7 @@ class UNet(PretrainedModel):
         self._check_residuals(x, down_block_additional_residuals, mid_block_additional_residual)
         context, mask = encoder_hidden_states, encoder_attention_mask
         b = x.shape[0]
-        t = torch.as_tensor(t, device=x.device)
-        if t.numel() not in (1, b):
-            raise ValueError(f"t must be one timestep or one per sample ({b}), got shape {tuple(t.shape)}")
-        t = t.reshape(-1).expand(b)  # (B,)
+        t = timesteps_for_batch(t, b, x.device)  # (B,)
         emb = self.time_mlp(timestep_embedding(t, self.config.channels[0]).to(x.dtype))  # (B, E)
         if self.class_embed is not None:
             if class_labels is None:  # unconditional: the null class

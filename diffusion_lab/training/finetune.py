@@ -44,8 +44,9 @@ from diffusion_lab.mnist.data import from_unit_range, to_unit_range
 from diffusion_lab.training.loop import optimizer_step
 from diffusion_lab.training.loss import training_target
 from diffusion_lab.utils.checkpoint import save_tensors_atomic
-from diffusion_lab.utils.errors import check_int, check_number
+from diffusion_lab.utils.errors import check_int, check_number, check_tensor
 from diffusion_lab.utils.settings import pick
+from diffusion_lab.utils.validation import check_images
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -69,6 +70,7 @@ __all__ = [
 @torch.no_grad()
 def encode_images(pipe, images: torch.Tensor) -> torch.Tensor:
     """z_0 = s · μ(x): the latents (N, L, h, w) the tiny model was trained on, for images (N, 1, H, W) in [−1, 1]."""
+    images = _check_examples(images)
     vae = pipe.vae
     mean = vae.encode(images.to(pipe.device)).latent_dist.mode()  # (N, L, h, w)
     return mean * vae.config.scaling_factor
@@ -120,9 +122,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 def load_concept_images(folder: str | os.PathLike, size: int = 28, *, invert: bool | None = None) -> torch.Tensor:
     """The example images of a new concept, (N, 1, size, size) in [−1, 1], sorted by file name.
 
-    Conversions (each one warned about, so nothing happens silently): colour or alpha → grey ("L"; transparent
-    pixels become background); a square image of another size → resized to ``size`` (Lanczos); dark ink on a light
-    background (mean brightness > 0.5, or ``invert=True``) → inverted to MNIST's light ink on black.
+    Conversions (each one warned about, so nothing happens silently): colour or alpha → grey ("L"); a square image
+    of another size → resized to ``size`` (Lanczos); dark ink on a light background (mean brightness > 0.5, or
+    ``invert=True``) → inverted to MNIST's light ink on black.
+    Transparency (RGBA, LA, PA, P with a transparent colour): the transparent pixels become the background the ink
+    stands out on — white under dark ink (then inverted like a scan), black under light ink (mean brightness of the
+    opaque pixels ≤ 0.5 is dark ink; ``invert=True``/``False`` decides it instead) — so black ink on a transparent
+    PNG gives the same digit as black ink on white paper. 16-bit grey ("I;16", "I") is scaled by its bit depth
+    (p₈ = round(p₁₆ / 257)), as the same drawing saved with 8 bits.
     Rejected with a ValueError naming the files: a missing or empty folder, files that are not images, and images
     that are not square (crop them square first: resizing them would squash the digit).
     """
@@ -133,8 +140,9 @@ def load_concept_images(folder: str | os.PathLike, size: int = 28, *, invert: bo
     files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
     if not files:
         raise ValueError(f"{folder} is empty: put 3-10 example images (PNG or JPEG) of the new concept in it")
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+    size = check_int("size", size)
+    if invert is not None and not isinstance(invert, bool):
+        raise TypeError(f"invert must be True, False or None (decide from the brightness), got {invert!r}")
     images, not_images, not_square, converted, resized, inverted = [], [], [], [], [], []
     for f in files:
         try:
@@ -149,11 +157,7 @@ def load_concept_images(folder: str | os.PathLike, size: int = 28, *, invert: bo
             continue
         if img.mode != "L":
             converted.append(f"{f.name} ({img.mode})")
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                img = img.convert("RGBA")
-                background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-                img = Image.alpha_composite(background, img)
-            img = img.convert("L")
+            img = _to_grey(img, invert)
         if img.size != (size, size):
             resized.append(f"{f.name} ({img.width}×{img.height})")
             img = img.resize((size, size), Image.Resampling.LANCZOS)
@@ -176,6 +180,22 @@ def load_concept_images(folder: str | os.PathLike, size: int = 28, *, invert: bo
         if names and (what[0] != "i" or invert is None):
             warnings.warn(f"{len(names)} image(s) {what}: {names}", stacklevel=2)
     return torch.stack(images)  # (N, 1, size, size)
+
+
+def _to_grey(img: Image.Image, invert: bool | None) -> Image.Image:
+    """One image of any mode → 8-bit grey "L": transparency composited onto the background its ink stands out on
+    (white under dark ink, black under light ink), 16/32-bit grey scaled by its bit depth."""
+    if img.mode.startswith("I"):  # "I;16", "I;16B", "I" (16-bit PNG / TIFF): 0..65535
+        p = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(np.clip(np.round(p / 257), 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        alpha = np.asarray(img, dtype=np.float64)[..., 3] / 255  # (H, W) 1 = opaque
+        grey = np.asarray(img.convert("RGB").convert("L"), dtype=np.float64) / 255  # (H, W) the ink's brightness
+        dark_ink = invert if invert is not None else (grey * alpha).sum() <= 0.5 * alpha.sum()
+        shade = 255 if dark_ink else 0
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (shade, shade, shade, 255)), img)
+    return img.convert("L")
 
 
 def save_concept_images(images: torch.Tensor, folder: str | os.PathLike, prefix: str = "example") -> list[Path]:
@@ -250,20 +270,25 @@ class TextualInversionResult:
 
 
 def _check_examples(images: object, what: str = "images") -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 1 or len(images) == 0:
-        raise ValueError(
-            f"{what} must be a non-empty (N, 1, 28, 28) tensor in [-1, 1] (finetune.load_concept_images reads a "
-            f"folder), got {getattr(images, 'shape', type(images).__name__)}"
-        )
-    return images
+    """User images (N, 1, H, W): TypeError if not a tensor, ValueError for a wrong shape, NaN or values outside
+    [−1, 1]."""
+    want = "a non-empty (N, 1, 28, 28) tensor in [-1, 1] (finetune.load_concept_images reads a folder)"
+    check_tensor(what, images, want)
+    if images.ndim != 4 or images.shape[1] != 1 or len(images) == 0:
+        raise ValueError(f"{what} must be {want}, got shape {tuple(images.shape)}")
+    return check_images(
+        images, what, channels=1, value_range=(-1.0, 1.0), hints={"range": " (pixels 0..255: x = p / 127.5 - 1)"}
+    )
 
 
-def _check_steps(steps: object, lr: object, batch_size: object, seed: object = 0) -> None:
-    check_int("steps", steps)
-    check_int("batch_size", batch_size)
-    check_int("seed", seed, minimum=0)
+def _check_steps(steps: object, lr: object, batch_size: object, seed: object = 0) -> tuple[int, float, int, int]:
+    """(steps, lr, batch_size, seed) as Python numbers (NumPy / torch scalars accepted, bools refused)."""
+    steps = check_int("steps", steps)
+    batch_size = check_int("batch_size", batch_size)
+    seed = check_int("seed", seed, minimum=0)
     if not check_number("lr", lr) > 0:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    return steps, check_number("lr", lr), batch_size, seed
 
 
 def textual_inversion(
@@ -288,7 +313,7 @@ def textual_inversion(
     """
     images = _check_examples(images)
     steps = pick(400, 30) if steps is None else steps
-    _check_steps(steps, lr, batch_size, seed)
+    steps, lr, batch_size, seed = _check_steps(steps, lr, batch_size, seed)
     if not templates or any("{}" not in t for t in templates):
         raise ValueError(f"every template needs a '{{}}' where the token goes, got {list(templates)}")
 
@@ -381,9 +406,10 @@ def dreambooth(
     """
     images = _check_examples(images)
     steps = pick(300, 20) if steps is None else steps
-    _check_steps(steps, lr, batch_size, seed)
+    steps, lr, batch_size, seed = _check_steps(steps, lr, batch_size, seed)
     if check_number("prior_weight", prior_weight) < 0:
         raise ValueError(f"prior_weight must be a number >= 0 (1.0 in the paper), got {prior_weight!r}")
+    prior_weight = check_number("prior_weight", prior_weight)
     if rare_token not in instance_prompt.split():
         raise ValueError(f"instance_prompt {instance_prompt!r} must contain the rare token {rare_token!r}")
     use_prior = class_images is not None and prior_weight > 0

@@ -17,6 +17,7 @@ from diffusion_lab.mnist.captions import AttributeBins
 from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
 from diffusion_lab.pipelines.stable_diffusion_3 import TinySD3Pipeline
 from diffusion_lab.utils.checkpoint import write_json_atomic
+from diffusion_lab.utils.errors import FileError
 
 __all__ = ["BINS_FILE", "pretrained_tiny_sd_path", "save_tiny_sd", "load_tiny_sd"]
 
@@ -55,8 +56,28 @@ def load_tiny_sd(
             "benchmarks/cpu_train.py --model latent --save <folder> (about 2 minutes on a CPU)"
         )
     index = directory / "model_index.json"
-    stored = json.loads(index.read_text("utf-8")).get("_class_name") if index.is_file() else None
+    stored = _read_json(index).get("_class_name") if index.is_file() else None
     cls = TinySD3Pipeline if stored == TinySD3Pipeline.__name__ else TinyStableDiffusionPipeline
     pipe = cls.from_pretrained(directory, device=device)
-    bins = AttributeBins.from_dict(json.loads((directory / BINS_FILE).read_text()))
+    try:
+        bins = AttributeBins.from_dict(_read_json(directory / BINS_FILE))
+    except (TypeError, ValueError) as e:
+        raise FileError(f"{directory / BINS_FILE} does not hold caption bins ({e}). {_REDO}") from e
     return pipe, bins
+
+
+_REDO = (
+    "Re-run the cell or command that wrote the folder (save_tiny_sd, or benchmarks/cpu_train.py --model latent "
+    "--save <folder>), or delete the folder and save it again"
+)
+
+
+def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``; :class:`FileError` naming the file if it is truncated, not JSON or not an object."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise FileError(f"{path} is not valid JSON (truncated or damaged: {e}). {_REDO}") from e
+    if not isinstance(obj, dict):
+        raise FileError(f"{path} must hold a JSON object, got {type(obj).__name__}. {_REDO}")
+    return obj
