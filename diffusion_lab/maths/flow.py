@@ -35,10 +35,12 @@ since v is an affine function of ε at fixed x_t and t.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
+
+from diffusion_lab.maths.checks import check_flow_time, check_same_shape
+from diffusion_lab.utils.errors import check_generator, check_int, check_number
+from diffusion_lab.utils.torch_utils import randn
 
 __all__ = [
     "flow_interpolate",
@@ -51,25 +53,25 @@ __all__ = [
 
 
 def _check_sigma(sigma: torch.Tensor | float, name: str = "sigma") -> None:
-    s = torch.as_tensor(sigma)
-    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()) or bool((s > 1).any()):
-        raise ValueError(f"{name} (the flow time t) must lie in [0, 1] (0 = data, 1 = noise), got {s.tolist()}")
+    """A flow time (or several) in [0, 1] (:func:`~diffusion_lab.maths.checks.check_flow_time`)."""
+    check_flow_time(name, sigma)
 
 
-def _per_sample(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+def _per_sample(sigma: torch.Tensor | float, like: torch.Tensor, name: str = "sigma") -> torch.Tensor:
     """σ as a tensor broadcastable against ``like`` (B, ...): a scalar, or one value per sample."""
+    if not isinstance(sigma, torch.Tensor):
+        sigma = np.asarray(sigma)  # NumPy scalars and arrays too
     s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
-    if s.ndim == 0:
-        return s
+    if s.numel() == 1 and s.ndim <= 1:
+        return s.reshape(())
     if s.ndim != 1 or len(s) != like.shape[0]:
-        raise ValueError(f"need one sigma or one per sample ({like.shape[0]}), got shape {tuple(s.shape)}")
+        raise ValueError(f"{name} must be one value or one per sample ({like.shape[0]}), got shape {tuple(s.shape)}")
     return s.reshape(-1, *([1] * (like.ndim - 1)))  # (B, 1, 1, 1)
 
 
 def flow_interpolate(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     """x_t = (1 − t)·x₀ + t·ε, the straight path (SD3 §3.1). ``sigma``: a scalar or (B,) in [0, 1]."""
-    if x0.shape != noise.shape:
-        raise ValueError(f"x0 and noise must have the same shape, got {tuple(x0.shape)} and {tuple(noise.shape)}")
+    check_same_shape("x0", x0, "noise", noise)
     _check_sigma(sigma)
     t = _per_sample(sigma, x0)
     return (1 - t) * x0 + t * noise  # (B, C, H, W)
@@ -77,11 +79,13 @@ def flow_interpolate(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor 
 
 def flow_velocity(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """v = dx_t/dt = ε − x₀: the same at every t, because the path is straight."""
+    check_same_shape("x0", x0, "noise", noise)
     return noise - x0
 
 
 def flow_predict_x0(x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     """x̂₀ = x_t − t·v: follow the predicted velocity back to t = 0 in one step."""
+    check_same_shape("x_t", x_t, "v", v)
     _check_sigma(sigma)
     return x_t - _per_sample(sigma, x_t) * v
 
@@ -90,9 +94,10 @@ def flow_euler_step(
     x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float
 ) -> torch.Tensor:
     """x_{t'} = x_t + (t' − t)·v, one Euler step of the ODE dx/dt = v from t to t' (t' < t when sampling)."""
+    check_same_shape("x_t", x_t, "v", v)
     _check_sigma(sigma)
     _check_sigma(sigma_next, "sigma_next")
-    return x_t + (_per_sample(sigma_next, x_t) - _per_sample(sigma, x_t)) * v
+    return x_t + (_per_sample(sigma_next, x_t, "sigma_next") - _per_sample(sigma, x_t)) * v
 
 
 def shift_sigmas(sigmas: torch.Tensor | np.ndarray | float, shift: float):
@@ -100,8 +105,15 @@ def shift_sigmas(sigmas: torch.Tensor | np.ndarray | float, shift: float):
 
     Works on floats, numpy arrays and tensors, and keeps their type and dtype (diffusers applies it to float32
     tensors in the constructor and to float64 arrays in ``set_timesteps``; parity needs both)."""
-    if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+    try:
+        shift = check_number("shift", shift)
+    except ValueError:  # NaN or inf: the message below says what a shift is
+        shift = float("nan")
+    if not shift > 0:
         raise ValueError(f"shift must be a positive number (1: no shift; SD3 uses 3.0), got {shift!r}")
+    check_flow_time("sigmas", sigmas)
+    if isinstance(sigmas, list | tuple):
+        sigmas = np.asarray(sigmas, dtype=np.float64)
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
@@ -113,8 +125,11 @@ def logit_normal_timesteps(
     The density peaks in the middle of the path, where the SD3 paper argues the velocity is hardest to predict (near
     t = 1 the best answer is close to ε minus the data mean, near t = 0 close to the noise); its best setting was
     mean 0, std 1."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = check_int("n", n)
+    mean = check_number("mean", mean)
+    std = check_number("std", std)
     if not std > 0:
         raise ValueError(f"std must be > 0, got {std!r}")
+    if isinstance(check_generator("generator", generator, batch=n), list):
+        return torch.sigmoid(mean + std * randn((n,), generator))  # one draw per generator
     return torch.sigmoid(mean + std * torch.randn(n, generator=generator))

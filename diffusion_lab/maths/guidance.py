@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from diffusion_lab.utils.errors import check_number, check_tensor
+from diffusion_lab.maths.checks import check_broadcast, check_same_shape
+from diffusion_lab.utils.errors import check_generator, check_number, check_tensor
 
 __all__ = ["cfg_combine", "drop_condition", "rescale_noise_cfg"]
 
@@ -32,8 +33,15 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float)
     """ε̃ = ε_∅ + w·(ε_c − ε_∅): w = 1 gives ε_c, w = 0 gives ε_∅ (classifier-free guidance)."""
     check_tensor("cond", cond, "(the conditional prediction ε_c)")
     check_tensor("uncond", uncond, "(the unconditional prediction ε_∅)")
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float | torch.Tensor):
-        raise TypeError(f"guidance_scale must be a number (1 = no guidance), got {guidance_scale!r}")
+    if not isinstance(guidance_scale, torch.Tensor) or guidance_scale.ndim == 0:
+        try:
+            guidance_scale = check_number("guidance_scale", guidance_scale)
+        except TypeError:
+            raise TypeError(f"guidance_scale must be a number (1 = no guidance), got {guidance_scale!r}") from None
+    elif guidance_scale.dtype == torch.bool:
+        raise TypeError("guidance_scale must be a number or a float tensor (1 = no guidance), got a bool tensor")
+    else:
+        check_broadcast("guidance_scale", guidance_scale, cond)
     if cond.shape != uncond.shape:
         raise ValueError(f"cond and uncond must have the same shape, got {tuple(cond.shape)} and {tuple(uncond.shape)}")
     return uncond + guidance_scale * (cond - uncond)
@@ -49,7 +57,8 @@ def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, gu
     """
     check_tensor("noise_cfg", noise_cfg, "(the guided prediction ε̃)")
     check_tensor("noise_pred_text", noise_pred_text, "(the conditional prediction ε_c)")
-    check_number("guidance_rescale", guidance_rescale)
+    check_same_shape("noise_cfg", noise_cfg, "noise_pred_text", noise_pred_text)
+    guidance_rescale = check_number("guidance_rescale", guidance_rescale)
     if not 0.0 <= guidance_rescale <= 1.0:
         raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
     dims = list(range(1, noise_pred_text.ndim))
@@ -70,9 +79,23 @@ def drop_condition(
     """
     check_tensor("cond", cond, "(B, ...) of conditions")
     check_tensor("null", null, "(the null condition, broadcastable to one row of cond)")
-    check_number("drop_prob", drop_prob)
+    drop_prob = check_number("drop_prob", drop_prob)
     if not 0.0 <= drop_prob <= 1.0:
         raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob}")
-    u = torch.rand(cond.shape[0], generator=generator).to(cond.device)  # (B,)
+    if cond.ndim == 0 or cond.shape[0] == 0:
+        raise ValueError(f"cond must be a tensor (B, ...) with one row per sample, got shape {tuple(cond.shape)}")
+    try:
+        fits = torch.broadcast_shapes(null.shape, cond.shape) == cond.shape  # what expand_as needs
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"null (shape {tuple(null.shape)}) must broadcast to cond (shape {tuple(cond.shape)}): the null "
+            "condition of one sample, shaped like one row of cond"
+        )
+    if isinstance(check_generator("generator", generator, batch=cond.shape[0]), list):  # one draw per row
+        u = torch.cat([torch.rand(1, generator=g) for g in generator]).to(cond.device)  # (B,)
+    else:
+        u = torch.rand(cond.shape[0], generator=generator).to(cond.device)  # (B,)
     drop = (u < drop_prob).reshape(-1, *([1] * (cond.ndim - 1)))  # (B, 1, ...)
     return torch.where(drop, null.to(cond.device, cond.dtype).expand_as(cond), cond)

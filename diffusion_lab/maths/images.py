@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from diffusion_lab.utils.errors import check_int, check_number, check_tensor
 from diffusion_lab.utils.validation import check_images
 
 __all__ = ["coarse_mask", "edge_f1", "edge_map", "mask_iou", "sobel", "bicubic_upscale", "downsample", "psnr"]
@@ -39,6 +40,7 @@ def edge_map(images: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
        which thins the two-pixel-wide gradient band to a 1-pixel outline (Canny 1986);
     3. edges where the kept m > ``threshold`` (one threshold, no hysteresis).
     """
+    threshold = check_number("threshold", threshold)
     if not 0.0 <= threshold < 1.5:
         raise ValueError(f"threshold must be in [0, 1.5) (a share of a full black-to-white step), got {threshold!r}")
     gu, gv = sobel(images)
@@ -66,7 +68,9 @@ def coarse_mask(images: torch.Tensor, cell: int = 4, threshold: float = 0.2) -> 
     is but not how its strokes run.
     """
     b = _brightness(images)
-    if not isinstance(cell, int) or cell < 1 or b.shape[-1] % cell or b.shape[-2] % cell:
+    cell = check_int("cell", cell, minimum=None)
+    threshold = check_number("threshold", threshold)
+    if cell < 1 or b.shape[-1] % cell or b.shape[-2] % cell:
         raise ValueError(f"cell must be a positive integer dividing the image size {tuple(b.shape[-2:])}, got {cell!r}")
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1) (a share of ink in a cell), got {threshold!r}")
@@ -93,7 +97,8 @@ def edge_f1(edges: torch.Tensor, target: torch.Tensor, tolerance: int = 0) -> to
     a, b = _binary(edges, "edges"), _binary(target, "target")
     if a.shape != b.shape:
         raise ValueError(f"edges and target must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if not isinstance(tolerance, int) or tolerance < 0:
+    tolerance = check_int("tolerance", tolerance, minimum=None)
+    if tolerance < 0:
         raise ValueError(f"tolerance must be an integer >= 0 (pixels), got {tolerance!r}")
     k = 2 * tolerance + 1
 
@@ -122,8 +127,9 @@ def _check_batch(x: object, name: str) -> torch.Tensor:
 
 
 def _check_factor(factor: object) -> int:
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-        raise ValueError(f"factor must be a positive integer (4 for the x4 upscaler), got {factor!r}")
+    factor = check_int("factor", factor, minimum=None)
+    if not 1 <= factor <= 64:
+        raise ValueError(f"factor must be a positive integer up to 64 (4 for the x4 upscaler), got {factor!r}")
     return factor
 
 
@@ -161,10 +167,13 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Ten
     Higher is better; +6 dB is half the RMS error. Average it over images yourself (the mean of per-image PSNRs, as
     super-resolution papers report).
     """
-    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape or a.ndim < 2:
-        sa = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
-        sb = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
-        raise ValueError(f"a and b must be tensors (B, ...) of the same shape, got {sa} and {sb}")
+    check_tensor("a", a, "(B, ...)")
+    check_tensor("b", b, "(B, ...)")
+    if a.shape != b.shape or a.ndim < 2:
+        raise ValueError(
+            f"a and b must be tensors (B, ...) of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    data_range = check_number("data_range", data_range)
     if not data_range > 0:
         raise ValueError(f"data_range must be > 0 (2 for images in [-1, 1]), got {data_range!r}")
     mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)  # (B,)

@@ -8,11 +8,13 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader finds the base class by name in the module that defines the component)
 
 from diffusion_lab.maths.diffusion import (
+    check_eta,
     ddim_sigma,
     ddim_step,
     predict_x0_and_eps,
 )
 from diffusion_lab.schedulers.scheduling_utils import KARRAS_COMPATIBLES, SchedulerOutput, _Scheduler
+from diffusion_lab.utils.errors import check_tensor
 from diffusion_lab.utils.torch_utils import randn
 
 __all__ = ["DDIMScheduler"]
@@ -77,6 +79,9 @@ class DDIMScheduler(_Scheduler):
     ) -> SchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """One reverse step x_t → x_{t'}: (B, ...) → (B, ...).
 
+        ``timestep`` must be a value of ``timesteps`` (``ValueError`` otherwise, as in :class:`DDPMScheduler`;
+        diffusers' DDIM would step to a wrong t' silently); ``eta`` in [0, 1].
+
         1. t' = t − ⌊T/n⌋; ᾱ_t and ᾱ_{t'} (``final_alpha_cumprod`` when t' < 0).
         2. (x̂_0, ε̂) from the model output; x̂_0 thresholded or clipped if asked (and ε̂ recomputed from it if
            ``use_clipped_model_output``).
@@ -85,10 +90,11 @@ class DDIMScheduler(_Scheduler):
         """
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
-        if not eta >= 0:
-            raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM's variance), got {eta}")
-        self._check_step_inputs(model_output, sample)
+        eta = check_eta(eta)  # in [0, 1]: above 1 the step would be NaN
+        self._check_step_inputs(model_output, sample, generator)
         t = self._index(timestep)
+        if not self.custom_timesteps:
+            self._position(t)  # a timestep off the schedule (the loop index?) would step to the wrong t'
         prev_t = self.previous_timestep(t)
         ab_t = self.alphas_cumprod[t]
         ab_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
@@ -101,6 +107,8 @@ class DDIMScheduler(_Scheduler):
         if eta > 0:
             if variance_noise is not None and generator is not None:
                 raise ValueError("pass either generator or variance_noise, not both")
+            if variance_noise is not None:
+                check_tensor("variance_noise", variance_noise, "(the shape of sample), the noise z of the step")
             if variance_noise is not None and variance_noise.shape != sample.shape:
                 raise ValueError(
                     f"variance_noise must have the shape of sample {tuple(sample.shape)}, got {tuple(variance_noise.shape)}"

@@ -7,13 +7,11 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader finds the base class by name in the module that defines the component)
 
+from diffusion_lab.maths.checks import check_option
 from diffusion_lab.maths.diffusion import (
     ddpm_posterior,
     ddpm_step,
     predict_x0_and_eps,
-)
-from diffusion_lab.maths.schedules import (
-    check_choice,
 )
 from diffusion_lab.schedulers.scheduling_utils import KARRAS_COMPATIBLES, SchedulerOutput, _Scheduler
 from diffusion_lab.utils.torch_utils import randn
@@ -51,7 +49,7 @@ class DDPMScheduler(_Scheduler):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ) -> None:
-        check_choice("variance_type", variance_type, ("fixed_small", "fixed_large"))
+        check_option("variance_type", variance_type, ("fixed_small", "fixed_large"))
         self._setup()
         self.variance_type = variance_type
 
@@ -94,7 +92,7 @@ class DDPMScheduler(_Scheduler):
            clipped if asked.
         3. Posterior mean μ̃ (Eq. 7) plus σ_t·z, z ~ N(0, I) drawn with ``generator``, except at t = 0.
         """
-        self._check_step_inputs(model_output, sample)
+        self._check_step_inputs(model_output, sample, generator)
         t = self._index(timestep)
         prev_t = self._previous(t)
         ab_t = self.alphas_cumprod[t]

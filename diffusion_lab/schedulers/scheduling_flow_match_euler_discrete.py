@@ -16,8 +16,20 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from diffusion_lab.maths.flow import _check_sigma, flow_predict_x0, shift_sigmas
 from diffusion_lab.schedulers.scheduling_utils import SchedulerOutput, compatible_classes
+from diffusion_lab.utils.errors import check_generator, check_int, check_number, check_tensor
 
 __all__ = ["FlowMatchEulerDiscreteScheduler", "FlowMatchSchedulerOutput"]
+
+
+def _count(num_inference_steps: object) -> int:
+    """``num_inference_steps`` as a Python int >= 1 (NumPy / torch integers accepted; bools and floats refused)."""
+    try:
+        n = check_int("num_inference_steps", num_inference_steps, minimum=None)
+    except TypeError as e:
+        raise TypeError(str(e).replace("must be an integer", "must be an integer >= 1", 1)) from None
+    if n < 1:
+        raise ValueError(f"num_inference_steps must be an integer >= 1, got {n!r}")
+    return n
 
 
 @dataclass
@@ -63,9 +75,17 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
         time_shift_type: str = "exponential",
         stochastic_sampling: bool = False,
     ):
-        if not isinstance(num_train_timesteps, (int, np.integer)) or num_train_timesteps < 2:
+        if check_int("num_train_timesteps", num_train_timesteps, minimum=None) < 2:
             raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
         shift_sigmas(0.5, shift)  # validates the shift
+        plain = {  # NumPy / torch scalars stored as the Python numbers they hold (the config saves as JSON)
+            key: value.item()
+            for key, value in self.config.items()
+            if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.ndim == 0)
+        }
+        if plain:
+            self.register_to_config(**plain)
+        num_train_timesteps, shift = self.config.num_train_timesteps, self.config.shift
         if use_dynamic_shifting:
             raise ValueError("use_dynamic_shifting=True (resolution-dependent mu) is not implemented; pass shift=...")
         options = {
@@ -113,7 +133,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start stepping at this index (pipelines call it; img2img starts part-way down the schedule)."""
-        self._begin_index = int(begin_index)
+        self._begin_index = check_int("begin_index", begin_index, minimum=0)
 
     def set_timesteps(
         self,
@@ -127,18 +147,20 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
         Or give the ``sigmas`` yourself (they are shifted too, as in diffusers)."""
         T = self.config.num_train_timesteps
         if sigmas is not None:
-            s = np.asarray(sigmas, dtype=np.float32)
+            if isinstance(sigmas, torch.Tensor):
+                sigmas = sigmas.detach().cpu().numpy()
+            try:
+                s = np.asarray(sigmas, dtype=np.float32)
+            except (TypeError, ValueError):
+                raise TypeError(f"sigmas must be a list of numbers in [0, 1], got {sigmas!r:.80}") from None
             if s.ndim != 1 or len(s) < 1:
                 raise ValueError("sigmas must be a non-empty list of numbers in [0, 1]")
             _check_sigma(torch.from_numpy(s), "sigmas")
-            if num_inference_steps is not None and num_inference_steps != len(s):
+            if num_inference_steps is not None and _count(num_inference_steps) != len(s):
                 raise ValueError(f"num_inference_steps={num_inference_steps} but {len(s)} sigmas were given")
             num_inference_steps = len(s)
-        elif isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int | np.integer):
-            raise TypeError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
-        elif num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         else:
+            num_inference_steps = _count(num_inference_steps)
             ts = np.linspace(self.sigma_max * T, self.sigma_min * T, num_inference_steps)  # (n,) float64
             s = ts / T
         s = shift_sigmas(s, self.config.shift)  # the second shift (see the class docstring)
@@ -152,6 +174,10 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
     def index_for_timestep(self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
         """Position of ``timestep`` in the schedule (as diffusers: the second match if it occurs twice)."""
         schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        if not isinstance(timestep, torch.Tensor):
+            timestep = check_number("timestep", timestep)
+        elif timestep.numel() != 1:
+            raise ValueError(f"timestep must be one value of scheduler.timesteps, got shape {tuple(timestep.shape)}")
         t = torch.as_tensor(timestep, dtype=schedule.dtype, device=schedule.device)
         indices = (schedule == t).nonzero()
         if len(indices) == 0:
@@ -172,8 +198,18 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
         self, sample: torch.Tensor, timestep: float | torch.Tensor, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The forward process at a schedule timestep: σ·ε + (1 − σ)·x₀ (img2img's starting point)."""
-        if noise is None or noise.shape != sample.shape:
-            raise ValueError("scale_noise needs noise of the same shape as sample")
+        check_tensor("sample", sample, "(B, ...), the clean x_0")
+        check_tensor("noise", noise, "of the shape of sample (scale_noise needs the noise ε)")
+        if noise.shape != sample.shape:
+            raise ValueError(
+                f"scale_noise needs noise of the same shape as sample, got {tuple(noise.shape)} and {tuple(sample.shape)}"
+            )
+        if not isinstance(timestep, torch.Tensor):
+            timestep = check_number("timestep", timestep)
+        elif timestep.numel() not in (1, sample.shape[0]):
+            raise ValueError(
+                f"timestep must be one value or one per sample ({sample.shape[0]}), got {timestep.numel()}"
+            )
         sigmas = self.sigmas.to(device=sample.device, dtype=sample.dtype)
         schedule = self.timesteps.to(sample.device)
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1)
@@ -199,11 +235,16 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
         """One Euler step x_{t'} = x_t + (σ_{i+1} − σ_i)·v (:func:`flow_euler_step`), with x̂_0 = x_t − σ_i·v
         (:func:`flow_predict_x0`) as ``pred_original_sample``; ``timestep`` must be a value of ``self.timesteps``
         (a float), not a step number. ``return_dict=False`` gives ``(prev_sample,)`` as diffusers does."""
-        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
+        if isinstance(timestep, int | np.integer) or (
+            isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()
+        ):
             raise ValueError(
                 "pass a value of scheduler.timesteps (a float such as 1000.0), not an integer step number "
                 "(from enumerate(timesteps)), as diffusers' FlowMatchEulerDiscreteScheduler requires"
             )
+        check_tensor("model_output", model_output, "(B, ...), the predicted velocity")
+        check_tensor("sample", sample, "(B, ...), the current x_t")
+        check_generator("generator", generator)  # unused (Euler steps add no noise), but a seed is still a mistake
         if model_output.shape != sample.shape:
             raise ValueError(
                 f"model_output and sample must have the same shape, got {tuple(model_output.shape)} and "

@@ -25,6 +25,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 
+from diffusion_lab.maths.checks import check_option, check_timesteps
 from diffusion_lab.maths.diffusion import (
     PREDICTION_TYPES,
     dynamic_threshold,
@@ -35,12 +36,12 @@ from diffusion_lab.maths.schedules import (
     BETA_SCHEDULES,
     TIMESTEP_SPACINGS,
     alphas_cumprod_from_betas,
-    check_choice,
     custom_timesteps,
     inference_timesteps,
     make_betas,
     rescale_zero_terminal_snr,
 )
+from diffusion_lab.utils.errors import check_generator, check_int, check_number, check_tensor
 
 __all__ = ["SchedulerOutput"]
 
@@ -93,24 +94,32 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
     init_noise_sigma = 1.0  # x_T ~ N(0, I): the start needs no scaling (Euler-type schedulers differ)
 
     def _setup(self) -> None:
+        self._plain_numbers_in_config()
         c = self.config
         T = c.num_train_timesteps
-        if not isinstance(T, (int, np.integer)) or isinstance(T, bool) or T < 2:
+        if check_int("num_train_timesteps", T, minimum=None) < 2:
             raise ValueError(f"num_train_timesteps must be an integer >= 2, got {T!r}")
-        check_choice("prediction_type", c.prediction_type, PREDICTION_TYPES)
-        check_choice("timestep_spacing", c.timestep_spacing, TIMESTEP_SPACINGS)
-        if not isinstance(c.steps_offset, (int, np.integer)) or c.steps_offset < 0:
+        check_option("prediction_type", c.prediction_type, PREDICTION_TYPES)
+        check_option("timestep_spacing", c.timestep_spacing, TIMESTEP_SPACINGS)
+        if check_int("steps_offset", c.steps_offset, minimum=None) < 0:
             raise ValueError(f"steps_offset must be an integer >= 0, got {c.steps_offset!r}")
+        for name in ("beta_start", "beta_end", "clip_sample_range", "dynamic_thresholding_ratio", "sample_max_value"):
+            check_number(name, c[name])
         if c.clip_sample and not c.clip_sample_range > 0:
             raise ValueError(f"clip_sample_range must be > 0, got {c.clip_sample_range!r}")
         if c.thresholding:
             dynamic_threshold(torch.zeros(1, 1), c.dynamic_thresholding_ratio, c.sample_max_value)  # validates both
         if c.trained_betas is not None:
-            betas = torch.tensor(c.trained_betas, dtype=torch.float32)
+            try:
+                betas = torch.tensor(c.trained_betas, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(
+                    f"trained_betas must be {T} numbers in (0, 1), got {type(c.trained_betas).__name__}"
+                ) from None
             if betas.ndim != 1 or len(betas) != T or not bool(((betas > 0) & (betas < 1)).all()):
                 raise ValueError(f"trained_betas must be {T} values in (0, 1) (num_train_timesteps={T})")
         else:
-            check_choice("beta_schedule", c.beta_schedule, BETA_SCHEDULES)
+            check_option("beta_schedule", c.beta_schedule, BETA_SCHEDULES)
             if c.beta_schedule != "squaredcos_cap_v2" and not 0 < c.beta_start <= c.beta_end < 1:
                 raise ValueError(
                     f"need 0 < beta_start <= beta_end < 1, got beta_start={c.beta_start}, beta_end={c.beta_end}"
@@ -125,6 +134,17 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps: int | None = None
         self.custom_timesteps = False  # True after set_timesteps(timesteps=[...])
         self.timesteps = torch.from_numpy(np.arange(0, T)[::-1].copy().astype(np.int64))  # all T steps
+
+    def _plain_numbers_in_config(self) -> None:
+        """NumPy / torch scalars in the config (``num_train_timesteps=np.int64(1000)``) stored as the Python numbers
+        they hold, so the config saves as JSON and equals one built from plain numbers."""
+        plain = {
+            key: value.item()
+            for key, value in self.config.items()
+            if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.ndim == 0)
+        }
+        if plain:
+            self.register_to_config(**plain)
 
     @classmethod
     def _get_compatibles(cls) -> list[type]:
@@ -158,24 +178,33 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
         if num_inference_steps is None:
             raise TypeError("set_timesteps needs num_inference_steps (a count) or timesteps (a list), got neither")
         ts = inference_timesteps(num_inference_steps, c.num_train_timesteps, c.timestep_spacing, c.steps_offset)
+        num_inference_steps = len(ts)  # the count as a Python int (np.int64(10) and torch.tensor(10) are 10)
         if ts.max() >= c.num_train_timesteps:
             raise ValueError(
                 f"steps_offset={c.steps_offset} with num_inference_steps={num_inference_steps} puts a timestep at "
                 f"{int(ts.max())} >= num_train_timesteps={c.num_train_timesteps}; use fewer steps or steps_offset=0"
             )
-        self.num_inference_steps = int(num_inference_steps)
+        self.num_inference_steps = num_inference_steps
         self.custom_timesteps = False
         self.timesteps = torch.from_numpy(ts).to(device)
 
-    def _next_in_schedule(self, t: int) -> int:
-        """The entry of ``timesteps`` after ``t`` (−1 after the last one)."""
+    def _position(self, t: int) -> int:
+        """Where ``t`` is in ``timesteps``; ``ValueError`` naming ``timestep`` if it is not there (the usual cause:
+        the loop index of ``enumerate`` passed instead of ``t``)."""
         matches = (self.timesteps.cpu() == t).nonzero(as_tuple=True)[0]
         if len(matches) == 0:
+            shown = self.timesteps.tolist()
+            shown = f"{shown[:8]} … {shown[-2:]}" if len(shown) > 10 else f"{shown}"
             raise ValueError(
-                f"timestep {t} is not one of this scheduler's timesteps {self.timesteps.tolist()}; "
-                "step with the values of scheduler.timesteps (after set_timesteps)"
+                f"timestep {t} is not one of this scheduler's timesteps {shown} ({len(self.timesteps)} steps); "
+                "step with the values of scheduler.timesteps (after set_timesteps): pass t from scheduler.timesteps, "
+                "not the loop index (for i, t in enumerate(scheduler.timesteps): step(out, t, x))"
             )
-        i = int(matches[0])
+        return int(matches[0])
+
+    def _next_in_schedule(self, t: int) -> int:
+        """The entry of ``timesteps`` after ``t`` (−1 after the last one)."""
+        i = self._position(t)
         return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
 
     def _index(self, timestep: int | torch.Tensor) -> int:
@@ -191,7 +220,12 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"timestep must be in [0, {T - 1}] (num_train_timesteps={T}), got {timestep}")
         return int(timestep)
 
-    def _check_step_inputs(self, model_output: torch.Tensor, sample: torch.Tensor) -> None:
+    def _check_step_inputs(self, model_output: torch.Tensor, sample: torch.Tensor, generator: object = None) -> None:
+        """Tensors of one shape (not scanned for NaN: that costs a pass over the data, and diffusers does not) and
+        a valid ``generator``."""
+        check_tensor("model_output", model_output, "(B, ...), the network's output")
+        check_tensor("sample", sample, "(B, ...), the current x_t")
+        check_generator("generator", generator, batch=sample.shape[0] if sample.ndim else None)
         if model_output.shape != sample.shape:
             raise ValueError(
                 f"model_output and sample must have the same shape, got {tuple(model_output.shape)} and "
@@ -199,13 +233,8 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
             )
 
     def _timesteps_of(self, timesteps: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
-        T = self.config.num_train_timesteps
-        t = torch.as_tensor(timesteps, device=like.device)
-        if t.is_floating_point() or t.numel() == 0 or t.min() < 0 or t.max() >= T:
-            raise ValueError(f"timesteps must be integers in [0, {T - 1}], got {t.tolist()}")
-        if t.numel() not in (1, like.shape[0]):
-            raise ValueError(f"need one timestep or one per sample ({like.shape[0]}), got {t.numel()}")
-        return t.long()
+        t = check_timesteps("timesteps", timesteps, self.config.num_train_timesteps, batch=like.shape[0])
+        return t.to(like.device)
 
     # --- forward process -------------------------------------------------------------------------------------
 
@@ -217,6 +246,8 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor | int
     ) -> torch.Tensor:
         """The forward process q(x_t | x_0): x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε (DDPM Eq. 4). (B, ...) → (B, ...)."""
+        check_tensor("original_samples", original_samples, "(B, ...), the clean x_0")
+        check_tensor("noise", noise, "(B, ...), the noise ε")
         if original_samples.shape != noise.shape:
             raise ValueError(
                 f"original_samples and noise must have the same shape, got {tuple(original_samples.shape)} "
@@ -228,6 +259,8 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor | int) -> torch.Tensor:
         """The v-prediction target v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 for clean ``sample`` x_0. (B, ...) → (B, ...)."""
+        check_tensor("sample", sample, "(B, ...), the clean x_0")
+        check_tensor("noise", noise, "(B, ...), the noise ε")
         if sample.shape != noise.shape:
             raise ValueError(
                 f"sample and noise must have the same shape, got {tuple(sample.shape)} and {tuple(noise.shape)}"
