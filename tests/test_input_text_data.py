@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from diffusion_lab.bridge.tiny import tiny_clip_tokenizer
 from diffusion_lab.mnist import captions, classifier, data, metrics
 from diffusion_lab.models.text_encoder import (
     PromptTruncatedWarning,
@@ -123,8 +124,6 @@ def test_model_max_length_is_a_python_int():
 
 
 def test_tiny_clip_tokenizer_keeps_emoji_and_leaves_truncation_warning_to_diffusers():
-    from diffusion_lab.bridge.tiny import tiny_clip_tokenizer
-
     clip = tiny_clip_tokenizer()
     assert clip("🙂").input_ids != clip("").input_ids  # byte-level: the emoji is kept, never dropped
     with warnings.catch_warnings():
@@ -315,15 +314,23 @@ def test_classifier_config_and_digit_rows_accept_scalars():
 def _tiny_unet():
     from diffusion_lab.models.unet import UNet, UNetConfig
 
-    cfg = UNetConfig(in_channels=1, out_channels=1, channels=(8, 16), attention_levels=(False, False), groups=4)
+    cfg = UNetConfig(in_channels=1, out_channels=1, channels=(4,), attention_levels=(False,), groups=2,
+                     time_embed_dim=8, blocks_per_level=0)  # fmt: skip
     return UNet(cfg).eval()
 
 
-@pytest.mark.parametrize("t", [5, np.int64(5), torch.tensor(5), torch.tensor([5, 5])])
-def test_unet_timestep_accepts_scalars_with_the_same_result(t):
-    unet, x = _tiny_unet(), torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+@pytest.fixture(scope="module")
+def unet_and_reference():
+    unet, x = _tiny_unet(), torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(unet(x, t), unet(x, 5))
+        return unet, x, unet(x, 5)
+
+
+@pytest.mark.parametrize("t", [np.int64(5), torch.tensor(5), torch.tensor([5, 5])])
+def test_unet_timestep_accepts_scalars_with_the_same_result(unet_and_reference, t):
+    unet, x, reference = unet_and_reference
+    with torch.no_grad():
+        assert torch.equal(unet(x, t), reference)
 
 
 @pytest.mark.parametrize(
