@@ -160,6 +160,7 @@ WRONG_FUNCTIONS = {  # name: a function of the right answer that makes a wrong o
     "complex-like": lambda right: lambda *a: _map(right(*a), lambda x: torch.as_tensor(x).to(torch.complex64) + 1j),
     "meta-device": lambda right: lambda *a: _map(right(*a), lambda x: torch.empty_like(torch.as_tensor(x),
                                                                                        device="meta")),
+    "nested-tensor": lambda right: lambda *a: torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)], layout=torch.jagged),
     "bool": lambda right: lambda *a: True,
     "bool-tensor": lambda right: lambda *a: torch.ones(3, dtype=torch.bool),
     "huge-int": lambda right: lambda *a: 10**400,
@@ -217,13 +218,14 @@ def _float_tensors(out, change):
 
 @pytest.mark.parametrize("name", FUNCTION_CHECKERS)
 def test_function_checker_survives_the_right_answer_in_another_form(name, capsys):
-    """float64, requires_grad and NumPy forms of the right answer are right; bfloat16 may be rounded off, but it is a
+    """float64, requires_grad, NumPy and sparse forms of the right answer are right; bfloat16 may be rounded off, but it is a
     ✅ or a ❌ with a hint, never a crash."""
     check, right = CHECKERS[name], RIGHT_FUNCTIONS[name]
     must_pass = {
         "float64": lambda *a: _float_tensors(right(*a), torch.Tensor.double),
         "requires_grad": lambda *a: _float_tensors(right(*a), lambda x: x.detach().clone().requires_grad_()),
         "numpy": lambda *a: _float_tensors(right(*a), lambda x: x.numpy()),
+        "sparse": lambda *a: _float_tensors(right(*a), lambda x: x.to_sparse() if x.ndim else x),
     }
     for form, fn in must_pass.items():
         assert _answer_and_time(check, fn) is True, (name, form)
@@ -320,3 +322,106 @@ def test_value_checker_own_arguments_accept_numpy_torch_and_unmeasured_values(ca
     assert _best(2, np.array(_WS), torch.tensor(values, dtype=torch.float64))
     assert _best(5, tuple(np.float32(w) for w in _WS), [0.1, 0.4, float("nan"), 0.7, 0.72, 0.69])
     assert capsys.readouterr().out.count("✅") == 3
+
+
+# --- the notebooks' plotting helpers and widgets: bad arguments → TypeError / ValueError naming the parameter ----
+
+
+def _plots_and_widgets_cases():
+    from matplotlib.figure import Figure
+
+    from diffusion_lab.course import plots, widgets
+
+    x, nan = torch.zeros(2, 1, 8, 8), float("nan")
+    digits, one = torch.zeros(2, 1, 28, 28), torch.zeros(1, 1, 28, 28)
+    return [
+        ("LossPlot-every-bool", lambda: plots.LossPlot(every=True), TypeError, "every must be an integer"),
+        ("LossPlot-every-zero", lambda: plots.LossPlot(every=0), ValueError, "every must be >= 1"),
+        ("LossPlot-smooth-float", lambda: plots.LossPlot(smooth=2.5), TypeError, "smooth must be an integer"),
+        ("as_image_batch-str", lambda: plots.as_image_batch("img.png"), TypeError, "images must be a list of PIL"),
+        ("as_image_batch-None", lambda: plots.as_image_batch(None), TypeError, "images must be a list of PIL"),
+        ("as_image_batch-numbers", lambda: plots.as_image_batch([1, 2]), TypeError, "images must be a list of PIL"),
+        ("as_image_batch-empty", lambda: plots.as_image_batch([]), ValueError, "images is an empty list"),
+        ("as_image_batch-2d", lambda: plots.as_image_batch(np.zeros((8, 8))), ValueError, r"images must be an array"),
+        ("image_grid-list", lambda: plots.image_grid([0.0]), TypeError, "x must be a torch.Tensor"),
+        ("image_grid-empty", lambda: plots.image_grid(torch.zeros(0, 1, 8, 8)), ValueError, "x: expected images"),
+        ("image_grid-nrow-bool", lambda: plots.image_grid(x, nrow=True), TypeError, "nrow must be an integer"),
+        ("image_grid-nrow-float", lambda: plots.image_grid(x, nrow=2.0), TypeError, "nrow must be an integer"),
+        ("image_grid-nrow-zero", lambda: plots.image_grid(x, nrow=0), ValueError, "nrow must be >= 1"),
+        ("image_grid-pad-negative", lambda: plots.image_grid(x, pad=-1), ValueError, "pad must be >= 0"),
+        ("image_grid-pad_value-nan", lambda: plots.image_grid(x, pad_value=nan), ValueError, "pad_value must be fin"),
+        ("image_grid-pad_value-str", lambda: plots.image_grid(x, pad_value="white"), TypeError, "pad_value must be a"),
+        ("show_images-empty", lambda: plots.show_images(torch.zeros(0, 1, 8, 8)), ValueError, "x: expected images"),
+        ("show_images-nrow-bool", lambda: plots.show_images(x, nrow=True), TypeError, "nrow must be an integer"),
+        ("figure_to_png-str", lambda: plots.figure_to_png("fig"), TypeError, "fig must be a matplotlib figure"),
+        ("figure_to_png-dpi-zero", lambda: plots.figure_to_png(Figure(), dpi=0), ValueError, "dpi must be >= 1"),
+        ("explorer-x0-nan", lambda: widgets.ForwardProcessExplorer(digits * nan), ValueError, "x0 contains NaN"),
+        ("explorer-x0-uint8", lambda: widgets.ForwardProcessExplorer(digits.byte()), ValueError, "x0 must be .* floats"),
+        ("explorer-x0-0..255", lambda: widgets.ForwardProcessExplorer(digits + 255), ValueError, "x0 values must be"),
+        ("explorer-x0-empty", lambda: widgets.ForwardProcessExplorer(digits[:0]), ValueError, "x0 is an empty batch"),
+        ("explorer-t-bool", lambda: widgets.ForwardProcessExplorer(digits, t=True), TypeError, "t must be an integer"),
+        ("explorer-seed-bool", lambda: widgets.ForwardProcessExplorer(digits, seed=True), TypeError, "seed must be an"),
+        ("explorer-T-bool", lambda: widgets.ForwardProcessExplorer(digits, T=True), TypeError, "T must be an integer"),
+        ("sampler-steps-bool", lambda: widgets.SamplerExplorer(None, None, steps=True), TypeError, "steps must be an"),
+        ("sampler-eta-nan", lambda: widgets.SamplerExplorer(None, None, eta=nan), ValueError, "eta must be finite"),
+        ("sampler-seed-big", lambda: widgets.SamplerExplorer(None, None, seed=2**40), ValueError, "seed must be <="),
+        ("sampler-w-nan", lambda: widgets.SamplerExplorer(None, None, guidance_scale=nan), ValueError, "guidance_sc"),
+        ("sampler-classes-bool", lambda: widgets.SamplerExplorer(None, None, num_classes=True), TypeError, "num_cla"),
+        ("sampler-classes-zero", lambda: widgets.SamplerExplorer(None, None, num_classes=0), ValueError, "num_class"),
+        ("guidance-n-bool", lambda: widgets.GuidanceExplorer(None, n=True), TypeError, "n must be an integer"),
+        ("guidance-steps-bool", lambda: widgets.GuidanceExplorer(None, steps=True), TypeError, "steps must be an"),
+        ("guidance-seed-negative", lambda: widgets.GuidanceExplorer(None, seed=-1), ValueError, "seed must be >= 0"),
+        ("guidance-w-nan", lambda: widgets.GuidanceExplorer(None, guidance_scale=nan), ValueError, "guidance_scale"),
+        ("guidance-max-inf", lambda: widgets.GuidanceExplorer(None, max_guidance=float("inf")), ValueError, "max_gu"),
+        ("guidance-negative-None", lambda: widgets.GuidanceExplorer(None, negative_prompt=None), TypeError, "negati"),
+        ("img2img-nan", lambda: widgets.Img2ImgExplorer(None, one * nan), ValueError, "image contains NaN"),
+        ("img2img-int", lambda: widgets.Img2ImgExplorer(None, one.long()), ValueError, "image must be .* floats"),
+        ("img2img-0..255", lambda: widgets.Img2ImgExplorer(None, one + 255), ValueError, "image values must be"),
+        ("img2img-strength-nan", lambda: widgets.Img2ImgExplorer(None, one, strength=nan), ValueError, "strength"),
+        ("img2img-strength-bool", lambda: widgets.Img2ImgExplorer(None, one, strength=True), TypeError, "strength"),
+        ("img2img-n-bool", lambda: widgets.Img2ImgExplorer(None, one, n=True), TypeError, "n must be an integer"),
+        ("img2img-seed-big", lambda: widgets.Img2ImgExplorer(None, one, seed=2**31), ValueError, "seed must be <="),
+    ]  # fmt: skip
+
+
+_PLOTS_AND_WIDGETS_IDS = [
+    "LossPlot-every-bool", "LossPlot-every-zero", "LossPlot-smooth-float", "as_image_batch-str", "as_image_batch-None",
+    "as_image_batch-numbers", "as_image_batch-empty", "as_image_batch-2d", "image_grid-list", "image_grid-empty",
+    "image_grid-nrow-bool", "image_grid-nrow-float", "image_grid-nrow-zero", "image_grid-pad-negative",
+    "image_grid-pad_value-nan", "image_grid-pad_value-str", "show_images-empty", "show_images-nrow-bool",
+    "figure_to_png-str", "figure_to_png-dpi-zero", "explorer-x0-nan", "explorer-x0-uint8", "explorer-x0-0..255",
+    "explorer-x0-empty", "explorer-t-bool", "explorer-seed-bool", "explorer-T-bool", "sampler-steps-bool",
+    "sampler-eta-nan", "sampler-seed-big", "sampler-w-nan", "sampler-classes-bool", "sampler-classes-zero",
+    "guidance-n-bool", "guidance-steps-bool", "guidance-seed-negative", "guidance-w-nan", "guidance-max-inf",
+    "guidance-negative-None", "img2img-nan", "img2img-int", "img2img-0..255", "img2img-strength-nan",
+    "img2img-strength-bool", "img2img-n-bool", "img2img-seed-big",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", _PLOTS_AND_WIDGETS_IDS)
+def test_plots_and_widgets_refuse_bad_arguments(name):
+    call, error, match = {case[0]: case[1:] for case in _plots_and_widgets_cases()}[name]
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_plots_and_widgets_cases_are_all_run():
+    assert [case[0] for case in _plots_and_widgets_cases()] == _PLOTS_AND_WIDGETS_IDS
+
+
+def test_plots_and_widgets_take_numpy_and_torch_scalars():
+    """The same value as a Python, NumPy or torch number gives the same widget (the slider holds a Python int)."""
+    from diffusion_lab.course import plots, widgets
+
+    assert plots.LossPlot(every=np.int64(10)).every == 10
+    x = torch.linspace(-1, 1, 3 * 64).reshape(3, 1, 8, 8)
+    assert np.array_equal(plots.image_grid(x, nrow=np.int64(2)), plots.image_grid(x, nrow=2))
+    digits = torch.zeros(2, 1, 28, 28)
+    ex = widgets.ForwardProcessExplorer(digits, t=torch.tensor(10), seed=np.int64(0))
+    assert ex.t.value == 10 and type(ex.t.value) is int
+    with pytest.raises(ValueError, match=r"t must be in \[0, 999\]"):
+        ex.render(1000, "linear")
+    with pytest.raises(TypeError, match="t must be an integer"):
+        ex.render(2.5, "linear")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        ex.render(10, "cosine")

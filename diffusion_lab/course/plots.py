@@ -1,6 +1,8 @@
 """Small matplotlib helpers for the notebooks (imported only where plots are drawn).
 
-Images are tensors (B, C, H, W) in [−1, 1] (C = 1 or 3) unless said otherwise.
+Images are tensors (B, C, H, W) in [−1, 1] (C = 1 or 3) unless said otherwise. Bad arguments follow the library's
+error convention (:mod:`diffusion_lab.utils.errors`): ``TypeError`` for a wrong type (a bool or float for a count
+included), ``ValueError`` for a wrong value (a shape, an empty batch, NaN), each naming the parameter.
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ import io
 
 import numpy as np
 import torch
+from PIL import Image
 
 from diffusion_lab.training.loop import Trainer
+from diffusion_lab.utils.errors import check_int, check_number, check_tensor
 
 __all__ = ["LossPlot", "as_image_batch", "image_grid", "show_images", "figure_to_png"]
 
@@ -22,7 +26,7 @@ class LossPlot:
     """
 
     def __init__(self, every: int = 50, smooth: int = 25):
-        self.every, self.smooth, self.image = every, smooth, None
+        self.every, self.smooth, self.image = check_int("every", every), check_int("smooth", smooth), None
 
     def __call__(self, trainer: Trainer) -> None:
         if trainer.step % self.every:
@@ -55,16 +59,31 @@ def as_image_batch(images) -> torch.Tensor:
     if isinstance(images, torch.Tensor):
         return images
     if isinstance(images, np.ndarray):
+        if images.ndim != 4 or images.shape[0] == 0 or images.dtype.kind not in "uif":
+            raise ValueError(
+                f"images must be an array (B, H, W, C) of numbers in [0, 1] with B >= 1, got {images.dtype} array "
+                f"of shape {images.shape}"
+            )
         arr = images.astype(np.float32)  # (B, H, W, C) in [0, 1]
-    else:
+    elif isinstance(images, list | tuple) and images and all(isinstance(im, Image.Image) for im in images):
         arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])  # (B, H, W, 3)
+    elif isinstance(images, list | tuple) and not images:
+        raise ValueError("images is an empty list: give at least one image")
+    else:
+        raise TypeError(
+            "images must be a list of PIL images, an array (B, H, W, C) in [0, 1] or a tensor (B, C, H, W), got "
+            f"{type(images).__name__}"
+        )
     return torch.from_numpy(arr).permute(0, 3, 1, 2) * 2 - 1  # (B, C, H, W) in [−1, 1]
 
 
 def image_grid(x: torch.Tensor, nrow: int = 8, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:
     """Tile a batch (B, C, H, W) in [−1, 1] into one array (rows·(H+pad), cols·(W+pad)[, 3]) in [0, 1]."""
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"expected images of shape (B, 1 or 3, H, W), got {tuple(x.shape)}")
+    check_tensor("x", x, "of images (B, 1 or 3, H, W) in [-1, 1]")
+    nrow, pad = check_int("nrow", nrow), check_int("pad", pad, minimum=0)
+    pad_value = check_number("pad_value", pad_value)
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
+        raise ValueError(f"x: expected images of shape (B, 1 or 3, H, W) with B >= 1, got {tuple(x.shape)}")
     x = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).numpy()  # (B, C, H, W) in [0, 1]
     b, c, h, w = x.shape
     ncol = min(nrow, b)
@@ -80,11 +99,11 @@ def show_images(x: torch.Tensor, nrow: int = 8, title: str | None = None, ax=Non
     """Draw :func:`image_grid` on ``ax`` (a new figure if None), grey for one channel; returns the axes."""
     import matplotlib.pyplot as plt  # lazy: matplotlib costs ~1 s to import; only drawing needs it
 
+    grid = image_grid(x, nrow)  # checks x and nrow before a figure is made
     if ax is None:
         b = x.shape[0]
         ncol = min(nrow, b)
         _, ax = plt.subplots(figsize=(1.1 * ncol, 1.1 * -(-b // ncol) + (0.3 if title else 0)))
-    grid = image_grid(x, nrow)
     ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1, **imshow_kw)
     ax.set_axis_off()
     if title:
@@ -96,6 +115,9 @@ def figure_to_png(fig, dpi: int = 80) -> bytes:
     """Render a matplotlib figure to PNG bytes (for ``ipywidgets.Image``) and close it."""
     import matplotlib.pyplot as plt  # lazy: matplotlib costs ~1 s to import; only drawing needs it
 
+    if not hasattr(fig, "savefig"):
+        raise TypeError(f"fig must be a matplotlib figure, got {type(fig).__name__}")
+    dpi = check_int("dpi", dpi)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)

@@ -2,7 +2,10 @@
 
 Each explorer is a small class: its controls are attributes (so a test or a reader can move them from code),
 ``widget`` is the whole box, and displaying the object displays the box. Pictures are re-rendered to PNG
-bytes in an ``ipywidgets.Image`` on every change, which works in JupyterLab, VS Code and on Kaggle/Colab.
+bytes in an ``ipywidgets.Image`` on every change, which works in JupyterLab, VS Code and on Kaggle/Colab. Bad
+constructor arguments follow the library's error convention (``TypeError`` for a wrong type, a bool for a count
+included; ``ValueError`` for a wrong value, NaN or a NaN image included), each naming the parameter; NumPy and torch
+scalars are taken as the numbers they hold.
 """
 
 from __future__ import annotations
@@ -16,10 +19,27 @@ from diffusion_lab.mnist.classifier import classify
 from diffusion_lab.pipelines.sampling import sample
 from diffusion_lab.utils.errors import check_choice, check_int, check_number, check_tensor
 from diffusion_lab.utils.torch_utils import randn
+from diffusion_lab.utils.validation import check_images
 
 __all__ = ["ForwardProcessExplorer", "GuidanceExplorer", "Img2ImgExplorer", "SamplerExplorer"]
 
 _SAMPLER_STEPS = (1, 2, 5, 10, 20, 50, 100)  # the steps slider's stops
+_MAX_SEED = 2**31 - 1  # the seed box's largest value
+
+
+def _check_seed(seed: object) -> int:
+    """A seed for the seed box: an integer in [0, 2³¹ − 1] (a larger one would be clipped by the box)."""
+    seed = check_int("seed", seed, minimum=0)
+    if seed > _MAX_SEED:
+        raise ValueError(f"seed must be <= {_MAX_SEED} (the seed box's largest value), got {seed}")
+    return seed
+
+
+def _check_prompts(**prompts: object) -> None:
+    """``TypeError`` naming the first of ``prompts`` (name=value) that is not a string."""
+    for name, value in prompts.items():
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string ('' for none), got {type(value).__name__}")
 
 
 class ForwardProcessExplorer:
@@ -35,10 +55,9 @@ class ForwardProcessExplorer:
         check_tensor("x0", x0, "batch of images (B, C, H, W) in [-1, 1]")
         if x0.ndim != 4:
             raise ValueError(f"x0 must be a batch of images (B, C, H, W), got shape {tuple(x0.shape)}")
+        check_images(x0, "x0", value_range=(-1.0, 1.0))  # floats, B ≥ 1, no NaN
         check_choice("schedule", schedule, tuple(BETA_SCHEDULES))
-        check_int("T", T)
-        check_int("t", t, minimum=0)
-        check_int("seed", seed, minimum=0)
+        T, t, seed = check_int("T", T), check_int("t", t, minimum=0), check_int("seed", seed, minimum=0)
         if not 0 <= t < T:
             raise ValueError(f"t must be in [0, {T - 1}], got {t}")
         self.x0 = x0[:16]
@@ -58,7 +77,10 @@ class ForwardProcessExplorer:
         """The picture for (t, schedule) as PNG bytes."""
         import matplotlib.pyplot as plt  # lazy: matplotlib costs ~1 s to import; only drawing needs it
 
-        ab = self.tables[schedule]
+        check_choice("schedule", schedule, tuple(self.tables))
+        ab, t = self.tables[schedule], check_int("t", t, minimum=0)
+        if t >= len(ab):
+            raise ValueError(f"t must be in [0, {len(ab) - 1}], got {t}")
         x_t = q_sample(self.x0, t, self.noise, ab)  # (B, C, H, W)
         fig, (ax_img, ax_snr) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [1.2, 1]})
         show_images(x_t.clamp(-1, 1), nrow=4, ax=ax_img)
@@ -104,13 +126,13 @@ class SamplerExplorer:
     ):
         import ipywidgets as w  # lazy: only inside Jupyter
 
-        check_int("steps", steps, minimum=None)
+        steps = check_int("steps", steps, minimum=None)
         if steps not in _SAMPLER_STEPS:
             raise ValueError(f"steps must be one of the slider's values {list(_SAMPLER_STEPS)}, got {steps}")
-        check_number("eta", eta, minimum=0.0, maximum=1.0)
-        check_int("seed", seed, minimum=0)
-        check_number("guidance_scale", guidance_scale, minimum=0.0)
-        check_int("num_classes", num_classes)
+        eta = check_number("eta", eta, minimum=0.0, maximum=1.0)
+        seed = _check_seed(seed)
+        guidance_scale = check_number("guidance_scale", guidance_scale, minimum=0.0)
+        num_classes = check_int("num_classes", num_classes)
         self.model, self.scheduler, self.guidance_scale, self.num_classes = (
             model,
             scheduler,
@@ -132,6 +154,8 @@ class SamplerExplorer:
         """The picture for these settings as PNG bytes."""
         import matplotlib.pyplot as plt  # lazy: matplotlib costs ~1 s to import; only drawing needs it
 
+        steps, eta = check_int("steps", steps), check_number("eta", eta, minimum=0.0, maximum=1.0)
+        seed = _check_seed(seed)
         labels = torch.arange(self.num_classes)
         out = sample(
             self.model,
@@ -184,14 +208,11 @@ class GuidanceExplorer:
     ):
         import ipywidgets as w  # lazy: only inside Jupyter
 
-        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            if not isinstance(value, str):
-                raise TypeError(f"{name} must be a string ('' for none), got {type(value).__name__}")
-        check_int("n", n, minimum=None)
-        check_int("steps", steps, minimum=None)
-        check_int("seed", seed, minimum=0)
-        check_number("max_guidance", max_guidance, minimum=0.0)
-        check_number("guidance_scale", guidance_scale)
+        _check_prompts(prompt=prompt, negative_prompt=negative_prompt)
+        n, steps = check_int("n", n, minimum=None), check_int("steps", steps, minimum=None)
+        seed = _check_seed(seed)
+        max_guidance = check_number("max_guidance", max_guidance, minimum=0.0)
+        guidance_scale = check_number("guidance_scale", guidance_scale)
         if not 1 <= n <= 16:
             raise ValueError(f"n must be between 1 and 16 images, got {n}")
         if not 1 <= steps <= 50:
@@ -218,6 +239,8 @@ class GuidanceExplorer:
         """The picture for these settings as PNG bytes."""
         import matplotlib.pyplot as plt  # lazy: matplotlib costs ~1 s to import; only drawing needs it
 
+        guidance_scale, seed = check_number("guidance_scale", guidance_scale, minimum=0.0), _check_seed(seed)
+        _check_prompts(prompt=prompt, negative_prompt=negative_prompt)
         out = self.pipe(
             [prompt] * self.n,
             negative_prompt=negative_prompt or None,
@@ -273,13 +296,12 @@ class Img2ImgExplorer:
         check_tensor("image", image, "(1, C, H, W) in [-1, 1]")
         if image.ndim != 4 or image.shape[0] != 1:
             raise ValueError(f"image must be one image (1, C, H, W) in [-1, 1], got {tuple(image.shape)}")
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        check_int("n", n, minimum=None)
-        check_int("steps", steps, minimum=None)
-        check_int("seed", seed, minimum=0)
-        check_number("strength", strength)
-        check_number("guidance_scale", guidance_scale)
+        check_images(image, "image", value_range=(-1.0, 1.0))  # floats, no NaN
+        _check_prompts(prompt=prompt)
+        n, steps = check_int("n", n, minimum=None), check_int("steps", steps, minimum=None)
+        seed = _check_seed(seed)
+        strength = check_number("strength", strength)
+        guidance_scale = check_number("guidance_scale", guidance_scale)
         if not 1 <= n <= 8:
             raise ValueError(f"n must be between 1 and 8 images, got {n}")
         if not 1 <= steps <= 50:
@@ -304,7 +326,9 @@ class Img2ImgExplorer:
         """The picture for these settings as PNG bytes: the input, then ``n`` results."""
         import matplotlib.pyplot as plt  # lazy: matplotlib costs ~1 s to import; only drawing needs it
 
-        strength = min(max(float(strength), 0.0), 1.0)
+        strength = min(max(check_number("strength", strength), 0.0), 1.0)
+        _check_prompts(prompt=prompt)
+        seed = _check_seed(seed)
 
         c, f = self.pipe.vae.config.latent_channels, self.pipe.vae_scale_factor
         shape = (1, c, self.input.shape[-2] // f, self.input.shape[-1] // f)

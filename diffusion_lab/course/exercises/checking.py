@@ -37,6 +37,8 @@ def _kind(value: object) -> str:
         return "None"
     if isinstance(value, tuple | list | dict | set):
         return f"a {type(value).__name__} of {len(value)}"
+    if isinstance(value, torch.Tensor) and value.is_nested:
+        return "a nested tensor (no single shape)"
     if isinstance(value, torch.Tensor):
         where = "" if value.device.type == "cpu" else f" on {value.device.type}"
         return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}{where}"
@@ -48,6 +50,17 @@ def _kind(value: object) -> str:
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
+def _dense(value: object) -> object:
+    """A sparse tensor as a dense one; a nested tensor raises ``ValueError`` (it has no one shape); anything else is
+    returned unchanged."""
+    if isinstance(value, torch.Tensor):
+        if value.is_nested:
+            raise ValueError("a nested tensor")
+        if value.layout != torch.strided:
+            return value.to_dense()
+    return value
+
+
 def _as_tensor(value: object, dtype: torch.dtype | None = None) -> tuple[torch.Tensor | None, str]:
     """``value`` (a tensor, a NumPy array, a number or a nested list of numbers) as one real, detached CPU tensor of
     ``dtype``; or None and what is wrong with it ("got a tuple of 2", "got a complex tensor ...")."""
@@ -57,7 +70,7 @@ def _as_tensor(value: object, dtype: torch.dtype | None = None) -> tuple[torch.T
         if not all(isinstance(v, list) for v in value):  # nested lists of numbers are a table; tensors in a tuple not
             return None, f"got {_kind(value)}"
     try:
-        tensor = torch.as_tensor(value)
+        tensor = _dense(torch.as_tensor(value))
     except Exception:  # an object array, a generator, an int too large for any dtype, ...
         return None, f"got {_kind(value)}"
     if tensor.is_complex():
@@ -79,6 +92,10 @@ def _finite_hint(got: torch.Tensor, want: torch.Tensor) -> str:
 def _as_number(value: object, whole: bool = False) -> tuple[float | int | None, str]:
     """``value`` (a Python, NumPy or one-element tensor number) as a finite float, or an int if ``whole``; or None and
     what is wrong with it ("got a str", "got nan", "got 2.5, not a whole number"). Bools are not numbers here."""
+    try:
+        value = _dense(value)
+    except Exception:
+        return None, f"got {_kind(value)}"
     if isinstance(value, torch.Tensor):
         ok = value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool
     elif isinstance(value, np.ndarray | np.generic):
@@ -104,6 +121,10 @@ def _as_number(value: object, whole: bool = False) -> tuple[float | int | None, 
 def _as_int_list(value: object) -> tuple[list[int] | None, str]:
     """``value`` (a list, tuple, 1-D array or 1-D tensor of whole numbers) as a list of ints; or None and what is
     wrong with it."""
+    try:
+        value = _dense(value)
+    except Exception:
+        return None, f"got {_kind(value)}"
     if isinstance(value, torch.Tensor | np.ndarray):
         if value.ndim != 1:
             return None, f"got {_kind(value)}, not one flat list"
