@@ -4,6 +4,7 @@
 - Offline: the Hugging Face libraries never touch the network; no progress bars from them.
 - The kernel is the interpreter running pytest (a stale user kernelspec named ``python3`` cannot win).
 - Sanitizers: the kernel's temporary file paths, memory addresses and tqdm timings vary between runs.
+- Clean up: the scratch folders of the kernels nbval killed are removed at the end (no atexit runs in a killed kernel).
 - Per-notebook lax mode: a notebook whose stored outputs cannot match a CPU run (GPU-only figures) sets
   ``"diffusion_lab": {"nbval": "lax"}`` in its metadata; its cells still run and must not raise, but only cells
   tagged ``nbval-check-output`` are compared.
@@ -39,6 +40,13 @@ SANITIZE = {
 def pytest_configure(config):
     if hasattr(config.option, "nbval_current_env"):
         config.option.nbval_current_env = True
+
+
+def pytest_sessionfinish(session):
+    """nbval kills each kernel (no atexit runs): remove the scratch folders the killed kernels left."""
+    from diffusion_lab.utils.scratch import remove_dead_scratch_dirs  # lazy: after the run, the library is installed
+
+    remove_dead_scratch_dirs()
 
 
 def pytest_collectstart(collector):

@@ -8,7 +8,10 @@ It fails (exit status 1, with the reason) when a run
 - skipped a test that is not on the allowlist `tests/skip_allowlist.json`, where every allowed skip names the tests
   (a glob over ``module::test``), the text its skip message must contain, and the reason it may be skipped. Entries
   with ``"allowed_in_ci": false`` are refused when ``CI`` or ``DIFFUSION_LAB_REQUIRE_BROWSER`` is set: a student's
-  laptop without Chromium may skip the browser test, CI may not.
+  laptop without Chromium may skip the browser test, CI may not;
+- left a temporary behind: a killed save's ``.<name>.tmp-*`` / ``.<name>.old-*`` or a ``.*.damaged-*`` folder in the repository or the
+  tiny-pipeline cache, or a notebook's scratch folder (``dlab-scratch-*``, see ``diffusion_lab/utils/scratch.py``)
+  in the temporary folder whose process has ended (the notebook run removes those of its killed kernels).
 
 So a broken install that makes a thousand tests skip, a notebook cell marked ``nbval-skip`` or a new ``pytest.skip``
 fails `make test` until someone adds it to the allowlist with a reason, in a visible change.
@@ -19,7 +22,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,9 +114,45 @@ def check(results: Path, allowlist: list[dict], ci: bool) -> list[str]:
     return problems
 
 
+_TEMPORARY = re.compile(r"^\..+\.(tmp-|old-|damaged-).+")  # utils.checkpoint's and bridge.hub's temporaries
+_SKIP_DIRS = {".git", ".venv", "node_modules", "build", "__pycache__", ".ipynb_checkpoints", ".pytest_cache"}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def leftover_temporaries(repo: Path, tmp: Path, cache: Path) -> list[str]:
+    """Every temporary a finished test run left behind (see the module docstring), as a sentence each."""
+    found = []
+    for root in (repo, cache):
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]
+            for name in dirnames + filenames:
+                if _TEMPORARY.match(name):
+                    found.append(f"{Path(dirpath, name)} is a temporary of an interrupted save or rebuild")
+    for folder in tmp.glob("dlab-scratch-*"):
+        match = re.search(r"(\d+)-[^-]+$", folder.name)
+        if match and not _pid_alive(int(match.group(1))):
+            found.append(f"{folder} is a scratch folder whose process has ended")
+    return found
+
+
+def _cache_root() -> Path:  # the default of diffusion_lab.bridge.hub._cache_root, without importing the library
+    return Path(os.environ.get("DIFFUSION_LAB_CACHE") or Path.home() / ".cache" / "diffusion_lab")
+
+
 def main(argv: list[str]) -> int:
     results = Path(argv[1] if len(argv) > 1 else "build/test-results")
     problems = check(results, load_allowlist(), in_ci())
+    repo = Path(__file__).resolve().parent.parent
+    problems += leftover_temporaries(repo, Path(tempfile.gettempdir()), _cache_root())
     for problem in problems:
         print("FAIL", problem)
     return 1 if problems else 0

@@ -39,7 +39,6 @@ import functools
 import os
 import shutil
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -61,6 +60,7 @@ from diffusion_lab.bridge.tiny import (
     tiny_svd,
     tiny_unclip,
 )
+from diffusion_lab.utils.checkpoint import clean_stale_temps, temp_sibling
 from diffusion_lab.utils.settings import smoke_mode
 
 __all__ = [
@@ -336,7 +336,8 @@ def tiny_pipeline_path(key: str, cache_dir: str | Path | None = None) -> Path:
         print(f"the cached tiny pipeline at {_shown(target)} has no model_index.json; rebuilding it")
         _discard(target)
     root.joinpath("tiny").mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root / "tiny"))
+    clean_stale_temps(root / "tiny", target.name)  # what an interrupted build left (its process has ended)
+    tmp = temp_sibling(target)
     try:
         with quiet_hf():
             card.tiny().save_pretrained(tmp)
