@@ -93,8 +93,10 @@ def check_fraction(name: str, value: object, what: str, hint: str = "") -> objec
     if isinstance(value, torch.Tensor):
         if value.numel() == 0:
             raise ValueError(f"{name} ({what}) must not be empty")
-        lo, hi = torch.aminmax(value.detach().reshape(-1).double())
-        lo, hi = float(lo), float(hi)
+        if value.numel() == 1:  # the usual case in a sampler step: one read, no reduction
+            lo = hi = float(value)
+        else:
+            lo, hi = (float(v) for v in torch.aminmax(value.detach().reshape(-1).double()))
     elif isinstance(value, int | float | np.integer | np.floating):
         lo = hi = float(value)
     else:

@@ -204,11 +204,19 @@ def _check_order(ab_t: Scalar, ab_prev: Scalar, like: torch.Tensor | None = None
     variance is negative or 0/0, and its square root NaN)."""
     check_alpha_bar("ab_t", ab_t, like)
     check_alpha_bar("ab_prev", ab_prev, like)
-    if bool((torch.as_tensor(ab_prev) < torch.as_tensor(ab_t)).any() | (torch.as_tensor(ab_t) >= 1).any()):
+    if _numel(ab_t) == 1 and _numel(ab_prev) == 1:  # one read each, the usual case in a sampler step
+        wrong = float(ab_prev) < float(ab_t) or float(ab_t) >= 1
+    else:
+        wrong = bool((torch.as_tensor(ab_prev) < torch.as_tensor(ab_t)).any() | (torch.as_tensor(ab_t) >= 1).any())
+    if wrong:
         raise ValueError(
             "ab_prev must be >= ab_t and ab_t < 1: a reverse step goes from t to an earlier t' < t, where ᾱ is "
             f"larger; got ab_t={_short(ab_t)}, ab_prev={_short(ab_prev)} (swapped?)"
         )
+
+
+def _numel(value: Scalar) -> int:
+    return value.numel() if isinstance(value, torch.Tensor) else 1
 
 
 def _short(value: Scalar) -> str:
