@@ -17,6 +17,8 @@ from diffusion_lab.mnist import captions, classifier, data, metrics
 from diffusion_lab.models.text_encoder import (
     PromptTruncatedWarning,
     PromptWarning,
+    TextEncoder,
+    TextEncoderConfig,
     UnknownTokenWarning,
     WordTokenizer,
 )
@@ -403,3 +405,39 @@ def test_noise_level_accepts_numpy_and_refuses_bools(level, ok):
     else:
         with pytest.raises((TypeError, ValueError), match="noise_level"):
             _check_noise_level(level, 10)
+
+
+# ------------------------------------------------------------------------------------------------ learned embeddings
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "nan"])
+def test_learned_embeds_file_damage_is_a_file_error(tmp_path, damage):
+    from safetensors.torch import save_file
+
+    class _Pipe:  # the two parts load_learned_embeds reads
+        tokenizer = WordTokenizer.from_texts(["a three"])
+        text_encoder = TextEncoder(TextEncoderConfig(vocab_size=tokenizer.vocab_size))
+
+    path = tmp_path / "learned_embeds.safetensors"
+    row = torch.full((64,), float("nan")) if damage == "nan" else torch.zeros(64)
+    save_file({"<wide>": row}, str(path))
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+    elif damage == "garbage":
+        path.write_bytes(b"not a safetensors file")
+    with pytest.raises(FileError, match="learned_embeds.safetensors"):
+        finetune.load_learned_embeds(_Pipe(), path)
+
+
+@pytest.mark.parametrize(
+    ("images", "error", "match"),
+    [
+        ([[0.0]], TypeError, "images"),
+        (torch.zeros(2, 3, 4, 4), ValueError, "images"),
+        (torch.full((1, 1, 4, 4), float("nan")), ValueError, "images contains NaN"),
+    ],
+)
+def test_save_concept_images_checks_its_images(tmp_path, images, error, match):
+    with pytest.raises(error, match=match):
+        finetune.save_concept_images(images, tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-written

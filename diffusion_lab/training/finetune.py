@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
@@ -44,7 +45,7 @@ from diffusion_lab.mnist.data import from_unit_range, to_unit_range
 from diffusion_lab.training.loop import optimizer_step
 from diffusion_lab.training.loss import training_target
 from diffusion_lab.utils.checkpoint import save_tensors_atomic
-from diffusion_lab.utils.errors import check_int, check_number, check_tensor
+from diffusion_lab.utils.errors import FileError, check_int, check_number, check_tensor
 from diffusion_lab.utils.settings import pick
 from diffusion_lab.utils.validation import check_images
 
@@ -201,8 +202,10 @@ def _to_grey(img: Image.Image, invert: bool | None) -> Image.Image:
 def save_concept_images(images: torch.Tensor, folder: str | os.PathLike, prefix: str = "example") -> list[Path]:
     """Write images (N, 1, H, W) in [−1, 1] as grey PNGs ``<prefix>-00.png`` … into ``folder`` (each atomically)."""
 
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 1:
-        raise ValueError(f"images must be a (N, 1, H, W) tensor in [-1, 1], got {getattr(images, 'shape', images)}")
+    check_tensor("images", images, "(N, 1, H, W) in [-1, 1]")
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"images must be a (N, 1, H, W) tensor in [-1, 1], got shape {tuple(images.shape)}")
+    check_images(images, "images", channels=1)  # NaN / inf would be written as black pixels
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -359,9 +362,17 @@ def load_learned_embeds(pipe, path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no learned embedding at {path}")
-    embeds = load_file(str(path))
+    try:
+        embeds = load_file(str(path))
+    except (OSError, ValueError, SafetensorError) as e:  # truncated, or not a safetensors file
+        raise FileError(
+            f"{path} is not a readable safetensors file ({e}): save it again with finetune.save_learned_embeds "
+            "(re-run the cell that wrote it), or delete it"
+        ) from e
     table_width = pipe.text_encoder.config.hidden_size
     for token, row in embeds.items():
+        if not torch.isfinite(row).all():
+            raise FileError(f"{path}: the embedding of {token!r} holds NaN or inf values: learn it again")
         if row.shape != (table_width,):
             raise ValueError(
                 f"{token!r} has an embedding of shape {tuple(row.shape)}, this text encoder needs ({table_width},)"
