@@ -372,7 +372,8 @@ def test_mmdit_timestep_checks(timestep, error, match):
     [
         ("unet", ("in_channels", "groups", "blocks_per_level", "cross_attention_dim")),
         ("autoencoder", ("in_channels", "latent_channels", "patch_size")),
-        ("mmdit", ("depth", "hidden_size")),
+        ("mmdit", ("depth", "hidden_size", "joint_attention_dim", "max_text_tokens")),
+        ("text_encoder", ("vocab_size", "hidden_size", "max_position", "projection_dim", "eos_token_id")),
         ("normalizer", ("embedding_dim",)),
     ],
 )
@@ -387,7 +388,10 @@ def test_configs_store_python_ints(build, fields):
         "unet": lambda: UNetConfig(in_channels=n(1), groups=n(4), channels=(8, 16), attention_levels=(False, True),
                                    blocks_per_level=n(1), cross_attention_dim=n(16)),
         "autoencoder": lambda: AutoencoderConfig(in_channels=n(1), latent_channels=n(4), patch_size=n(1)),
-        "mmdit": lambda: MMDiTConfig(depth=n(1), hidden_size=n(32), num_heads=2),
+        "mmdit": lambda: MMDiTConfig(depth=n(1), hidden_size=n(32), num_heads=2, joint_attention_dim=n(16),
+                                     max_text_tokens=torch.tensor(8)),
+        "text_encoder": lambda: TextEncoderConfig(vocab_size=n(30), hidden_size=n(32), max_position=n(8),
+                                                  projection_dim=n(16), eos_token_id=n(3)),
         "normalizer": lambda: NormalizerConfig(embedding_dim=torch.tensor(8)),
     }[build]()  # fmt: skip
     assert all(type(getattr(cfg, f)) is int for f in fields), {f: type(getattr(cfg, f)) for f in fields}

@@ -81,6 +81,11 @@ class MMDiTConfig:
             setattr(self, name, check_int(name, value, minimum=None))  # np.int64 / torch scalars → int
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.max_text_tokens = check_int("max_text_tokens", self.max_text_tokens)
+        for name in ("joint_attention_dim", "pooled_projection_dim"):  # None (or 0): no text stream / no pooled text
+            if getattr(self, name) is not None:
+                setattr(self, name, check_int(f"{name} (None for none)", getattr(self, name), minimum=0))
+        self.mlp_ratio = check_number("mlp_ratio", self.mlp_ratio, minimum=0.0)
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
         if self.sample_size % self.patch_size:

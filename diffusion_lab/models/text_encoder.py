@@ -353,16 +353,16 @@ class TextEncoderConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_ratio", "max_position"):
-            check_int(name, getattr(self, name))
+            setattr(self, name, check_int(name, getattr(self, name)))  # np.int64 / torch scalars → int
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         if self.max_position < 2:
             raise ValueError(f"max_position must be >= 2 (room for <bos> and <eos>), got {self.max_position}")
         if self.projection_dim is not None:
-            check_int("projection_dim (None for no projection)", self.projection_dim)
-        check_number("dropout", self.dropout, minimum=0.0)
+            self.projection_dim = check_int("projection_dim (None for no projection)", self.projection_dim)
+        self.dropout = check_number("dropout", self.dropout, minimum=0.0)
         for name in ("pad_token_id", "eos_token_id"):
-            check_int(name, getattr(self, name), minimum=0)
+            setattr(self, name, check_int(name, getattr(self, name), minimum=0))
         if not self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         for name in ("pad_token_id", "eos_token_id"):
