@@ -99,6 +99,13 @@ def _pipe(key: str):
     return TinyVariationPipeline(vae, encoder, normalizer, unet, DDPMScheduler(**SCHEDULE), noiser)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _built():
+    """Every tiny pipeline built once, before the timed tests."""
+    for key in ("sd", "sd3", "controlnet", "upscale", "variations"):
+        _pipe(key)
+
+
 # the positional input of a call per pipeline (upscale / variations: one image; the others: one prompt)
 ARGS = {
     "sd": ("a thick seven",),
@@ -211,19 +218,18 @@ def test_controlnet_checks_height_before_the_control_map():
 # ------------------------------------------------------------------------------------ generators, one per sample
 
 
-def test_a_list_of_generators_gives_each_sample_its_own_seed():
-    # text-to-image and img2img: two prompts with generators (g3, g5) = each prompt alone with g3, then g5
-    for kw in ({"guidance_scale": 2.0}, {"image": IMAGE, "strength": 0.6}):
-        both = _call("sd", PROMPTS, generator=[_gen(3), _gen(5)], **kw).images
-        alone = [_call("sd", p, generator=_gen(s), **kw).images for p, s in zip(PROMPTS, (3, 5), strict=True)]
-        torch.testing.assert_close(both, torch.cat(alone), rtol=1e-5, atol=1e-5)
-    both = _call("sd3", PROMPTS, generator=[_gen(3), _gen(5)]).images
-    alone = [_call("sd3", p, generator=_gen(s)).images for p, s in zip(PROMPTS, (3, 5), strict=True)]
-    torch.testing.assert_close(both, torch.cat(alone), rtol=1e-5, atol=1e-5)
-    # the upscaler draws the augmentation and then the latents: per image from its own generator
-    low = torch.cat([LOW, -LOW])
-    both = _call("upscale", low, generator=[_gen(3), _gen(5)]).images
-    alone = [_call("upscale", low[i : i + 1], generator=_gen(s)).images for i, s in enumerate((3, 5))]
+@pytest.mark.parametrize(
+    ("key", "kw"),
+    [("sd", {"guidance_scale": 2.0}), ("sd", {"image": IMAGE, "strength": 0.6}), ("sd3", {}), ("upscale", {})],
+    ids=["sd-text-to-image", "sd-img2img", "sd3", "upscale"],
+)
+def test_a_list_of_generators_gives_each_sample_its_own_seed(key, kw):
+    """Two inputs with generators (g3, g5) = each input alone with g3, then g5 (the upscaler draws its augmentation
+    noise and then its latents, each per image from that image's generator)."""
+    inputs = PROMPTS if key != "upscale" else [LOW, -LOW]
+    batch = inputs if key != "upscale" else torch.cat(inputs)
+    both = _call(key, batch, generator=[_gen(3), _gen(5)], **kw).images
+    alone = [_call(key, x, generator=_gen(s), **kw).images for x, s in zip(inputs, (3, 5), strict=True)]
     torch.testing.assert_close(both, torch.cat(alone), rtol=1e-5, atol=1e-5)
 
 
@@ -315,3 +321,164 @@ def test_sample_takes_numpy_scalars_and_a_list_of_generators():
         sample(_zero_model, DDIMScheduler(), (1, 1, 4, 4), num_inference_steps=2, generator=_gen(s)) for s in (3, 5)
     ]
     torch.testing.assert_close(both.images, torch.cat([a.images for a in alone]), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------ the bridge's generate helpers
+
+
+@functools.cache
+def _bridge_pipe(name: str):
+    from diffusion_lab import bridge  # lazy: diffusers' stand-ins are built only by the bridge tests
+
+    return bridge.tiny_sdxl() if name == "sdxl" else bridge.tiny_sd3()
+
+
+def _generate(name: str, prompt="a cat", **kw):
+    from diffusion_lab import bridge  # lazy: as above
+
+    fn = bridge.sdxl_generate if name == "sdxl" else bridge.sd3_generate
+    kw = {"num_inference_steps": 1, "height": 32, "width": 32, "output_type": "latent", "generator": _gen(0), **kw}
+    return fn(_bridge_pipe(name), prompt, **kw)
+
+
+GENERATE_BAD = [  # (kwargs, error, match); both helpers
+    ({"num_inference_steps": None}, TypeError, "num_inference_steps must be an integer"),
+    ({"guidance_scale": None}, TypeError, "guidance_scale must be a number"),
+    ({"guidance_scale": True}, TypeError, "guidance_scale must be a number"),
+    ({"guidance_scale": float("nan")}, ValueError, "guidance_scale must be finite"),
+    ({"height": 32.0}, TypeError, "height must be a positive integer"),
+    ({"width": "32"}, TypeError, "width must be a positive integer"),
+    ({"height": -8}, ValueError, "height=-8 must be a positive multiple"),
+    ({"generator": 42}, TypeError, r"manual_seed\(42\)"),
+    ({"generator": [_gen(0), _gen(1)]}, ValueError, "generator is a list of 2 generators for a batch of 1"),
+    ({"output_type": "png"}, ValueError, "output_type must be one of"),
+    ({"prompt": ["a", "b"]}, TypeError, "prompt must be one string"),
+    ({"prompt": None}, TypeError, "prompt must be one string"),
+    ({"negative_prompt": 3}, TypeError, "negative_prompt must be one string"),
+]
+GENERATE_ONLY = [  # (helper, kwargs, error, match)
+    ("sdxl", {"original_size": (32.5, 32)}, TypeError, r"original_size\[0\] must be an integer"),
+    ("sdxl", {"target_size": (32, 32, 3)}, ValueError, "target_size must be a pair"),
+    ("sdxl", {"crops_coords_top_left": 5}, TypeError, "crops_coords_top_left must be a pair"),
+    ("sdxl", {"crops_coords_top_left": (-1, 0)}, ValueError, r"crops_coords_top_left\[0\] must be >= 0"),
+    ("sd3", {"max_sequence_length": 0}, ValueError, "max_sequence_length must be >= 1"),
+    ("sd3", {"max_sequence_length": 1000}, ValueError, "max_sequence_length must be at most 512"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "error", "match"),
+    [(n, kw, e, m) for n in ("sdxl", "sd3") for kw, e, m in GENERATE_BAD] + GENERATE_ONLY,
+    ids=lambda x: repr(x)[:40] if isinstance(x, dict) else None,
+)
+def test_generate_helpers_check_their_arguments(bridge_pipes, name, kwargs, error, match):
+    kwargs = dict(kwargs)
+    with pytest.raises(error, match=match):
+        _generate(name, kwargs.pop("prompt", "a cat"), **kwargs)
+
+
+@functools.cache
+def _generate_reference(name: str) -> torch.Tensor:
+    return _generate(name, guidance_scale=2.0)
+
+
+@pytest.fixture(scope="module")
+def bridge_pipes():
+    """The diffusers stand-ins, built once (a few seconds) before the timed tests."""
+    return {name: (_bridge_pipe(name), _generate_reference(name)) for name in ("sdxl", "sd3")}
+
+
+@pytest.mark.parametrize("name", ["sdxl", "sd3"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"num_inference_steps": np.int64(1), "height": np.int64(32), "guidance_scale": np.float32(2.0)},
+        {"num_inference_steps": torch.tensor(1), "width": torch.tensor(32), "guidance_scale": torch.tensor(2.0)},
+        {"generator": [_gen(0)], "guidance_scale": 2.0},  # a list of one generator: the same draw
+    ],
+    ids=["numpy", "torch", "generator-list"],
+)
+def test_generate_helpers_take_numpy_and_torch_scalars(bridge_pipes, name, kw):
+    kw = {**kw, "generator": [_gen(0)]} if "generator" in kw else kw
+    torch.testing.assert_close(_generate(name, **kw), bridge_pipes[name][1], rtol=0, atol=0)
+
+
+def test_check_size_and_decode_latents(bridge_pipes):
+    from diffusion_lab import bridge  # lazy: as above
+
+    assert bridge.check_size(np.int64(64), torch.tensor(32), np.int64(8)) == (64, 32)
+    vae = _bridge_pipe("sdxl").vae
+    c = vae.config.latent_channels
+    for bad, error, match in [
+        ([0.0], TypeError, "latents must be a torch.Tensor"),
+        (torch.zeros(c, 4, 4), ValueError, r"pass latents\[None\]"),
+        (torch.zeros(1, c + 1, 4, 4), ValueError, f"latents must have shape \\(B, {c}, h, w\\)"),
+        (torch.full((1, c, 4, 4), float("nan")), ValueError, "latents contains NaN"),
+        (torch.zeros(1, c, 4, 4, dtype=torch.long), ValueError, "latents must be a float tensor"),
+    ]:
+        with pytest.raises(error, match=match):
+            bridge.decode_latents(vae, bad)
+
+
+# ------------------------------------------------------------------------------------ the family's checks
+
+
+class _Frames:
+    class config:  # noqa: N801 - the shape of unet.config
+        num_frames = 4
+
+
+def _family():
+    from diffusion_lab.bridge import family  # lazy: as above
+
+    return family
+
+
+FAMILY_BAD = [  # (function name, args, kwargs, error, match)
+    ("check_upscale_sizes", ((16, 16), (64, 64), True), {}, TypeError, "factor must be an integer"),
+    ("check_upscale_sizes", ((16, True), (64, 64), 4), {}, TypeError, "low_res_hw must be a"),
+    ("check_control_image", (torch.full((1, 3, 8, 8), float("nan")), 8, 8), {}, ValueError, "control .*NaN"),
+    ("check_control_image", (torch.full((1, 3, 8, 8), 255.0), 8, 8), {}, ValueError, r"control .*\[0, 1\].*255"),
+    ("check_control_image", ([], 8, 8), {}, ValueError, "control is an empty list"),
+    ("check_control_image", (torch.zeros(8, 8), 8, 8), {}, ValueError, r"got shape \(8, 8\)"),
+    ("check_control_image", (torch.zeros(1, 3, 8, 8), None, 8), {}, TypeError, "height must be an integer"),
+    ("check_num_frames", (True, _Frames), {}, TypeError, "num_frames must be an integer"),
+    ("check_num_frames", (3, None), {}, TypeError, "unet must be SVD's UNet"),
+    ("check_num_frames", (3, _Frames), {"decode_chunk_size": True}, TypeError, "decode_chunk_size=True"),
+    ("canny_edges", (torch.full((3, 8, 8), float("nan")),), {"use_opencv": False}, ValueError, "image contains NaN"),
+    ("canny_edges", (torch.full((3, 8, 8), 255.0),), {"use_opencv": False}, ValueError, r"image values .*\[0, 1\]"),
+    ("canny_edges", (torch.zeros(2, 8, 8),), {"use_opencv": False}, ValueError, "image must have 3"),
+    ("canny_edges", (torch.zeros(1, 1, 3, 8, 8),), {"use_opencv": False}, ValueError, "image must be a"),
+    ("canny_edges", (torch.zeros(3, 8, 8),), {"use_opencv": "no"}, TypeError, "use_opencv must be"),
+    ("toy_scene", (32.0, 32), {}, TypeError, "height must be an integer.*use 32"),
+    ("toy_scene", (1, 32), {}, ValueError, "height must be >= 2"),
+    ("toy_scene", (32, 32), {"seed": -1}, ValueError, "seed must be >= 0"),
+    ("toy_scene", (32, True), {}, TypeError, "width must be an integer"),
+    ("frames_to_tensor", (torch.full((2, 3, 8, 8), float("nan")),), {}, ValueError, "frames contains NaN"),
+    ("frames_to_tensor", (np.full((2, 8, 8, 3), 255.0, np.float32),), {}, ValueError, r"frames must be in \[0, 1\]"),
+    ("frames_to_tensor", (torch.zeros(0, 3, 8, 8),), {}, ValueError, "frames holds no frame"),
+    ("frames_to_gif", (torch.zeros(2, 3, 8, 8), None), {}, TypeError, "path must be a str"),
+    ("frames_to_gif", (torch.zeros(2, 3, 8, 8), "x.gif"), {"fps": 1e6}, ValueError, "fps must be at most 100"),
+    ("frames_to_gif", (torch.zeros(2, 3, 8, 8), "x.gif"), {"fps": np.bool_(True)}, TypeError, "fps must be a number"),
+]
+
+
+@pytest.mark.parametrize(
+    ("fn", "args", "kwargs", "error", "match"), FAMILY_BAD, ids=[f"{f[0]}-{i}" for i, f in enumerate(FAMILY_BAD)]
+)
+def test_family_checks_name_the_parameter(fn, args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        getattr(_family(), fn)(*args, **kwargs)
+
+
+def test_family_takes_numpy_and_torch_integers(tmp_path):
+    family = _family()
+    family.check_upscale_sizes((np.int64(16), torch.tensor(16)), (64, 64), np.int64(4), multiple=np.int64(4))
+    family.check_control_image(torch.zeros(1, 3, 8, 8), np.int64(8), torch.tensor(8), np.int64(3))
+    family.check_num_frames(np.int64(3), _Frames, decode_chunk_size=torch.tensor(2))
+    want = np.asarray(family.toy_scene(32, 48, seed=1))
+    assert np.array_equal(np.asarray(family.toy_scene(np.int64(32), torch.tensor(48), seed=np.int64(1))), want)
+    edges = family.canny_edges(family.toy_scene(16, 16), 100, 200, use_opencv=False)
+    same = family.canny_edges(family.toy_scene(16, 16), np.float32(100), np.int64(200), use_opencv=False)
+    assert np.array_equal(np.asarray(edges), np.asarray(same))
+    assert family.frames_to_gif(torch.zeros(2, 3, 8, 8), tmp_path / "v.gif", fps=np.float32(7)).is_file()

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import numbers
 import os
 import tempfile
 from collections.abc import Sequence
@@ -247,11 +246,13 @@ def conditioning_facts(pipe) -> list[ConditioningFact]:
 def _positive_pair(name: str, hw) -> tuple[int, int]:
     if isinstance(hw, str) or not isinstance(hw, Sequence):
         raise TypeError(f"{name} must be a (height, width) pair of integers, got {hw!r}")
-    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in hw):
-        raise TypeError(f"{name} must be a (height, width) pair of integers, got {hw!r}")
-    if len(hw) != 2:
+    try:  # Python, NumPy or torch integers; bools and floats refused
+        sides = [check_int(name, v, minimum=None) for v in hw]
+    except TypeError:
+        raise TypeError(f"{name} must be a (height, width) pair of integers, got {hw!r}") from None
+    if len(sides) != 2:
         raise ValueError(f"{name} must be a (height, width) pair of integers, got {hw!r}")
-    h, w = (int(v) for v in hw)
+    h, w = sides
     if h <= 0 or w <= 0:
         raise ValueError(f"{name} must be positive integers, got {hw!r}")
     return h, w
@@ -261,8 +262,7 @@ def check_upscale_sizes(low_res_hw, target_hw, factor: int, *, multiple: int = 1
     """A low-res image of (h, w) upscales by exactly ``factor`` to (f·h, f·w): the target must be that. ``multiple``:
     what the low-res sides must be multiples of — ``StableDiffusionUpscalePipeline`` silently resizes its input
     *down* to multiples of its ``vae_scale_factor`` (a 30×30 image becomes 28×28, the output 112×112, not 120×120)."""
-    check_int("factor", factor)
-    check_int("multiple", multiple)
+    factor, multiple = check_int("factor", factor), check_int("multiple", multiple)
     (h, w), (th, tw) = _positive_pair("low_res_hw", low_res_hw), _positive_pair("target_hw", target_hw)
     if th % factor or tw % factor:
         raise ValueError(
@@ -292,6 +292,11 @@ def _chw(image) -> tuple[int, int, int]:
             return image.shape[-1], image.shape[-3], image.shape[-2]  # (…, H, W, C), as diffusers reads arrays
     if isinstance(image, torch.Tensor) and image.ndim in (3, 4):
         return image.shape[-3], image.shape[-2], image.shape[-1]
+    if isinstance(image, np.ndarray | torch.Tensor):
+        raise ValueError(
+            f"a control map must be an (H, W[, C]) array or a (C, H, W) / (B, C, H, W) tensor, got shape "
+            f"{tuple(image.shape)}"
+        )
     raise TypeError(
         f"a control map must be a PIL image, an (H, W, C) array or a (C, H, W) / (B, C, H, W) tensor, got "
         f"{type(image).__name__} with shape {getattr(image, 'shape', None)}"
@@ -302,10 +307,15 @@ def check_control_image(control, height: int, width: int, channels: int = 3) -> 
     """The control map must have the output's size and the ControlNet's ``conditioning_channels``: diffusers
     resizes a map of another size to (height, width) without a word (edges get blurred and shifted) and fails deep
     inside a convolution on a wrong channel count. A list (one map per prompt) is checked item by item."""
-    for name, value in (("height", height), ("width", width), ("channels", channels)):
-        check_int(name, value)
-    for item in control if isinstance(control, list | tuple) else [control]:
+    height, width, channels = (
+        check_int(n, v) for n, v in (("height", height), ("width", width), ("channels", channels))
+    )
+    items = control if isinstance(control, list | tuple) else [control]
+    if not items:
+        raise ValueError("control is an empty list: give one control map, or one per prompt")
+    for item in items:
         c, h, w = _chw(item)
+        _check_control_values(item)
         if (h, w) != (height, width):
             raise ValueError(
                 f"the control map is {h}x{w} but the image will be {height}x{width}: make them equal — resize or crop "
@@ -319,6 +329,23 @@ def check_control_image(control, height: int, width: int, channels: int = 3) -> 
             )
 
 
+def _check_control_values(item) -> None:
+    """A tensor or float array control map must be finite, in [0, 1] (diffusers' range for tensor control maps)."""
+    if isinstance(item, Image.Image) or (isinstance(item, np.ndarray) and item.dtype == np.uint8):
+        return  # pixels 0..255: diffusers scales them itself
+    x = torch.as_tensor(item) if isinstance(item, np.ndarray) else item
+    if not x.is_floating_point():
+        raise ValueError(f"control must hold floats in [0, 1] (or uint8 pixels in an array), got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError("control (the control map) contains NaN or infinite values")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(
+            f"control (the control map) values must be in [0, 1], got {lo:.3g} to {hi:.3g}: 0..255 pixels → divide "
+            "by 255 (canny_edges of a PIL image gives a PIL map, which is fine as it is)"
+        )
+
+
 def check_num_frames(num_frames: int, unet, decode_chunk_size: int | None = None) -> None:
     """What SVD can produce: 2 ≤ N ≤ the clip length it was trained on (``unet.config.num_frames``: 14 for SVD, 25
     for SVD-XT). Its temporal layers attend across the N frames with a sinusoidal embedding of each frame's index;
@@ -326,9 +353,10 @@ def check_num_frames(num_frames: int, unet, decode_chunk_size: int | None = None
     frame instead), and one frame is no video (use an image model). ``decode_chunk_size`` (1..N): the temporal VAE
     decoder mixes frames only within a chunk — smaller chunks use less memory but may flicker at chunk borders."""
     config = getattr(unet, "config", unet)
+    if not hasattr(config, "num_frames"):
+        raise TypeError(f"unet must be SVD's UNet (or its config, with num_frames), got {type(unet).__name__}")
     trained = int(config.num_frames)
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int):
-        raise TypeError(f"num_frames must be an integer, got {num_frames!r}")
+    num_frames = check_int("num_frames", num_frames, minimum=None)  # NumPy / torch integers too
     if num_frames < 2:
         raise ValueError(
             f"num_frames={num_frames}: a video needs at least 2 frames (the temporal layers mix frames); for one "
@@ -346,16 +374,19 @@ def check_num_frames(num_frames: int, unet, decode_chunk_size: int | None = None
         f"decode_chunk_size={decode_chunk_size!r} must be an integer from 1 to num_frames={num_frames} (frames "
         "decoded together: fewer = less memory, more flicker at chunk borders)"
     )
-    if isinstance(decode_chunk_size, bool) or not isinstance(decode_chunk_size, int):
-        raise TypeError(message)
+    try:
+        decode_chunk_size = check_int("decode_chunk_size", decode_chunk_size, minimum=None)
+    except TypeError:
+        raise TypeError(message) from None
     if not 1 <= decode_chunk_size <= num_frames:
         raise ValueError(message)
 
 
 def toy_scene(height: int = 64, width: int = 64, seed: int = 0) -> Image.Image:
     """A synthetic RGB picture (coloured background, a disc, a rectangle and a line at seeded places): an input for
-    the pipelines that needs no download, with edges for a canny map."""
-    rng = np.random.default_rng(seed)
+    the pipelines that needs no download, with edges for a canny map. Sides of at least 2 pixels; ``seed`` ≥ 0."""
+    height, width = check_int("height", height, minimum=2), check_int("width", width, minimum=2)
+    rng = np.random.default_rng(check_int("seed", seed, minimum=0))
     colours = [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(4)]
     image = Image.new("RGB", (width, height), colours[0])
     draw = ImageDraw.Draw(image)
@@ -417,15 +448,28 @@ def canny_edges(image, low: float = 100, high: float = 200, *, use_opencv: bool 
     3 equal channels in {0, 1}). ``low``/``high``: the hysteresis thresholds on OpenCV's 0..255 gradient scale.
     ``use_opencv``: ``cv2.Canny`` (what diffusers' examples use) or the pure-torch version above; default: OpenCV when
     it is installed. The two follow the same algorithm; pixels on ties may differ."""
-    check_number("low", low)
-    check_number("high", high)
+    low, high = check_number("low", low), check_number("high", high)
+    if use_opencv is not None and not isinstance(use_opencv, bool):
+        raise TypeError(f"use_opencv must be True, False or None (OpenCV when installed), got {use_opencv!r}")
     if high < low or low < 0:
         raise ValueError(f"need 0 <= low <= high, got low={low}, high={high}")
     is_pil = isinstance(image, Image.Image)
     if is_pil:
         x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]  # 0..255
     elif isinstance(image, torch.Tensor) and image.ndim in (3, 4):
-        x = (image if image.ndim == 4 else image[None]).detach().float().cpu() * 255.0
+        x = (image if image.ndim == 4 else image[None]).detach().float().cpu()  # (B, C, H, W)
+        if x.shape[1] not in (1, 3):
+            raise ValueError(f"image must have 3 (RGB) or 1 channels, got shape {tuple(image.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("image contains NaN or infinite values")
+        if x.numel() and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
+            raise ValueError(
+                f"image values must be in [0, 1], got {x.min():.3g} to {x.max():.3g}: 0..255 pixels → divide by 255; "
+                "[-1, 1] images → (x + 1) / 2"
+            )
+        x = x * 255.0
+    elif isinstance(image, torch.Tensor):
+        raise ValueError(f"image must be a (3, H, W) or (B, 3, H, W) tensor in [0, 1], got shape {tuple(image.shape)}")
     else:
         raise TypeError(
             f"canny_edges takes a PIL image or a (3, H, W) / (B, 3, H, W) tensor, got {type(image).__name__}"
@@ -469,15 +513,28 @@ def frames_to_tensor(frames) -> torch.Tensor:
             "frames must be a list of PIL images, an (N, H, W, 3) array or an (N, 3, H, W) tensor in [0, 1] — one "
             f"video (out.frames[0]), got {type(frames).__name__} {getattr(frames, 'shape', '')}"
         )
+    if x.shape[0] == 0:
+        raise ValueError("frames holds no frame (N = 0): pass one video, out.frames[0]")
+    if not torch.isfinite(x).all():
+        raise ValueError("frames contains NaN or infinite values")
+    if x.min() < -1e-3 or x.max() > 1 + 1e-3:
+        raise ValueError(
+            f"frames must be in [0, 1], got {x.min():.3g} to {x.max():.3g}: pass 0..255 frames as a uint8 array, "
+            "or divide them by 255"
+        )
     return (x.clamp(0, 1) * 2 - 1).contiguous()  # (N, 3, H, W)
 
 
 def frames_to_gif(frames, path: str | os.PathLike, fps: float = 7.0) -> Path:
     """Write the frames (any form :func:`frames_to_tensor` takes) as a looping GIF at ``fps`` frames per second,
     atomically: into a temporary file next to ``path``, renamed into place (no half-written file, ever)."""
-    check_number("fps", fps)
+    fps = check_number("fps", fps)
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
+    if fps > 100:
+        raise ValueError(f"fps must be at most 100 (GIF frame delays are whole 1/100 s), got {fps}")
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike file name, got {type(path).__name__}")
     x = frames_to_tensor(frames)  # (N, 3, H, W) in [−1, 1]
     pixels = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
     images = [Image.fromarray(p) for p in pixels]

@@ -32,7 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffusion_lab.bridge.hub import COMPONENT_IDS, Environment
 from diffusion_lab.maths.guidance import cfg_combine
-from diffusion_lab.utils.errors import check_int
+from diffusion_lab.utils.errors import check_choice, check_generator, check_int, check_number, check_tensor
 
 __all__ = [
     "count_parameters",
@@ -93,20 +93,57 @@ def count_parameters(module: torch.nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
-def check_size(height: int, width: int, factor: int) -> None:
-    """Height and width must be positive multiples of ``factor`` (the VAE's f, times the patch size for an MMDiT)."""
-    check_int("factor", factor)
+def check_size(height: int, width: int, factor: int) -> tuple[int, int]:
+    """Height and width must be positive multiples of ``factor`` (the VAE's f, times the patch size for an MMDiT).
+    NumPy and torch integers are accepted; returns (height, width) as Python ints."""
+    factor = check_int("factor", factor)
+    sides = []
     for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            side = check_int(name, value, minimum=None)
+        except TypeError:
             raise TypeError(
                 f"{name} must be a positive integer multiple of {factor}, got {value!r} ({type(value).__name__})"
-            )
-        if value <= 0 or value % factor:
-            fixed = max(factor, round(value / factor) * factor) if isinstance(value, (int, float)) else factor
+            ) from None
+        if side <= 0 or side % factor:
+            fixed = max(factor, round(side / factor) * factor)
             raise ValueError(
-                f"{name}={value!r} must be a positive multiple of {factor} (the latent factor of this model); "
+                f"{name}={side!r} must be a positive multiple of {factor} (the latent factor of this model); "
                 f"try {name}={fixed}"
             )
+        sides.append(side)
+    return sides[0], sides[1]
+
+
+def _check_prompt(name: str, prompt: object) -> str:
+    """One prompt (these helpers write out the call for a single prompt)."""
+    if not isinstance(prompt, str):
+        raise TypeError(
+            f"{name} must be one string (these helpers generate one image; call pipe(...) for a batch), got "
+            f"{type(prompt).__name__}"
+        )
+    return prompt
+
+
+def _check_pair(name: str, value: object, minimum: int = 1) -> tuple[int, int]:
+    """A (first, second) pair of integers ≥ ``minimum`` as Python ints (``original_size``, crop coordinates...)."""
+    if isinstance(value, str) or not isinstance(value, tuple | list) or len(value) != 2:
+        kind = "ValueError" if isinstance(value, tuple | list) else "TypeError"
+        message = f"{name} must be a pair of integers, e.g. (1024, 1024), got {value!r}"
+        raise (ValueError if kind == "ValueError" else TypeError)(message)
+    return check_int(f"{name}[0]", value[0], minimum=minimum), check_int(f"{name}[1]", value[1], minimum=minimum)
+
+
+def _check_generate(pipe, num_inference_steps, guidance_scale, height, width, generator, output_type, factor):
+    """The arguments :func:`sdxl_generate` and :func:`sd3_generate` share; returns (steps, w, height, width)."""
+    steps = check_int("num_inference_steps", num_inference_steps)
+    guidance_scale = check_number("guidance_scale", guidance_scale, minimum=0)  # 1 = no guidance
+    check_generator("generator", generator, batch=1)
+    check_choice("output_type", output_type, ("pil", "np", "pt", "latent"))
+    f = pipe.vae_scale_factor
+    default = pipe.default_sample_size * f  # None = the model's default size, as the pipelines
+    height, width = check_size(default if height is None else height, default if width is None else width, factor)
+    return steps, guidance_scale, height, width
 
 
 @torch.no_grad()
@@ -117,6 +154,17 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     fp16 NaN guard: SDXL's VAE overflows in fp16 and returns NaN (black images). If the decode is not finite and
     the VAE is not in fp32, it is decoded again in fp32 (with a warning) and put back in its dtype."""
     cfg = vae.config
+    check_tensor("latents", latents, "(B, C, h, w) of the pipeline (output_type='latent')")
+    channels = getattr(cfg, "latent_channels", None)
+    if latents.ndim != 4 or (channels is not None and latents.shape[1] != channels):
+        raise ValueError(
+            f"latents must have shape (B, {channels or 'C'}, h, w) for this VAE, got {tuple(latents.shape)}"
+            + ("; one latent (C, h, w): pass latents[None]" if latents.ndim == 3 else "")
+        )
+    if not latents.is_floating_point():
+        raise ValueError(f"latents must be a float tensor, got dtype {latents.dtype}")
+    if not torch.isfinite(latents).all():
+        raise ValueError("latents contains NaN or infinite values (the denoiser overflowed? run it in float32)")
     if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
         mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1).to(latents)
         std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1).to(latents)
@@ -205,14 +253,21 @@ def sdxl_generate(
     original_size: tuple[int, int] | None = None,
     crops_coords_top_left: tuple[int, int] = (0, 0),
     target_size: tuple[int, int] | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     output_type: str = "pil",
 ):
     """``StableDiffusionXLPipeline.__call__`` for one prompt, written out (same seed and scheduler → same image)."""
-    check_int("num_inference_steps", num_inference_steps)
+    check_int("num_inference_steps", num_inference_steps)  # first: before the pipeline is touched
     f = pipe.vae_scale_factor
-    height, width = height or pipe.default_sample_size * f, width or pipe.default_sample_size * f
-    check_size(height, width, f)
+    num_inference_steps, guidance_scale, height, width = _check_generate(
+        pipe, num_inference_steps, guidance_scale, height, width, generator, output_type, f
+    )
+    prompt = _check_prompt("prompt", prompt)
+    if negative_prompt is not None:
+        negative_prompt = _check_prompt("negative_prompt", negative_prompt)
+    original_size = None if original_size is None else _check_pair("original_size", original_size)
+    target_size = None if target_size is None else _check_pair("target_size", target_size)
+    crops_coords_top_left = _check_pair("crops_coords_top_left", crops_coords_top_left, minimum=0)
     device, dtype = pipe._execution_device, pipe.unet.dtype
     cond, pooled = sdxl_text_embeddings(pipe, [prompt])  # (1, 77, D), (1, P)
     if negative_prompt is None and pipe.config.force_zeros_for_empty_prompt:
@@ -286,10 +341,18 @@ def sd3_generate(
 ):
     """``StableDiffusion3Pipeline.__call__`` for one prompt, written out: flow-match Euler (shift in the scheduler),
     CFG on velocities, decode z/s + shift."""
-    check_int("num_inference_steps", num_inference_steps)
+    check_int("num_inference_steps", num_inference_steps)  # first: before the pipeline is touched
     f = pipe.vae_scale_factor
-    height, width = height or pipe.default_sample_size * f, width or pipe.default_sample_size * f
-    check_size(height, width, f * pipe.transformer.config.patch_size)
+    num_inference_steps, guidance_scale, height, width = _check_generate(
+        pipe, num_inference_steps, guidance_scale, height, width, generator, output_type,
+        f * pipe.transformer.config.patch_size,
+    )  # fmt: skip
+    prompt, negative_prompt = _check_prompt("prompt", prompt), _check_prompt("negative_prompt", negative_prompt)
+    max_sequence_length = check_int("max_sequence_length", max_sequence_length)
+    if max_sequence_length > 512:
+        raise ValueError(
+            f"max_sequence_length must be at most 512 (T5's limit, as diffusers), got {max_sequence_length}"
+        )
     device, dtype = pipe._execution_device, pipe.transformer.dtype
     cond, pooled = sd3_text_embeddings(pipe, [prompt], max_sequence_length)  # (1, L, D), (1, P)
     uncond, uncond_pooled = sd3_text_embeddings(pipe, [negative_prompt], max_sequence_length)  # SD3 encodes ""
