@@ -425,3 +425,41 @@ def test_plots_and_widgets_take_numpy_and_torch_scalars():
         ex.render(2.5, "linear")
     with pytest.raises(ValueError, match="schedule must be one of"):
         ex.render(10, "cosine")
+
+
+@pytest.mark.parametrize(
+    "name, answer, words",
+    [
+        ("check_cfg_combine", lambda c, u, w: (u, c), "return one tensor, got a tuple of 2"),
+        ("check_cfg_combine", lambda c, u, w: "eps", "return one tensor, got a str"),
+        ("check_cfg_combine", lambda c, u, w: torch.full_like(c, float("nan")), "contains NaN or inf"),
+        ("check_cfg_combine", lambda c, u, w: (u + w * (c - u)).to(torch.complex64), "complex64 tensor"),
+        ("check_ddpm_step", lambda eps, x_t, a, ap, z: torch.zeros(7, 5), "got shape (7, 5)"),
+        ("check_scaling_factor", lambda z: float("nan"), "got nan"),  # NaN fails every comparison: it was a ✅
+        ("check_img2img_start", lambda n, s: n - n * s, "not a whole number"),
+        ("check_control_keep", lambda i, n, s, e: s <= i / n and (i + 1) / n <= e, "got a bool"),
+        ("check_tokenize", lambda text, vocab, n: "2 5 3", "got a str"),
+        ("check_refiner_split", lambda ts, frac: (ts, None), "refiner: got None"),
+    ],
+)
+def test_hint_says_what_was_returned(name, answer, words, capsys):
+    assert CHECKERS[name](answer) is False
+    line = capsys.readouterr().out
+    assert line.startswith("❌") and words in line, line
+
+
+@pytest.mark.parametrize(
+    "name, answer, args, words",
+    [
+        ("check_snr_crossing", True, (), "got a bool"),
+        ("check_snr_crossing", RIGHT_VALUES["check_snr_crossing"][0] + 0.5, (), "not a whole number"),  # was int()ed
+        ("check_timesteps_answer", [t + 0.5 for t in RIGHT_VALUES["check_timesteps_answer"][0]], (20, "trailing"),
+         "entry 0 got 999.5, not a whole number"),  # was truncated to the right answer: a ✅
+        ("check_best_guidance", "5", (_WS, _ADHERENCE), "got a str"),  # float("5") made it a ✅
+        ("check_best_guidance", torch.tensor([5.0, 8.0]), (_WS, _ADHERENCE), "got a float32 tensor of shape (2,)"),
+    ],
+)  # fmt: skip
+def test_value_hint_says_what_was_given(name, answer, args, words, capsys):
+    assert CHECKERS[name](answer, *args) is False
+    line = capsys.readouterr().out
+    assert line.startswith("❌") and words in line, line
