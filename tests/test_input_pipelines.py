@@ -22,7 +22,7 @@ from diffusion_lab.models.mmdit import MMDiT, MMDiTConfig
 from diffusion_lab.models.text_encoder import TextEncoder, TextEncoderConfig, WordTokenizer
 from diffusion_lab.models.unet import UNet, UNetConfig
 from diffusion_lab.pipelines.controlnet import TinyControlNetPipeline
-from diffusion_lab.pipelines.sampling import sample
+from diffusion_lab.pipelines.sampling import ddim_invert, sample
 from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
 from diffusion_lab.pipelines.stable_diffusion_3 import TinySD3Pipeline
 from diffusion_lab.pipelines.upscale import TinyUpscalePipeline, low_res_scheduler
@@ -289,7 +289,7 @@ def _zero_model(x, t):
 SAMPLE_BAD = [
     ({"shape": None}, TypeError, "shape must be a tuple"),
     ({"shape": (1.0, 1, 4, 4)}, TypeError, r"shape\[0\] must be an integer"),
-    ({"shape": (0, 1, 4, 4)}, ValueError, r"shape\[0\] must be >= 1"),
+    ({"shape": (0, 1, 4, 4)}, ValueError, r"shape must be \(B, C, H, W\) with B >= 1"),
     ({"num_inference_steps": 2.0}, TypeError, "num_inference_steps must be an integer"),
     ({"num_inference_steps": None}, TypeError, "num_inference_steps must be an integer"),
     ({"guidance_scale": None}, TypeError, "guidance_scale must be a number"),
@@ -309,6 +309,28 @@ def test_sample_checks_its_arguments(kwargs, error, match):
     kw = {"shape": (1, 1, 4, 4), "num_inference_steps": 2, **kwargs}
     with pytest.raises(error, match=match):
         sample(_zero_model, DDPMScheduler(), kw.pop("shape"), **kw)
+
+
+def test_sample_and_ddim_invert_check_model_scheduler_device_and_timesteps():
+    with pytest.raises(TypeError, match="model must be a network or function"):
+        sample(None, DDPMScheduler(), (1, 1, 4, 4), num_inference_steps=2)
+    with pytest.raises(TypeError, match="scheduler must be a scheduler"):
+        sample(_zero_model, None, (1, 1, 4, 4), num_inference_steps=2)
+    with pytest.raises(ValueError, match="device must be a torch.device"):
+        sample(_zero_model, DDPMScheduler(), (1, 1, 4, 4), num_inference_steps=2, device="gpu0")
+    s = DDIMScheduler()
+    s.set_timesteps(4)
+    ab, x0 = s.alphas_cumprod, torch.zeros(1, 1, 4, 4)
+    for args, error, match in [
+        ((ab, [0.0], s.timesteps), TypeError, "x0 must be a torch.Tensor"),
+        ((ab, torch.full((1, 1, 4, 4), float("nan")), s.timesteps), ValueError, "x0 contains NaN"),
+        (([0.5] * 1000, x0, s.timesteps), TypeError, "alphas_cumprod must be a torch.Tensor"),
+        ((ab, x0, None), TypeError, "timesteps must be the sampler's timesteps"),
+        ((ab, x0, torch.tensor([], dtype=torch.long)), ValueError, "timesteps must be a non-empty list"),
+        ((ab, x0, torch.tensor([5000, 10])), ValueError, r"integers in 0..999"),
+    ]:
+        with pytest.raises(error, match=match):
+            ddim_invert(_zero_model, *args)
 
 
 def test_sample_takes_numpy_scalars_and_a_list_of_generators():

@@ -70,10 +70,20 @@ def _accepts(fn: Callable, name: str) -> bool:
     return name in inspect.signature(fn).parameters
 
 
-def _check_sample_inputs(shape, num_inference_steps, class_labels, guidance_scale, eta, generator, callback, latents):
+def _check_sample_inputs(
+    model, scheduler, shape, num_inference_steps, class_labels, guidance_scale, eta, generator, callback, latents
+):
     """:func:`sample`'s arguments by the error convention; returns (shape, steps, w, eta) as Python values."""
+    if not callable(model):
+        raise TypeError(f"model must be a network or function model(x, t[, labels]), got {type(model).__name__}")
+    missing = [m for m in ("set_timesteps", "step", "scale_model_input") if not hasattr(scheduler, m)]
+    if missing:
+        raise TypeError(f"scheduler must be a scheduler (ours or diffusers'), got {type(scheduler).__name__} "
+                        f"without {missing}")  # fmt: skip
     if isinstance(shape, torch.Size | tuple | list) and len(shape) >= 2:
-        shape = tuple(check_int(f"shape[{i}]", v) for i, v in enumerate(shape))
+        shape = tuple(check_int(f"shape[{i}]", v, minimum=None) for i, v in enumerate(shape))
+        if min(shape) < 1:
+            raise ValueError(f"shape must be (B, C, H, W) with B >= 1, got {shape}")
     elif isinstance(shape, torch.Size | tuple | list):
         raise ValueError(f"shape must be (B, C, H, W) with B >= 1, got {tuple(shape)}")
     else:
@@ -122,11 +132,18 @@ def sample(
     every step. ``latents`` replaces the random start x_T (e.g. the output of :func:`ddim_invert`).
     """
     shape, num_inference_steps, guidance_scale, eta = _check_sample_inputs(
-        shape, num_inference_steps, class_labels, guidance_scale, eta, generator, callback, latents
+        model, scheduler, shape, num_inference_steps, class_labels, guidance_scale, eta, generator, callback, latents
     )
     if device is None:  # the model's device (CPU for plain functions and parameter-free wrappers)
         first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
         device = first.device if first is not None else torch.device("cpu")
+    elif not isinstance(device, torch.device):
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise (TypeError if not isinstance(device, str) else ValueError)(
+                f"device must be a torch.device or a name such as 'cpu' or 'cuda', got {device!r}"
+            ) from e
     if class_labels is not None:
         class_labels = class_labels.to(device)
     step_kw = {"generator": generator} if _accepts(scheduler.step, "generator") else {}
@@ -173,8 +190,18 @@ def ddim_invert(
     Dhariwal & Nichol 2021, Appendix F). ``prediction_type`` is what the model outputs (as in the schedulers).
     x0: (B, C, H, W) → x_T of the same shape.
     """
-    ab = alphas_cumprod.to(x0.device)
-    ts = [int(t) for t in torch.as_tensor(timesteps).flip(0)]  # increasing
+    check_tensor("x0", x0, "(B, C, H, W): the images to invert")
+    if not torch.isfinite(x0).all():
+        raise ValueError("x0 contains NaN or infinite values")
+    ab = check_tensor("alphas_cumprod", alphas_cumprod, "(T,): scheduler.alphas_cumprod").to(x0.device)
+    if timesteps is None or isinstance(timesteps, str):
+        raise TypeError(f"timesteps must be the sampler's timesteps (scheduler.timesteps), got {timesteps!r}")
+    ts = [int(t) for t in torch.as_tensor(timesteps).reshape(-1).flip(0)]  # increasing
+    if not ts or min(ts) < 0 or max(ts) >= len(ab):
+        raise ValueError(
+            f"timesteps must be a non-empty list of integers in 0..{len(ab) - 1} (scheduler.timesteps after "
+            f"set_timesteps), got {ts[::-1]}"
+        )
     x = x0
     ab_cur, t_cur = torch.tensor(1.0, device=x0.device), ts[0]  # start: the clean image (ᾱ = 1)
     for t in ts:
