@@ -179,6 +179,9 @@ CASES = [
     ("flow-sigmas-str", lambda: _flow().set_timesteps(sigmas=["a"]), TypeError, "sigmas"),
     ("flow-scale-noise-none", lambda: _flow().scale_noise(X, _flow().timesteps[0], None), TypeError, "noise must be"),
     ("flow-scale-noise-t-str", lambda: _flow().scale_noise(X, "a", X), TypeError, "timestep must be a number"),
+    ("ddim-device-typo", lambda: DDIMScheduler().set_timesteps(10, device="gpu"), ValueError, "device must name"),
+    ("ddpm-device-float", lambda: DDPMScheduler().set_timesteps(10, device=1.5), TypeError, "device must be"),
+    ("flow-device-typo", lambda: _flow().set_timesteps(4, device="gpu"), ValueError, "device must name"),
     ("flow-index-empty", lambda: _flow().index_for_timestep(torch.zeros(0)), ValueError, "timestep must be one"),
 ]
 

@@ -15,7 +15,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from diffusion_lab.maths.flow import _check_sigma, flow_predict_x0, shift_sigmas
-from diffusion_lab.schedulers.scheduling_utils import SchedulerOutput, compatible_classes
+from diffusion_lab.schedulers.scheduling_utils import SchedulerOutput, check_device, compatible_classes
 from diffusion_lab.utils.errors import check_generator, check_int, check_number, check_tensor
 
 __all__ = ["FlowMatchEulerDiscreteScheduler", "FlowMatchSchedulerOutput"]
@@ -146,6 +146,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
         σ_i = shift(σ_max + i·(σ_min − σ_max)/(n − 1)), i = 0 … n − 1 (float64, then float32), timesteps = T·σ_i.
         Or give the ``sigmas`` yourself (they are shifted too, as in diffusers)."""
         T = self.config.num_train_timesteps
+        device = check_device(device)
         if sigmas is not None:
             if isinstance(sigmas, torch.Tensor):
                 sigmas = sigmas.detach().cpu().numpy()

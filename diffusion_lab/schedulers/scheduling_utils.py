@@ -48,6 +48,19 @@ __all__ = ["SchedulerOutput"]
 KARRAS_COMPATIBLES = [e.name for e in KarrasDiffusionSchedulers]  # diffusers' ``_compatibles`` of DDPM and DDIM
 
 
+def check_device(device: object) -> torch.device | None:
+    """``device`` for ``set_timesteps``: None, a ``torch.device`` or its name; ``TypeError``/``ValueError`` naming
+    ``device`` otherwise (torch's own error is a RuntimeError)."""
+    if device is None or isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str | int) or isinstance(device, bool):
+        raise TypeError(f"device must be a torch.device, its name ('cpu', 'cuda') or None, got {type(device).__name__}")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must name a torch device ('cpu', 'cuda', 'cuda:0', 'mps'), got {device!r}") from None
+
+
 def compatible_classes(ours: list[type], theirs: list[type]) -> list[type]:
     """Our compatible classes, then diffusers' (``SchedulerMixin._get_compatibles``), each class once."""
     return list(dict.fromkeys([*ours, *theirs]))
@@ -167,6 +180,7 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
         :func:`~diffusion_lab.maths.schedules.inference_timesteps`), or give them as ``timesteps`` (descending,
         below T: :func:`~diffusion_lab.maths.schedules.custom_timesteps`); fills ``self.timesteps`` (int64)."""
         c = self.config
+        device = check_device(device)
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError("pass num_inference_steps or timesteps to set_timesteps, not both")
         if timesteps is not None:
