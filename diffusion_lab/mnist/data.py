@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion_lab.utils.errors import FileError, check_choice, check_int, check_number
+from diffusion_lab.utils.errors import FileError, check_choice, check_int, check_number, check_tensor
 
 __all__ = [
     "MNIST_SHA256",
@@ -58,14 +58,21 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _check_pixels(x: object, expected: str) -> torch.Tensor:
+    x = check_tensor("x", x, expected)
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise ValueError("x contains NaN or infinite values: check what produced it (a diverged model, a 0/0)")
+    return x
+
+
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     """uint8 pixels 0..255 → float32 in [−1, 1]: x/127.5 − 1 (the range DDPM trains on, DDPM §4)."""
-    return x.float() / 127.5 - 1.0
+    return _check_pixels(x, "of pixels 0..255").float() / 127.5 - 1.0
 
 
 def from_unit_range(x: torch.Tensor) -> torch.Tensor:
     """float in [−1, 1] → uint8 0..255 (values outside are clipped)."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return ((_check_pixels(x, "in [-1, 1]").clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def load_mnist(

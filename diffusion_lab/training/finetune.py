@@ -135,9 +135,11 @@ def load_concept_images(folder: str | os.PathLike, size: int = 28, *, invert: bo
     that are not square (crop them square first: resizing them would squash the digit).
     """
 
+    if not isinstance(folder, str | os.PathLike):
+        raise TypeError(f"folder must be a path (str or Path) to the folder of example images, got {folder!r}")
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder: pass the folder that holds the example images")
+        raise ValueError(f"folder {folder} is not a folder: pass the folder that holds the example images")
     files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
     if not files:
         raise ValueError(f"{folder} is empty: put 3-10 example images (PNG or JPEG) of the new concept in it")
