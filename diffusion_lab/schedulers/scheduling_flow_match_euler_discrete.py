@@ -193,7 +193,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
         """Identity: flow models see x_t as it is (kept so generic loops can call it)."""
-        return sample
+        return check_tensor("sample", sample, "(B, ...), the current x_t")
 
     def scale_noise(
         self, sample: torch.Tensor, timestep: float | torch.Tensor, noise: torch.Tensor | None = None

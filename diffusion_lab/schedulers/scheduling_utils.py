@@ -225,11 +225,13 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
         """A timestep as a Python int, checked to lie in 0..T−1."""
         T = self.config.num_train_timesteps
         if isinstance(timestep, torch.Tensor):
-            if timestep.numel() != 1 or timestep.is_floating_point():
+            if timestep.numel() != 1:
                 raise ValueError(f"timestep must be one integer in [0, {T - 1}], got tensor {timestep!r}")
+            if timestep.is_floating_point() or timestep.dtype == torch.bool:
+                raise TypeError(f"timestep must be one integer in [0, {T - 1}], got tensor {timestep!r}")
             timestep = timestep.item()
         if not isinstance(timestep, (int, np.integer)) or isinstance(timestep, bool):
-            raise ValueError(f"timestep must be an integer in [0, {T - 1}], got {timestep!r}")
+            raise TypeError(f"timestep must be an integer in [0, {T - 1}], got {timestep!r}")
         if not 0 <= timestep < T:
             raise ValueError(f"timestep must be in [0, {T - 1}] (num_train_timesteps={T}), got {timestep}")
         return int(timestep)
@@ -254,7 +256,7 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
 
     def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
         """Identity: DDPM/DDIM feed x_t to the network unscaled (kept for pipelines that call it)."""
-        return sample
+        return check_tensor("sample", sample, "(B, ...), the current x_t")
 
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor | int

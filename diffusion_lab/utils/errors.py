@@ -105,6 +105,8 @@ def check_generator(
 
 def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     """``ValueError`` naming the parameter and its allowed values if ``value`` is not one of them."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {list(allowed)} (a string), got {type(value).__name__}")
     if value not in allowed:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
