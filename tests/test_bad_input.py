@@ -57,8 +57,15 @@ def test_steps_offset_past_the_end():
 @pytest.mark.parametrize("cls", SCHEDULERS)
 @pytest.mark.parametrize(
     ("t", "error"),
-    [(-1, ValueError), (1000, ValueError), (5000, ValueError), (torch.tensor([1, 2]), ValueError),
-     (0.5, TypeError), (torch.tensor(3.0), TypeError), (True, TypeError)],  # fmt: skip
+    [
+        (-1, ValueError),
+        (1000, ValueError),
+        (5000, ValueError),
+        (torch.tensor([1, 2]), ValueError),
+        (0.5, TypeError),
+        (torch.tensor(3.0), TypeError),
+        (True, TypeError),
+    ],  # fmt: skip
 )
 def test_timestep_outside_the_schedule(cls, t, error):
     s = cls()
