@@ -89,9 +89,12 @@ def test_warnings_do_not_change_the_ids(tok, prompt, same_as):
     assert torch.equal(cut, enc.input_ids)
 
 
-def test_encode_cuts_silently_by_default_as_notebook_05_shows(tok):
-    ids, caught = _caught(lambda: tok.encode("a thick slanted small seven seven seven"))
-    assert caught == [] and len(ids) == 8 and ids[-1] == tok.eos_token_id
+def test_encode_warns_by_default_and_cuts_silently_when_asked(tok):
+    prompt = "a thick slanted small seven seven seven"
+    ids, caught = _caught(lambda: tok.encode(prompt))
+    assert [w.category for w in caught] == [PromptTruncatedWarning] and "dropped" in str(caught[0].message)
+    asked, caught = _caught(lambda: tok.encode(prompt, truncation=True))  # notebook 05's call
+    assert caught == [] and asked == ids and len(ids) == 8 and ids[-1] == tok.eos_token_id
 
 
 def test_unknown_word_warning_text_is_kept(tok):

@@ -177,10 +177,10 @@ class WordTokenizer:
             self.vocab.append(t)
         return len(new)
 
-    def encode(self, text: str, *, max_length: int | None = None, truncation: bool | None = True) -> list[int]:
+    def encode(self, text: str, *, max_length: int | None = None, truncation: bool | None = None) -> list[int]:
         """One text → [<bos>, ids…, <eos>] (no padding). Unknown words → <unk>, with a warning naming them.
-        ``truncation``: True (default here: the low-level call cuts as asked, silently, as notebook 05 shows),
-        None cuts with a :class:`PromptTruncatedWarning`, False raises; ``tokenizer(texts)`` defaults to None."""
+        ``truncation``: None (default, as ``tokenizer(texts)``) cuts with a :class:`PromptTruncatedWarning` naming
+        what was dropped, True cuts silently (asked for), False raises."""
         return self._encode([text], max_length, truncation)[0]
 
     def _encode(self, texts: list[str], max_length: int | None, truncation: bool | None) -> list[list[int]]:
