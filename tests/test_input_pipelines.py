@@ -174,7 +174,8 @@ BAD = [  # (pipelines, kwargs, error, match)
     (ALL, {"generator": "seed"}, TypeError, "generator must be a torch.Generator"),
     (ALL, {"generator": [_gen(0), _gen(1), _gen(2)]}, ValueError, "generator is a list of 3 generators"),
     (ALL, {"callback": 3}, TypeError, "callback must be a function"),
-    (ALL, {"output_type": 3}, ValueError, "output_type must be one of"),
+    (ALL, {"output_type": "np"}, ValueError, "output_type must be one of"),
+    (ALL, {"output_type": 3}, TypeError, "output_type must be one of"),
     (ALL, {"latents": [1.0]}, TypeError, "latents must be a tensor"),
     (ALL, {"latents": torch.full((1, 4, 7, 7), float("nan"))}, ValueError, "latents contains NaN"),
     (("sd", "sd3", "controlnet", "upscale"), {"height": 28.0}, TypeError, "height must be an integer.*use 28"),
@@ -250,7 +251,7 @@ IMAGES = [  # (pipeline, kwargs, error, match)
     ("sd", {"image": IMAGE.tolist()}, TypeError, "image must be a tensor"),
     ("controlnet", {"image": CONTROL * 255}, ValueError, r"control image values must be in \[0, 1\]"),
     ("controlnet", {"image": torch.full((1, 1, 28, 28), float("nan"))}, ValueError, "control image contains NaN"),
-    ("upscale", {"image": (LOW + 1) * 127.5}, ValueError, r"image values must be in \[-1, 1\].*p / 127.5 - 1"),
+    ("upscale", {"image": (LOW + 1) * 127.5}, ValueError, r"image values must be in \[-5, 5\].*p / 127.5 - 1"),
     ("upscale", {"image": torch.full((1, 1, 7, 7), float("inf"))}, ValueError, "image contains NaN"),
     ("variations", {"image": (IMAGE + 1) * 127.5}, ValueError, r"image values must be in \[-1, 1\].*p / 127.5 - 1"),
     ("variations", {"image_embeds": torch.full((1, D), float("nan"))}, ValueError, "image_embeds must hold finite"),
@@ -270,6 +271,11 @@ def test_images_outside_their_range_or_nan_are_refused(key, kwargs, error, match
             _pipe(key)(num_inference_steps=2, **kwargs)
         else:
             _call(key, **kwargs)
+
+
+def test_the_upscaler_takes_noisy_low_res_images():  # degraded inputs overshoot [-1, 1] (notebook 12)
+    noisy = LOW + 0.5 * torch.randn(LOW.shape, generator=_gen(1))
+    assert torch.isfinite(_call("upscale", noisy).images).all()
 
 
 def test_img2img_takes_a_pil_image_as_its_tensor():

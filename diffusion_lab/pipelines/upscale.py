@@ -70,9 +70,22 @@ from diffusion_lab.utils.errors import check_int
 from diffusion_lab.utils.torch_utils import randn
 from diffusion_lab.utils.validation import check_images
 
-__all__ = ["LOW_RES_SCHEDULE", "TinyUpscalePipeline", "low_res_scheduler", "noise_augment", "upscale_metrics"]
+__all__ = [
+    "IMAGE_RANGE",
+    "LOW_RES_SCHEDULE",
+    "TinyUpscalePipeline",
+    "low_res_scheduler",
+    "noise_augment",
+    "upscale_metrics",
+]
 
-_IMAGE_HINTS = {"range": " (0..255 pixels p: convert with x = p / 127.5 - 1, diffusion_lab.mnist.data.to_unit_range)"}
+# Low-res inputs live in [-1, 1], but degraded ones (noise added: what conditioning augmentation is for) overshoot it;
+# values beyond ±5 are not a normalised image (0..255 pixels) and are refused.
+IMAGE_RANGE = (-5.0, 5.0)
+_IMAGE_HINTS = {
+    "range": " (images in [-1, 1], noisy ones a little beyond; 0..255 pixels p: convert with x = p / 127.5 - 1, "
+    "diffusion_lab.mnist.data.to_unit_range)"
+}
 # The x4 upscaler's low_res_scheduler: β from 1e-4 to 0.02 over 1000 steps, spaced in √β (see the module docstring).
 LOW_RES_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=1e-4, beta_end=0.02)
 
@@ -187,7 +200,7 @@ class TinyUpscalePipeline(TinyPipeline):
                     f"({height} / {f}; e.g. downsample(x, {f}) of {height}x{width} images), or set height={ih * f}, "
                     f"width={iw * f}"
                 )
-        image = check_images(image, "image", channels=c, size=(h, w), value_range=(-1, 1), hints=_IMAGE_HINTS)
+        image = check_images(image, "image", channels=c, size=(h, w), value_range=IMAGE_RANGE, hints=_IMAGE_HINTS)
         if check_int("num_inference_steps", num_inference_steps, minimum=None) < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps}")
         K = self.max_noise_level
@@ -218,7 +231,8 @@ class TinyUpscalePipeline(TinyPipeline):
         return_intermediates: bool = False,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
     ) -> PipelineOutput:
-        """Upscale each low-resolution image ``image`` (B, 1, 7, 7) in [−1, 1] to (B, 1, 28, 28).
+        """Upscale each low-resolution image ``image`` (B, 1, 7, 7) in [−1, 1] to (B, 1, 28, 28) (degraded, noisy
+        inputs may overshoot [−1, 1]: values in :data:`IMAGE_RANGE` = [−5, 5] are accepted).
 
         1. ỹ_k = low_res_scheduler.add_noise(y, ε', k) with ε' drawn first from ``generator`` (as diffusers does).
         2. z_T ~ N(0, I) (B, 4, 7, 7) (or ``latents``), times the scheduler's ``init_noise_sigma``.
