@@ -304,10 +304,11 @@ def _best(answer, ws, values):
         (lambda: _best(5, _WS, [float("nan")] * 6), ValueError, "values are all NaN"),
         (lambda: CHECKERS["check_timesteps_answer"]([1], True, "trailing"), TypeError, "n must be an integer"),
         (lambda: CHECKERS["check_timesteps_answer"]([1], 20, "trailing", T=0), ValueError, "T must be >= 1"),
-        (lambda: CHECKERS["check_snr_crossing"](500, schedule=None), ValueError, "schedule must be one of"),
+        (lambda: CHECKERS["check_snr_crossing"](500, schedule=None), TypeError, "schedule must be one of"),
+        (lambda: CHECKERS["check_snr_crossing"](500, schedule="cos"), ValueError, "schedule must be one of"),
     ],
     ids=["ws-str", "ws-int", "ws-bool", "ws-inf", "values-float", "values-str", "values-nan", "n-bool", "T-zero",
-         "schedule-None"],
+         "schedule-None", "schedule-unknown"],
 )  # fmt: skip
 def test_value_checker_own_arguments_follow_the_error_convention(call, error, match):
     with pytest.raises(error, match=match):
