@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import types
+import warnings
 
 import diffusers
 import numpy as np
@@ -439,3 +440,18 @@ def test_tiny_turbo_one_step_starts_at_pure_noise():
     turbo.scheduler.set_timesteps(1)
     assert turbo.scheduler.timesteps.tolist() == [999]
     assert isinstance(turbo.scheduler, diffusers.EulerAncestralDiscreteScheduler)
+
+
+def test_hand_written_encoders_warn_about_truncated_prompts(sdxl, sd3):
+    """The hand-written text encoding (sdxl_text_embeddings, sd3_text_embeddings) says what a long prompt loses, as
+    diffusers' encode_prompt does; a prompt that fits is silent."""
+    from diffusion_lab.models.text_encoder import PromptTruncatedWarning
+
+    long = "a watercolour fox " + "in the deep snow " * 30 + "at midnight"
+    with pytest.warns(PromptTruncatedWarning, match=r"reads at most 77 tokens; prompt 0: dropped '.*midnight'"):
+        bridge.sdxl_text_embeddings(sdxl, [long])
+    with pytest.warns(PromptTruncatedWarning, match=r"T5 \(max_sequence_length\) reads at most 16 tokens"):
+        bridge.sd3_text_embeddings(sd3, [PROMPT + " at midnight"], max_sequence_length=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromptTruncatedWarning)
+        bridge.sdxl_text_embeddings(sdxl, [PROMPT])

@@ -32,6 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffusion_lab.bridge.hub import COMPONENT_IDS, Environment
 from diffusion_lab.maths.guidance import cfg_combine
+from diffusion_lab.models.text_encoder import PromptTruncatedWarning
 from diffusion_lab.utils.errors import check_choice, check_generator, check_int, check_number, check_tensor
 
 __all__ = [
@@ -221,8 +222,26 @@ def suggest_on_oom(pipe=None) -> Iterator[None]:
         ) from exc
 
 
+def _warn_truncated(tokenizer, prompts: list[str], max_length: int, which: str) -> None:
+    """One :class:`PromptTruncatedWarning` naming what ``which`` (an encoder) will not see of each prompt longer than
+    ``max_length`` tokens — as diffusers' own ``encode_prompt`` logs it (the ids kept end with the end token)."""
+    cut = []
+    for i, prompt in enumerate(prompts):
+        full = tokenizer(prompt, truncation=False).input_ids
+        if len(full) > max_length:
+            dropped = tokenizer.decode(full[max_length - 1 : -1], skip_special_tokens=True).strip()
+            cut.append(f"prompt {i}: dropped {dropped!r}")
+    if cut:
+        warnings.warn(
+            f"{which} reads at most {max_length} tokens; " + "; ".join(cut) + " (shorten the prompt)",
+            PromptTruncatedWarning,
+            stacklevel=3,
+        )
+
+
 def _encode_clip(tokenizer, encoder, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     """(penultimate hidden states (B, 77, D), the output's first field: pooled/projected (B, D') or last states)."""
+    _warn_truncated(tokenizer, prompts, tokenizer.model_max_length, type(encoder).__name__)
     ids = tokenizer(
         prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids.to(device)  # (B, 77)
@@ -312,6 +331,7 @@ def sd3_text_embeddings(pipe, prompts: list[str], max_sequence_length: int = 256
     if pipe.text_encoder_3 is None:
         t5 = torch.zeros(len(prompts), max_sequence_length, width, device=device, dtype=clip.dtype)  # T5 dropped
     else:
+        _warn_truncated(pipe.tokenizer_3, prompts, max_sequence_length, "T5 (max_sequence_length)")
         ids = pipe.tokenizer_3(
             prompts,
             padding="max_length",
