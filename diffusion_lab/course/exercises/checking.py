@@ -139,22 +139,28 @@ def _as_int_list(value: object) -> tuple[list[int] | None, str]:
     return out, ""
 
 
-def _call(fn: Callable, what: str, *args):
+_NONE_HINT = "your function returns None: fill in its body and return the result"
+_NONE_BODY = "your function returns None: fill in its body"  # the shorter hint of notebooks 02 and 03
+
+
+def _call(fn: Callable, what: str, *args, none_hint: str = _NONE_HINT):
     """(result, None) or (None, the ❌ line's hint) when the student's function raised or returned None."""
     try:
         out = fn(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
     except Exception as e:
         return None, f"your function raised {type(e).__name__}: {e}"
     if out is None:
-        return None, "your function returns None: fill in its body and return the result"
+        return None, none_hint
     return out, None
 
 
-def _call_tensor(fn: Callable, what: str, want: torch.Tensor, wrong_shape: str, *args) -> tuple[torch.Tensor, str]:
+def _call_tensor(
+    fn: Callable, what: str, want: torch.Tensor, wrong_shape: str, *args, none_hint: str = _NONE_HINT
+) -> tuple[torch.Tensor, str]:
     """``fn(*args)`` as a tensor of ``want``'s dtype, and a hint if it raised, returned a placeholder, something that
     is not one tensor, NaN or inf, or has the wrong shape (``wrong_shape`` is the hint then, formatted with ``want=``
     and ``got=`` shapes; the tensor is returned with it). The tensor is None when the result could not be read."""
-    got, hint = _call(fn, what, *args)
+    got, hint = _call(fn, what, *args, none_hint=none_hint)
     if hint:
         return got, hint
     got, problem = _as_tensor(got, want.dtype)

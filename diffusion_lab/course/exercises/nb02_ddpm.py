@@ -19,7 +19,14 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _as_tensor, _check_callable, _finite_hint, _report
+from diffusion_lab.course.exercises.checking import (
+    _NONE_BODY,
+    _as_tensor,
+    _call_tensor,
+    _check_callable,
+    _finite_hint,
+    _report,
+)
 from diffusion_lab.maths.diffusion import ddpm_step, q_sample, x0_from_eps
 from diffusion_lab.maths.schedules import schedule_table
 
@@ -69,18 +76,10 @@ def check_ddpm_step(fn: Callable[..., torch.Tensor]) -> bool:
     for t, tp in [(999, 998), (500, 499), (10, 9)]:
         eps, x_t, z = (torch.randn(3, 2, generator=g) for _ in range(3))
         want = ddpm_step(x0_from_eps(x_t, eps, ab[t]), x_t, ab[t], ab[tp], z)
-        try:
-            got = fn(eps.clone(), x_t.clone(), ab[t].clone(), ab[tp].clone(), z.clone())
-        except Exception as e:
-            return _report(False, what, f"your function raised {type(e).__name__}: {e}")
-        if got is None:
-            return _report(False, what, "your function returns None: fill in its body")
-        got, problem = _as_tensor(got, want.dtype)
-        if problem or got.shape != want.shape:
-            got_what = problem or f"got shape {tuple(got.shape)}"
-            return _report(False, what, f"return x_(t-1) as one tensor of x_t's shape {tuple(want.shape)}, {got_what}")
-        if _finite_hint(got, want):
-            return _report(False, what, _finite_hint(got, want))
+        shape_hint = "return x_(t-1) as one tensor of x_t's shape {want}, got shape {got}"
+        got, hint = _call_tensor(fn, what, want, shape_hint, eps, x_t, ab[t], ab[tp], z, none_hint=_NONE_BODY)
+        if hint:
+            return _report(False, what, hint)
         if not torch.allclose(got, want, atol=1e-4):
             return _report(
                 False,

@@ -19,7 +19,13 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _as_int_list, _as_tensor, _check_callable, _finite_hint, _report
+from diffusion_lab.course.exercises.checking import (
+    _NONE_BODY,
+    _as_int_list,
+    _call_tensor,
+    _check_callable,
+    _report,
+)
 from diffusion_lab.maths.diffusion import ddim_sigma, ddim_step
 from diffusion_lab.maths.schedules import TIMESTEP_SPACINGS, inference_timesteps, schedule_table
 from diffusion_lab.utils.errors import check_choice, check_int
@@ -38,18 +44,10 @@ def check_ddim_step(fn: Callable[..., torch.Tensor]) -> bool:
         x0, eps = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
         sigma = ddim_sigma(ab[t], ab[tp], eta)
         want = ddim_step(x0, eps, ab[tp], sigma)
-        try:
-            got = fn(x0.clone(), eps.clone(), ab[tp].clone(), sigma.clone())
-        except Exception as e:
-            return _report(False, what, f"your function raised {type(e).__name__}: {e}")
-        if got is None:
-            return _report(False, what, "your function returns None: fill in its body")
-        got, problem = _as_tensor(got, want.dtype)
-        if problem or got.shape != want.shape:
-            got_what = problem or f"got shape {tuple(got.shape)}"
-            return _report(False, what, f"return x_t' as one tensor of x̂_0's shape {tuple(want.shape)}, {got_what}")
-        if _finite_hint(got, want):
-            return _report(False, what, _finite_hint(got, want))
+        shape_hint = "return x_t' as one tensor of x̂_0's shape {want}, got shape {got}"
+        got, hint = _call_tensor(fn, what, want, shape_hint, x0, eps, ab[tp], sigma, none_hint=_NONE_BODY)
+        if hint:
+            return _report(False, what, hint)
         if not torch.allclose(got, want, atol=1e-5):
             return _report(False, what, f"wrong for eta={eta}: the direction term is sqrt(1 − ᾱ' − σ²)·ε̂")
     return _report(True, what, "")
