@@ -99,6 +99,8 @@ import torch
 import transformers
 
 from diffusion_lab import bridge
+from diffusion_lab.bridge.full_size import full_pipeline, keep_in_fp32
+from diffusion_lab.bridge.full_size import full_size_parameters as count_parameters
 from diffusion_lab.utils.checkpoint import write_json_atomic
 
 OUT = Path(__file__).resolve().parent / "results" / "gpu_pipelines.json"
@@ -107,206 +109,7 @@ PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detail
 GUIDANCE = {"sdxl": 5.0, "sd3": 7.0}
 GIB = 2**30
 
-# --- published full-size configurations (config.json of the hub repositories; parameter counts in --count-params) ----
-
-SDXL_UNET = {  # stabilityai/stable-diffusion-xl-base-1.0, unet/config.json: 2,567,463,684 parameters
-    "sample_size": 128,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    "block_out_channels": (320, 640, 1280),
-    "layers_per_block": 2,
-    "transformer_layers_per_block": (1, 2, 10),
-    "attention_head_dim": (5, 10, 20),
-    "cross_attention_dim": 2048,  # 768 (CLIP-L) + 1280 (bigG) features per token
-    "use_linear_projection": True,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 2816,  # 6 time ids x 256 + 1280 pooled bigG
-    "norm_num_groups": 32,
-    "act_fn": "silu",
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-}
-_VAE_COMMON = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "act_fn": "silu",
-    "sample_size": 1024,  # also the tile size of enable_tiling()
-}
-SDXL_VAE = {**_VAE_COMMON, "latent_channels": 4, "scaling_factor": 0.13025, "force_upcast": True}  # 83,653,863
-SD3_VAE = {  # stabilityai/stable-diffusion-3-medium-diffusers, vae/config.json: 83,819,683 parameters
-    **_VAE_COMMON,
-    "latent_channels": 16,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
-    "scaling_factor": 1.5305,
-    "shift_factor": 0.0609,
-    "force_upcast": True,
-}
-CLIP_L = {  # openai/clip-vit-large-patch14 text tower: 123,060,480 parameters (+ 589,824 with SD3's projection)
-    "vocab_size": 49408,
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "max_position_embeddings": 77,
-    "projection_dim": 768,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-}
-CLIP_BIGG = {  # OpenCLIP ViT-bigG/14 text tower with projection: 694,659,840 parameters
-    "vocab_size": 49408,
-    "hidden_size": 1280,
-    "intermediate_size": 5120,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 20,
-    "max_position_embeddings": 77,
-    "projection_dim": 1280,
-    "hidden_act": "gelu",
-    "layer_norm_eps": 1e-5,
-}
-T5_XXL = {  # google/t5-v1_1-xxl encoder (SD3's text_encoder_3): 4,762,310,656 parameters
-    "vocab_size": 32128,
-    "d_model": 4096,
-    "d_kv": 64,
-    "d_ff": 10240,
-    "num_layers": 24,
-    "num_heads": 64,
-    "feed_forward_proj": "gated-gelu",
-    "relative_attention_num_buckets": 32,
-    "relative_attention_max_distance": 128,
-    "layer_norm_epsilon": 1e-6,
-}
-SD3_TRANSFORMER = {  # stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json: 2,028,328,000
-    "sample_size": 128,
-    "patch_size": 2,
-    "in_channels": 16,
-    "out_channels": 16,
-    "num_layers": 24,
-    "attention_head_dim": 64,
-    "num_attention_heads": 24,  # hidden 1536 = 24 x 64
-    "joint_attention_dim": 4096,  # T5's width; CLIP features are zero-padded to it
-    "caption_projection_dim": 1536,
-    "pooled_projection_dim": 2048,  # 768 + 1280 pooled CLIP vectors
-    "pos_embed_max_size": 192,
-}
-
-# --- building pipelines ------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _creating(device: str, dtype: torch.dtype) -> Iterator[None]:
-    """New tensors on ``device`` in ``dtype``: a module is initialised where and how it will run, never first in fp32
-    on the CPU (T5-XXL alone is 19 GB in fp32)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(old)
-
-
-def keep_in_fp32(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """What ``from_pretrained(..., dtype=...)`` does and a plain ``.to(dtype)`` does not: submodules that the model
-    class lists in ``_keep_in_fp32_modules`` stay in float32 when loading in fp16 (T5's feed-forward output layers
-    ``wo``: 1.0 B of T5-XXL's 4.8 B parameters, 2 GB more than all-fp16), and those in
-    ``_keep_in_fp32_modules_strict`` in fp16 and bf16. The benchmark measures what users load."""
-    keep = set()
-    if dtype == torch.float16:
-        keep |= set(getattr(module, "_keep_in_fp32_modules", None) or ())
-    if dtype in (torch.float16, torch.bfloat16):
-        keep |= set(getattr(module, "_keep_in_fp32_modules_strict", None) or ())
-    for name, sub in module.named_modules() if keep else ():
-        if keep & set(name.split(".")):
-            sub.to(torch.float32)
-    return module
-
-
-def _clip_token_ids() -> dict[str, int]:
-    """The text configs' special ids must be the tokenizer's (CLIP pools at the first end-of-text token)."""
-    tok = bridge.tiny_clip_tokenizer()
-    return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
-
-
-def full_components(
-    model: str,
-    *,
-    device: str,
-    dtype: torch.dtype,
-    with_t5: bool = True,
-    vae_dtype: torch.dtype | None = None,
-    park: bool = False,
-) -> dict[str, torch.nn.Module | None]:
-    """The modules of full-size SDXL base (``model="sdxl"``) or SD3 medium (``"sd3"``) with seeded random weights in
-    eval mode, built one at a time on ``device`` in ``dtype`` (``vae_dtype`` for the VAE). ``park=True`` moves each to
-    the CPU once built (for CPU offload, so that the GPU never holds all of them). ``device="meta"``: shapes only."""
-
-    def make(seed: int, build: Callable[[], torch.nn.Module], dt: torch.dtype = dtype) -> torch.nn.Module:
-        torch.manual_seed(seed)
-        with _creating(device, dt):
-            module = build()
-        if device != "meta":
-            module = keep_in_fp32(module.to(device=device, dtype=dt), dt)  # numpy-made buffers start on the CPU
-        if park:
-            module.to("cpu")
-        return module.eval()  # built from a config = train mode (dropout); from_pretrained gives eval mode
-
-    ids = _clip_token_ids()
-    clip_l = transformers.CLIPTextConfig(**CLIP_L, **ids)
-    clip_g = transformers.CLIPTextConfig(**CLIP_BIGG, **ids)
-    if model == "sdxl":
-        return {
-            "text_encoder": make(0, lambda: transformers.CLIPTextModel(clip_l)),
-            "text_encoder_2": make(1, lambda: transformers.CLIPTextModelWithProjection(clip_g)),
-            "unet": make(2, lambda: diffusers.UNet2DConditionModel(**SDXL_UNET)),
-            "vae": make(3, lambda: diffusers.AutoencoderKL(**SDXL_VAE), vae_dtype or dtype),
-        }
-    if model == "sd3":
-        t5 = bridge.tiny_t5_tokenizer()
-        t5_config = transformers.T5Config(
-            **T5_XXL, pad_token_id=t5.pad_token_id, eos_token_id=t5.eos_token_id, decoder_start_token_id=0
-        )
-        return {
-            "text_encoder": make(0, lambda: transformers.CLIPTextModelWithProjection(clip_l)),
-            "text_encoder_2": make(1, lambda: transformers.CLIPTextModelWithProjection(clip_g)),
-            "text_encoder_3": make(2, lambda: transformers.T5EncoderModel(t5_config)) if with_t5 else None,
-            "transformer": make(3, lambda: diffusers.SD3Transformer2DModel(**SD3_TRANSFORMER)),
-            "vae": make(4, lambda: diffusers.AutoencoderKL(**SD3_VAE), vae_dtype or dtype),
-        }
-    raise ValueError(f"model must be 'sdxl' or 'sd3', got {model!r}")
-
-
-def full_pipeline(model: str, *, device: str, dtype: torch.dtype, with_t5=True, vae_dtype=None, park=False):
-    """A full-size, random-weight SDXL base or SD3-medium pipeline of the real diffusers class (see
-    :func:`full_components`), with SDXL's Euler scheduler or SD3's flow-match Euler scheduler (shift 3)."""
-    comps = full_components(model, device=device, dtype=dtype, with_t5=with_t5, vae_dtype=vae_dtype, park=park)
-    if model == "sdxl":
-        pipe = diffusers.StableDiffusionXLPipeline(
-            **comps,
-            tokenizer=bridge.tiny_clip_tokenizer(),
-            tokenizer_2=bridge.tiny_clip_tokenizer(),
-            scheduler=diffusers.EulerDiscreteScheduler.from_config(bridge.SDXL_SCHEDULER_CONFIG),
-            add_watermarker=False,
-        )
-    else:
-        pipe = diffusers.StableDiffusion3Pipeline(
-            **comps,
-            tokenizer=bridge.tiny_clip_tokenizer(),
-            tokenizer_2=bridge.tiny_clip_tokenizer(),
-            tokenizer_3=bridge.tiny_t5_tokenizer() if with_t5 else None,
-            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+# --- pipelines: full size from diffusion_lab.bridge.full_size (published configurations), tiny from the bridge ----
 
 
 def tiny_pipeline(model: str, *, device: str, dtype: torch.dtype, with_t5=True, vae_dtype=None, park=False):
@@ -320,16 +123,6 @@ def tiny_pipeline(model: str, *, device: str, dtype: torch.dtype, with_t5=True, 
     if vae_dtype is not None:
         pipe.vae.to(dtype=vae_dtype)
     return pipe
-
-
-def count_parameters() -> dict[str, dict[str, int]]:
-    """Parameters of every full-size component, built on the ``meta`` device (shapes only: no memory, a few
-    seconds, no GPU)."""
-    out = {}
-    for model in ("sdxl", "sd3"):
-        comps = full_components(model, device="meta", dtype=torch.float32)
-        out[model] = {name: bridge.count_parameters(m) for name, m in comps.items()}
-    return out
 
 
 # --- recipes --------------------------------------------------------------------------------------------------------

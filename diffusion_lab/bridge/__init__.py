@@ -7,6 +7,7 @@ driving SDXL and SD3 step by step (:mod:`.generate`), LoRA through peft (:mod:`.
 
 from diffusion_lab.bridge.family import *  # noqa: F403
 from diffusion_lab.bridge.family import __all__ as _family
+from diffusion_lab.bridge.full_size import *  # noqa: F403
 from diffusion_lab.bridge.generate import *  # noqa: F403
 from diffusion_lab.bridge.generate import __all__ as _generate
 from diffusion_lab.bridge.hub import *  # noqa: F403
