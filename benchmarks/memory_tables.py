@@ -1,0 +1,256 @@
+"""The memory model (``diffusion_lab.bridge.memory``) applied to every recipe of the T4 / H100 tables of notebooks
+09-11, and the download size of each notebook's models, written to ``benchmarks/results/memory_tables.json``.
+
+Parameter counts come from meta-device builds of the published configurations (``bridge.full_size`` for SDXL base,
+the refiner and SD3 medium; below, for the models only notebook 09 downloads: SD-Turbo = the SD 2.1 architecture, and
+the TAESD preview decoders = ``AutoencoderTiny``). Nothing is downloaded; runs in a few seconds on the CPU.
+
+Every entry says ``"modelled"`` or ``"measured: <hardware>, <file>"``: a recipe measured by ``gpu_pipelines.py`` on a
+GPU (records with a numeric ``peak_allocated_gib`` in ``benchmarks/results/gpu_pipelines.json``) shows the measured
+figure beside the modelled one. A peak above 14.7 GiB (what a 16 GB T4 reports) is marked "does not fit" on the T4.
+
+Reproduce::
+
+    .venv/bin/python benchmarks/memory_tables.py            # writes benchmarks/results/memory_tables.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import diffusers
+import torch
+import transformers
+
+from diffusion_lab.bridge import full_size
+from diffusion_lab.bridge import memory as m
+from diffusion_lab.utils.checkpoint import write_json_atomic
+
+OUT = Path(__file__).resolve().parent / "results" / "memory_tables.json"
+T4_USABLE_GIB = 14.7  # torch.cuda.get_device_properties on a "16 GB" T4 (about 15.0 GiB less the CUDA context)
+
+# SD 2.1 (SD-Turbo), stabilityai/sd-turbo unet/config.json and text_encoder/config.json (OpenCLIP ViT-H/14 text tower)
+SD21_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "attention_head_dim": (5, 10, 20, 20),
+    "cross_attention_dim": 1024,
+    "use_linear_projection": True,
+}
+OPENCLIP_H = {
+    "vocab_size": 49408,
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 23,
+    "num_attention_heads": 16,
+    "max_position_embeddings": 77,
+    "hidden_act": "gelu",
+}
+
+
+def _meta_spec(name: str, build) -> m.ModelSpec:
+    with torch.device("meta"):
+        return m.spec_from_module(name, build())
+
+
+def specs() -> dict[str, dict[str, m.ModelSpec]]:
+    """Every model's :class:`~diffusion_lab.bridge.memory.ModelSpec`, by pipeline."""
+    return {
+        "sdxl": m.full_size_specs("sdxl"),
+        "sdxl-refiner": m.full_size_specs("sdxl-refiner"),
+        "sd3": m.full_size_specs("sd3"),
+        "sd-turbo": {
+            "unet": _meta_spec("unet", lambda: diffusers.UNet2DConditionModel(**SD21_UNET)),
+            "text_encoder": _meta_spec(
+                "text_encoder", lambda: transformers.CLIPTextModel(transformers.CLIPTextConfig(**OPENCLIP_H))
+            ),
+            "vae": _meta_spec("vae", lambda: diffusers.AutoencoderKL(**full_size.SDXL_VAE)),  # the SD VAE's shapes
+        },
+        "taesdxl": {"vae": _meta_spec("vae", lambda: diffusers.AutoencoderTiny())},
+        "taesd3": {"vae": _meta_spec("vae", lambda: diffusers.AutoencoderTiny(latent_channels=16))},
+    }
+
+
+def _sdxl(s, name: str, dtype: str = "fp16", **kw) -> m.Recipe:
+    models = {n: (spec, dtype) for n, spec in s["sdxl"].items()}
+    text = {"text_encoder": (77, 3072), "text_encoder_2": (77, 5120)}
+    return m.Recipe(name, models, "unet", m.SDXL_UNET_SHAPE, "vae", m.SDXL_VAE_SHAPE, text_encoders=text, **kw)
+
+
+def _sd3(s, name: str, dtype: str = "fp16", with_t5: bool = True, **kw) -> m.Recipe:
+    models = {n: (spec, dtype) for n, spec in s["sd3"].items() if with_t5 or n != "text_encoder_3"}
+    text = {"text_encoder": (77, 3072), "text_encoder_2": (77, 5120)}
+    if with_t5:
+        text["text_encoder_3"] = (256, 10240)
+    return m.Recipe(name, models, "transformer", m.SD3_MMDIT_SHAPE, "vae", m.SD3_VAE_SHAPE, text_encoders=text, **kw)
+
+
+def table_recipes(s) -> dict[str, list[tuple[str, str, m.Recipe]]]:
+    """(table row as the notebook writes it, gpu_pipelines.py recipe key, recipe) per notebook."""
+    sdxl_fp16 = _sdxl(s, "fp16", vae_upcast=True)  # force_upcast: the fp16 VAE decodes in fp32
+    recommended = replace(
+        _sdxl(s, "recommended"), models={**sdxl_fp16.models, "vae": (s["sdxl"]["vae"], "fp32")}
+    )  # VAE kept in fp32 once and for all; compile's buffers are not modelled
+    turbo = _sdxl(s, "turbo", height=512, width=512, cfg=False, vae_upcast=True)  # guidance 0: no CFG batch
+    return {
+        "09": [
+            ("fp32", "sdxl/fp32", _sdxl(s, "fp32", "fp32")),
+            ("fp16 `pipe(...)` (SDPA is the default attention)", "sdxl/fp16", sdxl_fp16),
+            ("fp16 + channels-last + `torch.compile(unet)`", "sdxl/recommended", recommended),
+            ("fp16 + `enable_model_cpu_offload()`", "sdxl/fp16-offload", replace(sdxl_fp16, placement="model_offload")),
+            ("SDXL-Turbo, 512², 1 step", "sdxl-turbo/fp16", turbo),
+            (
+                "(not in the table) fp16, eager attention",
+                "sdxl/fp16-eager-attention",
+                replace(sdxl_fp16, attention="eager"),
+            ),
+            (
+                "(not in the table) fp16 + sequential offload",
+                "sdxl/fp16-sequential",
+                replace(sdxl_fp16, placement="sequential_offload"),
+            ),
+        ],
+        "10": [
+            ("fp16, all three encoders on the GPU", "sd3/fp16", _sd3(s, "fp16")),
+            ("fp16, T5 dropped", "sd3/fp16-no-t5", _sd3(s, "fp16-no-t5", with_t5=False)),
+            (
+                "fp16 + `enable_model_cpu_offload()` (T5 kept) — the low-memory recipe",
+                "sd3/lowmem",
+                _sd3(s, "lowmem", placement="model_offload", vae_tiling=True),
+            ),
+            ("fp16 + `torch.compile(transformer)`", "sd3/fp16-compile", _sd3(s, "fp16-compile")),
+            (
+                "(not in the table) fp16, 8-bit T5 (bitsandbytes; `wo` kept in fp32)",
+                "sd3/fp16-t5-int8",
+                replace(
+                    _sd3(s, "t5-int8"),
+                    models={**_sd3(s, "x").models, "text_encoder_3": (s["sd3"]["text_encoder_3"], "int8")},
+                ),
+            ),
+        ],
+    }
+
+
+def downloads(s) -> dict[str, dict[str, int]]:
+    """Bytes each notebook downloads on a first run (fp16 variant files unless the repository has none)."""
+    d = m.Download
+    base = [d("stabilityai/stable-diffusion-xl-base-1.0", spec, "fp16") for spec in s["sdxl"].values()]
+    fix_vae = d("madebyollin/sdxl-vae-fp16-fix", s["sdxl"]["vae"], "fp32")  # no fp16 variant files in that repository
+    nb09 = [
+        *base,
+        *[d("stabilityai/stable-diffusion-xl-refiner-1.0", spec, "fp16") for spec in s["sdxl-refiner"].values()],
+        *[d("stabilityai/sdxl-turbo", spec, "fp16") for spec in s["sdxl"].values()],
+        *[d("stabilityai/sd-turbo", spec, "fp16") for spec in s["sd-turbo"].values()],
+        fix_vae,
+        d("madebyollin/taesdxl", s["taesdxl"]["vae"], "fp32"),
+    ]
+    nb10 = [
+        *[d("stabilityai/stable-diffusion-3-medium-diffusers", spec, "fp16") for spec in s["sd3"].values()],
+        d("madebyollin/taesd3", s["taesd3"]["vae"], "fp32"),
+    ]
+    nb11 = [*base, fix_vae]
+    return {"09": m.download_bytes(nb09), "10": m.download_bytes(nb10), "11": m.download_bytes(nb11)}
+
+
+def _measured(path: Path) -> dict[str, dict]:
+    """Recipe key → measured record with a numeric allocated peak (gpu_pipelines.json), with its GPU."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    gpu = (data.get("setup") or {}).get("gpu")
+    out = {}
+    for record in data.get("records", []):
+        if gpu and isinstance(record.get("peak_allocated_gib"), (int, float)):
+            out[f"{record.get('model')}/{record.get('recipe')}"] = {**record, "gpu": gpu}
+    return out
+
+
+def modelled_gpu_peaks() -> dict[tuple[str, str], float]:
+    """(model, recipe) → modelled peak GPU GiB, keyed as gpu_pipelines.py's records are (for tests/test_memory.py)."""
+    s = specs()
+    out = {}
+    for rows in table_recipes(s).values():
+        for _, key, recipe in rows:
+            model, name = key.split("/")
+            out[(model, name)] = m.estimate_memory(recipe).gpu_peak_gib
+    return out
+
+
+def build() -> dict:
+    s = specs()
+    measured = _measured(OUT.parent / "gpu_pipelines.json")
+    tables = {}
+    for nb, rows in table_recipes(s).items():
+        entries = []
+        for row, key, recipe in rows:
+            est = m.estimate_memory(recipe)
+            gib = round(est.gpu_peak_gib, 1)
+            entry = {
+                "row": row,
+                "recipe": key,
+                "size": f"{recipe.height}x{recipe.width}",
+                "cfg": recipe.cfg,
+                "placement": recipe.placement,
+                "attention": recipe.attention,
+                "gpu_peak_gib": gib,
+                "t4_fits": est.gpu_peak_gib <= T4_USABLE_GIB,
+                "cpu_ram_gib": round(est.cpu_ram_gib, 1),
+                "peak_phase": est.peak_phase,
+                "breakdown_gib": {
+                    "weights": {k: round(v / m.GIB, 2) for k, v in est.weights.items()},
+                    "weights_total": round(est.weights_total / m.GIB, 2),
+                    "latents": round(est.latents / m.GIB, 4),
+                    "text_activations": round(est.text_activations / m.GIB, 3),
+                    "denoiser_features": round(est.denoiser_features / m.GIB, 3),
+                    "attention_maps": round(est.attention_maps / m.GIB, 3),
+                    "vae_decode": round(est.vae_decode / m.GIB, 3),
+                    "vae_upcast_extra": round(est.vae_upcast_extra / m.GIB, 3),
+                    "phase_peaks": {k: round(v / m.GIB, 2) for k, v in est.phase_peaks.items()},
+                },
+                "status": "modelled",
+            }
+            if key in measured:
+                rec = measured[key]
+                entry["measured_peak_allocated_gib"] = rec["peak_allocated_gib"]
+                entry["status"] = f"measured: {rec['gpu']}, benchmarks/results/gpu_pipelines.json"
+            entries.append(entry)
+        tables[nb] = entries
+    dl = {nb: {repo: round(b / 1e9, 2) for repo, b in per.items()} for nb, per in downloads(s).items()}
+    return {
+        "benchmark": "benchmarks/memory_tables.py",
+        "model": "diffusion_lab.bridge.memory (formulas in its docstring)",
+        "units": "GiB (2^30 bytes) for memory; GB (10^9 bytes) for downloads, as the hub lists file sizes",
+        "note": "modelled: parameter counts of meta-device builds of the published configurations, dtypes, placement "
+        "and activation terms fitted to meta-device traces of the real modules; allocator overhead (5-15 % on the "
+        "reserved peak), cuDNN workspaces and torch.compile buffers are not modelled; CPU RAM excludes the Python "
+        "process and CUDA context (1-3 GB)",
+        "parameters": {model: {n: sp.params for n, sp in comps.items()} for model, comps in s.items()},
+        "tables": tables,
+        "downloads_gb": dl,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    del argv
+    result = build()
+    write_json_atomic(OUT, result)
+    for nb, rows in result["tables"].items():
+        print(f"notebook {nb}")
+        for e in rows:
+            print(f"  {e['gpu_peak_gib']:5.1f} GiB GPU  {e['cpu_ram_gib']:5.1f} GiB RAM  {e['status']:9}  {e['row']}")
+    for nb, per in result["downloads_gb"].items():
+        print(f"downloads {nb}: {per['total']:.1f} GB  {per}")
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
