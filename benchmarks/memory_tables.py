@@ -160,6 +160,30 @@ def downloads(s) -> dict[str, dict[str, int]]:
     return {"09": m.download_bytes(nb09), "10": m.download_bytes(nb10), "11": m.download_bytes(nb11)}
 
 
+def sdxl_cross_attention_tokens(size: int = 1024) -> list[int]:
+    """Tokens N_l (latent pixels) of every ``attn2`` layer of the full-size SDXL UNet at ``size``², read off a
+    meta-device forward pass with hooks (70 layers: 10 at 64², 60 at 32² for 1024²)."""
+    unet = full_size.full_components("sdxl", device="meta", dtype=torch.float16)["unet"]
+    tokens: list[int] = []
+    hooks = [
+        mod.register_forward_hook(lambda mod, args, out: tokens.append(out.shape[1]))
+        for name, mod in unet.named_modules()
+        if name.endswith("attn2")
+    ]
+    h = size // 8
+    x = torch.empty(1, 4, h, h, device="meta", dtype=torch.float16)
+    text = torch.empty(1, 77, 2048, device="meta", dtype=torch.float16)
+    added = {
+        "text_embeds": torch.empty(1, 1280, device="meta", dtype=torch.float16),
+        "time_ids": torch.empty(1, 6, device="meta", dtype=torch.float16),
+    }
+    with torch.inference_mode():
+        unet(x, torch.zeros(1, device="meta"), text, added_cond_kwargs=added)
+    for hook in hooks:
+        hook.remove()
+    return tokens
+
+
 def _measured(path: Path) -> dict[str, dict]:
     """Recipe key → measured record with a numeric allocated peak (gpu_pipelines.json), with its GPU."""
     if not path.exists():
@@ -223,6 +247,16 @@ def build() -> dict:
                 entry["status"] = f"measured: {rec['gpu']}, benchmarks/results/gpu_pipelines.json"
             entries.append(entry)
         tables[nb] = entries
+    tokens = sdxl_cross_attention_tokens(1024)
+    record = m.attention_record_bytes(tokens, 77, 30, 128)
+    attention_record = {
+        "what": "notebook 09 §6: every attn2 map of the real SDXL UNet at 1024², 30 steps, head-mean, fp32 on the "
+        "CPU, then each upsampled to 77x128x128 and stacked (cell 23 as of this commit)",
+        "layers": len(tokens),
+        "tokens_per_layer": sorted(set(tokens)),
+        **{f"{k}_gb": round(v / 1e9, 4) for k, v in record.items()},
+        "status": "modelled",
+    }
     dl = {nb: {repo: round(b / 1e9, 2) for repo, b in per.items()} for nb, per in downloads(s).items()}
     return {
         "benchmark": "benchmarks/memory_tables.py",
@@ -235,6 +269,7 @@ def build() -> dict:
         "parameters": {model: {n: sp.params for n, sp in comps.items()} for model, comps in s.items()},
         "tables": tables,
         "downloads_gb": dl,
+        "attention_record_cpu_ram": attention_record,
     }
 
 
@@ -248,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {e['gpu_peak_gib']:5.1f} GiB GPU  {e['cpu_ram_gib']:5.1f} GiB RAM  {e['status']:9}  {e['row']}")
     for nb, per in result["downloads_gb"].items():
         print(f"downloads {nb}: {per['total']:.1f} GB  {per}")
+    print(f"attention maps of notebook 09: {result['attention_record_cpu_ram']}")
     print(f"wrote {OUT}")
     return 0
 

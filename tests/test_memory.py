@@ -204,9 +204,7 @@ def _gpu_measurements() -> list[dict]:
 def test_model_within_tolerance_of_every_gpu_measurement():
     """Each measured allocated peak of a recipe the tables model (benchmarks/memory_tables.py) is within 25 % of
     the model. Today the results hold no GPU figure (family_pipelines.json is a CPU run of the stand-ins: 'n/a')."""
-    spec = importlib.util.spec_from_file_location("memory_tables_benchmark", RESULTS.parent / "memory_tables.py")
-    memory_tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(memory_tables)
+    memory_tables = _memory_tables()
     measured = _gpu_measurements()
     modelled = memory_tables.modelled_gpu_peaks()
     compared = 0
@@ -217,3 +215,29 @@ def test_model_within_tolerance_of_every_gpu_measurement():
             assert modelled[key] == pytest.approx(record["peak_allocated_gib"], rel=0.25), record
     assert compared == len([r for r in measured if (r.get("model"), r.get("recipe")) in modelled])
     assert all(r["file"] != "family_pipelines.json" for r in measured)  # its peaks are 'n/a' (CPU stand-ins)
+
+
+def _memory_tables():
+    spec = importlib.util.spec_from_file_location("memory_tables_benchmark", RESULTS.parent / "memory_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_attention_record_bytes_by_hand():
+    out = m.attention_record_bytes([4, 4, 1], text_tokens=3, steps=5, upsample_side=2)
+    assert out["stored"] == 5 * (4 + 4 + 1) * 3 * 4
+    assert out["upsampled"] == out["stacked"] == 5 * 3 * 3 * 2 * 2 * 4
+    assert out["peak_as_written"] == out["stored"] + 2 * out["upsampled"]
+    assert out["native_mean"] == (4 + 1) * 3 * 4  # one running sum per resolution
+
+
+def test_notebook_09_attention_maps_as_written_need_over_20_gb_of_cpu_ram():
+    """The issue's finding, from the real UNet's 70 attn2 layers (meta-device forward): 1024², 30 steps, each map
+    upsampled to 77x128x128 fp32 and stacked: 10.6 GB for the upsampled list and as much for the stack."""
+    tokens = _memory_tables().sdxl_cross_attention_tokens(1024)
+    assert len(tokens) == 70 and sorted(set(tokens)) == [1024, 4096] and tokens.count(4096) == 10
+    out = m.attention_record_bytes(tokens, 77, 30, 128)
+    assert out["upsampled"] == 70 * 30 * 77 * 128 * 128 * 4
+    assert out["peak_as_written"] > 20e9  # Kaggle has ~30 GB of RAM, Colab ~13 GB
+    assert out["native_mean"] < 2e6  # a running sum at native resolution: under 2 MB

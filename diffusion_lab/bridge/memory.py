@@ -86,6 +86,7 @@ __all__ = [
     "Download",
     "download_bytes",
     "trace_peak_bytes",
+    "attention_record_bytes",
     "full_size_specs",
     "SDXL_UNET_SHAPE",
     "SD3_MMDIT_SHAPE",
@@ -342,6 +343,29 @@ def download_bytes(items: list[Download] | tuple[Download, ...]) -> dict[str, in
         out[item.repo] = out.get(item.repo, 0) + item.spec.params * DTYPE_BYTES[item.file_dtype]
     out["total"] = sum(out.values())
     return out
+
+
+def attention_record_bytes(
+    layer_tokens: list[int] | tuple[int, ...], text_tokens: int, steps: int, upsample_side: int, b: int = 4
+) -> dict[str, int]:
+    """CPU RAM of recording cross-attention maps (notebook 09, §6): one (N_l, T) map per ``attn2`` layer l and step,
+    averaged over heads, kept in fp32 (b = 4). ``stored`` = steps·Σ_l N_l·T·b (the list of maps at native size);
+    ``upsampled`` = steps·L·T·s²·b for each upsampled to s×s (a list comprehension of them); ``stacked`` the same
+    again (``torch.stack`` copies them), so the as-written peak is stored + upsampled + stacked; ``native_mean`` =
+    Σ over the distinct N of N·T·b: a running sum per resolution, upsampled once at the end."""
+    check_int("steps", steps)
+    check_int("text_tokens", text_tokens)
+    check_int("upsample_side", upsample_side)
+    stored = steps * sum(n * text_tokens * b for n in layer_tokens)
+    upsampled = steps * len(layer_tokens) * text_tokens * upsample_side**2 * b
+    native = sum(n * text_tokens * b for n in set(layer_tokens))
+    return {
+        "stored": stored,
+        "upsampled": upsampled,
+        "stacked": upsampled,
+        "peak_as_written": stored + 2 * upsampled,
+        "native_mean": native,
+    }
 
 
 class _PeakTrace(TorchDispatchMode):
