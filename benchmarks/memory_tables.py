@@ -1,5 +1,6 @@
 """The memory model (``diffusion_lab.bridge.memory``) applied to every recipe of the T4 / H100 tables of notebooks
-09-11, and the download size of each notebook's models, written to ``benchmarks/results/memory_tables.json``.
+09, 10 and 12 (SD 1.5 + ControlNet and SVD-XT of 12; its x4 upscaler and unCLIP rows are not modelled yet), the
+cross-attention recording of 09, and the download size of each notebook's models, written to ``benchmarks/results/memory_tables.json``.
 
 Parameter counts come from meta-device builds of the published configurations (``bridge.full_size`` for SDXL base,
 the refiner and SD3 medium; below, for the models only notebook 09 downloads: SD-Turbo = the SD 2.1 architecture, and
@@ -56,9 +57,67 @@ OPENCLIP_H = {
 }
 
 
+# notebook 12's family (configs of the hub repositories; parameter counts in the JSON): SD 1.5, its canny ControlNet
+# (lllyasviel/control_v11p_sd15_canny), the SD 1.5 safety checker (CLIP ViT-L/14 vision tower, loaded by default),
+# SVD-XT (the UNetSpatioTemporalConditionModel defaults are SVD's; its temporal-decoder VAE; CLIP ViT-H/14 image tower)
+SD15_UNET = {
+    "sample_size": 64,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "attention_head_dim": 8,
+    "cross_attention_dim": 768,
+}
+SD15_CONTROLNET = {
+    "down_block_types": SD15_UNET["down_block_types"],
+    "block_out_channels": SD15_UNET["block_out_channels"],
+    "layers_per_block": 2,
+    "attention_head_dim": 8,
+    "cross_attention_dim": 768,
+    "conditioning_embedding_out_channels": (16, 32, 96, 256),
+}
+CLIP_VIT_L_VISION = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 224,
+}
+CLIP_VIT_H_VISION = {
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 224,
+    "projection_dim": 1024,
+    "hidden_act": "gelu",
+}
+SVD_VAE = {
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "sample_size": 768,
+}
+
+
 def _meta_spec(name: str, build) -> m.ModelSpec:
     with torch.device("meta"):
         return m.spec_from_module(name, build())
+
+
+def _safety_checker():
+    from diffusers.pipelines.stable_diffusion.safety_checker import (  # lazy: only SD 1.5's download counts it
+        StableDiffusionSafetyChecker,
+    )
+
+    vision = transformers.CLIPVisionConfig(**CLIP_VIT_L_VISION)
+    return StableDiffusionSafetyChecker(
+        transformers.CLIPConfig(vision_config=vision.to_dict(), projection_dim=768, text_config={})
+    )
 
 
 def specs() -> dict[str, dict[str, m.ModelSpec]]:
@@ -73,6 +132,23 @@ def specs() -> dict[str, dict[str, m.ModelSpec]]:
                 "text_encoder", lambda: transformers.CLIPTextModel(transformers.CLIPTextConfig(**OPENCLIP_H))
             ),
             "vae": _meta_spec("vae", lambda: diffusers.AutoencoderKL(**full_size.SDXL_VAE)),  # the SD VAE's shapes
+        },
+        "sd15-controlnet": {
+            "text_encoder": _meta_spec(
+                "text_encoder", lambda: transformers.CLIPTextModel(transformers.CLIPTextConfig(**full_size.CLIP_L))
+            ),
+            "unet": _meta_spec("unet", lambda: diffusers.UNet2DConditionModel(**SD15_UNET)),
+            "controlnet": _meta_spec("controlnet", lambda: diffusers.ControlNetModel(**SD15_CONTROLNET)),
+            "vae": _meta_spec("vae", lambda: diffusers.AutoencoderKL(**full_size.SDXL_VAE)),
+            "safety_checker": _meta_spec("safety_checker", _safety_checker),
+        },
+        "svd": {
+            "image_encoder": _meta_spec(
+                "image_encoder",
+                lambda: transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**CLIP_VIT_H_VISION)),
+            ),
+            "unet": _meta_spec("unet", diffusers.UNetSpatioTemporalConditionModel),
+            "vae": _meta_spec("vae", lambda: diffusers.AutoencoderKLTemporalDecoder(**SVD_VAE)),
         },
         "taesdxl": {"vae": _meta_spec("vae", lambda: diffusers.AutoencoderTiny())},
         "taesd3": {"vae": _meta_spec("vae", lambda: diffusers.AutoencoderTiny(latent_channels=16))},
@@ -139,6 +215,99 @@ def table_recipes(s) -> dict[str, list[tuple[str, str, m.Recipe]]]:
     }
 
 
+def _meta(build, dtype=torch.float16):
+    with torch.device("meta"):
+        return build().to(device="meta", dtype=dtype).eval()  # torch.Tensor([...]) parameters start on the CPU
+
+
+def _trace_controlnet(size: int = 512) -> int:
+    """Activations of one CFG step of SD 1.5 + ControlNet at ``size``² in fp16 (ControlNet, then the UNet with its
+    residuals), traced on the meta device."""
+    unet = _meta(lambda: diffusers.UNet2DConditionModel(**SD15_UNET))
+    controlnet = _meta(lambda: diffusers.ControlNetModel(**SD15_CONTROLNET))
+    f16 = {"device": "meta", "dtype": torch.float16}
+    x, text = torch.empty(2, 4, size // 8, size // 8, **f16), torch.empty(2, 77, 768, **f16)
+    cond, t = torch.empty(2, 3, size, size, **f16), torch.full((2,), 500, device="meta")
+
+    def step():
+        down, mid = controlnet(x, t, text, controlnet_cond=cond, return_dict=False)
+        return unet(x, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+
+    return m.trace_peak_bytes(step)
+
+
+def _trace_svd(height: int = 576, width: int = 1024, frames: int = 25, chunk: int = 8) -> tuple[int, int]:
+    """(UNet activations of one CFG step for ``frames`` frames, the larger of the VAE's decode of ``chunk`` frames and
+    its encode of the conditioning image), SVD-XT in fp16, traced on the meta device."""
+    unet = _meta(diffusers.UNetSpatioTemporalConditionModel)
+    vae = _meta(lambda: diffusers.AutoencoderKLTemporalDecoder(**SVD_VAE))
+    f16 = {"device": "meta", "dtype": torch.float16}
+    h, w = height // 8, width // 8
+    x, enc = torch.empty(2, frames, 8, h, w, **f16), torch.empty(2, 1, 1024, **f16)
+    ids, t = torch.empty(2, 3, **f16), torch.full((2,), 500.0, device="meta")
+    denoise = m.trace_peak_bytes(lambda: unet(x, t, enc, ids).sample)
+    z, image = torch.empty(chunk, 4, h, w, **f16), torch.empty(1, 3, height, width, **f16)
+    decode = m.trace_peak_bytes(lambda: vae.decode(z, num_frames=chunk).sample)
+    encode = m.trace_peak_bytes(lambda: vae.encode(image).latent_dist.mode())
+    return denoise, max(decode, encode)
+
+
+def family_recipes(s) -> list[tuple[str, str, str, m.Recipe]]:
+    """Notebook 12's table rows that the model covers: (row, column, recipe key, recipe). Placement as
+    ``family_pipelines.py`` / ``bridge.place``: model offload on a T4 (below 24 GiB), all on the GPU on an H100; SVD
+    decodes 2 frames at a time on the T4 and 8 on the H100. Activations traced (no fitted shape for these models)."""
+    cn = {n: (spec, "fp16") for n, spec in s["sd15-controlnet"].items()}
+    cn_act = _trace_controlnet(512)
+    svd = {n: (spec, "fp16") for n, spec in s["svd"].items()}
+    rows = []
+    for column, placement, chunk in (("T4", "model_offload", 2), ("H100", "gpu", 8)):
+        rows.append(
+            (
+                "SD 1.5 + canny ControlNet, 512², 30 steps",
+                column,
+                f"sd15-controlnet-canny/{column}",
+                m.Recipe(
+                    f"controlnet-{column}",
+                    cn,
+                    "unet",
+                    None,
+                    "vae",
+                    m.SDXL_VAE_SHAPE,  # the SD VAE's shapes
+                    text_encoders={"text_encoder": (77, 3072)},
+                    height=512,
+                    width=512,
+                    placement=placement,
+                    alongside=("controlnet",),
+                    traced_denoiser=cn_act,
+                ),
+            )
+        )
+        denoise, decode = _trace_svd(576, 1024, 25, chunk)
+        rows.append(
+            (
+                f"SVD-XT, 25 frames of 576×1024, 25 steps (decode_chunk_size {chunk})",
+                column,
+                f"svd/{column}",
+                m.Recipe(
+                    f"svd-{column}",
+                    svd,
+                    "unet",
+                    None,
+                    "vae",
+                    m.VaeShape(latent_channels=4),
+                    text_encoders={"image_encoder": (257, 5120)},
+                    height=576,
+                    width=1024,
+                    frames=25,
+                    placement=placement,
+                    traced_denoiser=denoise,
+                    traced_decode=decode,
+                ),
+            )
+        )
+    return rows
+
+
 def downloads(s) -> dict[str, dict[str, int]]:
     """Bytes each notebook downloads on a first run (fp16 variant files unless the repository has none)."""
     d = m.Download
@@ -157,7 +326,18 @@ def downloads(s) -> dict[str, dict[str, int]]:
         d("madebyollin/taesd3", s["taesd3"]["vae"], "fp32"),
     ]
     nb11 = [*base, fix_vae]
-    return {"09": m.download_bytes(nb09), "10": m.download_bytes(nb10), "11": m.download_bytes(nb11)}
+    sd15 = s["sd15-controlnet"]
+    nb12 = [
+        *[d("stable-diffusion-v1-5/stable-diffusion-v1-5", sd15[n], "fp16") for n in sd15 if n != "controlnet"],
+        d("lllyasviel/control_v11p_sd15_canny", sd15["controlnet"], "fp16"),
+        *[d("stabilityai/stable-video-diffusion-img2vid-xt", spec, "fp16") for spec in s["svd"].values()],
+    ]  # the x4 upscaler and unCLIP 2.1 are not counted (configurations not in the repository): a lower bound
+    return {
+        "09": m.download_bytes(nb09),
+        "10": m.download_bytes(nb10),
+        "11": m.download_bytes(nb11),
+        "12 (without the x4 upscaler and unCLIP)": m.download_bytes(nb12),
+    }
 
 
 def sdxl_cross_attention_tokens(size: int = 1024) -> list[int]:
@@ -184,6 +364,21 @@ def sdxl_cross_attention_tokens(size: int = 1024) -> list[int]:
     return tokens
 
 
+def _measured_family(path: Path) -> dict[str, dict]:
+    """Pipeline key → a family_pipelines.py record with a numeric GPU peak (none yet: its run was the CPU stand-ins)."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    setup = data.get("setup") or {}
+    if not setup.get("gpu"):
+        return {}
+    return {
+        r["pipeline"]: {**r, "gpu": setup["gpu"], "gpu_memory_gib": setup.get("gpu_memory_gib")}
+        for r in data.get("records", [])
+        if isinstance(r.get("peak_allocated_gib"), (int, float))
+    }
+
+
 def _measured(path: Path) -> dict[str, dict]:
     """Recipe key → measured record with a numeric allocated peak (gpu_pipelines.json), with its GPU."""
     if not path.exists():
@@ -208,6 +403,34 @@ def modelled_gpu_peaks() -> dict[tuple[str, str], float]:
     return out
 
 
+def _entry(row: str, key: str, recipe: m.Recipe, status: str = "modelled") -> dict:
+    est = m.estimate_memory(recipe)
+    return {
+        "row": row,
+        "recipe": key,
+        "size": f"{recipe.height}x{recipe.width}" + (f"x{recipe.frames} frames" if recipe.frames > 1 else ""),
+        "cfg": recipe.cfg,
+        "placement": recipe.placement,
+        "attention": recipe.attention,
+        "gpu_peak_gib": round(est.gpu_peak_gib, 1),
+        "t4_fits": est.gpu_peak_gib <= T4_USABLE_GIB,
+        "cpu_ram_gib": round(est.cpu_ram_gib, 1),
+        "peak_phase": est.peak_phase,
+        "breakdown_gib": {
+            "weights": {k: round(v / m.GIB, 2) for k, v in est.weights.items()},
+            "weights_total": round(est.weights_total / m.GIB, 2),
+            "latents": round(est.latents / m.GIB, 4),
+            "text_activations": round(est.text_activations / m.GIB, 3),
+            "denoiser_features": round(est.denoiser_features / m.GIB, 3),
+            "attention_maps": round(est.attention_maps / m.GIB, 3),
+            "vae_decode": round(est.vae_decode / m.GIB, 3),
+            "vae_upcast_extra": round(est.vae_upcast_extra / m.GIB, 3),
+            "phase_peaks": {k: round(v / m.GIB, 2) for k, v in est.phase_peaks.items()},
+        },
+        "status": status,
+    }
+
+
 def build() -> dict:
     s = specs()
     measured = _measured(OUT.parent / "gpu_pipelines.json")
@@ -215,38 +438,28 @@ def build() -> dict:
     for nb, rows in table_recipes(s).items():
         entries = []
         for row, key, recipe in rows:
-            est = m.estimate_memory(recipe)
-            gib = round(est.gpu_peak_gib, 1)
-            entry = {
-                "row": row,
-                "recipe": key,
-                "size": f"{recipe.height}x{recipe.width}",
-                "cfg": recipe.cfg,
-                "placement": recipe.placement,
-                "attention": recipe.attention,
-                "gpu_peak_gib": gib,
-                "t4_fits": est.gpu_peak_gib <= T4_USABLE_GIB,
-                "cpu_ram_gib": round(est.cpu_ram_gib, 1),
-                "peak_phase": est.peak_phase,
-                "breakdown_gib": {
-                    "weights": {k: round(v / m.GIB, 2) for k, v in est.weights.items()},
-                    "weights_total": round(est.weights_total / m.GIB, 2),
-                    "latents": round(est.latents / m.GIB, 4),
-                    "text_activations": round(est.text_activations / m.GIB, 3),
-                    "denoiser_features": round(est.denoiser_features / m.GIB, 3),
-                    "attention_maps": round(est.attention_maps / m.GIB, 3),
-                    "vae_decode": round(est.vae_decode / m.GIB, 3),
-                    "vae_upcast_extra": round(est.vae_upcast_extra / m.GIB, 3),
-                    "phase_peaks": {k: round(v / m.GIB, 2) for k, v in est.phase_peaks.items()},
-                },
-                "status": "modelled",
-            }
+            entry = _entry(row, key, recipe)
             if key in measured:
                 rec = measured[key]
                 entry["measured_peak_allocated_gib"] = rec["peak_allocated_gib"]
                 entry["status"] = f"measured: {rec['gpu']}, benchmarks/results/gpu_pipelines.json"
             entries.append(entry)
         tables[nb] = entries
+    family_measured = _measured_family(OUT.parent / "family_pipelines.json")
+    tables["12"] = []
+    for row, column, key, recipe in family_recipes(s):
+        entry = {"column": column, **_entry(row, key, recipe, "modelled (activations traced on the meta device)")}
+        rec = family_measured.get(key.split("/")[0])
+        if rec is not None and ((rec["gpu_memory_gib"] or 0) < 24) == (column == "T4"):
+            entry["measured_peak_allocated_gib"] = rec["peak_allocated_gib"]
+            entry["status"] = f"measured: {rec['gpu']}, benchmarks/results/family_pipelines.json"
+        tables["12"].append(entry)
+    tables["12"].append(
+        {
+            "row": "x4 upscaler, 128² → 512², 50 steps; Stable unCLIP 2.1, 768², 20 steps",
+            "status": "not modelled: their published configurations are not checked into the repository yet",
+        }
+    )
     tokens = sdxl_cross_attention_tokens(1024)
     record = m.attention_record_bytes(tokens, 77, 30, 128)
     attention_record = {
@@ -280,7 +493,11 @@ def main(argv: list[str] | None = None) -> int:
     for nb, rows in result["tables"].items():
         print(f"notebook {nb}")
         for e in rows:
-            print(f"  {e['gpu_peak_gib']:5.1f} GiB GPU  {e['cpu_ram_gib']:5.1f} GiB RAM  {e['status']:9}  {e['row']}")
+            if "gpu_peak_gib" not in e:
+                print(f"  {e['status']}: {e['row']}")
+                continue
+            where = f"{e.get('column', ''):4} "
+            print(f"  {where}{e['gpu_peak_gib']:5.1f} GiB GPU  {e['cpu_ram_gib']:5.1f} GiB RAM  {e['row']}")
     for nb, per in result["downloads_gb"].items():
         print(f"downloads {nb}: {per['total']:.1f} GB  {per}")
     print(f"attention maps of notebook 09: {result['attention_record_cpu_ram']}")

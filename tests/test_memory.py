@@ -241,3 +241,29 @@ def test_notebook_09_attention_maps_as_written_need_over_20_gb_of_cpu_ram():
     assert out["upsampled"] == 70 * 30 * 77 * 128 * 128 * 4
     assert out["peak_as_written"] > 20e9  # Kaggle has ~30 GB of RAM, Colab ~13 GB
     assert out["native_mean"] < 2e6  # a running sum at native resolution: under 2 MB
+
+
+def test_family_parameter_counts_from_meta_builds():
+    """Notebook 12's models built from their configurations in benchmarks/memory_tables.py give the published counts
+    (SD 1.5 UNet, SVD's UNet and its CLIP ViT-H/14 image encoder)."""
+    s = _memory_tables().specs()
+    assert s["sd15-controlnet"]["unet"].params == 859_520_964
+    assert s["sd15-controlnet"]["text_encoder"].params == 123_060_480
+    assert s["svd"]["unet"].params == 1_524_623_082
+    assert s["svd"]["image_encoder"].params == 632_076_800
+    assert s["sd-turbo"]["unet"].params == 865_910_724  # SD 2.1's UNet
+    assert s["sdxl-refiner"]["unet"].params == 2_259_526_660
+
+
+def test_traced_activations_replace_the_formulas_and_a_controlnet_runs_with_the_unet():
+    base = _toy_recipe(placement="model_offload")
+    traced = m.Recipe(
+        **{**base.__dict__, "denoiser_shape": None, "traced_denoiser": 10**6, "traced_decode": 5, "alongside": ("te",)}
+    )
+    est = m.estimate_memory(traced)
+    assert est.denoiser_activations == 10**6 and est.attention_maps == 0 and est.vae_decode == 5
+    assert est.phase_peaks["denoise"] == 4 * GB + 2 * GB + est.latents + 10**6  # UNet and the alongside model
+    with pytest.raises(ValueError, match="denoiser_shape"):
+        m.Recipe(**{**base.__dict__, "denoiser_shape": None})
+    video = m.estimate_memory(m.Recipe(**{**base.__dict__, "frames": 25}))
+    assert video.latents == 25 * est.latents

@@ -39,11 +39,16 @@ Formulas (each a field of :class:`MemoryEstimate`, so a table can show the break
 6. **Text encoders**: at most 8·T·d_ff·4 per call (the MLP intermediates in fp32, an upper bound: T5-XXL's trace is
    37 MiB). Negligible beside the rest; kept so the breakdown is complete.
 
+7. **Models without a fitted shape** (notebook 12's ControlNet and SVD): :attr:`Recipe.traced_denoiser` and
+   :attr:`Recipe.traced_decode` carry :func:`trace_peak_bytes` of the real module at the call's size, in place of
+   formulas 3-5. A video's latents count its frames (:attr:`Recipe.frames`).
+
 **Placement** (GPU peak = the largest phase: text encoding, denoising, decoding)
 
 - ``gpu``: every model resident, GPU peak = ΣW + the phase's activations.
 - ``model_offload`` (``enable_model_cpu_offload``): one model on the GPU at a time (accelerate offloads the previous
-  model before the next one's forward), peak = max over models of (W_model + its activations).
+  model before the next one's forward), peak = max over models of (W_model + its activations); a model that runs
+  with the denoiser at every step (:attr:`Recipe.alongside`: a ControlNet) is on the GPU with it.
 - ``sequential_offload``: one layer at a time, peak = the largest single module's own parameters + activations.
 - ``cpu``: nothing on the GPU (the full-size CPU benchmark), CPU RAM = ΣW + the largest phase's activations.
 
@@ -201,7 +206,7 @@ class Recipe:
     name: str
     models: dict[str, tuple[ModelSpec, str]]
     denoiser: str
-    denoiser_shape: DenoiserShape
+    denoiser_shape: DenoiserShape | None
     vae: str
     vae_shape: VaeShape
     text_encoders: dict[str, tuple[int, int]] = field(default_factory=dict)  # name → (tokens T, d_ff)
@@ -213,13 +218,20 @@ class Recipe:
     placement: str = "gpu"
     vae_tiling: bool = False
     vae_upcast: bool = False  # force_upcast: an fp16 VAE decodes in fp32
+    alongside: tuple[str, ...] = ()  # models that run in the denoising phase with the denoiser (a ControlNet)
+    frames: int = 1  # video: latents of every frame go through the denoiser together
+    traced_denoiser: int | None = None  # bytes from trace_peak_bytes, replacing formulas 3-4 (no fitted shape)
+    traced_decode: int | None = None  # bytes from trace_peak_bytes, replacing formula 5
 
     def __post_init__(self):
         check_choice("attention", self.attention, ("sdpa", "eager"))
         check_choice("placement", self.placement, PLACEMENTS)
         for name in ("height", "width", "batch"):
             check_int(name, getattr(self, name))
-        for role in (self.denoiser, self.vae, *self.text_encoders):
+        check_int("frames", self.frames)
+        if self.denoiser_shape is None and self.traced_denoiser is None:
+            raise ValueError("denoiser_shape is required unless traced_denoiser gives the activations")
+        for role in (self.denoiser, self.vae, *self.text_encoders, *self.alongside):
             if role not in self.models:
                 raise ValueError(f"models has no {role!r} (the denoiser, the VAE and the text encoders must be in it)")
 
@@ -261,11 +273,14 @@ def estimate_memory(recipe: Recipe) -> MemoryEstimate:
     bb = recipe.batch * (2 if recipe.cfg else 1)  # B'
     shape, vae = recipe.denoiser_shape, recipe.vae_shape
     h, w = recipe.height // vae.factor, recipe.width // vae.factor
-    latents = bb * vae.latent_channels * h * w * b
-    # 3. features and 4. attention maps
-    features = int(shape.features * bb * shape.width * (h * w) / shape.patch**2 * b)
-    tokens = h * w // shape.attn_downsample**2 + shape.text_tokens
-    maps = 2 * bb * shape.heads * tokens**2 * b if recipe.attention == "eager" else 0
+    latents = bb * recipe.frames * vae.latent_channels * h * w * b
+    # 3. features and 4. attention maps (or the traced activations of a model without a fitted shape)
+    if recipe.traced_denoiser is not None:
+        features, maps = recipe.traced_denoiser, 0
+    else:
+        features = int(shape.features * bb * shape.width * (h * w) / shape.patch**2 * b)
+        tokens = h * w // shape.attn_downsample**2 + shape.text_tokens
+        maps = 2 * bb * shape.heads * tokens**2 * b if recipe.attention == "eager" else 0
     denoiser_act = max(features, maps + int(shape.attention_share * features)) if maps else features
     # 5. VAE decode
     vae_spec, vae_dtype = recipe.models[recipe.vae]
@@ -278,6 +293,8 @@ def estimate_memory(recipe: Recipe) -> MemoryEstimate:
     decode = 3 * vae.up_channels * side_h * side_w * bv
     if tiled:
         decode += 2 * 3 * recipe.height * recipe.width * bv
+    if recipe.traced_decode is not None:
+        decode = recipe.traced_decode
     upcast_extra = weight_bytes(vae_spec, "fp32") - weights[recipe.vae] if recipe.vae_upcast else 0
     # 6. text encoders, one call at a time (prompt and negative prompt are encoded separately)
     text_act = {name: 8 * tokens_ * d_ff * 4 for name, (tokens_, d_ff) in recipe.text_encoders.items()}
@@ -292,7 +309,7 @@ def estimate_memory(recipe: Recipe) -> MemoryEstimate:
     elif recipe.placement == "model_offload":
         phases = {
             "text": max((weights[n] + text_act[n] for n in text_act), default=0),
-            "denoise": weights[recipe.denoiser] + latents + denoiser_act,
+            "denoise": weights[recipe.denoiser] + sum(weights[n] for n in recipe.alongside) + latents + denoiser_act,
             "decode": weights[recipe.vae] + upcast_extra + latents + decode,
         }
     else:  # sequential_offload: one module's own parameters at a time
