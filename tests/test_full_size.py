@@ -4,6 +4,11 @@ pipelines (``--quick``) and writes its records atomically."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -73,3 +78,102 @@ def test_a_wrong_model_name_is_a_value_error_naming_the_parameter():
         full_size.full_components("sdxl-turbo", device="meta", dtype=torch.float32)
     with pytest.raises(TypeError, match="model"):
         full_size.full_pipeline(3, device="meta", dtype=torch.float32)
+
+
+# --- benchmarks/full_size_cpu.py: its code path on the tiny pipelines ------------------------------------------------
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "full_size_cpu.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("full_size_cpu_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture
+def one_thread():
+    """The cores are shared with other test runs: one thread keeps the tiny models from waiting on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _quick(bench, out, families, functions=None) -> dict:
+    argv = ["--quick", "--in-process", "--families", families, "--size", "32", "--out", str(out)]
+    assert bench.main(argv + (["--functions", functions] if functions else [])) == 0
+    data = json.loads(out.read_text())
+    new = [r for r in data["records"] if r["family"] in families.split(",")]
+    assert all(r["status"] == "ok" for r in new), [(r["function"], r.get("error")) for r in new]
+    assert all(r["peak_ram_gib"] > 0 and r["seconds"] >= 0 for r in new)
+    return data
+
+
+def test_quick_sdxl_loops_refiner_handoff_and_attention_maps(bench, tmp_path, one_thread):
+    data = _quick(bench, tmp_path / "r.json", "sdxl", "sdxl_generate,pipe_call,refiner_handoff,cross_attention_maps")
+    by = {r["function"]: r for r in data["records"]}
+    assert list(by) == [
+        "build", "sdxl_generate", "pipe_call", "build_refiner", "refiner_handoff", "cross_attention_maps",
+    ]  # fmt: skip
+    assert by["refiner_handoff"]["timesteps"] == {
+        "base": [501],
+        "refiner": [1],
+    }  # 2 steps split at 0.8: t ≥ 200 / < 200
+    maps = by["cross_attention_maps"]
+    assert maps["maps"] == maps["attn2_layers"] * 2 and maps["attn2_layers"] > 0
+    assert data["setup"]["quick"] is True and data["families"]["sdxl"]["size"] == 32
+
+
+def test_quick_sdxl_vae_tiling_and_lora_step(bench, tmp_path, one_thread):
+    data = _quick(bench, tmp_path / "r.json", "sdxl", "vae_tiling,lora_step")
+    by = {r["function"]: r for r in data["records"]}
+    assert list(by) == ["build", "build_refiner", "vae_tiling", "lora_step"]
+    tiling = by["vae_tiling"]
+    assert tiling["at_threshold"]["mean_abs_change_from_tiling"] == 0.0  # at the threshold nothing tiles
+    assert tiling["over_threshold"]["mean_abs_change_from_tiling"] > 0.0
+    assert by["lora_step"]["lora_dtype"] == "float32" and len(by["lora_step"]["losses"]) == 1
+
+
+def test_quick_sd3_with_t5_then_dropped_by_from_pipe(bench, tmp_path, one_thread):
+    data = _quick(bench, tmp_path / "r.json", "sd3")
+    assert [r["function"] for r in data["records"]] == ["build", "sd3_generate", "pipe_call", "from_pipe_no_t5"]
+    assert data["records"][-1]["dtypes_after"]["transformer"] == "bfloat16"  # dtype= given: nothing converted
+
+
+def test_quick_sd3_without_t5_and_merging_keeps_other_records(bench, tmp_path, one_thread):
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps({"records": [{"family": "sdxl", "function": "build"}], "families": {"sdxl": {}}}))
+    data = _quick(bench, out, "sd3-no-t5")
+    got = [(r["family"], r["function"]) for r in data["records"]]
+    assert got == [
+        ("sdxl", "build"),
+        ("sd3-no-t5", "build"), ("sd3-no-t5", "sd3_generate"), ("sd3-no-t5", "pipe_call"),
+        ("sd3-no-t5", "from_pipe_default_dtype"),
+    ]  # fmt: skip
+    assert set(data["families"]) == {"sdxl", "sd3-no-t5"}
+    last = data["records"][-1]  # from_pipe(pipe) without dtype= on the bf16 pipeline: what happened is recorded
+    assert last["converted_to_fp32"] == (last["dtypes_original_after"]["transformer"] == "float32")
+
+
+def test_a_failure_is_recorded_with_its_text_and_the_run_goes_on(bench):
+    rec = bench.Recorder("sdxl", 2, 64, collect=False)
+    rec.run("broken", lambda: torch.ones(2) @ torch.ones(3))
+    rec.run("check", lambda: (_ for _ in ()).throw(AssertionError("maps missing")))
+    rec.run("fine", lambda: {"value": 1})
+    assert [r["status"] for r in rec.records] == ["error", "check failed", "ok"]
+    assert rec.records[0]["error"].startswith("RuntimeError:") and rec.records[1]["error"] == "maps missing"
+    assert rec.records[2]["value"] == 1
+
+
+def test_quick_never_writes_the_measured_results(bench):
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--out", str(bench.OUT)])
+    with pytest.raises(SystemExit):
+        bench.main(["--families", "sdxl-turbo"])
