@@ -403,6 +403,65 @@ def modelled_gpu_peaks() -> dict[tuple[str, str], float]:
     return out
 
 
+FULL_SIZE_CPU = OUT.parent / "full_size_cpu.json"
+_CPU_FUNCTIONS = {  # family → the functions whose peak RAM the model covers, and the models built before each
+    "sdxl": {"build": ("sdxl",), "sdxl_generate": ("sdxl",), "build_refiner": ("sdxl", "refiner-unet")},
+    "sd3": {"build": ("sd3",), "sd3_generate": ("sd3",)},
+    "sd3-no-t5": {"build": ("sd3-no-t5",), "sd3_generate": ("sd3-no-t5",)},
+}
+
+
+def compare_full_size_cpu(path: Path = FULL_SIZE_CPU, s=None) -> list[dict]:
+    """The model (placement ``"cpu"``: weights in the run's dtype + the largest phase's activations at its size) against
+    the peak RAM ``benchmarks/full_size_cpu.py`` measured (``ru_maxrss``: the peak so far, so the modelled figure is a
+    running maximum too), plus the process's RAM before its first build (Python, torch, diffusers). Records that
+    failed, and functions the model does not cover (attention maps, tiling, the LoRA step), are left out."""
+    if not path.exists():
+        return []
+    s = s or specs()
+    data = json.loads(path.read_text())
+    families = data.get("families") or {}
+    out = []
+    for family, functions in _CPU_FUNCTIONS.items():
+        info = families.get(family) or {}
+        records = [r for r in data.get("records", []) if r.get("family") == family]
+        if not records or info.get("dtype") not in m.DTYPE_BYTES:
+            continue
+        dtype, size = info["dtype"], int(info.get("size") or 256)
+        baseline = records[0].get("ram_before_gib") or 0.0
+        running = 0.0
+        for rec in records:
+            fn = rec.get("function")
+            if fn not in functions:
+                continue
+            recipe = (
+                _sdxl(s, fn, dtype, placement="cpu", height=size, width=size)
+                if family == "sdxl"
+                else _sd3(s, fn, dtype, with_t5=family == "sd3", placement="cpu", height=size, width=size)
+            )
+            est = m.estimate_memory(recipe)
+            now = est.weights_total if fn.startswith("build") else est.cpu_ram
+            if "refiner-unet" in functions[fn]:
+                now += m.weight_bytes(s["sdxl-refiner"]["unet"], dtype)
+            running = max(running, baseline + now / m.GIB)
+            if rec.get("status") != "ok" or not isinstance(rec.get("peak_ram_gib"), (int, float)):
+                continue
+            out.append(
+                {
+                    "family": family,
+                    "function": fn,
+                    "dtype": dtype,
+                    "size": size,
+                    "measured_peak_ram_gib": rec["peak_ram_gib"],
+                    "modelled_peak_ram_gib": round(running, 2),
+                    "process_baseline_gib": baseline,
+                    "ratio": round(running / rec["peak_ram_gib"], 3),
+                    "measured": "CPU, benchmarks/results/full_size_cpu.json",
+                }
+            )
+    return out
+
+
 def _entry(row: str, key: str, recipe: m.Recipe, status: str = "modelled") -> dict:
     est = m.estimate_memory(recipe)
     return {
@@ -483,6 +542,8 @@ def build() -> dict:
         "tables": tables,
         "downloads_gb": dl,
         "attention_record_cpu_ram": attention_record,
+        "full_size_cpu_check": compare_full_size_cpu(FULL_SIZE_CPU, s)
+        or "benchmarks/results/full_size_cpu.json not written yet: no comparison",
     }
 
 
