@@ -332,8 +332,13 @@ def downloads(s) -> dict[str, dict[str, int]]:
         d("lllyasviel/control_v11p_sd15_canny", sd15["controlnet"], "fp16"),
         *[d("stabilityai/stable-video-diffusion-img2vid-xt", spec, "fp16") for spec in s["svd"].values()],
     ]  # the x4 upscaler and unCLIP 2.1 are not counted (configurations not in the repository): a lower bound
+    refiner_unet = d("stabilityai/stable-diffusion-xl-refiner-1.0", s["sdxl-refiner"]["unet"], "fp16")
+    nb09_shared = [x for x in nb09 if x.repo != refiner_unet.repo] + [refiner_unet]
     return {
         "09": m.download_bytes(nb09),
+        "09 (GPU of 24 GiB or more: the refiner shares the base's bigG and VAE, only its UNet is fetched)": (
+            m.download_bytes(nb09_shared)
+        ),
         "10": m.download_bytes(nb10),
         "11": m.download_bytes(nb11),
         "12 (without the x4 upscaler and unCLIP)": m.download_bytes(nb12),
@@ -462,6 +467,31 @@ def compare_full_size_cpu(path: Path = FULL_SIZE_CPU, s=None) -> list[dict]:
     return out
 
 
+def notebook_11_statements(s) -> dict:
+    """The figures notebook 11 states about the real SDXL LoRA recipe, computed: the UNet in fp16, full fine-tuning
+    with AdamW (fp32 weights, gradients and two moments: 16 bytes a parameter, activations not counted), the text
+    encoders and VAE in fp16, and the LoRA of rank 4 on every attention projection (to_q, to_k, to_v, to_out.0):
+    r·(d_in + d_out) parameters per layer, counted on the meta-device UNet."""
+    sdxl = s["sdxl"]
+    unet = full_size.full_components("sdxl", device="meta", dtype=torch.float32)["unet"]
+    lora = sum(
+        4 * (mod.in_features + mod.out_features)
+        for name, mod in unet.named_modules()
+        if isinstance(mod, torch.nn.Linear) and name.endswith(("to_q", "to_k", "to_v", "to_out.0"))
+    )
+    return {
+        "unet_fp16_gb": round(m.weight_bytes(sdxl["unet"], "fp16") / 1e9, 2),
+        "full_finetune_adamw_gb": round(16 * sdxl["unet"].params / 1e9, 1),
+        "text_encoders_fp16_gb": round(
+            (m.weight_bytes(sdxl["text_encoder"], "fp16") + m.weight_bytes(sdxl["text_encoder_2"], "fp16")) / 1e9, 2
+        ),
+        "vae_fp16_gb": round(m.weight_bytes(sdxl["vae"], "fp16") / 1e9, 2),
+        "lora_rank4_params": lora,
+        "lora_rank4_file_fp32_mb": round(4 * lora / 1e6, 1),
+        "status": "modelled",
+    }
+
+
 def _entry(row: str, key: str, recipe: m.Recipe, status: str = "modelled") -> dict:
     est = m.estimate_memory(recipe)
     return {
@@ -542,6 +572,7 @@ def build() -> dict:
         "tables": tables,
         "downloads_gb": dl,
         "attention_record_cpu_ram": attention_record,
+        "notebook_11_statements": notebook_11_statements(s),
         "full_size_cpu_check": compare_full_size_cpu(FULL_SIZE_CPU, s)
         or "benchmarks/results/full_size_cpu.json not written yet: no comparison",
     }
