@@ -236,10 +236,15 @@ def _trace_controlnet(size: int = 512) -> int:
     return m.trace_peak_bytes(step)
 
 
-def _trace_svd(height: int = 576, width: int = 1024, frames: int = 25, chunk: int = 8) -> tuple[int, int]:
+def _trace_svd(
+    height: int = 576, width: int = 1024, frames: int = 25, chunk: int = 8, forward_chunking: bool = False
+) -> tuple[int, int]:
     """(UNet activations of one CFG step for ``frames`` frames, the larger of the VAE's decode of ``chunk`` frames and
-    its encode of the conditioning image), SVD-XT in fp16, traced on the meta device."""
+    its encode of the conditioning image), SVD-XT in fp16, traced on the meta device; ``forward_chunking``:
+    ``unet.enable_forward_chunking()`` (the feed-forward layers run in chunks)."""
     unet = _meta(diffusers.UNetSpatioTemporalConditionModel)
+    if forward_chunking:
+        unet.enable_forward_chunking()
     vae = _meta(lambda: diffusers.AutoencoderKLTemporalDecoder(**SVD_VAE))
     f16 = {"device": "meta", "dtype": torch.float16}
     h, w = height // 8, width // 8
@@ -305,6 +310,16 @@ def family_recipes(s) -> list[tuple[str, str, str, m.Recipe]]:
                 ),
             )
         )
+    denoise, decode = _trace_svd(576, 1024, 25, 2, forward_chunking=True)
+    chunked = replace(rows[1][3], name="svd-T4-forward-chunking", traced_denoiser=denoise, traced_decode=decode)
+    rows.append(
+        (
+            "(not in the table) SVD-XT as on the T4 + `unet.enable_forward_chunking()`",
+            "T4",
+            "svd/T4-forward-chunking",
+            chunked,
+        )
+    )
     return rows
 
 
