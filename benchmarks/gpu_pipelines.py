@@ -99,7 +99,7 @@ import torch
 import transformers
 
 from diffusion_lab import bridge
-from diffusion_lab.bridge.full_size import full_pipeline, keep_in_fp32
+from diffusion_lab.bridge.full_size import FULL_SIZE_MODELS, full_pipeline, keep_in_fp32
 from diffusion_lab.bridge.full_size import full_size_parameters as count_parameters
 from diffusion_lab.utils.checkpoint import write_json_atomic
 
@@ -462,7 +462,7 @@ def print_summary(records: list[dict], targets: dict) -> None:
 
 
 def print_parameter_counts() -> None:
-    counts = count_parameters()
+    counts = count_parameters(FULL_SIZE_MODELS)  # SDXL base, the refiner, SD3 medium
     for model, comps in counts.items():
         total = sum(comps.values())
         print(f"{model}: {total:,} parameters ({total * 2 / GIB:.1f} GiB in fp16, {total * 4 / GIB:.1f} GiB in fp32)")
