@@ -1,5 +1,5 @@
 """The memory model (``diffusion_lab.bridge.memory``) applied to every recipe of the T4 / H100 tables of notebooks
-09, 10 and 12 (SD 1.5 + ControlNet and SVD-XT of 12; its x4 upscaler and unCLIP rows are not modelled yet), the
+09, 10 and 12 (SD 1.5 + ControlNet, unCLIP 2.1 and SVD-XT of 12; its x4 upscaler row is not modelled yet), the
 cross-attention recording of 09, and the download size of each notebook's models, written to ``benchmarks/results/memory_tables.json``.
 
 Parameter counts come from meta-device builds of the published configurations (``bridge.full_size`` for SDXL base,
@@ -95,6 +95,15 @@ CLIP_VIT_H_VISION = {
     "projection_dim": 1024,
     "hidden_act": "gelu",
 }
+# Stable unCLIP 2.1 (-h): the SD 2.1-768 UNet with a projection class embedding of the CLIP ViT-H image embedding and
+# its noise-level embedding (Stability's adm_in_channels 2048; diffusers' convert_from_ckpt maps it to this config);
+# not cross-checked against the hub's config.json
+UNCLIP_UNET = {
+    **SD21_UNET,
+    "sample_size": 96,
+    "class_embed_type": "projection",
+    "projection_class_embeddings_input_dim": 2048,
+}
 SVD_VAE = {
     "block_out_channels": (128, 256, 512, 512),
     "down_block_types": ("DownEncoderBlock2D",) * 4,
@@ -141,6 +150,17 @@ def specs() -> dict[str, dict[str, m.ModelSpec]]:
             "controlnet": _meta_spec("controlnet", lambda: diffusers.ControlNetModel(**SD15_CONTROLNET)),
             "vae": _meta_spec("vae", lambda: diffusers.AutoencoderKL(**full_size.SDXL_VAE)),
             "safety_checker": _meta_spec("safety_checker", _safety_checker),
+        },
+        "sd21-unclip": {
+            "text_encoder": _meta_spec(
+                "text_encoder", lambda: transformers.CLIPTextModel(transformers.CLIPTextConfig(**OPENCLIP_H))
+            ),
+            "image_encoder": _meta_spec(
+                "image_encoder",
+                lambda: transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**CLIP_VIT_H_VISION)),
+            ),
+            "unet": _meta_spec("unet", lambda: diffusers.UNet2DConditionModel(**UNCLIP_UNET)),
+            "vae": _meta_spec("vae", lambda: diffusers.AutoencoderKL(**full_size.SDXL_VAE)),
         },
         "svd": {
             "image_encoder": _meta_spec(
@@ -236,6 +256,16 @@ def _trace_controlnet(size: int = 512) -> int:
     return m.trace_peak_bytes(step)
 
 
+def _trace_unclip(size: int = 768) -> int:
+    """Activations of one CFG step of the unCLIP UNet at ``size``² in fp16 (class labels: the 2048-wide image and
+    noise-level embedding), traced on the meta device."""
+    unet = _meta(lambda: diffusers.UNet2DConditionModel(**UNCLIP_UNET))
+    f16 = {"device": "meta", "dtype": torch.float16}
+    x, text = torch.empty(2, 4, size // 8, size // 8, **f16), torch.empty(2, 77, 1024, **f16)
+    labels, t = torch.empty(2, 2048, **f16), torch.full((2,), 500, device="meta")
+    return m.trace_peak_bytes(lambda: unet(x, t, text, class_labels=labels).sample)
+
+
 def _trace_svd(
     height: int = 576, width: int = 1024, frames: int = 25, chunk: int = 8, forward_chunking: bool = False
 ) -> tuple[int, int]:
@@ -264,8 +294,30 @@ def family_recipes(s) -> list[tuple[str, str, str, m.Recipe]]:
     cn = {n: (spec, "fp16") for n, spec in s["sd15-controlnet"].items()}
     cn_act = _trace_controlnet(512)
     svd = {n: (spec, "fp16") for n, spec in s["svd"].items()}
+    unclip = {n: (spec, "fp16") for n, spec in s["sd21-unclip"].items()}
+    unclip_act = _trace_unclip(768)
     rows = []
     for column, placement, chunk in (("T4", "model_offload", 2), ("H100", "gpu", 8)):
+        rows.append(
+            (
+                "Stable unCLIP 2.1, 768², 20 steps",
+                column,
+                f"sd21-unclip/{column}",
+                m.Recipe(
+                    f"unclip-{column}",
+                    unclip,
+                    "unet",
+                    None,
+                    "vae",
+                    m.SDXL_VAE_SHAPE,  # the SD VAE's shapes
+                    text_encoders={"text_encoder": (77, 4096), "image_encoder": (257, 5120)},
+                    height=768,
+                    width=768,
+                    placement=placement,
+                    traced_denoiser=unclip_act,
+                ),
+            )
+        )
         rows.append(
             (
                 "SD 1.5 + canny ControlNet, 512², 30 steps",
@@ -311,7 +363,8 @@ def family_recipes(s) -> list[tuple[str, str, str, m.Recipe]]:
             )
         )
     denoise, decode = _trace_svd(576, 1024, 25, 2, forward_chunking=True)
-    chunked = replace(rows[1][3], name="svd-T4-forward-chunking", traced_denoiser=denoise, traced_decode=decode)
+    svd_t4 = next(r for r in rows if r[2] == "svd/T4")[3]
+    chunked = replace(svd_t4, name="svd-T4-forward-chunking", traced_denoiser=denoise, traced_decode=decode)
     rows.append(
         (
             "(not in the table) SVD-XT as on the T4 + `unet.enable_forward_chunking()`",
@@ -346,7 +399,8 @@ def downloads(s) -> dict[str, dict[str, int]]:
         *[d("stable-diffusion-v1-5/stable-diffusion-v1-5", sd15[n], "fp16") for n in sd15 if n != "controlnet"],
         d("lllyasviel/control_v11p_sd15_canny", sd15["controlnet"], "fp16"),
         *[d("stabilityai/stable-video-diffusion-img2vid-xt", spec, "fp16") for spec in s["svd"].values()],
-    ]  # the x4 upscaler and unCLIP 2.1 are not counted (configurations not in the repository): a lower bound
+        *[d("sd2-community/stable-diffusion-2-1-unclip", spec, "fp16") for spec in s["sd21-unclip"].values()],
+    ]  # the x4 upscaler is not counted (configuration not in the repository): a lower bound
     refiner_unet = d("stabilityai/stable-diffusion-xl-refiner-1.0", s["sdxl-refiner"]["unet"], "fp16")
     nb09_shared = [x for x in nb09 if x.repo != refiner_unet.repo] + [refiner_unet]
     return {
@@ -356,7 +410,7 @@ def downloads(s) -> dict[str, dict[str, int]]:
         ),
         "10": m.download_bytes(nb10),
         "11": m.download_bytes(nb11),
-        "12 (without the x4 upscaler and unCLIP)": m.download_bytes(nb12),
+        "12 (without the x4 upscaler; fp16 files assumed for unCLIP)": m.download_bytes(nb12),
     }
 
 
@@ -560,8 +614,8 @@ def build() -> dict:
         tables["12"].append(entry)
     tables["12"].append(
         {
-            "row": "x4 upscaler, 128² → 512², 50 steps; Stable unCLIP 2.1, 768², 20 steps",
-            "status": "not modelled: their published configurations are not checked into the repository yet",
+            "row": "x4 upscaler, 128² → 512², 50 steps",
+            "status": "not modelled: its published configuration is not checked into the repository yet",
         }
     )
     tokens = sdxl_cross_attention_tokens(1024)

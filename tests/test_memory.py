@@ -252,6 +252,7 @@ def test_family_parameter_counts_from_meta_builds():
     assert s["svd"]["unet"].params == 1_524_623_082
     assert s["svd"]["image_encoder"].params == 632_076_800
     assert s["sd-turbo"]["unet"].params == 865_910_724  # SD 2.1's UNet
+    assert s["sd21-unclip"]["unet"].params == 865_910_724 + 2048 * 1280 + 1280 + 1280 * 1280 + 1280  # + projection
     assert s["sdxl-refiner"]["unet"].params == 2_259_526_660
 
 
