@@ -376,9 +376,16 @@ def family_recipes(s) -> list[tuple[str, str, str, m.Recipe]]:
     return rows
 
 
-def downloads(s) -> dict[str, dict[str, int]]:
-    """Bytes each notebook downloads on a first run (fp16 variant files unless the repository has none)."""
-    d = m.Download
+def downloads(s, variant: str = "fp16") -> dict[str, dict[str, int]]:
+    """Bytes each notebook downloads on a first run: ``variant="fp16"`` (a GPU run: ``load_pipeline`` asks for the fp16
+    variant files) or ``"fp32"`` (a float32 run fetches the repositories' full files, stored in fp32 — except SD3
+    medium's, stored in fp16). Repositories without fp16 variant files (the fp16-fix VAE, TAESD) are fp32 either way."""
+
+    def d(repo: str, spec: m.ModelSpec, file_dtype: str) -> m.Download:
+        if file_dtype == "fp16" and variant == "fp32" and "stable-diffusion-3" not in repo:
+            file_dtype = "fp32"
+        return m.Download(repo, spec, file_dtype)
+
     base = [d("stabilityai/stable-diffusion-xl-base-1.0", spec, "fp16") for spec in s["sdxl"].values()]
     fix_vae = d("madebyollin/sdxl-vae-fp16-fix", s["sdxl"]["vae"], "fp32")  # no fp16 variant files in that repository
     nb09 = [
@@ -629,6 +636,7 @@ def build() -> dict:
         "status": "modelled",
     }
     dl = {nb: {repo: round(b / 1e9, 2) for repo, b in per.items()} for nb, per in downloads(s).items()}
+    dl_fp32 = {nb: round(per["total"] / 1e9, 2) for nb, per in downloads(s, "fp32").items()}
     return {
         "benchmark": "benchmarks/memory_tables.py",
         "model": "diffusion_lab.bridge.memory (formulas in its docstring)",
@@ -640,6 +648,7 @@ def build() -> dict:
         "parameters": {model: {n: sp.params for n, sp in comps.items()} for model, comps in s.items()},
         "tables": tables,
         "downloads_gb": dl,
+        "downloads_gb_fp32_files": dl_fp32,
         "attention_record_cpu_ram": attention_record,
         "notebook_11_statements": notebook_11_statements(s),
         "full_size_cpu_check": compare_full_size_cpu(FULL_SIZE_CPU, s)

@@ -297,3 +297,23 @@ def test_model_within_tolerance_of_the_full_size_cpu_peak_ram():
     mt = _memory_tables()
     for row in mt.compare_full_size_cpu():
         assert row["ratio"] == pytest.approx(1.0, abs=0.20), row
+
+
+def test_notebook_downloads():
+    """Notebook 09 fetches ~23 GB in fp16 (the issue's figure): base, the refiner with its own bigG and VAE (a T4 does
+    not share them), SDXL-Turbo, SD-Turbo, the fp16-fix VAE (fp32 files) and TAESDXL; SD3 medium ~15.4 GB."""
+    mt = _memory_tables()
+    s = mt.specs()
+    dl = mt.downloads(s)
+    assert 22.5e9 < dl["09"]["total"] < 23.5e9
+    assert dl["09"]["stabilityai/stable-diffusion-xl-refiner-1.0"] == 2 * sum(
+        x.params for x in s["sdxl-refiner"].values()
+    )
+    assert dl["09"]["madebyollin/sdxl-vae-fp16-fix"] == 4 * s["sdxl"]["vae"].params
+    assert 15e9 < dl["10"]["total"] < 16e9
+    fp32 = mt.downloads(s, "fp32")
+    assert (
+        fp32["11"]["stabilityai/stable-diffusion-xl-base-1.0"]
+        == 2 * dl["11"]["stabilityai/stable-diffusion-xl-base-1.0"]
+    )
+    assert fp32["10"]["total"] == dl["10"]["total"]  # SD3 medium's files are fp16 in either case
