@@ -61,7 +61,9 @@ every tensor in fp16; a repository without them (``madebyollin/sdxl-vae-fp16-fix
 
 Assumptions stated once: the CUDA caching allocator reserves more than it hands out (fragmentation, typically 5-15 %),
 cuDNN / cuBLAS workspaces and ``torch.compile`` buffers are not modelled; a measured *reserved* peak is therefore
-above these figures and a measured *allocated* peak close to them.
+above these figures and a measured *allocated* peak close to them. The traces count tensors, not kernels' scratch
+buffers: measured for real on the CPU (``benchmarks/memory_tables.py --measure-cpu``, fresh process, ``ru_maxrss``),
+the SDXL VAE's decode took 0.33 / 0.98 GiB at 256² / 512² in fp32 where formula 5 (and the trace) say 0.19 / 0.75.
 """
 
 from __future__ import annotations
