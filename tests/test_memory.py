@@ -292,11 +292,12 @@ def test_compare_full_size_cpu_arithmetic(tmp_path):
 
 def test_model_within_tolerance_of_the_full_size_cpu_peak_ram():
     """Each peak RAM of benchmarks/results/full_size_cpu.json the model covers (builds and the generate loops of SDXL
-    and SD3, bf16, 256²) is within 20 % of the modelled weights + activations + the process's RAM before it built
-    anything. (No records until that benchmark's results are committed: then this compares every one.)"""
+    and SD3, bf16, 256²) is within 15 % of the modelled weights + activations + the process's RAM before it built
+    anything. First comparison (SD3 medium with T5, bf16, 256², 2 steps): build 15.30 GiB measured vs 15.23 modelled,
+    sd3_generate 15.61 vs 15.32."""
     mt = _memory_tables()
     for row in mt.compare_full_size_cpu():
-        assert row["ratio"] == pytest.approx(1.0, abs=0.20), row
+        assert row["ratio"] == pytest.approx(1.0, abs=0.15), row
 
 
 def test_notebook_downloads():
