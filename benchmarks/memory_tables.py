@@ -491,7 +491,12 @@ FULL_SIZE_CPU = OUT.parent / "full_size_cpu.json"
 _CPU_FUNCTIONS = {  # family → the functions whose peak RAM the model covers, and the models built before each
     "sdxl": {"build": ("sdxl",), "sdxl_generate": ("sdxl",), "build_refiner": ("sdxl", "refiner-unet")},
     "sd3": {"build": ("sd3",), "sd3_generate": ("sd3",)},
-    "sd3-no-t5": {"build": ("sd3-no-t5",), "sd3_generate": ("sd3-no-t5",)},
+    "sd3-no-t5": {
+        "build": ("sd3-no-t5",),
+        "sd3_generate": ("sd3-no-t5",),
+        # from_pipe(pipe) without dtype= converts the shared components to float32 (the first finding)
+        "from_pipe_default_dtype": ("sd3-no-t5", "as-fp32"),
+    },
 }
 
 
@@ -518,10 +523,11 @@ def compare_full_size_cpu(path: Path = FULL_SIZE_CPU, s=None) -> list[dict]:
             fn = rec.get("function")
             if fn not in functions:
                 continue
+            dt = "fp32" if "as-fp32" in functions[fn] else dtype
             recipe = (
-                _sdxl(s, fn, dtype, placement="cpu", height=size, width=size)
+                _sdxl(s, fn, dt, placement="cpu", height=size, width=size)
                 if family == "sdxl"
-                else _sd3(s, fn, dtype, with_t5=family == "sd3", placement="cpu", height=size, width=size)
+                else _sd3(s, fn, dt, with_t5=family == "sd3", placement="cpu", height=size, width=size)
             )
             est = m.estimate_memory(recipe)
             now = est.weights_total if fn.startswith("build") else est.cpu_ram
@@ -534,7 +540,7 @@ def compare_full_size_cpu(path: Path = FULL_SIZE_CPU, s=None) -> list[dict]:
                 {
                     "family": family,
                     "function": fn,
-                    "dtype": dtype,
+                    "dtype": dt,
                     "size": size,
                     "measured_peak_ram_gib": rec["peak_ram_gib"],
                     "modelled_peak_ram_gib": round(running, 2),
