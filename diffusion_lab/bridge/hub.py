@@ -61,7 +61,7 @@ from diffusion_lab.bridge.tiny import (
     tiny_unclip,
 )
 from diffusion_lab.utils.checkpoint import clean_stale_temps, temp_sibling
-from diffusion_lab.utils.settings import smoke_mode
+from diffusion_lab.utils.settings import half_dtype, smoke_mode
 
 __all__ = [
     "MODELS",
@@ -238,7 +238,11 @@ class Environment:
     @property
     def dtype(self) -> torch.dtype:
         """bf16 on GPUs that have it (Ampere and later: A100, H100, L4; no fp16 overflow in SDXL's VAE), fp16 on
-        older ones (T4, V100), fp32 on the CPU (no fast half-precision kernels there)."""
+        older ones (T4, V100), fp32 on the CPU (no fast half-precision kernels there). ``DIFFUSION_LAB_DTYPE=float16``
+        or ``bfloat16`` (:func:`diffusion_lab.utils.settings.half_dtype`, read now) overrides both: on the CPU the
+        tiny stand-ins then load and run in the dtype a GPU recipe uses, so its dtype bugs show without a GPU."""
+        if (half := half_dtype()) is not None:
+            return half
         if self.device != "cuda":
             return torch.float32
         return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
@@ -555,6 +559,7 @@ def load_pipeline(
         else:
             print(f"none of {[card.repo_id, *card.alternatives]} could be loaded; using the tiny pipeline")
     path = tiny_pipeline_path(key, cache_dir)
+    from_pretrained_kwargs.setdefault("dtype", env.dtype)  # saved in fp32; half precision as a GPU would load it
     try:
         with quiet_hf():
             pipe = cls.from_pretrained(path, local_files_only=True, **from_pretrained_kwargs)
