@@ -318,3 +318,16 @@ def test_notebook_downloads():
         == 2 * dl["11"]["stabilityai/stable-diffusion-xl-base-1.0"]
     )
     assert fp32["10"]["total"] == dl["10"]["total"]  # SD3 medium's files are fp16 in either case
+
+
+def test_attention_record_matches_the_full_size_cpu_run():
+    """full_size_cpu.py recorded the real maps at 256², 2 steps: 3,942,400 bytes; the formula over the traced layers
+    gives the same number."""
+    tokens = _memory_tables().sdxl_cross_attention_tokens(256)
+    stored = m.attention_record_bytes(tokens, 77, 2, 32)["stored"]
+    assert stored == 2 * (10 * 16 * 16 + 60 * 8 * 8) * 77 * 4 == 3_942_400
+    path = RESULTS / "full_size_cpu.json"
+    records = json.loads(path.read_text())["records"] if path.exists() else []
+    for rec in records:
+        if rec.get("function") == "cross_attention_maps" and rec.get("size") == 256 and rec.get("steps") == 2:
+            assert rec["stored_bytes"] == stored
