@@ -29,7 +29,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-RUNS = ("unit", "notebooks", "browser")  # the junit files `make test` writes, in its order
+RUNS = ("unit", "notebooks", "notebooks_half", "browser")  # the junit files `make test` writes, in its order
 ALLOWLIST = Path(__file__).with_name("skip_allowlist.json")
 
 
