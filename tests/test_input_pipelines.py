@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_pipeline_base import _randomise, _unet, _vae  # the same tiny builders (tests/ is on sys.path)
 
 from diffusion_lab.mnist.classifier import ClassifierConfig, MnistClassifier
-from diffusion_lab.models.autoencoder import AutoencoderConfig, AutoencoderKL
 from diffusion_lab.models.controlnet import ControlNet
 from diffusion_lab.models.image_embedding import EmbeddingNormalizer, NormalizerConfig
 from diffusion_lab.models.mmdit import MMDiT, MMDiTConfig
 from diffusion_lab.models.text_encoder import TextEncoder, TextEncoderConfig, WordTokenizer
-from diffusion_lab.models.unet import UNet, UNetConfig
 from diffusion_lab.pipelines.controlnet import TinyControlNetPipeline
 from diffusion_lab.pipelines.sampling import ddim_invert, sample
 from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
@@ -43,28 +42,10 @@ def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _randomise(*modules: torch.nn.Module) -> None:
-    g = _gen(0)
-    with torch.no_grad():
-        for m in modules:
-            for p in m.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-
-
-def _vae() -> AutoencoderKL:
-    return AutoencoderKL(AutoencoderConfig(channels=(8, 8), latent_channels=4, groups=4, scaling_factor=0.5)).eval()
-
-
 def _text():
     tokenizer = WordTokenizer.from_texts(PROMPTS, model_max_length=8)
     cfg = TextEncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_layers=1, num_heads=2, max_position=8)
     return TextEncoder(cfg).eval(), tokenizer
-
-
-def _unet(**kw) -> UNet:
-    cfg = dict(in_channels=4, out_channels=4, channels=(16,), attention_levels=(False,), groups=4, time_embed_dim=32,
-               heads=2, blocks_per_level=0)  # fmt: skip
-    return UNet(UNetConfig(**{**cfg, **kw})).eval()
 
 
 @functools.cache
