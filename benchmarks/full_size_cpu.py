@@ -22,8 +22,9 @@ Functions run (``--steps`` 2, ``--size`` 256 by default)
   pipe_call                ``pipe(prompt, ...)`` of diffusers
   refiner_handoff          base with ``denoising_end=0.8`` → latents → refiner (``StableDiffusionXLImg2ImgPipeline``,
                            aesthetic score, shared bigG and VAE) with ``denoising_start=0.8``; the timesteps each ran
-  cross_attention_maps     notebook 09's recorder (an ``AttnProcessor`` storing softmax(QKᵀ/√d) of the conditional
-                           half, mean over heads, at native resolution) on every ``attn2`` layer: layers, maps, bytes
+  cross_attention_maps     notebook 09's recorder (an ``AttnProcessor`` adding softmax(QKᵀ/√d) of the conditional
+                           half, mean over heads, to one running sum per resolution) on every ``attn2`` layer: layers,
+                           maps, bytes kept and bytes had every map been kept
   vae_tiling               SDXL's VAE tiles only latents wider or taller than ``tile_latent_min_size`` = 128 (1024 px).
                            Decoded with ``bridge.decode_latents``: a 16x128 latent (128x1024 px: at the threshold, so
                            ``enable_tiling()`` must change nothing) and a 16x136 latent (128x1088 px: one pixel row of
@@ -169,44 +170,51 @@ def _finite_image(image) -> dict[str, Any]:
 
 
 class RecordCrossAttention(AttnProcessor):
-    """Notebook 09's recorder: store softmax(QKᵀ/√d) of the conditional half (mean over heads) at native resolution,
-    then compute the layer exactly as the standard processor."""
+    """Notebook 09's recorder: add softmax(QKᵀ/√d) of the conditional half (mean over heads) to a running sum per
+    resolution (N latent pixels), then compute the layer exactly as the standard processor."""
 
-    def __init__(self, store: list[torch.Tensor]) -> None:
+    def __init__(self, sums: dict[int, torch.Tensor], counts: dict[int, int]) -> None:
         super().__init__()
-        self.store = store
+        self.sums, self.counts = sums, counts
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        q = attn.head_to_batch_dim(attn.to_q(hidden_states))  # (B·heads, HW, d)
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))  # (B·heads, N, d)
         k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))  # (B·heads, 77, d)
-        probs = attn.get_attention_scores(q, k, None)  # (B·heads, HW, 77)
-        cond = probs.unflatten(0, (hidden_states.shape[0], attn.heads))[-1].mean(0)  # (HW, 77)
-        self.store.append(cond.float().cpu())
+        probs = attn.get_attention_scores(q, k, None)  # (B·heads, N, 77)
+        cond = probs.unflatten(0, (hidden_states.shape[0], attn.heads))[-1].mean(0).float()  # (N, 77)
+        n = cond.shape[0]
+        self.sums[n] = self.sums[n] + cond if n in self.sums else cond
+        self.counts[n] = self.counts.get(n, 0) + 1
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
 def cross_attention_maps(pipe, steps: int, size: int) -> dict[str, Any]:
-    store: list[torch.Tensor] = []
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
     original = pipe.unet.attn_processors
     layers = sum(name.endswith("attn2.processor") for name in original)
     pipe.unet.set_attn_processor(
-        {name: RecordCrossAttention(store) if "attn2" in name else proc for name, proc in original.items()}
+        {name: RecordCrossAttention(sums, counts) if "attn2" in name else proc for name, proc in original.items()}
     )
     try:
         pipe(PROMPT, num_inference_steps=steps, height=size, width=size, generator=_generator(), output_type="latent")
     finally:
         pipe.unet.set_attn_processor(original)
-    stored = sum(m.numel() * m.element_size() for m in store)
-    assert len(store) == layers * steps, f"{len(store)} maps recorded for {layers} attn2 layers x {steps} steps"
-    worst = max((m.sum(-1) - 1).abs().max().item() for m in store)
+    maps = sum(counts.values())
+    assert maps == layers * steps, f"{maps} maps recorded for {layers} attn2 layers x {steps} steps"
+    worst = max(((s / counts[n]).sum(-1) - 1).abs().max().item() for n, s in sums.items())
     assert worst < 2e-2, f"attention rows must sum to 1 over the tokens (worst |Σ − 1| = {worst:.1e})"
+    kept = sum(s.numel() * s.element_size() for s in sums.values())
+    every = sum(counts[n] * n * 77 * 4 for n in sums)  # had each (N, 77) fp32 map been kept
     return {
         "attn2_layers": layers,
-        "maps": len(store),
-        "map_shapes": sorted({tuple(m.shape) for m in store}),
-        "stored_bytes": stored,
-        # maps are (HW, 77) with HW ∝ pixels: the same recorder at 1024² and 30 steps stores this much
-        "stored_gib_at_1024px_30_steps": round(stored * (1024 / size) ** 2 * 30 / steps / GIB, 3),
+        "maps": maps,
+        "map_shapes": sorted((n, 77) for n in sums),
+        "kept_bytes": kept,
+        "every_map_bytes": every,
+        # maps are (N, 77) with N ∝ pixels: at 1024² and 30 steps the running sums and the list of every map take
+        "kept_gib_at_1024px": round(kept * (1024 / size) ** 2 / GIB, 4),
+        "every_map_gib_at_1024px_30_steps": round(every * (1024 / size) ** 2 * 30 / steps / GIB, 3),
     }
 
 

@@ -638,7 +638,8 @@ def build() -> dict:
     record = m.attention_record_bytes(tokens, 77, 30, 128)
     attention_record = {
         "what": "notebook 09 §6: every attn2 map of the real SDXL UNet at 1024², 30 steps, head-mean, fp32 on the "
-        "CPU, then each upsampled to 77x128x128 and stacked (cell 23 as of this commit)",
+        "CPU: peak_as_written = keep every map, upsample each to 77x128x128 and stack them (the notebook before it "
+        "aggregated); native_mean = one running sum per resolution, what the notebook keeps now",
         "layers": len(tokens),
         "tokens_per_layer": sorted(set(tokens)),
         **{f"{k}_gb": round(v / 1e9, 4) for k, v in record.items()},
