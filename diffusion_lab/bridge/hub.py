@@ -60,7 +60,9 @@ from diffusion_lab.bridge.tiny import (
     tiny_svd,
     tiny_unclip,
 )
+from diffusion_lab.training.tiny_sd_io import pretrained_tiny_sd_path
 from diffusion_lab.utils.checkpoint import clean_stale_temps, temp_sibling
+from diffusion_lab.utils.errors import FileError, check_choice
 from diffusion_lab.utils.settings import half_dtype, smoke_mode
 
 __all__ = [
@@ -70,6 +72,7 @@ __all__ = [
     "check_environment",
     "find_token",
     "tiny_pipeline_path",
+    "trained_standin_path",
     "quiet_hf",
     "load_pipeline",
     "is_tiny",
@@ -87,7 +90,8 @@ TINY_VERSION = 2  # bump when a tiny_* builder changes, so cached copies are reb
 class ModelCard:
     """One model the course loads: its hub id, the diffusers class, whether its licence must be accepted first,
         other ids to try in order when a repository disappears (the same weights, or the nearest successor with the same
-    pipeline class) and the tiny stand-in."""
+    pipeline class), the tiny random-weight stand-in and, where one is shipped, the folder under ``data/pretrained``
+    of a stand-in of the same classes *trained on MNIST* (``trained``)."""
 
     repo_id: str
     pipeline_class: type
@@ -95,6 +99,7 @@ class ModelCard:
     gated: bool = False
     alternatives: tuple[str, ...] = ()
     note: str = ""
+    trained: str | None = None
 
 
 MODELS: dict[str, ModelCard] = {
@@ -103,12 +108,14 @@ MODELS: dict[str, ModelCard] = {
         diffusers.StableDiffusionXLPipeline,
         tiny_sdxl,
         note="SDXL 1.0 base, 1024², 2.6 B-parameter UNet, two CLIP text encoders",
+        trained="sdxl_mnist",
     ),
     "sdxl-refiner": ModelCard(
         "stabilityai/stable-diffusion-xl-refiner-1.0",
         diffusers.StableDiffusionXLImg2ImgPipeline,
         lambda: tiny_sdxl_refiner(tiny_sdxl()),
         note="SDXL refiner: the last ~20 % of the noise levels, bigG text encoder only",
+        trained="sdxl_refiner_mnist",
     ),
     "sdxl-turbo": ModelCard(
         "stabilityai/sdxl-turbo",
@@ -129,6 +136,7 @@ MODELS: dict[str, ModelCard] = {
         gated=True,
         alternatives=("stabilityai/stable-diffusion-3.5-medium",),  # a newer model (MMDiT-X), same pipeline class
         note="SD3 medium: 2 B-parameter MMDiT, CLIP-L + bigG + T5-XXL; gated (accept the licence on its page)",
+        trained="sd3_mnist",
     ),
     "sd15": ModelCard(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -355,6 +363,16 @@ def tiny_pipeline_path(key: str, cache_dir: str | Path | None = None) -> Path:
     return target
 
 
+def trained_standin_path(key: str) -> Path:
+    """The folder of ``MODELS[key]``'s stand-in trained on MNIST (``data/pretrained/<card.trained>``, or under
+    ``$DIFFUSION_LAB_DATA``): a diffusers pipeline folder that ``from_pretrained`` loads like a hub id."""
+    card = _card(key)
+    if card.trained is None:
+        shipped = ", ".join(k for k, c in MODELS.items() if c.trained)
+        raise ValueError(f"{key!r} has no stand-in trained on MNIST (these have one: {shipped}); use standin='random'")
+    return pretrained_tiny_sd_path(card.trained)
+
+
 def _shown(path: Path) -> str:
     return str(path).replace(str(Path.home()), "~")
 
@@ -512,6 +530,7 @@ def load_pipeline(
     cache_dir: str | Path | None = None,
     strict: bool = False,
     hub_timeout: float = HUB_TIMEOUT,
+    standin: str = "random",
     **from_pretrained_kwargs,
 ):
     """``pipeline_class.from_pretrained(source, ...)`` where ``source`` is the hub id when ``env.use_real`` and the
@@ -519,9 +538,16 @@ def load_pipeline(
     pipeline (``strict=True``: raises ``PermissionError`` instead); a repository that disappeared moves on to the
     card's ``alternatives``; a network failure, or a hub that does not answer within ``hub_timeout`` seconds (connect
     and read, each call), falls back to the tiny pipeline with a message. Never silent: every path prints what was
-    loaded."""
+    loaded.
+
+    ``standin``: what stands in for the real weights: ``"random"`` (the tiny random-weight pipeline, built once into
+    the cache) or ``"trained"`` (the same classes trained on MNIST, shipped in ``data/pretrained``: its pictures are
+    digits; :func:`trained_standin_path`)."""
     card = _card(key)
     cls = pipeline_class or card.pipeline_class
+    check_choice("standin", standin, ("random", "trained"))
+    if standin == "trained":
+        trained_standin_path(key)  # a model without one: the error says so before any hub request
     if isinstance(hub_timeout, bool) or not isinstance(hub_timeout, int | float):
         raise TypeError(f"hub_timeout must be a number of seconds; got {type(hub_timeout).__name__}")
     if not hub_timeout > 0:
@@ -558,8 +584,10 @@ def load_pipeline(
                 break
         else:
             print(f"none of {[card.repo_id, *card.alternatives]} could be loaded; using the tiny pipeline")
-    path = tiny_pipeline_path(key, cache_dir)
     from_pretrained_kwargs.setdefault("dtype", env.dtype)  # saved in fp32; half precision as a GPU would load it
+    if standin == "trained":
+        return _load_trained_standin(key, cls, from_pretrained_kwargs)
+    path = tiny_pipeline_path(key, cache_dir)
     try:
         with quiet_hf():
             pipe = cls.from_pretrained(path, local_files_only=True, **from_pretrained_kwargs)
@@ -575,6 +603,30 @@ def load_pipeline(
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     print(f"loaded the TINY stand-in for {card.repo_id} from {_shown(path)} (random weights: the pictures are noise)")
+    return pipe
+
+
+def _load_trained_standin(key: str, cls: type, kwargs: dict):
+    path = trained_standin_path(key)
+    if not (path / "model_index.json").exists():
+        raise FileError(
+            f"the MNIST-trained stand-in for {key!r} is missing at {_shown(path)}: it ships with the course's "
+            f"repository (data/pretrained/{_card(key).trained}); restore that folder, or pass standin='random'"
+        )
+    try:
+        with quiet_hf():
+            pipe = cls.from_pretrained(path, local_files_only=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - a shipped folder that does not load is damaged: say which and what to do
+        raise FileError(
+            f"the MNIST-trained stand-in at {_shown(path)} does not load ({type(exc).__name__}: {str(exc)[:160]}): "
+            f"restore data/pretrained/{_card(key).trained} from the repository"
+        ) from exc
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    print(
+        f"loaded the stand-in for {_card(key).repo_id} TRAINED ON MNIST from {_shown(path)} (small weights: the "
+        "pictures are digits, not photos)"
+    )
     return pipe
 
 
