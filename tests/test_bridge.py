@@ -455,3 +455,28 @@ def test_hand_written_encoders_warn_about_truncated_prompts(sdxl, sd3):
     with warnings.catch_warnings():
         warnings.simplefilter("error", PromptTruncatedWarning)
         bridge.sdxl_text_embeddings(sdxl, [PROMPT])
+
+
+def test_measure_on_a_gpu_says_what_was_resident_before_the_call(monkeypatch):
+    """A fake CUDA allocator: 6 GiB resident (another pipeline), the call peaks at 9 GiB. The peak includes what was
+    resident, and the measurement says so (notebook 09's Turbo cell and notebook 10's low-memory recipe run while
+    another pipeline may still sit on a large GPU)."""
+    state = {"allocated": 6 * 2**30, "peak": 12 * 2**30}
+
+    def reset():
+        state["peak"] = state["allocated"]
+
+    def work():
+        state["peak"] = max(state["peak"], 9 * 2**30)
+        return "done"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: state["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: state["peak"])
+    result, m = bridge.measure(work)
+    assert result == "done" and m.peak_gib == 9.0 and m.resident_gib == 6.0
+    assert str(m).endswith("peak GPU memory 9.0 GiB (6.0 GiB of it resident before the call)")
+    state["allocated"] = 0
+    assert str(bridge.measure(work)[1]).endswith("peak GPU memory 9.0 GiB")

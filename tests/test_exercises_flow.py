@@ -119,6 +119,16 @@ def test_refiner_split_check(capsys):
     assert "return two lists" in capsys.readouterr().out
     assert not check_refiner_split(lambda ts, f: right(ts, f - 0.1))
     assert "with 10 steps and frac 0.8: base = timesteps ≥ round(1000 − frac·1000)" in capsys.readouterr().out
+    assert not check_refiner_split(lambda ts, f: (ts[: int(f * len(ts))], ts[int(f * len(ts)) :]))  # by count, int
+    assert "not by step count" in capsys.readouterr().out
+    strict = round(1000 - 0.8 * 1000)  # ">" instead of "≥": wrong exactly when the cutoff is one of the timesteps
+
+    def greater(ts, f):
+        cut = round(1000 - f * 1000)
+        return [t for t in ts if t > cut], [t for t in ts if t <= cut]
+
+    assert strict == 200 and not check_refiner_split(greater)
+    assert "the cutoff timestep itself belongs to the base" in capsys.readouterr().out
 
 
 def test_sd3_joint_text_check(capsys):

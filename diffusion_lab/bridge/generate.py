@@ -63,30 +63,38 @@ def place(pipe, env: Environment):
 
 @dataclass
 class Measurement:
-    """What :func:`measure` saw: wall seconds (GPU work synchronised) and peak GPU memory (None on the CPU)."""
+    """What :func:`measure` saw: wall seconds (GPU work synchronised), peak GPU memory during the call and the GPU
+    memory already allocated when it started (None on the CPU). The peak includes what was resident (another
+    pipeline still on the GPU, say): ``peak_gib - resident_gib`` is what the call itself added."""
 
     seconds: float
     peak_gib: float | None
+    resident_gib: float | None = None
 
     def __str__(self) -> str:
-        peak = f", peak GPU memory {self.peak_gib:.1f} GiB" if self.peak_gib is not None else ""
-        return f"{self.seconds:.2f} s{peak}"
+        if self.peak_gib is None:
+            return f"{self.seconds:.2f} s"
+        resident = f" ({self.resident_gib:.1f} GiB of it resident before the call)" if self.resident_gib else ""
+        return f"{self.seconds:.2f} s, peak GPU memory {self.peak_gib:.1f} GiB{resident}"
 
 
 def measure(fn: Callable[[], object]) -> tuple[object, Measurement]:
     """Run ``fn()`` once and return (its result, :class:`Measurement`). On a GPU the peak-memory counter is reset
-    first and the GPU is synchronised before the clock stops (CUDA calls return before the work is done)."""
+    first, the memory already allocated is recorded, and the GPU is synchronised before the clock stops (CUDA calls
+    return before the work is done)."""
 
     cuda = torch.cuda.is_available()
+    resident = None
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        resident = torch.cuda.memory_allocated() / 2**30
     start = time.perf_counter()
     result = fn()
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return result, Measurement(seconds, torch.cuda.max_memory_allocated() / 2**30 if cuda else None)
+    return result, Measurement(seconds, torch.cuda.max_memory_allocated() / 2**30 if cuda else None, resident)
 
 
 def count_parameters(module: torch.nn.Module | None) -> int:

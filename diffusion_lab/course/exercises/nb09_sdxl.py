@@ -55,8 +55,16 @@ def check_sdxl_time_ids(fn: Callable[..., torch.Tensor]) -> bool:
 
 def _refiner_split_reference(timesteps: list[int], fraction: float, T: int = 1000) -> tuple[list[int], list[int]]:
     """diffusers' rule: cutoff = round(T − fraction·T); the base runs the timesteps ≥ cutoff, the refiner the rest."""
-    cutoff = int(round(T - fraction * T))
+    cutoff = _cutoff(fraction, T)
     return [t for t in timesteps if t >= cutoff], [t for t in timesteps if t < cutoff]
+
+
+_EVEN = ((10, 0.8), (25, 0.7), (40, 0.75))  # evenly spaced schedules of n steps, with the fraction
+
+
+def _cutoff(fraction: float, T: int = 1000) -> int:
+    """The cutoff timestep of diffusers' hand-off: round(T − fraction·T)."""
+    return int(round(T - fraction * T))
 
 
 def check_refiner_split(fn: Callable[..., tuple]) -> bool:
@@ -65,8 +73,11 @@ def check_refiner_split(fn: Callable[..., tuple]) -> bool:
     ``denoising_end`` / ``denoising_start`` split them."""
     _check_callable(fn)
     what = "the base/refiner hand-off"
-    for n, frac in ((10, 0.8), (25, 0.7), (40, 0.75)):
-        ts = sorted({int(round(x)) for x in np.linspace(999, 0, n)}, reverse=True)
+    cases = [(sorted({int(round(x)) for x in np.linspace(999, 0, n)}, reverse=True), f) for n, f in _EVEN]
+    cases += [(list(range(950, -1, -50)), 0.8)]  # the cutoff 200 is itself a timestep: it belongs to the base
+    cases += [([999, 990, 970, 930, 850, 700, 500, 300, 150, 50], 0.5)]  # uneven (Karras-like): 7 base steps, not 5
+    for ts, frac in cases:
+        n = len(ts)
         want = _refiner_split_reference(ts, frac)
         out, hint = _call(fn, what, list(ts), frac)
         if hint:
@@ -84,8 +95,10 @@ def check_refiner_split(fn: Callable[..., tuple]) -> bool:
             continue
         if got == tuple(_refiner_split_reference(ts, 1 - frac)):
             hint = "high_noise_frac is the share of the *noise* range the base handles: the cutoff is T − frac·T"
-        elif len(got[0]) == round(frac * n):
+        elif len(got[0]) in (round(frac * n), int(frac * n)):
             hint = "split by noise level, not by step count: the cutoff timestep is round(T − frac·T)"
+        elif got == ([t for t in ts if t > _cutoff(frac)], [t for t in ts if t <= _cutoff(frac)]):
+            hint = "the cutoff timestep itself belongs to the base: base = timesteps ≥ cutoff"
         else:
             hint = f"with {n} steps and frac {frac}: base = timesteps ≥ round(1000 − frac·1000), refiner = the rest"
         return _report(False, what, hint)
