@@ -207,6 +207,11 @@ def table_recipes(s) -> dict[str, list[tuple[str, str, m.Recipe]]]:
             ("fp16 + `enable_model_cpu_offload()`", "sdxl/fp16-offload", replace(sdxl_fp16, placement="model_offload")),
             ("SDXL-Turbo, 512², 1 step", "sdxl-turbo/fp16", turbo),
             (
+                "SDXL-Turbo, 512², 1 step, with `enable_model_cpu_offload()` (the T4 figure of the same row)",
+                "sdxl-turbo/fp16-offload",
+                replace(turbo, placement="model_offload"),
+            ),
+            (
                 "(not in the table) fp16, eager attention",
                 "sdxl/fp16-eager-attention",
                 replace(sdxl_fp16, attention="eager"),
