@@ -144,6 +144,7 @@ MODELS: dict[str, ModelCard] = {
         tiny_sd15,
         alternatives=("stabilityai/stable-diffusion-2-1-base",),
         note="SD 1.5 (runwayml/stable-diffusion-v1-5 was deleted in 2024; this is its maintained copy), 512²",
+        trained="sd15_mnist",
     ),
     # the family beyond text-to-image (diffusion_lab.bridge.family: stand-ins, checks, and the ControlNet loader)
     "sd-x4-upscaler": ModelCard(
@@ -151,12 +152,14 @@ MODELS: dict[str, ModelCard] = {
         diffusers.StableDiffusionUpscalePipeline,
         tiny_sd_upscaler,
         note="x4 upscaler: low-res RGB concatenated to the latent (UNet in 7 = 4 + 3), noise level as class label",
+        trained="sd_x4_upscaler_mnist",
     ),
     "sd15-controlnet-canny": ModelCard(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
         diffusers.StableDiffusionControlNetPipeline,
         tiny_sd15_controlnet,
         note="SD 1.5 + canny ControlNet (lllyasviel/control_v11p_sd15_canny: load with family.load_family_pipeline)",
+        trained="sd15_controlnet_mnist",
     ),
     "sd21-unclip": ModelCard(
         "sd2-community/stable-diffusion-2-1-unclip",
