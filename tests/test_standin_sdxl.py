@@ -171,3 +171,25 @@ def test_a_bf16_call_gives_finite_digits(monkeypatch):
     ).images
     assert out.shape == (1, 3, 32, 32) and torch.isfinite(out.float()).all()
     assert out.float().std() > 0.1  # a digit, not a flat image
+
+
+def test_the_refiner_loads_sharing_the_base_s_vae_and_second_encoder(base):
+    with contextlib.redirect_stdout(io.StringIO()):  # notebook 09's call: shared components, as the real refiner
+        ref = bridge.load_pipeline(
+            "sdxl-refiner", _env(), standin="trained", vae=base.vae, text_encoder_2=base.text_encoder_2
+        )
+    assert ref.vae is base.vae and ref.text_encoder_2 is base.text_encoder_2
+    latents = base("a two", denoising_end=0.8, output_type="latent", generator=torch.Generator().manual_seed(0),
+                   **(CALL | {"num_inference_steps": 6})).images  # fmt: skip
+    out = ref("a two", image=latents, denoising_start=0.8, num_inference_steps=6, output_type="pt").images
+    assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_training_runs_end_to_end_at_tiny_step_counts():
+    cfg = S.SDXLStandinConfig(num_images=400, vae_steps=2, vae_batch=4, base_steps=2, refiner_steps=2, batch=4)
+    base, refiner, bins, figures = S.train_sdxl_standin(cfg, log=lambda message: None)
+    assert isinstance(base, diffusers.StableDiffusionXLPipeline)
+    assert isinstance(refiner, diffusers.StableDiffusionXLImg2ImgPipeline) and refiner.unet is not base.unet
+    assert refiner.vae is base.vae and bins.per_digit
+    assert base.vae.config.scaling_factor != 1.0  # set from the trained latents
+    assert {"vae_seconds", "base_seconds", "refiner_seconds"} <= figures.keys()
