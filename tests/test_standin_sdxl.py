@@ -17,6 +17,7 @@ import torch
 from diffusion_lab import bridge
 from diffusion_lab.bridge import standin_sdxl as S
 from diffusion_lab.bridge import standin_sdxl_eval as E
+from diffusion_lab.mnist.captions import thickness
 from diffusion_lab.mnist.classifier import load_classifier
 from diffusion_lab.mnist.data import load_mnist
 
@@ -193,3 +194,10 @@ def test_training_runs_end_to_end_at_tiny_step_counts():
     assert refiner.vae is base.vae and bins.per_digit
     assert base.vae.config.scaling_factor != 1.0  # set from the trained latents
     assert {"vae_seconds", "base_seconds", "refiner_seconds"} <= figures.keys()
+
+
+def test_a_negative_prompt_removes_an_attribute(base):
+    prompts, _ = E.digit_prompts(6)
+    plain = thickness(E.to_mnist(E.generate(base, prompts, **CALL)))
+    negative = thickness(E.to_mnist(E.generate(base, prompts, negative_prompt="thick", **CALL)))
+    assert negative.mean() < plain.mean() - 0.4, (plain, negative)  # n = 60, 20 steps: 2.44 → 1.52 px (benchmark)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_lab.bridge.standin_sdxl import INK, sharpness
-from diffusion_lab.mnist.captions import DIGIT_NAMES
+from diffusion_lab.mnist.captions import ATTRIBUTE_WORDS, DIGIT_NAMES, attribute_adherence, attributes
 from diffusion_lab.mnist.metrics import evaluate, prompt_adherence
 from diffusion_lab.utils.errors import check_int, check_tensor
 
@@ -32,6 +32,7 @@ __all__ = [
     "centroid",
     "generate",
     "measure_adherence",
+    "measure_attributes",
     "measure_crop_shift",
     "measure_original_size",
     "measure_refiner",
@@ -178,10 +179,38 @@ def measure_refiner(
     return out
 
 
-def measure_standins(base, refiner, classifier, n: int = 200, n_behaviour: int = 60, call: dict | None = None) -> dict:
+def measure_attributes(pipe, bins, n: int = 40, *, seed: int = 0, **call) -> dict:
+    """Attribute adherence (the course's :func:`~diffusion_lab.mnist.captions.attribute_adherence`, 0.5 = chance)
+    of "a <word> <digit>" for each caption word (n samples each), and a negative prompt: "a <digit>" with
+    ``negative_prompt="thick"`` against without, mean stroke thickness in pixels (the negative prompt replaces the
+    zero ∅ embedding, so guidance pushes away from "thick")."""
+    prompts, _ = digit_prompts(n)
+    out: dict = {"n": n, "words": {}}
+    for word in (w for pair in ATTRIBUTE_WORDS.values() for w in pair):
+        asked = [p.replace("an eight", "a eight").replace("a ", f"a {word} ", 1) for p in prompts]
+        asked = [p.replace("a eight", "an eight") for p in asked]
+        x = to_mnist(generate(pipe, asked, seed=seed, **call))
+        out["words"][word] = attribute_adherence(x, asked, bins)["adherence"]
+    plain = to_mnist(generate(pipe, prompts, seed=seed, **call))
+    negative = to_mnist(generate(pipe, prompts, seed=seed, negative_prompt="thick", **call))
+    out["negative_thick"] = {
+        "thickness_without": attributes(plain)["thickness"].mean().item(),
+        "thickness_with_negative_thick": attributes(negative)["thickness"].mean().item(),
+        "adherence_to_not_thick": attribute_adherence(negative, prompts, bins, negative_prompts="thick")["adherence"],
+        "adherence_to_not_thick_without": attribute_adherence(plain, prompts, bins, negative_prompts="thick")[
+            "adherence"
+        ],
+    }
+    return out
+
+
+def measure_standins(
+    base, refiner, classifier, n: int = 200, n_behaviour: int = 60, call: dict | None = None, bins=None
+) -> dict:
     """Every figure recorded for the stand-ins (recipe.json, benchmarks/results/standin_sdxl.json): adherence with
     guidance w = 5 and w = 1 (n samples), the crop shift and the original-size blur (n_behaviour per setting), the
-    refiner hand-off against the base alone (n), and the refiner's aesthetic score 2.5 against 6 (n_behaviour)."""
+    refiner hand-off against the base alone (n), and the refiner's aesthetic score 2.5 against 6 (n_behaviour); with
+    the caption ``bins``, also :func:`measure_attributes` (n_behaviour per word)."""
     call = dict(CALL if call is None else call)
     steps, w, size = call["num_inference_steps"], call["guidance_scale"], call["height"]
     out = {"call": call}
@@ -196,4 +225,6 @@ def measure_standins(base, refiner, classifier, n: int = 200, n_behaviour: int =
         )["base_then_refiner"]  # fmt: skip
         for a in (2.5, 6.0)
     }
+    if bins is not None:
+        out["attributes"] = measure_attributes(base, bins, n_behaviour, **call)
     return out
