@@ -216,7 +216,7 @@ def conditioning_facts(pipe) -> list[ConditioningFact]:
         dim = pipe.image_encoder.config.projection_dim
         return [
             fact("unet.class_embed_type", unet.class_embed_type, unet.class_embed_type == "projection",
-                 "a linear projection of a vector is added to the time embedding"),
+                 "a small MLP (Linear→SiLU→Linear) of a vector is added to the time embedding"),
             fact("unet.projection_class_embeddings_input_dim", unet.projection_class_embeddings_input_dim,
                  unet.projection_class_embeddings_input_dim == 2 * dim,
                  f"= 2 × {dim} (CLIP image embedding): noised e_s ⊕ sin-embedding(s)"),
