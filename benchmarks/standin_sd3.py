@@ -17,9 +17,15 @@ zeros for T5's tokens), through their own ``pipe(...)`` call, paired (same promp
 - ``--default-t5-length``: also the call with diffusers' default ``max_sequence_length=256`` where the stand-in was
   trained with 32 T5 tokens (SD3 feeds T5's padding tokens unmasked, so the number of them matters).
 
+- ``--alternative DIR``: the same comparison on another trained folder, stored under ``alternatives`` (measured:
+  CLIP's window 9 tokens, ``data/train_sd3_standin.py --set clip_max_length=9``: T5 then also carries the thickness
+  and slant words of long prompts, but "a <digit>" stays below 0.95).
+
 Reproduce::
 
-    .venv/bin/python benchmarks/standin_sd3.py            # n = 200 per seed and prompt kind, a few minutes on 1 core
+    .venv/bin/python benchmarks/standin_sd3.py --default-t5-length --floor-seeds 10   # ~6 min on 1 core
+    .venv/bin/python data/train_sd3_standin.py --set clip_max_length=9 --out /tmp/sd3_w9/sd3_mnist   # ~11 min
+    .venv/bin/python benchmarks/standin_sd3.py --alternative /tmp/sd3_w9/sd3_mnist
 
 Results go to ``benchmarks/results/standin_sd3.json`` (``--out`` to change), written atomically.
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -76,6 +83,30 @@ def floor_measurement(pipe, classifier, bins, seeds: int, n: int = 100) -> dict:
     return out
 
 
+def measure_alternative(folder: Path, out: Path, n: int) -> None:
+    """The same comparison on another trained folder, added to ``out`` under ``alternatives[<its config>]``."""
+    recipe = json.loads((folder / sd3.RECIPE_FILE).read_text())
+    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    bins, classifier = sd3.load_bins(folder), load_classifier()
+    digits = torch.arange(n) % 10
+    short = [f"a {DIGIT_NAMES[int(d)]}" for d in digits]
+    t0 = time.perf_counter()
+    entry = {
+        "config": recipe["config"],
+        "training_seconds": recipe["seconds"],
+        "load_average_1_5_15_min": recipe["load_average_1_5_15_min"],
+        "digit_prompts": [sd3.measure_prompts(pipe, short, digits, classifier, bins, seed=s, **CALL) for s in (0, 1)],
+        "t5_comparison": sd3.t5_comparison(pipe, classifier, bins, n=n, seeds=(0, 1), **CALL),
+        "seconds": None,
+    }
+    entry["seconds"] = round(time.perf_counter() - t0, 1)
+    result = json.loads(out.read_text())
+    result.setdefault("alternatives", {})[f"clip_max_length={recipe['config']['clip_max_length']}"] = entry
+    write_json_atomic(out, result)
+    print(entry["digit_prompts"], entry["t5_comparison"]["long"]["t5_minus_no_t5"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200)
@@ -83,10 +114,18 @@ def main() -> None:
     ap.add_argument("--default-t5-length", action="store_true")
     ap.add_argument("--floor-seeds", type=int, default=0, help="tests/test_quality.py's measurement over seeds 0..k-1")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--alternative", type=Path, default=None,
+        help="measure this other trained folder (e.g. from data/train_sd3_standin.py --set clip_max_length=9 --out "
+        "DIR) and add it to the results file under 'alternatives' (the shipped stand-in's entries stay)",
+    )  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
+    if args.alternative is not None:
+        measure_alternative(args.alternative, args.out, args.n)
+        return
     env = bridge.Environment("cpu", None, None, False, None, False, ("benchmark: the trained stand-in",))
     pipe = bridge.load_pipeline("sd3-medium", env, standin="trained")
     pipe.set_progress_bar_config(disable=True)

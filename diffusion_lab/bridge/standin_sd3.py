@@ -93,7 +93,10 @@ class SD3StandinConfig:
     """Sizes and the fixed step counts of :func:`train_sd3_standin` (no seconds: the same steps on any machine)."""
 
     canvas: int = 32  # S: 28² digits padded to S² (a multiple of f·patch = 8)
-    clip_max_length: int = 14  # CLIP's window: 12 characters + start/end (a three-word caption loses its digit)
+    # CLIP's window: 12 characters + start/end (a three-word caption loses its digit). 9 was measured too: T5 then
+    # also carries the thickness and slant words (attribute adherence +0.20 with T5 on long prompts) but "a <digit>"
+    # fell to 0.92-0.94 (benchmarks/results/standin_sd3.json, "alternatives")
+    clip_max_length: int = 14
     t5_max_length: int = 32  # T5's window: the longest caption (24 tokens) fits
     num_images: int = 12_000  # the first N MNIST training images
     bins_images: int = 8_000  # caption bins fitted on the first N
