@@ -16,6 +16,11 @@ and (lowest value over seeds 0..9 − 0.02), so reseeding alone does not fail it
 points: tiny_sd's attribute adherence 0.895 to 0.977); a broken model falls far below
 (:func:`test_floors_separate_good_from_broken`, the negative control).
 
+The stand-ins of the real diffusers classes trained on MNIST (kind ``diffusers_standin``: ``sdxl_mnist``, ``sd3_mnist``,
+``sd15_mnist``, the refiner, ControlNet and upscaler) assert their floors through the real pipeline call in their own
+test files (``tests/test_standin_*.py``); their entries here name that test, and this file checks that it exists and
+asserts.
+
 Deterministic and order-independent: every random draw comes from a local ``torch.Generator`` (the sampled images are
 bit-identical with 1 and 2 torch threads), each test loads its own model, and no global torch state is changed.
 Run with ``-s`` to see the measured values. Re-measure (e.g. after retraining a model on purpose) with
@@ -55,6 +60,8 @@ def shipped_models() -> list[str]:
 
 
 FLOORS = load_floors()
+STANDINS = {name for name, entry in FLOORS.items() if entry["kind"] == "diffusers_standin"}
+MEASURED = sorted(set(FLOORS) - STANDINS)  # the course's own models, measured here
 
 
 def text_prompts(n: int) -> tuple[list[str], torch.Tensor]:
@@ -88,8 +95,8 @@ def load_shipped(name: str):
 
         return load_tiny_sd(PRETRAINED / name)
     raise AssertionError(
-        f"tests/quality_floors.json: {name} has kind {kind!r}; tests/test_quality.py knows 'class_conditional_unet' "
-        "and 'text_to_image_pipeline': add a sampler for the new kind there"
+        f"tests/quality_floors.json: {name} has kind {kind!r}; tests/test_quality.py measures 'class_conditional_unet' "
+        "and 'text_to_image_pipeline' ('diffusers_standin' points at its own quality test): add a sampler there"
     )
 
 
@@ -145,7 +152,7 @@ def classifier():
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(FLOORS))
+@pytest.mark.parametrize("name", MEASURED)
 def test_shipped_model_quality_above_floor(name, classifier):
     entry = FLOORS[name]
     assert entry["steps"] <= entry["course_quick_steps"], (
@@ -193,7 +200,17 @@ def test_every_shipped_model_has_a_floor():
     assert not stale, (
         f"tests/quality_floors.json has entries {stale} for models not under data/pretrained/: remove them"
     )
-    for name, entry in FLOORS.items():
+    from diffusion_lab.bridge import hub  # lazy: imports diffusers (seconds); only this test needs the model cards
+
+    for name in STANDINS:  # the trained stand-ins of the real diffusers classes: their floor is in their own tests
+        entry = FLOORS[name]
+        assert hub.MODELS[entry["card"]].trained == name, f"{name}: the card {entry['card']!r} must name this folder"
+        path, _, test = entry["quality_test"].partition("::")
+        source = (REPO / path).read_text("utf-8")
+        assert f"def {test}(" in source, f"{name}: its quality test {entry['quality_test']} does not exist"
+        body = source[source.index(f"def {test}(") :].split("\ndef ", 1)[0]
+        assert "assert" in body, f"{name}: {entry['quality_test']} must assert its floor"
+    for name, entry in ((n, FLOORS[n]) for n in MEASURED):
         for key in ("kind", "sampler", "steps", "course_quick_steps", "guidance_scale", "n", "seed", "measured",
                     "floors", "seed_spread", "measured_on", "command"):  # fmt: skip
             assert key in entry, f"tests/quality_floors.json: {name} has no {key!r}"
@@ -327,7 +344,7 @@ def _main(argv: list[str]) -> None:
     from diffusion_lab.mnist.classifier import load_classifier
 
     parser = argparse.ArgumentParser(description="measure the shipped models as the quality tests do")
-    parser.add_argument("models", nargs="*", default=sorted(FLOORS))
+    parser.add_argument("models", nargs="*", default=MEASURED)
     parser.add_argument("--seeds", type=int, default=1, help="also measure seeds 0..K-1 (min/max for the JSON)")
     parser.add_argument("--broken", action="store_true", help="also measure broken copies (negative controls)")
     args = parser.parse_args(argv)
