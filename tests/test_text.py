@@ -424,3 +424,29 @@ def test_encoder_bad_input(tok, encoder):
         TextEncoderConfig(vocab_size=30, hidden_size=30, num_heads=4)
     with pytest.raises(TypeError, match="TextEncoderConfig"):
         TextEncoder()
+
+
+def test_sample_caption_batch_draws_as_the_training_loops_did(mnist):
+    """The stand-ins' training loops (SD 1.5, ControlNet, SD3, x4 upscaler) drew their batches inline: indices, word
+    drops, then empty prompts, all from one generator. sample_caption_batch must draw the very same, in that order,
+    so the shipped recipes reproduce bit for bit."""
+    from diffusion_lab.mnist.captions import attributes, sample_caption_batch
+
+    x, y, bins = mnist
+    attrs = attributes(x)
+    for empty_prob in (0.0, 0.3):
+        g_old, g_new = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        for _ in range(3):  # the code each loop had before
+            idx = torch.randint(0, len(y), (16,), generator=g_old)
+            want = captions_for(
+                y[idx], None, bins, attrs={k: v[idx] for k, v in attrs.items()}, generator=g_old, drop_prob=0.25
+            )
+            if empty_prob:
+                empty = (torch.rand(16, generator=g_old) < empty_prob).tolist()
+                want = ["" if e else c for c, e in zip(want, empty, strict=True)]
+            got_idx, got = sample_caption_batch(y, attrs, bins, 16, g_new, drop_prob=0.25, empty_prob=empty_prob)
+            assert torch.equal(got_idx, idx) and got == want
+        assert torch.equal(g_old.get_state(), g_new.get_state()), "the generator must end in the same state"
+    assert "" in sample_caption_batch(y, attrs, bins, 64, torch.Generator().manual_seed(0), empty_prob=0.5)[1]
+    with pytest.raises(ValueError, match="empty_prob"):
+        sample_caption_batch(y, attrs, bins, 4, torch.Generator(), empty_prob=1.5)

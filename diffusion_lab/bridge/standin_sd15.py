@@ -55,7 +55,7 @@ from torch import nn
 from diffusion_lab.bridge.tiny import _byte_level_symbols, _clip_text_config
 from diffusion_lab.maths.diffusion import q_sample
 from diffusion_lab.maths.images import edge_f1, edge_map
-from diffusion_lab.mnist.captions import ATTRIBUTE_WORDS, DIGIT_NAMES, attributes, captions_for, fit_bins
+from diffusion_lab.mnist.captions import ATTRIBUTE_WORDS, DIGIT_NAMES, attributes, fit_bins, sample_caption_batch
 from diffusion_lab.mnist.classifier import classify
 from diffusion_lab.mnist.data import load_mnist
 from diffusion_lab.training.loop import EMA, check_config_fields, optimizer_step, warmup_cosine
@@ -372,13 +372,9 @@ def train_sd15_standin(
     ab = pipe.scheduler.alphas_cumprod.float()  # (T,)
     losses = []
     for step in range(cfg.steps):
-        idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=g)
-        captions = captions_for(
-            labels[idx], None, bins, attrs={k: v[idx] for k, v in attrs.items()}, generator=g,
-            drop_prob=cfg.caption_drop_prob,
-        )  # fmt: skip
-        empty = (torch.rand(cfg.batch_size, generator=g) < cfg.cond_drop_prob).tolist()
-        captions = ["" if e else c for c, e in zip(captions, empty, strict=True)]
+        idx, captions = sample_caption_batch(
+            labels, attrs, bins, cfg.batch_size, g, drop_prob=cfg.caption_drop_prob, empty_prob=cfg.cond_drop_prob
+        )
         t = torch.randint(0, len(ab), (cfg.batch_size,), generator=g)
         noise = torch.randn(latents[idx].shape, generator=g)
         loss = denoising_loss(pipe.unet, latents[idx], _text_states(pipe, captions), t, noise, ab, cfg.prediction_type)
@@ -427,13 +423,9 @@ def train_sd15_controlnet(
     losses = []
     n_steps, batch = cfg.controlnet_steps, cfg.controlnet_batch_size
     for step in range(n_steps):
-        idx = torch.randint(0, len(latents), (batch,), generator=g)
-        captions = captions_for(
-            labels[idx], None, bins, attrs={k: v[idx] for k, v in attrs.items()}, generator=g,
-            drop_prob=cfg.caption_drop_prob,
-        )  # fmt: skip
-        empty = (torch.rand(batch, generator=g) < cfg.empty_prompt_prob).tolist()
-        captions = ["" if e else c for c, e in zip(captions, empty, strict=True)]
+        idx, captions = sample_caption_batch(
+            labels, attrs, bins, batch, g, drop_prob=cfg.caption_drop_prob, empty_prob=cfg.empty_prompt_prob
+        )
         with torch.no_grad():
             states = _text_states(base, captions)
         t = torch.randint(0, len(ab), (batch,), generator=g)

@@ -56,8 +56,8 @@ from diffusion_lab.mnist.captions import (
     AttributeBins,
     attribute_adherence,
     attributes,
-    captions_for,
     fit_bins,
+    sample_caption_batch,
 )
 from diffusion_lab.mnist.data import load_mnist
 from diffusion_lab.mnist.metrics import prompt_adherence
@@ -349,11 +349,7 @@ def train_sd3_standin(
     t0 = time.perf_counter()
     losses = []
     for step in range(cfg.steps):
-        idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=g)
-        captions = captions_for(
-            labels[idx], None, bins, attrs={k: v[idx] for k, v in attrs.items()}, generator=g,
-            drop_prob=cfg.caption_drop_prob,
-        )  # fmt: skip
+        idx, captions = sample_caption_batch(labels, attrs, bins, cfg.batch_size, g, drop_prob=cfg.caption_drop_prob)
         keep = encoder_keep_masks(cfg.batch_size, cfg.encoder_drop_prob, cfg.uncond_prob, g)
         embeds, pooled = sd3_condition(pipe, captions, keep)
         t = logit_normal_timesteps(cfg.batch_size, cfg.logit_mean, cfg.logit_std, generator=g)  # (B,)

@@ -40,7 +40,7 @@ import torch
 from diffusion_lab.bridge.standin_sd15 import CANVAS, _encode, _text_states, digit_prompts, from_canvas, to_canvas
 from diffusion_lab.maths.diffusion import q_sample
 from diffusion_lab.maths.images import bicubic_upscale, downsample, psnr
-from diffusion_lab.mnist.captions import attributes, captions_for, fit_bins
+from diffusion_lab.mnist.captions import attributes, fit_bins, sample_caption_batch
 from diffusion_lab.mnist.classifier import classify
 from diffusion_lab.mnist.data import load_mnist
 from diffusion_lab.training.loop import EMA, check_config_fields, optimizer_step, warmup_cosine
@@ -190,14 +190,11 @@ def train_upscaler_standin(
     g = torch.Generator().manual_seed(cfg.seed + 2)
     losses = []
     for step in range(cfg.steps):
-        idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=g)
-        captions = captions_for(
-            labels[idx], None, bins, attrs={k: v[idx] for k, v in attrs.items()}, generator=g,
-            drop_prob=cfg.caption_drop_prob,
-        )  # fmt: skip
-        empty = (torch.rand(cfg.batch_size, generator=g) < cfg.cond_drop_prob).tolist()
+        idx, captions = sample_caption_batch(
+            labels, attrs, bins, cfg.batch_size, g, drop_prob=cfg.caption_drop_prob, empty_prob=cfg.cond_drop_prob
+        )
         with torch.no_grad():
-            states = _text_states(pipe, ["" if e else c for c, e in zip(captions, empty, strict=True)])
+            states = _text_states(pipe, captions)
         loss = upscaler_loss(pipe, latents[idx], low[idx], states, g, cfg.max_noise_level)
         lr = warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.final_lr_fraction)
         optimizer_step(loss, opt, unet.parameters(), lr=lr, max_grad_norm=cfg.grad_clip, ema=ema, model=unet, step=step)

@@ -54,6 +54,7 @@ __all__ = [
     "attributes",
     "caption",
     "captions_for",
+    "sample_caption_batch",
     "fit_bins",
     "parse_prompt",
     "size",
@@ -376,6 +377,33 @@ def captions_for(
         chosen = [words[a][i] for j, a in enumerate(ATTRIBUTES) if words[a][i] is not None and keep[i, j]]
         out.append(_sentence(None if r == _ANY_DIGIT else r, chosen))
     return out
+
+
+def sample_caption_batch(
+    labels: torch.Tensor,
+    attrs: dict[str, torch.Tensor],
+    bins: AttributeBins,
+    batch_size: int,
+    generator: torch.Generator,
+    *,
+    drop_prob: float = 0.0,
+    empty_prob: float = 0.0,
+) -> tuple[torch.Tensor, list[str]]:
+    """One training batch of a text-to-image recipe: ``batch_size`` indices drawn uniformly from the N examples
+    (labels (N,), ``attrs`` each (N,)), and their captions (:func:`captions_for`, each attribute word dropped with
+    ``drop_prob``), each caption replaced by "" with probability ``empty_prob`` (the unconditional input of
+    classifier-free guidance). Draws, in this order, from ``generator``: the indices, the word drops, the empty
+    prompts. Returns (indices (B,), captions)."""
+    if not 0.0 <= empty_prob <= 1.0:
+        raise ValueError(f"empty_prob must be a probability in [0, 1], got {empty_prob!r}")
+    idx = torch.randint(0, len(labels), (batch_size,), generator=generator)  # (B,)
+    captions = captions_for(
+        labels[idx], None, bins, attrs={k: v[idx] for k, v in attrs.items()}, generator=generator, drop_prob=drop_prob
+    )
+    if empty_prob > 0:
+        empty = (torch.rand(batch_size, generator=generator) < empty_prob).tolist()
+        captions = ["" if e else c for c, e in zip(captions, empty, strict=True)]
+    return idx, captions
 
 
 _WORD_TO_ATTRIBUTE = {w: a for a, pair in ATTRIBUTE_WORDS.items() for w in pair}  # "thick" → "thickness", …
