@@ -203,6 +203,21 @@ def test_tiny_sd15_and_taesd(sdxl):
     assert taesd.decode(latents).sample.shape == (1, 3, SIZE, SIZE)  # same factor as the tiny VAE
 
 
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_tiny_taesd_factor_is_the_side_ratio(factor):
+    taesd = bridge.tiny_taesd(latent_channels=16, factor=factor)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    latents = taesd.encode(x).latents
+    assert latents.shape == (1, 16, 32 // factor, 32 // factor)
+    assert taesd.decode(latents).sample.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("factor, error", [(3, ValueError), (1, ValueError), (2.0, TypeError)])
+def test_tiny_taesd_rejects_a_factor_that_is_not_a_power_of_two(factor, error):
+    with pytest.raises(error, match="factor"):
+        bridge.tiny_taesd(factor=factor)
+
+
 # --- loading through from_pretrained ----------------------------------------------------------------------------
 
 

@@ -20,6 +20,8 @@ import torch
 import transformers
 from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
 
+from diffusion_lab.utils.errors import check_int
+
 __all__ = [
     "tiny_sd_upscaler",
     "tiny_sd15_controlnet",
@@ -301,16 +303,21 @@ def tiny_sd15(seed: int = 0) -> diffusers.StableDiffusionPipeline:
     return _sd15_pipeline(diffusers.StableDiffusionPipeline, vae=vae, text_encoder=te, tokenizer=tok, unet=unet)
 
 
-def tiny_taesd(latent_channels: int = 4, seed: int = 0) -> diffusers.AutoencoderTiny:
-    """A random-weight TAESD-shaped ``AutoencoderTiny`` with f = 2 (the real TAESD/TAESDXL have 4 latent channels,
-    TAESD3 16, and f = 8)."""
+def tiny_taesd(latent_channels: int = 4, seed: int = 0, factor: int = 2) -> diffusers.AutoencoderTiny:
+    """A random-weight TAESD-shaped ``AutoencoderTiny`` with downsampling factor ``factor`` (2 matches the tiny
+    random pipelines, 4 the trained MNIST stand-ins; the real TAESD/TAESDXL have 4 latent channels, TAESD3 16, and
+    f = 8). Each block after the first halves the side, so ``factor`` must be a power of two ≥ 2."""
+    check_int("factor", factor, minimum=2)
+    if factor & (factor - 1):
+        raise ValueError(f"factor must be a power of two (2, 4, 8, ...); got {factor}")
+    blocks = factor.bit_length()  # factor = 2^(blocks − 1)
     return _seeded(
         seed,
         lambda: diffusers.AutoencoderTiny(
-            encoder_block_out_channels=(32, 32),
-            decoder_block_out_channels=(32, 32),
-            num_encoder_blocks=(1, 1),
-            num_decoder_blocks=(1, 1),
+            encoder_block_out_channels=(32,) * blocks,
+            decoder_block_out_channels=(32,) * blocks,
+            num_encoder_blocks=(1,) * blocks,
+            num_decoder_blocks=(1,) * blocks,
             latent_channels=latent_channels,
         ),
     )
