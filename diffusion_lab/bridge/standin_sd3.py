@@ -14,7 +14,7 @@ code                       symbol    meaning
 ``encoder_drop_prob``      p_drop    each text encoder's input dropped independently (SD3 §5.3: 46.4 %): a dropped
                                      CLIP reads "" (the embedding CFG's unconditional branch feeds), a dropped T5
                                      gives zeros (what the pipeline feeds with ``text_encoder_3=None``)
-``clip_max_length``        L_clip    CLIP's window in tokens (14 = 12 characters + start/end; real CLIP: 77 BPE)
+``clip_max_length``        L_clip    CLIP's window in tokens (9 = 7 characters + start/end; real CLIP: 77 BPE)
 ``t5_max_length``          L_t5      T5's window (32 characters; pass ``max_sequence_length=32`` to the pipeline)
 =========================  ========  ============================================================================
 
@@ -27,10 +27,12 @@ What and why:
 - The VAE is trained first, on the canvases (MSE + a small KL); SD3's ``shift_factor`` and ``scaling_factor`` are
   then the mean and 1/std of the posterior means, so the transformer trains on zero-mean, unit-variance latents.
 - Captions are the course's (:func:`diffusion_lab.mnist.captions.captions_for`: "a large thick slanted seven"),
-  read character by character. CLIP's window is 14 tokens (12 characters): "a seven" fits, a caption with three
-  attribute words is cut after its first letters of the slant word, before the digit name (which comes last). T5
-  reads the whole caption. So, as with real SD3 and prompts longer than CLIP's 77 tokens, T5 matters for long
-  prompts and hardly for short ones: that is the behaviour measured (:func:`t5_comparison`).
+  read character by character. CLIP's window is 9 tokens (7 characters): "a seven" fits; "a large thick slanted
+  seven" is cut after "a large t", so CLIP reads the size word and nothing after it. T5 reads the whole caption. So,
+  as with real SD3 and prompts longer than CLIP's 77 tokens, the words past CLIP's window reach the model only
+  through T5: dropping T5 loses them (the digit name, the thickness and slant words) and keeps the ones inside the
+  window (the size word). That is the behaviour measured (:func:`t5_comparison`); a 14-token window (the first
+  recipe) kept the attribute words inside CLIP's reach, and dropping T5 then changed attribute adherence by −0.004.
 - The text encoders train jointly with the transformer (SD3 freezes pretrained ones; here none exist); the
   embeddings enter exactly as ``StableDiffusion3Pipeline.encode_prompt`` builds them (:func:`sd3_condition`).
 """
@@ -96,7 +98,7 @@ class SD3StandinConfig:
     # CLIP's window: 12 characters + start/end (a three-word caption loses its digit). 9 was measured too: T5 then
     # also carries the thickness and slant words (attribute adherence +0.20 with T5 on long prompts) but "a <digit>"
     # fell to 0.92-0.94 (benchmarks/results/standin_sd3.json, "alternatives")
-    clip_max_length: int = 14
+    clip_max_length: int = 9
     t5_max_length: int = 32  # T5's window: the longest caption (24 tokens) fits
     num_images: int = 12_000  # the first N MNIST training images
     bins_images: int = 8_000  # caption bins fitted on the first N
@@ -106,7 +108,7 @@ class SD3StandinConfig:
     kl_weight: float = 1e-4  # per latent element against the per-pixel MSE
     transformer_layers: int = 2  # MMDiT joint blocks
     transformer_heads: int = 3  # of 32 channels each: hidden 96 (64 was a bottleneck for 2×2×16 = 64-number patches)
-    steps: int = 3_500  # transformer + text encoders
+    steps: int = 5_000  # transformer + text encoders
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 50
@@ -376,7 +378,7 @@ def train_sd3_standin(
 
 def long_prompts(digits: torch.Tensor, generator: torch.Generator) -> list[str]:
     """One three-attribute prompt per digit (B,), e.g. "a large thick slanted seven": every word drawn at random,
-    the course's word order. CLIP's 14-token window cuts them before the digit name."""
+    the course's word order. CLIP's 9-token window cuts them after the size word ("a large t")."""
     words = [("small", "large"), ("thin", "thick"), ("upright", "slanted")]
     pick = torch.randint(0, 2, (len(digits), 3), generator=generator)
     return [
@@ -410,7 +412,8 @@ def measure_prompts(pipe, prompts: list[str], digits: torch.Tensor, classifier, 
 
 
 def short_prompts(digits: torch.Tensor, generator: torch.Generator) -> list[str]:
-    """One one-attribute prompt per digit (B,), e.g. "a thick seven": these fit CLIP's window whole."""
+    """One one-attribute prompt per digit (B,), e.g. "a thick seven": CLIP's window keeps the attribute word and cuts
+    the digit name (9 tokens: "a thick s")."""
     words = ["small", "large", "thin", "thick", "upright", "slanted"]
     pick = torch.randint(0, len(words), (len(digits),), generator=generator)
     return [
