@@ -318,7 +318,7 @@ def test_environment_quick_mode_never_probes(monkeypatch):
     monkeypatch.setattr(hub, "_hub_reachable", lambda *a: pytest.fail("the network was touched"))
     env = bridge.check_environment(allow_cpu=True)
     assert not env.use_real and not env.hub
-    assert "quick mode" in str(env) and "TINY" in str(env)
+    assert "quick mode" in str(env) and "STAND-IN (not the real weights" in str(env)
 
 
 def test_environment_unreachable_hub_is_bounded(monkeypatch):

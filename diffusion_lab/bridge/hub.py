@@ -83,6 +83,7 @@ __all__ = [
 HUB_HOST = ("huggingface.co", 443)
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE")
 HUB_TIMEOUT = 10.0  # seconds: connect and read, for every hub call load_pipeline makes
+STAND_IN_LINE = "STAND-IN (not the real weights: small local models of the same classes, trained on MNIST or random)"
 TINY_VERSION = 2  # bump when a tiny_* builder changes, so cached copies are rebuilt
 
 
@@ -269,7 +270,7 @@ class Environment:
             f"GPU:      {gpu}",
             f"hub:      {'reachable' if self.hub else 'not used'}",
             f"token:    {self.token_source or 'none found'}",
-            f"weights:  {'REAL (from the hub)' if self.use_real else 'TINY (random weights, built locally)'}",
+            f"weights:  {'REAL (from the hub)' if self.use_real else STAND_IN_LINE}",
         ]
         return "\n".join(lines + [f"  because {r}" for r in self.reasons])
 
