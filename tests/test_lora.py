@@ -335,3 +335,28 @@ def test_sdxl_recipe_runs_on_the_tiny_pipeline(tmp_path):
     )  # fmt: skip
     assert len(losses) == 1 and path.is_file()
     assert lora.count_lora_parameters(pipe.unet).lora > 0
+
+
+def test_sdxl_recipe_trains_the_mnist_standin(tmp_path):
+    """standin="trained" (notebook 11 without a GPU): the recipe loads the SDXL stand-in trained on MNIST (32² images,
+    f = 4, its own U-Net widths), resizes PIL pictures to 32², trains on it, and the adapter changes its images; a
+    wrong ``standin`` is refused before anything loads."""
+    from PIL import Image
+
+    from diffusion_lab import bridge
+    from diffusion_lab.bridge.tiny import tiny_sdxl
+
+    pictures = [Image.new("RGB", (20, 20), c) for c in ("white", "black")]
+    pipe, losses, path = lora_sdxl.sdxl_lora_recipe(
+        pictures, "a sks three", tmp_path / "out", steps=2, lr=1e-2, gradient_accumulation_steps=1, standin="trained",
+        progress=False,
+    )  # fmt: skip
+    assert len(losses) == 2 and torch.isfinite(torch.tensor(losses)).all() and path.is_file()
+    assert bridge.is_tiny(pipe) and pipe.default_sample_size * pipe.vae_scale_factor == 32
+    assert pipe.unet.config.block_out_channels != tiny_sdxl().unet.config.block_out_channels  # not the random one
+    kw = {"num_inference_steps": 2, "height": 32, "width": 32, "output_type": "pt"}
+    trained = pipe("a three", generator=_gen(), **kw).images
+    pipe.set_adapters(["default"], adapter_weights=[0.0])
+    assert (trained - pipe("a three", generator=_gen(), **kw).images).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="standin"):
+        lora_sdxl.sdxl_lora_recipe(pictures, "a sks three", tmp_path / "bad", steps=1, standin="mnist", progress=False)

@@ -278,25 +278,28 @@ def sdxl_lora_recipe(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     hub_timeout: float = bridge.HUB_TIMEOUT,
+    standin: str = "random",
 ):
     """The whole recipe, for a notebook: real SDXL on a GPU when ``env.use_real``, the tiny SDXL otherwise.
 
     1. ``env = bridge.check_environment()`` (if not given); ``pipe = bridge.load_pipeline("sdxl-base", env)``
        (fp16/bf16 weights on a GPU); with real weights the VAE is swapped for the fp16-fix one.
-    2. Images resized to the model's size (1024² real, 64² tiny); the pipeline goes to ``env.device``.
+    2. Images resized to the model's size (1024² real, 64² tiny, 32² trained stand-in); the pipeline goes to
+       ``env.device``.
     3. :func:`train_sdxl_lora` with the 16 GB knobs (gradient checkpointing, batch 1 × accumulation 4, encoders
        offloaded after the precompute); ``steps`` defaults to 800 real, 2 tiny.
     4. :func:`save_sdxl_lora` into ``output_dir``; the pipeline returns to ``env.device``, ready to sample.
     ``cache_dir``: where the tiny stand-in is kept, ``hub_timeout``: seconds each hub request may take (see
-    :func:`diffusion_lab.bridge.hub.load_pipeline`). Returns (pipe,
+    :func:`diffusion_lab.bridge.hub.load_pipeline`); ``standin``: which tiny SDXL stands in for the real weights,
+    ``"random"`` or ``"trained"`` (the stand-in trained on MNIST, 32² images: its pictures are digits). Returns (pipe,
     losses, path of the LoRA file). Only the tiny path runs in this project's tests; the real one is untested here.
     """
 
     env = env if env is not None else bridge.check_environment()
-    pipe = bridge.load_pipeline("sdxl-base", env, cache_dir=cache_dir, hub_timeout=hub_timeout)
+    pipe = bridge.load_pipeline("sdxl-base", env, cache_dir=cache_dir, hub_timeout=hub_timeout, standin=standin)
     if not bridge.is_tiny(pipe):
         pipe.vae = _fp16_fix_vae(pipe, hub_timeout)
-    size = pipe.default_sample_size * pipe.vae_scale_factor  # 1024 real, 64 tiny
+    size = pipe.default_sample_size * pipe.vae_scale_factor  # 1024 real, 64 tiny, 32 trained stand-in
     if not isinstance(images, torch.Tensor):
         images = list(images)
         if not images:
