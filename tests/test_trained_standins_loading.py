@@ -63,8 +63,8 @@ def test_a_damaged_trained_standin_is_a_file_error(data_root):
 
 
 def test_a_model_without_a_trained_standin_and_a_bad_choice_are_refused(data_root):
-    with pytest.raises(ValueError, match=r"'svd' has no stand-in trained on MNIST.*sdxl-base.*standin='random'"):
-        _load("svd", standin="trained")
+    with pytest.raises(ValueError, match=r"'sd21-unclip' has no stand-in trained on MNIST.*sdxl-base.*standin='random'"):
+        _load("sd21-unclip", standin="trained")
     with pytest.raises(ValueError, match="standin"):
         _load("sdxl-base", standin="mnist")
     with pytest.raises(TypeError):

@@ -176,6 +176,7 @@ MODELS: dict[str, ModelCard] = {
         tiny_svd,
         gated=True,
         alternatives=("stabilityai/stable-video-diffusion-img2vid",),
+        trained="svd_mnist",
         note="Stable Video Diffusion XT: 25 frames from one image; accept the licence on its page (gated)",
     ),
 }
