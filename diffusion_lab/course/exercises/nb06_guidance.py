@@ -45,13 +45,18 @@ def check_cfg_combine(fn: Callable[..., torch.Tensor]) -> bool:
             continue
         if torch.allclose(got, (1 + w) * cond - w * uncond, atol=1e-5):
             hint = (
-                "that is the paper's (1 + w)·ε_c − w·ε_∅; with diffusers' guidance scale, w = 1 must give ε_c: "
-                "ε_∅ + w·(ε_c − ε_∅)"
+                "that is the paper's (1 + w)·ε_c − w·ε_∅; with diffusers' guidance scale, w = 1 must give the "
+                "conditional prediction: ε_∅ + w·(ε_c − ε_∅) (the same for velocities: v_∅ + w·(v_c − v_∅))"
             )
         elif torch.allclose(got, cond + w * (uncond - cond), atol=1e-5):
-            hint = "cond and uncond are swapped: w = 0 must give the unconditional ε_∅, w = 1 the conditional ε_c"
+            hint = (
+                "cond and uncond are swapped: w = 0 must give the unconditional prediction, w = 1 the conditional one"
+            )
         else:
-            hint = f"wrong for w = {w}: start at ε_∅ and move w times the difference ε_c − ε_∅"
+            hint = (
+                f"wrong for w = {w}: start at ε_∅ and move w times the difference ε_c − ε_∅ "
+                "(ε or v alike: the unconditional prediction plus w times conditional minus unconditional)"
+            )
         return _report(False, what, hint)
     return _report(True, what, "")
 
