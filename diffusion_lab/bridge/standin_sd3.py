@@ -11,7 +11,7 @@ code                       symbol    meaning
 ``v``                      v         the velocity target ε − z₀ (diffusers' ``FlowMatchEulerDiscreteScheduler.step``
                                      moves x by (t' − t)·v, so the network predicts ε − z₀)
 ``logit_mean``, ``_std``   m, s      t = sigmoid(u), u ~ N(m, s²) (SD3 §3.1 "logit-normal")
-``encoder_drop_prob``      p_drop    each text encoder's input dropped independently (SD3 §5.3: 46.4 %): a dropped
+``encoder_drop_prob``      p_drop    each text encoder's input dropped independently (SD3 §5.3: 46.3 %; here 46.4 %): a dropped
                                      CLIP reads "" (the embedding CFG's unconditional branch feeds), a dropped T5
                                      gives zeros (what the pipeline feeds with ``text_encoder_3=None``)
 ``clip_max_length``        L_clip    CLIP's window in tokens (9 = 7 characters + start/end; real CLIP: 77 BPE)
@@ -117,7 +117,7 @@ class SD3StandinConfig:
     ema_decay: float = 0.995
     caption_drop_prob: float = 0.25  # each attribute word dropped (the course's recipe): short prompts work too
     uncond_prob: float = 0.05  # the whole caption → "" in all three encoders (CFG's unconditional with T5 kept)
-    encoder_drop_prob: float = 0.464  # SD3 §5.3: each encoder independently
+    encoder_drop_prob: float = 0.464  # SD3 §5.3: 46.3 %, each encoder independently (the shipped recipe used 46.4 %)
     logit_mean: float = 0.5  # logit-normal as SD3 (0, 1), shifted to the noisy half as the course's tiny SD3
     logit_std: float = 1.0
     shift: float = 3.0  # the sampling scheduler's shift, as SD3
