@@ -40,6 +40,7 @@ What and why:
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -406,7 +407,7 @@ def measure_prompts(pipe, prompts: list[str], digits: torch.Tensor, classifier, 
     return {
         "n": len(prompts),
         "digit_adherence": prompt_adherence(images, digits, classifier),
-        "attribute_adherence": att["adherence"],
+        "attribute_adherence": None if math.isnan(att["adherence"]) else att["adherence"],  # no attribute asked: None
         **{f"attribute_{k}": att[k] for k in ("size", "thickness", "slant") if k in att},
     }
 
