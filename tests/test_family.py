@@ -109,10 +109,10 @@ def test_controlnet_follows_the_control_map(loaded):
     assert np.abs(first - moved).max() > 1e-3  # the structure reaches the image
     with pytest.raises(ValueError, match="control map is 32x48 but the image will be 64x64.*height=32, width=48"):
         family.check_control_image(edges, 64, 64)
-    with pytest.raises(ValueError, match="1 channel.*takes 3.*convert\\('RGB'\\)"):
-        family.check_control_image(edges.convert("L"), 32, 48)
-    with pytest.raises(ValueError, match="1 channel"):
-        family.check_control_image([torch.zeros(1, 1, 32, 48)], 32, 48)
+    family.check_control_image(edges.convert("L"), 32, 48)  # a greyscale PIL map: the pipeline makes it RGB
+    assert np.array_equal(run(edges.convert("L")), first)  # … and gives the RGB map's image exactly
+    with pytest.raises(ValueError, match="1 channel.*takes 3.*expand"):
+        family.check_control_image([torch.zeros(1, 1, 32, 48)], 32, 48)  # a 1-channel tensor is not converted
     with pytest.raises(TypeError, match="PIL image"):
         family.check_control_image("edges.png", 32, 48)
 

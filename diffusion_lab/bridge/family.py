@@ -306,7 +306,9 @@ def _chw(image) -> tuple[int, int, int]:
 def check_control_image(control, height: int, width: int, channels: int = 3) -> None:
     """The control map must have the output's size and the ControlNet's ``conditioning_channels``: diffusers
     resizes a map of another size to (height, width) without a word (edges get blurred and shifted) and fails deep
-    inside a convolution on a wrong channel count. A list (one map per prompt) is checked item by item."""
+    inside a convolution on a wrong channel count (of a tensor or array: a PIL image of any mode is converted to RGB
+    by the pipeline's control image processor, ``do_convert_rgb=True``, so a greyscale PIL map is fine for a
+    3-channel ControlNet). A list (one map per prompt) is checked item by item."""
     height, width, channels = (
         check_int(n, v) for n, v in (("height", height), ("width", width), ("channels", channels))
     )
@@ -315,6 +317,8 @@ def check_control_image(control, height: int, width: int, channels: int = 3) -> 
         raise ValueError("control is an empty list: give one control map, or one per prompt")
     for item in items:
         c, h, w = _chw(item)
+        if isinstance(item, Image.Image):
+            c = 3  # the pipeline converts every PIL control map to RGB before the ControlNet sees it
         _check_control_values(item)
         if (h, w) != (height, width):
             raise ValueError(
