@@ -152,6 +152,7 @@ MODELS: dict[str, ModelCard] = {
         "stabilityai/stable-diffusion-x4-upscaler",
         diffusers.StableDiffusionUpscalePipeline,
         tiny_sd_upscaler,
+        alternatives=("sd2-community/stable-diffusion-x4-upscaler",),  # an SD 2.0 release: if Stability removes it
         note="x4 upscaler: low-res RGB concatenated to the latent (UNet in 7 = 4 + 3), noise level as class label",
         trained="sd_x4_upscaler_mnist",
     ),
