@@ -109,3 +109,15 @@ def random_tiny_pipe():
             for p in m.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     return TinyStableDiffusionPipeline(vae, text_encoder, tokenizer, unet, DDIMScheduler(clip_sample=False))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one torch thread is as fast on an idle machine and far faster on a busy one (no OpenMP threads
+    waiting on each other). A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

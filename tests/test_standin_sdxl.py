@@ -38,12 +38,7 @@ def _load(key: str):
         return bridge.load_pipeline(key, _env(), standin="trained")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():  # tiny tensors: one thread avoids OpenMP threads waiting on each other on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

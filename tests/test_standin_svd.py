@@ -27,13 +27,7 @@ def _env() -> bridge.Environment:  # a CPU with no hub
     return bridge.Environment("cpu", None, None, False, None, False, ("test",))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast on an idle machine and far faster on a busy one (no OpenMP waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _with_card(mp) -> None:

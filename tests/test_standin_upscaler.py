@@ -22,13 +22,7 @@ from diffusion_lab.mnist.data import load_mnist
 KEY, FOLDER = "sd-x4-upscaler", "sd_x4_upscaler_mnist"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast on an idle machine and far faster on a busy one (no OpenMP waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _load():
