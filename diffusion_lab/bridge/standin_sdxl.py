@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from diffusion_lab.bridge.tiny import SDXL_SCHEDULER_CONFIG, _byte_level_symbols, _clip_text_config
+from diffusion_lab.bridge.tiny import SDXL_SCHEDULER_CONFIG, _byte_level_symbols, _clip_text_config, refiner_pipeline
 from diffusion_lab.mnist.captions import ATTRIBUTE_WORDS, DIGIT_NAMES, attributes, captions_for, fit_bins
 from diffusion_lab.mnist.data import load_mnist
 from diffusion_lab.utils.errors import check_int, check_number, check_tensor
@@ -234,20 +234,8 @@ def build_sdxl_refiner_standin(
 ) -> diffusers.StableDiffusionXLImg2ImgPipeline:
     """The untrained refiner: its own UNet (5 time ids, cross-attention on the second encoder only), the base's
     VAE and second text encoder shared, as the real refiner."""
-    pipe = diffusers.StableDiffusionXLImg2ImgPipeline(
-        vae=base.vae,
-        text_encoder=None,
-        text_encoder_2=base.text_encoder_2,
-        tokenizer=None,
-        tokenizer_2=base.tokenizer_2,
-        unet=_unet(5, base.text_encoder_2.config.hidden_size, base.text_encoder_2.config.projection_dim, seed),
-        scheduler=diffusers.EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
-        requires_aesthetics_score=True,
-        force_zeros_for_empty_prompt=False,
-        add_watermarker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    text_encoder_2 = base.text_encoder_2.config
+    return refiner_pipeline(base, _unet(5, text_encoder_2.hidden_size, text_encoder_2.projection_dim, seed))
 
 
 # --- the data: micro-conditioning that means something on MNIST ------------------------------------------------------

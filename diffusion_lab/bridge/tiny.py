@@ -192,14 +192,11 @@ def tiny_sdxl(seed: int = 0) -> diffusers.StableDiffusionXLPipeline:
     return pipe
 
 
-def tiny_sdxl_refiner(base: diffusers.StableDiffusionXLPipeline, seed: int = 10):
-    """A random-weight SDXL *refiner* (``StableDiffusionXLImg2ImgPipeline``) sharing ``base``'s VAE and second text
-    encoder, as the real refiner does: one text encoder (cross-attention width 32) and an aesthetic score instead
-    of the target size in its 5 micro-conditioning numbers (UNet input 5·8 + 32)."""
-    unet = _seeded(
-        seed,
-        lambda: _tiny_sdxl_unet(5, 32),
-    )
+def refiner_pipeline(
+    base: diffusers.StableDiffusionXLPipeline, unet: diffusers.UNet2DConditionModel
+) -> diffusers.StableDiffusionXLImg2ImgPipeline:
+    """An SDXL refiner around ``unet`` (5 micro-conditioning numbers: an aesthetic score instead of the target size),
+    sharing ``base``'s VAE and second text encoder as the real refiner does, with SDXL's scheduler."""
     pipe = diffusers.StableDiffusionXLImg2ImgPipeline(
         vae=base.vae,
         text_encoder=None,
@@ -214,6 +211,13 @@ def tiny_sdxl_refiner(base: diffusers.StableDiffusionXLPipeline, seed: int = 10)
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_sdxl_refiner(base: diffusers.StableDiffusionXLPipeline, seed: int = 10):
+    """A random-weight SDXL *refiner* (``StableDiffusionXLImg2ImgPipeline``) sharing ``base``'s VAE and second text
+    encoder, as the real refiner does: one text encoder (cross-attention width 32) and an aesthetic score instead
+    of the target size in its 5 micro-conditioning numbers (UNet input 5·8 + 32)."""
+    return refiner_pipeline(base, _seeded(seed, lambda: _tiny_sdxl_unet(5, 32)))
 
 
 def tiny_sd3(seed: int = 0, with_t5: bool = True) -> diffusers.StableDiffusion3Pipeline:
