@@ -26,6 +26,14 @@ HEAVY_ALLOWED: dict[str, str] = {
     "diffusion_lab.schedulers.scheduling_ddim": "register_to_config on the constructor (see scheduling_utils)",
     "diffusion_lab.schedulers.scheduling_flow_match_euler_discrete": "a diffusers SchedulerMixin + ConfigMixin with "
     "register_to_config (see scheduling_utils)",
+    "diffusion_lab.schedulers.scheduling_sigma_utils": "the σ-schedulers' base is a diffusers SchedulerMixin + "
+    "ConfigMixin (see scheduling_utils)",
+    "diffusion_lab.schedulers.scheduling_euler_discrete": "register_to_config on the constructor (see scheduling_utils)",
+    "diffusion_lab.schedulers.scheduling_euler_ancestral_discrete": "register_to_config on the constructor (see "
+    "scheduling_utils)",
+    "diffusion_lab.schedulers.scheduling_heun_discrete": "register_to_config on the constructor (see scheduling_utils)",
+    "diffusion_lab.schedulers.scheduling_dpmsolver_multistep": "register_to_config on the constructor (see "
+    "scheduling_utils)",
 }
 MAX_LINES = 600
 LONG_REASON = "Longer than 600 lines:"  # a module over MAX_LINES states why in its docstring, after these words

@@ -43,7 +43,13 @@ from diffusion_lab.maths.schedules import (
 )
 from diffusion_lab.utils.errors import check_generator, check_int, check_number, check_tensor
 
-__all__ = ["SchedulerOutput"]
+__all__ = [
+    "SchedulerOutput",
+    "betas_from_config",
+    "check_step_inputs",
+    "config_repr",
+    "plain_numbers_in_config",
+]
 
 KARRAS_COMPATIBLES = [e.name for e in KarrasDiffusionSchedulers]  # diffusers' ``_compatibles`` of DDPM and DDIM
 
@@ -64,6 +70,69 @@ def check_device(device: object) -> torch.device | None:
 def compatible_classes(ours: list[type], theirs: list[type]) -> list[type]:
     """Our compatible classes, then diffusers' (``SchedulerMixin._get_compatibles``), each class once."""
     return list(dict.fromkeys([*ours, *theirs]))
+
+
+def plain_numbers_in_config(scheduler: ConfigMixin) -> None:
+    """NumPy / torch scalars in the config (``num_train_timesteps=np.int64(1000)``) stored as the Python numbers
+    they hold, so the config saves as JSON and equals one built from plain numbers."""
+    plain = {
+        key: value.item()
+        for key, value in scheduler.config.items()
+        if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.ndim == 0)
+    }
+    if plain:
+        scheduler.register_to_config(**plain)
+
+
+def config_repr(scheduler: ConfigMixin) -> str:
+    """``ClassName(key=value, ...)`` of the public config entries."""
+    items = ", ".join(f"{k}={v!r}" for k, v in scheduler.config.items() if not k.startswith("_"))
+    return f"{type(scheduler).__name__}({items})"
+
+
+def betas_from_config(c) -> torch.Tensor:
+    """β_t (T,) float32 from a scheduler config, checked: ``num_train_timesteps`` >= 2, ``steps_offset`` >= 0, then
+    ``trained_betas`` (T values in (0, 1)) or ``beta_schedule`` with ``beta_start``/``beta_end``, rescaled to zero
+    terminal SNR if ``rescale_betas_zero_snr`` (a config without that key: no rescaling)."""
+    T = c.num_train_timesteps
+    if check_int("num_train_timesteps", T, minimum=None) < 2:
+        raise ValueError(f"num_train_timesteps must be an integer >= 2, got {T!r}")
+    if check_int("steps_offset", c.steps_offset, minimum=None) < 0:
+        raise ValueError(f"steps_offset must be an integer >= 0, got {c.steps_offset!r}")
+    for name in ("beta_start", "beta_end"):
+        check_number(name, c[name])
+    if c.trained_betas is not None:
+        try:
+            betas = torch.tensor(c.trained_betas, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"trained_betas must be {T} numbers in (0, 1), got {type(c.trained_betas).__name__}"
+            ) from None
+        if betas.ndim != 1 or len(betas) != T or not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError(f"trained_betas must be {T} values in (0, 1) (num_train_timesteps={T})")
+    else:
+        check_option("beta_schedule", c.beta_schedule, BETA_SCHEDULES)
+        if c.beta_schedule != "squaredcos_cap_v2" and not 0 < c.beta_start <= c.beta_end < 1:
+            raise ValueError(
+                f"need 0 < beta_start <= beta_end < 1, got beta_start={c.beta_start}, beta_end={c.beta_end}"
+            )
+        betas = make_betas(c.beta_schedule, int(T), c.beta_start, c.beta_end)
+    if c.get("rescale_betas_zero_snr", False):
+        betas = rescale_zero_terminal_snr(betas)
+    return betas
+
+
+def check_step_inputs(model_output: torch.Tensor, sample: torch.Tensor, generator: object = None) -> None:
+    """The inputs of ``step``: tensors of one shape (not scanned for NaN: that costs a pass over the data, and
+    diffusers does not) and a valid ``generator``."""
+    check_tensor("model_output", model_output, "(B, ...), the network's output")
+    check_tensor("sample", sample, "(B, ...), the current x_t")
+    check_generator("generator", generator, batch=sample.shape[0] if sample.ndim else None)
+    if model_output.shape != sample.shape:
+        raise ValueError(
+            f"model_output and sample must have the same shape, got {tuple(model_output.shape)} and "
+            f"{tuple(sample.shape)} (a learned-variance model returns 2x the channels: not supported)"
+        )
 
 
 @dataclass
@@ -107,57 +176,25 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
     init_noise_sigma = 1.0  # x_T ~ N(0, I): the start needs no scaling (Euler-type schedulers differ)
 
     def _setup(self) -> None:
-        self._plain_numbers_in_config()
+        plain_numbers_in_config(self)
         c = self.config
-        T = c.num_train_timesteps
-        if check_int("num_train_timesteps", T, minimum=None) < 2:
-            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {T!r}")
+        betas = betas_from_config(c)
         check_option("prediction_type", c.prediction_type, PREDICTION_TYPES)
         check_option("timestep_spacing", c.timestep_spacing, TIMESTEP_SPACINGS)
-        if check_int("steps_offset", c.steps_offset, minimum=None) < 0:
-            raise ValueError(f"steps_offset must be an integer >= 0, got {c.steps_offset!r}")
-        for name in ("beta_start", "beta_end", "clip_sample_range", "dynamic_thresholding_ratio", "sample_max_value"):
+        for name in ("clip_sample_range", "dynamic_thresholding_ratio", "sample_max_value"):
             check_number(name, c[name])
         if c.clip_sample and not c.clip_sample_range > 0:
             raise ValueError(f"clip_sample_range must be > 0, got {c.clip_sample_range!r}")
         if c.thresholding:
             dynamic_threshold(torch.zeros(1, 1), c.dynamic_thresholding_ratio, c.sample_max_value)  # validates both
-        if c.trained_betas is not None:
-            try:
-                betas = torch.tensor(c.trained_betas, dtype=torch.float32)
-            except (TypeError, ValueError, RuntimeError):
-                raise TypeError(
-                    f"trained_betas must be {T} numbers in (0, 1), got {type(c.trained_betas).__name__}"
-                ) from None
-            if betas.ndim != 1 or len(betas) != T or not bool(((betas > 0) & (betas < 1)).all()):
-                raise ValueError(f"trained_betas must be {T} values in (0, 1) (num_train_timesteps={T})")
-        else:
-            check_option("beta_schedule", c.beta_schedule, BETA_SCHEDULES)
-            if c.beta_schedule != "squaredcos_cap_v2" and not 0 < c.beta_start <= c.beta_end < 1:
-                raise ValueError(
-                    f"need 0 < beta_start <= beta_end < 1, got beta_start={c.beta_start}, beta_end={c.beta_end}"
-                )
-            betas = make_betas(c.beta_schedule, int(T), c.beta_start, c.beta_end)
-        if c.rescale_betas_zero_snr:
-            betas = rescale_zero_terminal_snr(betas)
         self.betas = betas  # (T,) β_t
         self.alphas = 1.0 - betas  # (T,) α_t
         self.alphas_cumprod = alphas_cumprod_from_betas(betas)  # (T,) ᾱ_t
         self.one = torch.tensor(1.0)  # ᾱ past the end of the chain (before step 0)
         self.num_inference_steps: int | None = None
         self.custom_timesteps = False  # True after set_timesteps(timesteps=[...])
+        T = c.num_train_timesteps
         self.timesteps = torch.from_numpy(np.arange(0, T)[::-1].copy().astype(np.int64))  # all T steps
-
-    def _plain_numbers_in_config(self) -> None:
-        """NumPy / torch scalars in the config (``num_train_timesteps=np.int64(1000)``) stored as the Python numbers
-        they hold, so the config saves as JSON and equals one built from plain numbers."""
-        plain = {
-            key: value.item()
-            for key, value in self.config.items()
-            if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.ndim == 0)
-        }
-        if plain:
-            self.register_to_config(**plain)
 
     @classmethod
     def _get_compatibles(cls) -> list[type]:
@@ -165,8 +202,7 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
         return compatible_classes(_Scheduler.__subclasses__(), super()._get_compatibles())
 
     def __repr__(self) -> str:
-        items = ", ".join(f"{k}={v!r}" for k, v in self.config.items() if not k.startswith("_"))
-        return f"{type(self).__name__}({items})"
+        return config_repr(self)
 
     # --- timesteps -------------------------------------------------------------------------------------------
 
@@ -237,16 +273,7 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
         return int(timestep)
 
     def _check_step_inputs(self, model_output: torch.Tensor, sample: torch.Tensor, generator: object = None) -> None:
-        """Tensors of one shape (not scanned for NaN: that costs a pass over the data, and diffusers does not) and
-        a valid ``generator``."""
-        check_tensor("model_output", model_output, "(B, ...), the network's output")
-        check_tensor("sample", sample, "(B, ...), the current x_t")
-        check_generator("generator", generator, batch=sample.shape[0] if sample.ndim else None)
-        if model_output.shape != sample.shape:
-            raise ValueError(
-                f"model_output and sample must have the same shape, got {tuple(model_output.shape)} and "
-                f"{tuple(sample.shape)} (a learned-variance model returns 2x the channels: not supported)"
-            )
+        check_step_inputs(model_output, sample, generator)
 
     def _timesteps_of(self, timesteps: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         t = check_timesteps("timesteps", timesteps, self.config.num_train_timesteps, batch=like.shape[0])
