@@ -111,8 +111,7 @@ def sigma_to_timestep(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
 
     ``log_sigmas``: (T,) log σ_t of the training steps, increasing (float32 in diffusers); ``sigmas``: (n,) or a
     scalar. Outside the table the result is clipped to 0 or T−1. Returns float64 of the shape of ``sigmas``."""
-    sigmas = np.asarray(sigmas)
-    log_sigmas = np.asarray(log_sigmas)
+    sigmas, log_sigmas = _numpy(sigmas), _numpy(log_sigmas)
     if log_sigmas.ndim != 1 or len(log_sigmas) < 2:
         raise ValueError(f"log_sigmas must be 1-D with at least 2 values, got shape {log_sigmas.shape}")
     log_sigma = np.log(np.maximum(sigmas, 1e-10))  # (n,)
@@ -128,8 +127,15 @@ def sigma_to_timestep(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
 def timesteps_to_sigmas(timesteps: np.ndarray, sigmas: torch.Tensor | np.ndarray) -> np.ndarray:
     """σ at (possibly fractional) timesteps: linear interpolation in the (T,) table ``sigmas`` (``np.interp``, as
     diffusers' ``interpolation_type="linear"``). (n,) → (n,) float64."""
-    table = np.asarray(sigmas)
-    return np.interp(np.asarray(timesteps), np.arange(0, len(table)), table)
+    table = _numpy(sigmas)
+    return np.interp(_numpy(timesteps), np.arange(0, len(table)), table)
+
+
+def _numpy(values: object) -> np.ndarray:
+    """A tensor (moved to the CPU), array, list or number as a NumPy array."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
 
 
 def sigma_timesteps(

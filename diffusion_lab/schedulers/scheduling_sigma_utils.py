@@ -132,7 +132,7 @@ class _SigmaScheduler(SchedulerMixin, ConfigMixin):
 
     def _train_sigmas(self) -> np.ndarray:
         """σ_t of the T training steps, (T,) float32, increasing in t (diffusers computes it from ᾱ each time)."""
-        return np.array(vp_sigmas(self.alphas_cumprod))
+        return vp_sigmas(self.alphas_cumprod).numpy().copy()
 
     def _spaced_sigmas(
         self, num_inference_steps: object, karras: bool, sigma_min: float | None = None, sigma_max: float | None = None
