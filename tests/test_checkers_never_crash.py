@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from diffusion_lab.course import exercises
 from diffusion_lab.maths.diffusion import ddim_step, ddpm_step, q_sample, x0_from_eps
 from diffusion_lab.maths.guidance import rescale_noise_cfg
-from diffusion_lab.maths.schedules import inference_timesteps, schedule_table, snr
+from diffusion_lab.maths.schedules import inference_timesteps, rescale_zero_terminal_snr, schedule_table, snr
 
 SECONDS_PER_CALL = 2.0  # every checker answers in milliseconds; a slow one would stall a notebook cell
 
@@ -83,9 +83,16 @@ def _noise_embedding(emb, mean, std, noise, ab, level):
     return (ab[level].sqrt() * (emb - mean) / std + (1 - ab[level]).sqrt() * noise) * std + mean
 
 
+def _jump(x_s, s, t, noise, ab):
+    ratio = (ab[t] / ab[s]).view(-1, *[1] * (x_s.ndim - 1))  # ᾱ_t / ᾱ_s
+    return ratio.sqrt() * x_s + (1 - ratio).sqrt() * noise
+
+
 RIGHT_FUNCTIONS = {
     "check_q_sample": q_sample,
     "check_trailing_timesteps": lambda n, T: inference_timesteps(n, T, "trailing"),
+    "check_jump_between": _jump,
+    "check_zero_terminal_snr": rescale_zero_terminal_snr,
     "check_ddpm_loss": lambda model, x0, t, noise, ab: (noise - model(q_sample(x0, t, noise, ab), t)).pow(2).mean(),
     "check_ddpm_step": lambda eps, x_t, ab_t, ab_prev, z: ddpm_step(x0_from_eps(x_t, eps, ab_t), x_t, ab_t, ab_prev, z),
     "check_ddim_step": ddim_step,

@@ -2,9 +2,11 @@
 True or False, so a cell can also ``assert`` it; an error raised by the student's code becomes a ❌, never a crash."""
 
 from diffusion_lab.course.exercises.nb01_forward_diffusion import (
+    check_jump_between,
     check_q_sample,
     check_snr_crossing,
     check_trailing_timesteps,
+    check_zero_terminal_snr,
 )
 from diffusion_lab.course.exercises.nb02_ddpm import check_ddpm_loss, check_ddpm_step
 from diffusion_lab.course.exercises.nb03_samplers import check_ddim_step, check_timesteps_answer
@@ -34,6 +36,8 @@ __all__ = [
     "check_q_sample",
     "check_snr_crossing",
     "check_trailing_timesteps",
+    "check_jump_between",
+    "check_zero_terminal_snr",
     "check_ddpm_loss",
     "check_ddpm_step",
     "check_ddim_step",

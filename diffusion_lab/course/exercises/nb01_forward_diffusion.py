@@ -6,6 +6,8 @@ checker                       the student's function must return
 ``check_q_sample``            x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε, one t per sample (DDPM Eq. 4)
 ``check_snr_crossing``        the first t with SNR_t = ᾱ_t/(1 − ᾱ_t) < 1 (0 dB)
 ``check_trailing_timesteps``  trailing spacing: round(T − k·T/n) − 1, k = 0..n−1
+``check_jump_between``        x_t from x_s (s < t): √(ᾱ_t/ᾱ_s)·x_s + √(1 − ᾱ_t/ᾱ_s)·ε, one (s, t) per sample
+``check_zero_terminal_snr``   the betas of Lin et al. 2024's Algorithm 1 (diffusers' ``rescale_zero_terminal_snr``)
 ============================  =============================================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
@@ -25,15 +27,30 @@ from diffusion_lab.course.exercises.checking import (
     _as_int_list,
     _as_number,
     _as_tensor,
+    _call_tensor,
     _check_callable,
     _finite_hint,
     _report,
 )
 from diffusion_lab.maths.diffusion import q_sample
-from diffusion_lab.maths.schedules import BETA_SCHEDULES, inference_timesteps, schedule_table, snr
+from diffusion_lab.maths.schedules import (
+    BETA_SCHEDULES,
+    inference_timesteps,
+    linear_betas,
+    rescale_zero_terminal_snr,
+    scaled_linear_betas,
+    schedule_table,
+    snr,
+)
 from diffusion_lab.utils.errors import check_choice
 
-__all__ = ["check_q_sample", "check_snr_crossing", "check_trailing_timesteps"]
+__all__ = [
+    "check_q_sample",
+    "check_snr_crossing",
+    "check_trailing_timesteps",
+    "check_jump_between",
+    "check_zero_terminal_snr",
+]
 
 
 def check_q_sample(fn: Callable[..., torch.Tensor]) -> bool:
@@ -117,4 +134,91 @@ def check_trailing_timesteps(fn: Callable[[int, int], np.ndarray]) -> bool:
                 f"for n={n}, T={T} expected {want}, got {got}: start at T−1, step down by "
                 "T/n, round halves to even (Python's round and np.round do)",
             )
+    return _report(True, what, "")
+
+
+def check_jump_between(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(x_s, s, t, noise, alphas_cumprod)`` must return a sample of q(x_t | x_s) for s ≤ t (one pair per sample):
+    x_t = √(ᾱ_t/ᾱ_s)·x_s + √(1 − ᾱ_t/ᾱ_s)·noise, because the steps s+1..t multiply to ∏ α_r = ᾱ_t/ᾱ_s.
+
+    Tried on MNIST-shaped batches (B, 1, 28, 28) and on 2-D points (B, 2), with s = t in one sample (no steps: x_t = x_s).
+    """
+    _check_callable(fn)
+    what = "jump from x_s to x_t"
+    g = torch.Generator().manual_seed(321)
+    ab = schedule_table()["linear"]
+    for shape in [(5, 1, 28, 28), (4, 2)]:
+        x_s, noise = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+        s = torch.randint(0, 900, (shape[0],), generator=g)
+        t = s + torch.randint(1, 100, (shape[0],), generator=g)
+        t[0] = s[0]  # no step at all: x_t must be x_s
+        view = (-1, *[1] * (len(shape) - 1))
+        ratio = (ab[t] / ab[s]).reshape(view)  # ᾱ_t / ᾱ_s = α_{s+1}···α_t
+        want = ratio.sqrt() * x_s + (1 - ratio).sqrt() * noise
+        got, hint = _call_tensor(
+            fn, what, want, "for x_s of shape {want} return shape {want}, not {got}", x_s, s, t, noise, ab
+        )
+        if hint:
+            return _report(False, what, hint)
+        if torch.allclose(got, want, atol=1e-5):
+            continue
+        ab_t, ab_s = ab[t].reshape(view), ab[s].reshape(view)
+        if torch.allclose(got, ab_t.sqrt() * x_s + (1 - ab_t).sqrt() * noise, atol=1e-5):
+            hint = "that is q_sample: it treats x_s as clean data; only the steps s+1..t act, so use ᾱ_t/ᾱ_s"
+        elif torch.allclose(got, ratio.sqrt() * x_s + (1 - ab_t).sqrt() * noise, atol=1e-5) or torch.allclose(
+            got, ratio.sqrt() * x_s + (ab_s - ab_t).sqrt() * noise, atol=1e-5
+        ):
+            hint = "the mean is right; the noise variance of the jump is 1 − ᾱ_t/ᾱ_s (x_s already holds its own noise)"
+        else:
+            hint = "unroll the chain from x_s: the signal factors multiply to √(ᾱ_t/ᾱ_s), and the variances add up to 1 − ᾱ_t/ᾱ_s"
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def _diffusers_rescale(betas: torch.Tensor) -> torch.Tensor:
+    """diffusers' ``rescale_zero_terminal_snr``; the library's (equal to it) if diffusers is absent."""
+    try:
+        from diffusers.schedulers import scheduling_ddim  # lazy: diffusers takes seconds to import
+
+        reference = scheduling_ddim.rescale_zero_terminal_snr
+    except ImportError:  # the library's function equals it (tests/test_scheduler_parity.py)
+        reference = rescale_zero_terminal_snr
+    return reference(betas.clone())
+
+
+def check_zero_terminal_snr(fn: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """``fn(betas)`` (T,) must return the betas of Lin et al. 2024, Algorithm 1: √ᾱ shifted so that its last value is
+    0 and scaled so that its first is unchanged, converted back to betas. Compared with ``diffusers``'
+    ``rescale_zero_terminal_snr`` on the linear and scaled-linear schedules (T = 1000) and a short one (T = 10)."""
+    _check_callable(fn)
+    what = "zero terminal SNR rescale"
+    for betas in (scaled_linear_betas(1000), linear_betas(1000), scaled_linear_betas(10, 0.01, 0.2)):
+        want = _diffusers_rescale(betas)  # (T,), its last value is 1: ᾱ_{T−1} = 0
+        got, hint = _call_tensor(fn, what, want, "return one beta per timestep, shape {want}, not {got}", betas)
+        if hint:
+            return _report(False, what, hint)
+        got = got.to(torch.float64)
+        if torch.allclose(got, want.double(), rtol=1e-4, atol=1e-6):
+            continue
+        ab = torch.cumprod(1 - betas.double(), 0)  # the original ᾱ
+        ab_got = torch.cumprod(1 - got, 0)
+        want_ab = torch.cumprod(1 - want.double(), 0)
+        if torch.allclose(got, want_ab, rtol=1e-4, atol=1e-6):
+            hint = "you returned ᾱ; convert back to betas: α_t = ᾱ_t/ᾱ_{t−1} (α_0 = ᾱ_0), β_t = 1 − α_t"
+        elif torch.allclose(got[:-1], betas[:-1].double(), rtol=1e-4, atol=1e-7) and abs(ab_got[-1]) < 1e-6:
+            hint = (
+                "you only zeroed the last value (β_{T−1} = 1): ᾱ jumps from its old tiny value to 0 in one step. "
+                "Algorithm 1 shifts EVERY √ᾱ_t down by √ᾱ_{T−1}, then scales by √ᾱ_0/(√ᾱ_0 − √ᾱ_{T−1})"
+            )
+        elif abs(ab_got[-1]) > 1e-6:
+            hint = "the last ᾱ must be exactly 0: shift √ᾱ by its last value, √ᾱ_t − √ᾱ_{T−1}"
+        elif abs(ab_got[0].sqrt() - ab[0].sqrt()) > 1e-5:
+            hint = "the first √ᾱ must be unchanged: after the shift, scale by √ᾱ_0/(√ᾱ_0 − √ᾱ_{T−1})"
+        else:
+            shifted = (ab - ab[-1]) * ab[0] / (ab[0] - ab[-1])  # the same recipe applied to ᾱ instead of √ᾱ
+            if torch.allclose(ab_got, shifted, rtol=1e-4, atol=1e-7):
+                hint = "shift and scale √ᾱ, not ᾱ itself (then square it)"
+            else:
+                hint = "√ᾱ'_t = (√ᾱ_t − √ᾱ_{T−1})·√ᾱ_0/(√ᾱ_0 − √ᾱ_{T−1}); then ᾱ' = (√ᾱ')², α'_t = ᾱ'_t/ᾱ'_{t−1}, β' = 1 − α'"
+        return _report(False, what, hint)
     return _report(True, what, "")

@@ -1,0 +1,134 @@
+"""The exercise checks of notebook 01 added for its derivation exercises: the jump q(x_t | x_s) and Lin et al.'s
+zero-terminal-SNR rescale.
+
+Each check must accept right answers written here independently of the library (a loop, NumPy, float64) and reject
+the plausible wrong ones with a hint that names the mistake. The rescale's reference is diffusers' own function.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as diffusers_rescale
+
+from diffusion_lab.course.exercises.nb01_forward_diffusion import check_jump_between, check_zero_terminal_snr
+
+
+def _outcomes(capsys) -> list[str]:
+    return capsys.readouterr().out.splitlines()
+
+
+def _accepts(check, *answers, capsys) -> None:
+    for answer in answers:
+        assert check(answer) is True, answer
+    lines = _outcomes(capsys)
+    assert len(lines) == len(answers) and all(line.startswith("✅") for line in lines), lines
+
+
+def _rejects(check, answer, *hint_words, capsys) -> None:
+    """``check(answer)`` is False, prints one ❌ line, and its hint contains every one of ``hint_words``."""
+    assert check(answer) is False, answer
+    lines = _outcomes(capsys)
+    assert len(lines) == 1 and lines[0].startswith("❌"), lines
+    for word in hint_words:
+        assert word in lines[0], (word, lines[0])
+
+
+# --- the jump q(x_t | x_s) ------------------------------------------------------------------------------------------
+
+
+def _view(x, v):
+    return v.reshape(-1, *[1] * (x.ndim - 1))
+
+
+def jump_vectorised(x_s, s, t, noise, ab):
+    ratio = _view(x_s, ab[t] / ab[s])  # ᾱ_t / ᾱ_s
+    return ratio.sqrt() * x_s + (1 - ratio).sqrt() * noise
+
+
+def jump_by_loop(x_s, s, t, noise, ab):
+    """The product of the α of the steps s+1..t, one sample at a time, in float64."""
+    out = []
+    alphas = torch.cat([ab[:1], ab[1:] / ab[:-1]]).double()
+    for i in range(len(x_s)):
+        a = 1.0
+        for r in range(int(s[i]) + 1, int(t[i]) + 1):
+            a *= float(alphas[r])
+        out.append(a**0.5 * x_s[i].double() + (1 - a) ** 0.5 * noise[i].double())
+    return torch.stack(out)
+
+
+def test_jump_accepts_right_answers(capsys):
+    numpy_version = lambda x_s, s, t, noise, ab: jump_vectorised(  # noqa: E731
+        torch.from_numpy(x_s.numpy()), s, t, torch.from_numpy(noise.numpy()), ab
+    ).numpy()
+    _accepts(check_jump_between, jump_vectorised, jump_by_loop, numpy_version, capsys=capsys)
+
+
+def test_jump_rejects_plausible_wrong_answers(capsys):
+    def as_q_sample(x_s, s, t, noise, ab):  # treats x_s as clean data
+        a = _view(x_s, ab[t])
+        return a.sqrt() * x_s + (1 - a).sqrt() * noise
+
+    def full_noise(x_s, s, t, noise, ab):  # right mean, the whole 1 − ᾱ_t of noise
+        return _view(x_s, ab[t] / ab[s]).sqrt() * x_s + _view(x_s, 1 - ab[t]).sqrt() * noise
+
+    def difference(x_s, s, t, noise, ab):  # ᾱ_s − ᾱ_t as the variance
+        return _view(x_s, ab[t] / ab[s]).sqrt() * x_s + _view(x_s, ab[s] - ab[t]).sqrt() * noise
+
+    def off_by_one(x_s, s, t, noise, ab):  # counts step s as well
+        ratio = _view(x_s, ab[t] / ab[(s - 1).clamp(min=0)])
+        return ratio.sqrt() * x_s + (1 - ratio).sqrt() * noise
+
+    _rejects(check_jump_between, as_q_sample, "treats x_s as clean data", capsys=capsys)
+    _rejects(check_jump_between, full_noise, "noise variance", capsys=capsys)
+    _rejects(check_jump_between, difference, "noise variance", capsys=capsys)
+    _rejects(check_jump_between, off_by_one, "ᾱ_t/ᾱ_s", capsys=capsys)
+    _rejects(check_jump_between, lambda x_s, s, t, noise, ab: x_s[:1], "return shape", capsys=capsys)
+    _rejects(check_jump_between, lambda x_s, s, t, noise, ab: None, "returns None", capsys=capsys)
+
+
+# --- Lin et al. 2024, Algorithm 1 -----------------------------------------------------------------------------------
+
+
+def rescale_numpy(betas):
+    """Algorithm 1 written out in NumPy float64."""
+    ab = np.cumprod(1 - np.asarray(betas, dtype=np.float64))
+    root = np.sqrt(ab)
+    root = (root - root[-1]) * root[0] / (root[0] - root[-1])
+    ab = root**2
+    return 1 - np.concatenate([ab[:1], ab[1:] / ab[:-1]])
+
+
+def test_zero_terminal_snr_accepts_right_answers(capsys):
+    _accepts(check_zero_terminal_snr, diffusers_rescale, rescale_numpy,
+             lambda b: torch.from_numpy(rescale_numpy(b.numpy())), capsys=capsys)  # fmt: skip
+
+
+def test_zero_terminal_snr_rejects_plausible_wrong_answers(capsys):
+    def only_last(betas):  # zero the last ᾱ and nothing else
+        out = betas.clone()
+        out[-1] = 1.0
+        return out
+
+    def shift_only(betas):  # no scaling back: the first √ᾱ changes
+        root = torch.cumprod(1 - betas.double(), 0).sqrt()
+        ab = (root - root[-1]) ** 2
+        return 1 - torch.cat([ab[:1], ab[1:] / ab[:-1]])
+
+    def on_alphas_bar(betas):  # Algorithm 1 applied to ᾱ instead of √ᾱ
+        ab = torch.cumprod(1 - betas.double(), 0)
+        ab = (ab - ab[-1]) * ab[0] / (ab[0] - ab[-1])
+        return 1 - torch.cat([ab[:1], ab[1:] / ab[:-1]])
+
+    def returns_alphas_bar(betas):
+        return torch.cumprod(1 - diffusers_rescale(betas.clone()), 0)
+
+    _rejects(check_zero_terminal_snr, only_last, "only zeroed the last value", "EVERY", capsys=capsys)
+    _rejects(check_zero_terminal_snr, shift_only, "first √ᾱ must be unchanged", capsys=capsys)
+    _rejects(check_zero_terminal_snr, on_alphas_bar, "not ᾱ itself", capsys=capsys)
+    _rejects(check_zero_terminal_snr, returns_alphas_bar, "you returned ᾱ", capsys=capsys)
+    _rejects(check_zero_terminal_snr, lambda b: b, "last ᾱ must be exactly 0", capsys=capsys)  # unchanged
+    _rejects(check_zero_terminal_snr, lambda b: b[:-1], "shape", capsys=capsys)
+    _rejects(check_zero_terminal_snr, lambda b: None, "returns None", capsys=capsys)
+    _rejects(check_zero_terminal_snr, lambda b: 1 / 0, "raised ZeroDivisionError", capsys=capsys)
