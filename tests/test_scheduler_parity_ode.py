@@ -20,23 +20,16 @@ import torch
 from diffusion_lab import schedulers as ours_mod
 from diffusion_lab.maths.solvers import karras_sigmas, sigma_to_timestep, vp_sigmas
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation:DeprecationWarning"
-)  # diffusers' np.array(tensor)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),  # diffusers' np.array(tensor)
+]
 STEPS = (1, 2, 5, 10, 25)
 SPACINGS = ("linspace", "leading", "trailing")
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 ATOL = 1e-6
 CLASSES = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
            "DPMSolverMultistepScheduler")  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _pair(name: str, **kw):
