@@ -178,6 +178,11 @@ def dpm_timesteps(
         return np.linspace(0, last - 1, n + 1).round()[::-1][:-1].copy().astype(np.int64)
     if spacing == "leading":
         ratio = last // (n + 1)
+        if ratio == 0:  # diffusers returns n copies of steps_offset (and the solver divides by h = 0)
+            raise ValueError(
+                f"timestep_spacing='leading' with num_inference_steps={n} needs n + 1 <= {last} training steps "
+                "(DPM-Solver spaces n + 1 points); use fewer steps or 'trailing'"
+            )
         return (np.arange(0, n + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64) + steps_offset
     ratio = T / n
     return np.arange(last, 0, -ratio).round().copy().astype(np.int64)[:n] - 1

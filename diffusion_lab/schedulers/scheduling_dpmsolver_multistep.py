@@ -11,7 +11,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader finds the base class by name in the module that defines the component)
 
-from diffusion_lab.maths.checks import check_option
+from diffusion_lab.maths.checks import check_option, check_same_shape
 from diffusion_lab.maths.diffusion import dynamic_threshold
 from diffusion_lab.maths.solvers import (
     SOLVER_TYPES,
@@ -165,9 +165,8 @@ class DPMSolverMultistepScheduler(_SigmaScheduler):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t = α_t·x_0 + σ_t·ε at each sample's timestep (DDPM Eq. 4 with α_t = √ᾱ_t). (B, ...) → (B, ...)."""
-        sigma = self._sigmas_at(timesteps, original_samples)
-        alpha_t, sigma_t = vp_alpha_sigma(sigma)
-        check_tensor("noise", noise, "(B, ...), the noise ε")
+        check_same_shape("original_samples", original_samples, "noise", noise, "(B, ...), the clean x_0 and ε")
+        alpha_t, sigma_t = vp_alpha_sigma(self._sigmas_at(timesteps, original_samples))
         return alpha_t * original_samples + sigma_t * noise
 
     def convert_model_output(self, model_output: torch.Tensor, *args, sample: torch.Tensor, **kwargs) -> torch.Tensor:
