@@ -37,6 +37,7 @@ from diffusion_lab.maths.solvers import (
 )
 from diffusion_lab.schedulers.scheduling_utils import (
     KARRAS_COMPATIBLES,
+    StepIndexMixin,
     _Scheduler,
     betas_from_config,
     check_device,
@@ -45,7 +46,7 @@ from diffusion_lab.schedulers.scheduling_utils import (
     config_repr,
     plain_numbers_in_config,
 )
-from diffusion_lab.utils.errors import check_int, check_number, check_tensor
+from diffusion_lab.utils.errors import check_tensor
 
 __all__ = ["FLOW_CONFIG_MESSAGE"]
 
@@ -70,7 +71,7 @@ def _is_flow_config(config: object) -> bool:
     )
 
 
-class _SigmaScheduler(SchedulerMixin, ConfigMixin):
+class _SigmaScheduler(StepIndexMixin, SchedulerMixin, ConfigMixin):
     """Schedule, σ table, step index, forward process and checks of the four σ-schedulers. Subclasses call
     :meth:`_setup` from their ``@register_to_config`` constructor and implement ``set_timesteps`` and ``step``."""
 
@@ -183,43 +184,6 @@ class _SigmaScheduler(SchedulerMixin, ConfigMixin):
             return max_sigma
         return (max_sigma**2 + 1) ** 0.5
 
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start stepping at this index (pipelines call it; img2img starts part-way down the schedule)."""
-        self._begin_index = check_int("begin_index", begin_index, minimum=0)
-
-    def index_for_timestep(self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
-        """Position of ``timestep`` in the schedule (as diffusers: the second match if it occurs twice, so that a
-        schedule entered at a repeated timestep does not skip a σ); ``ValueError`` if it is not there."""
-        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
-        if isinstance(timestep, torch.Tensor):
-            if timestep.numel() != 1:
-                raise ValueError(
-                    f"timestep must be one value of scheduler.timesteps, got shape {tuple(timestep.shape)}"
-                )
-            t = timestep.to(schedule.device)
-        else:
-            t = check_number("timestep", timestep)
-        indices = (schedule == t).nonzero()
-        if len(indices) == 0:
-            shown = schedule.tolist()
-            shown = f"{shown[:6]} … {shown[-2:]}" if len(shown) > 8 else f"{shown}"
-            raise ValueError(
-                f"timestep {float(t):g} is not one of this scheduler's timesteps {shown} ({len(schedule)} steps); pass "
-                "t from scheduler.timesteps (after set_timesteps), not the loop index"
-            )
-        return int(indices[1 if len(indices) > 1 else 0].item())
-
-    def _init_step_index(self, timestep: float | torch.Tensor) -> None:
-        self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
-
     def _check_ready(self, timestep: object) -> None:
         """``set_timesteps`` was called, a float timestep (integers: the loop index?), the schedule not finished."""
         if self.num_inference_steps is None:
@@ -256,13 +220,7 @@ class _SigmaScheduler(SchedulerMixin, ConfigMixin):
         (B, 1, ..., 1) for ``like``."""
         check_tensor("timesteps", timesteps, "(B,) values of scheduler.timesteps")
         sigmas = self.sigmas.to(device=like.device, dtype=like.dtype)
-        schedule = self.timesteps.to(like.device)
-        timesteps = timesteps.to(like.device).reshape(-1)
-        if self._begin_index is None:
-            indices = [self.index_for_timestep(t, schedule) for t in timesteps]
-        else:
-            indices = [self._step_index if self._step_index is not None else self._begin_index] * len(timesteps)
-        return sigmas[indices].flatten().reshape(-1, *([1] * (like.ndim - 1)))
+        return sigmas[self._indices_of(timesteps)].flatten().reshape(-1, *([1] * (like.ndim - 1)))
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The forward process in the σ scale: x = x_0 + σ·ε at each sample's timestep. (B, ...) → (B, ...)."""

@@ -45,6 +45,7 @@ from diffusion_lab.utils.errors import check_generator, check_int, check_number,
 
 __all__ = [
     "SchedulerOutput",
+    "StepIndexMixin",
     "betas_from_config",
     "check_step_inputs",
     "config_repr",
@@ -133,6 +134,62 @@ def check_step_inputs(model_output: torch.Tensor, sample: torch.Tensor, generato
             f"model_output and sample must have the same shape, got {tuple(model_output.shape)} and "
             f"{tuple(sample.shape)} (a learned-variance model returns 2x the channels: not supported)"
         )
+
+
+class StepIndexMixin:
+    """The step counter of diffusers' σ- and flow-schedulers (``step_index``, ``begin_index``, ``set_begin_index``,
+    ``index_for_timestep``): ``step`` finds its place in ``self.timesteps`` once, on the first call, then counts.
+    The class sets ``self.timesteps``, ``self._step_index`` and ``self._begin_index``."""
+
+    timesteps: torch.Tensor
+    _step_index: int | None
+    _begin_index: int | None
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start stepping at this index (pipelines call it; img2img starts part-way down the schedule)."""
+        self._begin_index = check_int("begin_index", begin_index, minimum=0)
+
+    def index_for_timestep(self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
+        """Position of ``timestep`` in the schedule (as diffusers: the second match if it occurs twice, so that a
+        schedule entered at a repeated timestep does not skip a step); ``ValueError`` if it is not there."""
+        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        if isinstance(timestep, torch.Tensor):
+            if timestep.numel() != 1:
+                raise ValueError(
+                    f"timestep must be one value of scheduler.timesteps, got shape {tuple(timestep.shape)}"
+                )
+            t = timestep.to(schedule.device)
+        else:
+            t = check_number("timestep", timestep)
+        indices = (schedule == t).nonzero()
+        if len(indices) == 0:
+            shown = schedule.tolist()
+            shown = f"{shown[:6]} … {shown[-2:]}" if len(shown) > 8 else f"{shown}"
+            raise ValueError(
+                f"timestep {float(t):g} is not one of this scheduler's timesteps {shown} ({len(schedule)} steps); pass "
+                "t from scheduler.timesteps (after set_timesteps), not the loop index"
+            )
+        return int(indices[1 if len(indices) > 1 else 0].item())
+
+    def _init_step_index(self, timestep: float | torch.Tensor) -> None:
+        self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+
+    def _indices_of(self, timesteps: torch.Tensor) -> list[int]:
+        """Schedule positions of a batch of timesteps (``add_noise``): looked up, or, after ``set_begin_index``, the
+        current step (the begin index before the first step), as diffusers."""
+        timesteps = timesteps.reshape(-1)
+        if self._begin_index is None:
+            schedule = self.timesteps.to(timesteps.device)
+            return [self.index_for_timestep(t, schedule) for t in timesteps]
+        return [self._step_index if self._step_index is not None else self._begin_index] * len(timesteps)
 
 
 @dataclass
