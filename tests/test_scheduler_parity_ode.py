@@ -18,7 +18,22 @@ import pytest
 import torch
 
 from diffusion_lab import schedulers as ours_mod
-from diffusion_lab.maths.solvers import karras_sigmas, sigma_to_timestep, vp_sigmas
+from diffusion_lab.maths.diffusion import ddim_step, predict_x0_and_eps
+from diffusion_lab.maths.solvers import (
+    ancestral_sigmas,
+    dpm_lambda,
+    dpmpp_first_order_step,
+    dpmpp_second_order_step,
+    euler_step,
+    heun_step,
+    karras_sigmas,
+    ode_derivative,
+    sigma_predict_x0,
+    sigma_to_timestep,
+    vp_alpha_sigma,
+    vp_predict_x0,
+    vp_sigmas,
+)
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -184,6 +199,54 @@ def test_pure_functions_equal_diffusers_helpers():
         assert (ts == [theirs._sigma_to_t(s, torch.from_numpy(table).log().numpy()) for s in ks]).all()
     ks = karras_sigmas(0.002, 80.0, 5)
     torch.testing.assert_close(torch.from_numpy(ks[[0, -1]]), torch.tensor([80.0, 0.002], dtype=torch.float64))
+
+
+def test_the_maths_identities():
+    """What the notebook will derive: Euler in σ is DDIM (η = 0); DPM-Solver++(1) is DDIM too; Heun is exact on a
+    linear ODE where Euler is not; the ancestral split keeps the noise level; 2M midpoint is Alg. 2's D_i; Karras σ
+    run from σ_max to σ_min, crowded at the low end."""
+    g = torch.Generator().manual_seed(0)
+    x_t, eps = (
+        torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64),
+        torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64),
+    )
+    ab_t, ab_prev = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
+    s_t, s_prev = ((1 - ab_t) / ab_t) ** 0.5, ((1 - ab_prev) / ab_prev) ** 0.5
+    x0, _ = predict_x0_and_eps(eps, x_t, ab_t, "epsilon")
+    ddim = ddim_step(x0, eps, ab_prev)  # DDIM Eq. 12, η = 0
+    x = x_t / ab_t**0.5  # the σ-scale sample x_0 + σ·ε
+    euler = euler_step(x, sigma_predict_x0(eps, x, s_t), s_t, s_prev)
+    torch.testing.assert_close(euler * ab_prev**0.5, ddim)
+    a_t, sg_t = vp_alpha_sigma(s_prev)
+    a_s, sg_s = vp_alpha_sigma(s_t)
+    h = dpm_lambda(a_t, sg_t) - dpm_lambda(a_s, sg_s)
+    torch.testing.assert_close(
+        dpmpp_first_order_step(x_t, vp_predict_x0(eps, x_t, a_s, sg_s, "epsilon"), a_t, sg_t, sg_s, h), ddim
+    )
+    # dx/dσ = (x − D)/σ with D = c·x (a linear denoiser) has x(σ) = x_i·(σ/σ_i)^(1−c): halving the step divides
+    # one step's error by ~4 for Euler (local error O(h²)) and by ~8 for Heun (O(h³))
+    c, s0 = 0.4, torch.tensor(2.0, dtype=torch.float64)
+
+    def errors(h: float) -> tuple[float, float]:
+        s1 = s0 - h
+        exact = x * (s1 / s0) ** (1 - c)
+        x_euler = euler_step(x, c * x, s0, s1)
+        x_heun = heun_step(x, ode_derivative(x, c * x, s0), ode_derivative(x_euler, c * x_euler, s1), s1 - s0)
+        return float((x_euler - exact).abs().max()), float((x_heun - exact).abs().max())
+
+    (e1, h1), (e2, h2) = errors(0.2), errors(0.1)
+    assert 3.5 < e1 / e2 < 4.5 and 7 < h1 / h2 < 9 and h1 < e1 / 10
+    s1 = torch.tensor(1.5, dtype=torch.float64)
+    up, down = ancestral_sigmas(s0, s1)
+    torch.testing.assert_close(up**2 + down**2, s1**2)
+    assert 0 < down < s1
+    x0_prev, r = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64), 0.8
+    two_m = dpmpp_second_order_step(x_t, x0, x0_prev, a_t, sg_t, sg_s, h, r * h)
+    D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev  # DPM-Solver++ Alg. 2
+    torch.testing.assert_close(two_m, (sg_t / sg_s) * x_t - a_t * (torch.exp(-h) - 1) * D)
+    ks = karras_sigmas(0.002, 80.0, 10)
+    assert ks[0] == pytest.approx(80.0) and ks[-1] == pytest.approx(0.002) and (ks[:-1] > ks[1:]).all()
+    assert (ks[1:] - ks[:-1])[-1] > (ks[1:] - ks[:-1])[0]  # the smallest steps at the low-noise end
 
 
 # --- add_noise, dtypes ----------------------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 Every ᾱ-schedule (DDPM's, SD's) is also a noise level σ: x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε divided by √ᾱ_t is
 x_0 + σ_t·ε with σ_t = √((1−ᾱ_t)/ᾱ_t). In that scale sampling is the probability-flow ODE of Karras et al. 2022
-("Elucidating the Design Space of Diffusion-Based Generative Models", EDM), dx/dσ = (x − D(x; σ))/σ (their Eq. 3
-with σ(t) = t, s(t) = 1), where D is the denoiser x̂_0. The Euler and Heun schedulers integrate it; DDIM is its
-Euler step. DPM-Solver++ (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+("Elucidating the Design Space of Diffusion-Based Generative Models", EDM), dx/dσ = (x − D(x; σ))/σ (their
+Eq. 1 with the score of Eq. 3 and σ(t) = t), where D is the denoiser x̂_0. The Euler and Heun schedulers integrate
+it; DDIM is its Euler step. DPM-Solver++ (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
 Probabilistic Models") integrates the same ODE in the unscaled x_t with an exponential integrator in
 λ = log(α_t/σ_t), the half log-SNR.
 
@@ -15,12 +15,12 @@ code                  symbol       meaning (paper, equation)
 ====================  ===========  ===================================================================================
 ``sigma``             σ            noise level: x = x_0 + σ·ε (EDM §2); σ_t = √((1−ᾱ_t)/ᾱ_t) for an ᾱ-schedule
 ``sigma_next``        σ_{i+1}      the noise level the step goes to (σ_{i+1} < σ_i; the last one is 0)
-``x0``                D(x; σ)      the denoiser's estimate x̂_0 (EDM Eq. 2-3), from ε, v or x_0 predictions
-``derivative``        d_i          (x_i − D(x_i; σ_i))/σ_i, the ODE's slope dx/dσ (EDM Alg. 1, line 4)
+``x0``                D(x; σ)      the denoiser's estimate x̂_0 (EDM Eqs. 2-3), from ε, v or x_0 predictions
+``derivative``        d_i          (x_i − D(x_i; σ_i))/σ_i, the ODE's slope dx/dσ (EDM Alg. 1)
 ``rho``               ρ            Karras spacing exponent, 7 (EDM Eq. 5)
 ``sigma_up/down``     σ_up, σ_dn   ancestral split: σ_dn² + σ_up² = σ_{i+1}² (k-diffusion ``get_ancestral_step``)
 ``alpha_t, sigma_t``  α_t, σ_t     the VP pair of DPM-Solver: x_t = α_t·x_0 + σ_t·ε, α_t = 1/√(σ²+1), σ_t = σ·α_t
-``lambda``            λ_t          log(α_t/σ_t) = −log σ (DPM-Solver++ §3)
+``lambda``            λ_t          log(α_t/σ_t) = −log σ, the half log-SNR (DPM-Solver, Lu et al. 2022a, §3.1)
 ``h``                 h_i          λ_{t_i} − λ_{t_{i−1}}, the step in λ (> 0 when sampling)
 ``r``                 r_i          h_{i−1}/h_i, the ratio of the last two steps (DPM-Solver++ Alg. 2)
 ====================  ===========  ===================================================================================
@@ -78,7 +78,7 @@ Scalar = float | torch.Tensor
 
 
 def vp_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """σ_t = √((1 − ᾱ_t)/ᾱ_t) for every training step (EDM Table 1, the VP column; DDIM's σ of Eq. 13):
+    """σ_t = √((1 − ᾱ_t)/ᾱ_t) for every training step (EDM Table 1, the VP column; the σ of DDIM §4.3):
     (T,) float32 → (T,) float32, increasing with t. ᾱ_t = 0 (zero terminal SNR) gives σ = inf."""
     check_tensor("alphas_cumprod", alphas_cumprod, "(T,) of ᾱ values in (0, 1]")
     if alphas_cumprod.ndim != 1 or len(alphas_cumprod) == 0:
@@ -211,8 +211,8 @@ def sigma_predict_x0(
     """x̂_0 = D(x; σ) for a sample in the σ scale, x = x_0 + σ·ε (what Euler/Heun step), from a network that saw
     x/√(σ²+1) (the unit-variance x_t of its training; ``scale_model_input``):
 
-    * ``epsilon``:      x̂_0 = x − σ·ε̂                                   (EDM Eq. 2 with D = x − σ·ε̂)
-    * ``v_prediction``: x̂_0 = −σ/√(σ²+1)·v̂ + x/(σ²+1)                  (v = α_t·ε − σ_t·x_0, Salimans & Ho 2022)
+    * ``epsilon``:      x̂_0 = x − σ·ε̂                                   (EDM Eq. 7, Table 1: c_skip = 1, c_out = −σ)
+    * ``v_prediction``: x̂_0 = −σ/√(σ²+1)·v̂ + x/(σ²+1)                  (c_skip = 1/(σ²+1), c_out = −σ/√(σ²+1); Salimans & Ho 2022)
     * ``sample``:       x̂_0 = the output itself.
 
     (B, ...) → (B, ...); ``sigma`` a float or 0-d tensor."""
@@ -255,14 +255,14 @@ def vp_predict_x0(
 
 
 def ode_derivative(sample: torch.Tensor, x0: torch.Tensor, sigma: Scalar) -> torch.Tensor:
-    """d = (x − D(x; σ))/σ, the slope dx/dσ of the probability-flow ODE (EDM Eq. 3 with σ(t) = t; Alg. 1 line 4).
+    """d = (x − D(x; σ))/σ, the slope dx/dσ of the probability-flow ODE (EDM Eqs. 1 and 3 with σ(t) = t; Alg. 1).
     (B, ...) → (B, ...)."""
     check_same_shape("sample", sample, "x0", x0)
     return (sample - x0) / sigma
 
 
 def euler_step(sample: torch.Tensor, x0: torch.Tensor, sigma: Scalar, sigma_next: Scalar) -> torch.Tensor:
-    """x_{i+1} = x_i + (σ_{i+1} − σ_i)·d_i with d_i = (x_i − x̂_0)/σ_i (EDM Alg. 1, lines 4-5).
+    """x_{i+1} = x_i + (σ_{i+1} − σ_i)·d_i with d_i = (x_i − x̂_0)/σ_i (EDM Alg. 1, the Euler step).
 
     With σ_{i+1} = 0 it lands on x̂_0; in σ it is exactly DDIM's η = 0 step (EDM §3). (B, ...) → (B, ...)."""
     derivative = ode_derivative(sample, x0, sigma)
@@ -273,7 +273,7 @@ def euler_step(sample: torch.Tensor, x0: torch.Tensor, sigma: Scalar, sigma_next
 def heun_step(
     sample: torch.Tensor, derivative: torch.Tensor, derivative_next: torch.Tensor, dt: Scalar
 ) -> torch.Tensor:
-    """Heun's second-order correction (EDM Alg. 1, lines 7-8): from the start x_i of the step, with the slope d_i there
+    """Heun's second-order correction (EDM Alg. 1, taken when σ_{i+1} ≠ 0): from the start x_i of the step, with the slope d_i there
     and d'_i at the Euler point x_{i+1} (evaluated at σ_{i+1}), x_{i+1} = x_i + (σ_{i+1} − σ_i)·(d_i + d'_i)/2.
 
     The trapezoidal rule: error O(h³) per step against Euler's O(h²), for one more network call. EDM skips it on the
@@ -333,7 +333,7 @@ def dpm_lambda(alpha_t: Scalar, sigma_t: Scalar) -> torch.Tensor:
 def dpmpp_first_order_step(
     sample: torch.Tensor, x0: torch.Tensor, alpha_t: Scalar, sigma_t: Scalar, sigma_s: Scalar, h: Scalar
 ) -> torch.Tensor:
-    """DPM-Solver++(1) from s to t (Lu et al. 2022, Eq. 9 with k = 1; Alg. 1's first step), h = λ_t − λ_s:
+    """DPM-Solver++(1) from s to t (Lu et al. 2022, §4.1: the exact solution with x̂_0 held constant), h = λ_t − λ_s:
 
         x_t = (σ_t/σ_s)·x_s − α_t·(e^{−h} − 1)·x̂_0
 
