@@ -9,6 +9,8 @@ drawn from the pipeline's generator after the initial latents.
 
 from __future__ import annotations
 
+import json
+
 import diffusers
 import numpy as np
 import pytest
@@ -82,3 +84,26 @@ def test_sdxl_default_scheduler_is_ours(pipes):
     finally:
         pipe.scheduler = theirs
     assert float(np.abs(got - expected).max()) <= ATOL
+
+
+@pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler"])
+def test_pipeline_saves_and_loads_our_scheduler(pipes, tmp_path, name):
+    """As for our DDIM (tests/test_scheduler_api.py): ``pipe.save_pretrained`` records our class and module, and
+    ``DiffusionPipeline.from_pretrained`` builds our scheduler again, with the same config and image."""
+    pipe = pipes["sd15"]
+    original = pipe.scheduler
+    pipe.scheduler = getattr(ours_mod, name).from_config(original.config, timestep_spacing="trailing")
+    try:
+        before = _image(pipe, pipe.scheduler, 2)
+        pipe.save_pretrained(tmp_path)
+    finally:
+        scheduler, pipe.scheduler = pipe.scheduler, original
+    module = "dpmsolver_multistep" if name.startswith("DPM") else "euler_ancestral_discrete"
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["scheduler"] == [f"diffusion_lab.schedulers.scheduling_{module}", name]
+    loaded = diffusers.DiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.scheduler) is type(scheduler)
+    public = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.scheduler.config) == public(scheduler.config)
+    assert float(np.abs(_image(loaded, loaded.scheduler, 2) - before).max()) == 0.0
