@@ -96,6 +96,7 @@ RIGHT_FUNCTIONS = {
     "check_ddpm_loss": lambda model, x0, t, noise, ab: (noise - model(q_sample(x0, t, noise, ab), t)).pow(2).mean(),
     "check_ddpm_step": lambda eps, x_t, ab_t, ab_prev, z: ddpm_step(x0_from_eps(x_t, eps, ab_t), x_t, ab_t, ab_prev, z),
     "check_ddim_step": ddim_step,
+    "check_flow_sigma": lambda t: t / (1 - t),
     "check_reparameterize": lambda m, lv, e: m + torch.exp(0.5 * lv) * e,
     "check_gaussian_kl": lambda m, lv: 0.5 * (m**2 + lv.exp() - 1 - lv).sum(dim=(1, 2, 3)),
     "check_scaling_factor": lambda z: 1 / z.std().item(),
@@ -125,6 +126,7 @@ _WS, _ADHERENCE = [0, 1, 2, 3, 5, 8], [0.1, 0.4, 0.6, 0.7, 0.72, 0.69]
 RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_snr_crossing": (int(torch.nonzero(snr(schedule_table()["squaredcos_cap_v2"]) < 1)[0]), ()),
     "check_timesteps_answer": (inference_timesteps(20, 1000, "trailing").tolist(), (20, "trailing")),
+    "check_inversion_order": (2, ()),
     "check_best_guidance": (5, (_WS, _ADHERENCE)),
 }
 

@@ -9,7 +9,12 @@ from diffusion_lab.course.exercises.nb01_forward_diffusion import (
     check_zero_terminal_snr,
 )
 from diffusion_lab.course.exercises.nb02_ddpm import check_ddpm_loss, check_ddpm_step
-from diffusion_lab.course.exercises.nb03_samplers import check_ddim_step, check_timesteps_answer
+from diffusion_lab.course.exercises.nb03_samplers import (
+    check_ddim_step,
+    check_flow_sigma,
+    check_inversion_order,
+    check_timesteps_answer,
+)
 from diffusion_lab.course.exercises.nb04_autoencoder import (
     check_gaussian_kl,
     check_reparameterize,
@@ -42,6 +47,8 @@ __all__ = [
     "check_ddpm_step",
     "check_ddim_step",
     "check_timesteps_answer",
+    "check_flow_sigma",
+    "check_inversion_order",
     "check_reparameterize",
     "check_gaussian_kl",
     "check_scaling_factor",

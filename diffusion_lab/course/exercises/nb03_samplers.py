@@ -5,6 +5,8 @@ checker                     the student's function must return
 ==========================  ==================================================================================
 ``check_ddim_step``         x_{t'} = √ᾱ_{t'}·x̂₀ + √(1 − ᾱ_{t'} − σ²)·ε̂ (DDIM Eq. 12, without the noise term)
 ``check_timesteps_answer``  the n timesteps a scheduler with this spacing visits, in order
+``check_flow_sigma``        σ(t) = t/(1 − t): the noise-to-signal ratio b_t/a_t of the flow path x_t = (1−t)·x_0 + t·ε
+``check_inversion_order``   p = 2 in MSE ∝ n^(−p): DDIM inversion's round trip is first order, its MSE the square
 ==========================  ==================================================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
@@ -22,6 +24,7 @@ import torch
 from diffusion_lab.course.exercises.checking import (
     _NONE_BODY,
     _as_int_list,
+    _as_number,
     _call_tensor,
     _check_callable,
     _report,
@@ -30,7 +33,7 @@ from diffusion_lab.maths.diffusion import ddim_sigma, ddim_step
 from diffusion_lab.maths.schedules import TIMESTEP_SPACINGS, inference_timesteps, schedule_table
 from diffusion_lab.utils.errors import check_choice, check_int
 
-__all__ = ["check_ddim_step", "check_timesteps_answer"]
+__all__ = ["check_ddim_step", "check_flow_sigma", "check_inversion_order", "check_timesteps_answer"]
 
 
 def check_ddim_step(fn: Callable[..., torch.Tensor]) -> bool:
@@ -68,3 +71,52 @@ def check_timesteps_answer(answer, n: int, spacing: str, T: int = 1000) -> bool:
         what,
         "call set_timesteps(n) on the scheduler and read .timesteps (in the order it returns them)",
     )
+
+
+def check_flow_sigma(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(t)`` must return σ(t) = t/(1 − t) for t in [0, 1): the flow path x_t = (1 − t)·x_0 + t·ε divided by its
+    signal coefficient a_t = 1 − t is x_0 + σ·ε, the coordinates in which DDIM is an Euler step."""
+    _check_callable(fn)
+
+    what = "flow path in (σ, x̄) coordinates"
+    t = torch.tensor([0.05, 0.1, 0.3, 0.5, 0.7, 0.9])
+    want = t / (1 - t)
+    shape_hint = "return σ for every t: a tensor of t's shape {want}, got shape {got}"
+    got, hint = _call_tensor(fn, what, want, shape_hint, t, none_hint=_NONE_BODY)
+    if hint:
+        return _report(False, what, hint)
+    if torch.allclose(got, want, rtol=1e-4, atol=1e-6):
+        return _report(True, what, "")
+    near = {
+        "t": (t, "that is b_t = t alone: divide by the signal coefficient a_t = 1 − t"),
+        "(1-t)/t": ((1 - t) / t, "upside down: σ is noise over signal, b_t/a_t"),
+        "sqrt": (want.sqrt(), "σ is the ratio of standard deviations b_t/a_t, not of variances"),
+        "square": (want**2, "σ is the ratio of standard deviations b_t/a_t, not of variances"),
+        "vp": (t / (1 - t**2).sqrt(), "the flow path is not variance-preserving: a_t = 1 − t, b_t = t"),
+    }
+    for wrong, message in near.values():
+        if torch.allclose(got, wrong, rtol=1e-4, atol=1e-6):
+            return _report(False, what, message)
+    return _report(False, what, "divide x_t = (1 − t)·x_0 + t·ε by the coefficient of x_0; σ is what multiplies ε")
+
+
+def check_inversion_order(answer) -> bool:
+    """``answer`` must be p = 2 (within 0.25) in MSE ∝ n^(−p) for DDIM inversion there and back with n steps: each
+    direction is an Euler solve with an error ∝ 1/n that does not cancel, and the MSE squares it."""
+    what = "order of the inversion error"
+    if answer is None:
+        return _report(False, what, "set predicted_p to a number: the p in MSE ∝ n^(−p)")
+    p, problem = _as_number(answer)
+    if problem:
+        return _report(False, what, f"answer with one number p: {problem}")
+    if abs(p - 2) <= 0.25:
+        return _report(True, what, "")
+    if p < 0:
+        hint = "more steps means a smaller error: with MSE ∝ n^(−p), p is positive"
+    elif abs(p - 1) <= 0.25:
+        hint = "that is the order of the error itself (Euler: ∝ 1/n); the MSE is its square"
+    elif abs(p - 4) <= 0.5:
+        hint = "the error is first order (∝ 1/n), not second: squaring it once gives the MSE's p"
+    else:
+        hint = "DDIM is an Euler step: what is the error of Euler's method with n steps, and what does squaring do?"
+    return _report(False, what, hint)
