@@ -26,7 +26,11 @@ from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
 from diffusion_lab.pipelines.stable_diffusion_3 import TinySD3Pipeline
 from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
 from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
+from diffusion_lab.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+from diffusion_lab.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
+from diffusion_lab.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
 from diffusion_lab.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
+from diffusion_lab.schedulers.scheduling_heun_discrete import HeunDiscreteScheduler
 from diffusion_lab.schedulers.scheduling_utils import SchedulerOutput
 from diffusion_lab.utils.errors import FileError
 from diffusion_lab.utils.settings import pick, smoke_mode
@@ -49,7 +53,11 @@ __all__ = [
     "rescale_noise_cfg",
     "DDIMScheduler",
     "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
+    "HeunDiscreteScheduler",
     "MMDiT",
     "MMDiTConfig",
     "flow_interpolate",
