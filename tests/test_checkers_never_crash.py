@@ -95,6 +95,7 @@ RIGHT_FUNCTIONS = {
     "check_zero_terminal_snr": rescale_zero_terminal_snr,
     "check_ddpm_loss": lambda model, x0, t, noise, ab: (noise - model(q_sample(x0, t, noise, ab), t)).pow(2).mean(),
     "check_ddpm_step": lambda eps, x_t, ab_t, ab_prev, z: ddpm_step(x0_from_eps(x_t, eps, ab_t), x_t, ab_t, ab_prev, z),
+    "check_skip_extra_params": lambda c_h, c_s, c_out: 2 * c_s + 9 * c_s * c_out + (c_h + c_s) * c_out + c_out,
     "check_ddim_step": ddim_step,
     "check_flow_sigma": lambda t: t / (1 - t),
     "check_reparameterize": lambda m, lv, e: m + torch.exp(0.5 * lv) * e,
@@ -123,7 +124,9 @@ RIGHT_FUNCTIONS = {
 }
 
 _WS, _ADHERENCE = [0, 1, 2, 3, 5, 8], [0.1, 0.4, 0.6, 0.7, 0.72, 0.69]
+_TOY_AB = schedule_table(200)["squaredcos_cap_v2"]  # notebook 02's toy schedule
 RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
+    "check_variance_ratio": (float(((1 - _TOY_AB[1]) / (1 - _TOY_AB[0])).sqrt()), ()),
     "check_snr_crossing": (int(torch.nonzero(snr(schedule_table()["squaredcos_cap_v2"]) < 1)[0]), ()),
     "check_timesteps_answer": (inference_timesteps(20, 1000, "trailing").tolist(), (20, "trailing")),
     "check_inversion_order": (2, ()),

@@ -8,7 +8,12 @@ from diffusion_lab.course.exercises.nb01_forward_diffusion import (
     check_trailing_timesteps,
     check_zero_terminal_snr,
 )
-from diffusion_lab.course.exercises.nb02_ddpm import check_ddpm_loss, check_ddpm_step
+from diffusion_lab.course.exercises.nb02_ddpm import (
+    check_ddpm_loss,
+    check_ddpm_step,
+    check_skip_extra_params,
+    check_variance_ratio,
+)
 from diffusion_lab.course.exercises.nb03_samplers import (
     check_ddim_step,
     check_flow_sigma,
@@ -45,6 +50,8 @@ __all__ = [
     "check_zero_terminal_snr",
     "check_ddpm_loss",
     "check_ddpm_step",
+    "check_variance_ratio",
+    "check_skip_extra_params",
     "check_ddim_step",
     "check_timesteps_answer",
     "check_flow_sigma",
