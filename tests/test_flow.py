@@ -129,7 +129,7 @@ def test_bad_input_raises_clear_errors():
     s.set_timesteps(4)
     with pytest.raises(ValueError, match="not an integer step number"):
         s.step(torch.zeros(1, 4), 0, torch.zeros(1, 4))
-    with pytest.raises(ValueError, match="not one of the scheduler's timesteps"):
+    with pytest.raises(ValueError, match="not one of this scheduler.s timesteps"):
         s.step(torch.zeros(1, 4), 123.4, torch.zeros(1, 4))
     with pytest.raises(ValueError, match="same shape"):
         s.step(torch.zeros(1, 4), s.timesteps[0], torch.zeros(1, 5))

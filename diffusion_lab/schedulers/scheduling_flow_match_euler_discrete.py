@@ -15,7 +15,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from diffusion_lab.maths.flow import _check_sigma, flow_predict_x0, shift_sigmas
-from diffusion_lab.schedulers.scheduling_utils import SchedulerOutput, check_device, compatible_classes
+from diffusion_lab.schedulers.scheduling_utils import SchedulerOutput, StepIndexMixin, check_device, compatible_classes
 from diffusion_lab.utils.errors import check_generator, check_int, check_number, check_tensor
 
 __all__ = ["FlowMatchEulerDiscreteScheduler", "FlowMatchSchedulerOutput"]
@@ -40,7 +40,7 @@ class FlowMatchSchedulerOutput(SchedulerOutput):
     pred_original_sample: torch.Tensor  # (B, ...) x̂_0 = x_σ − σ·v
 
 
-class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
+class FlowMatchEulerDiscreteScheduler(StepIndexMixin, SchedulerMixin, ConfigMixin):
     """Euler sampling of a rectified-flow model, with the arguments and attributes of diffusers'
     ``FlowMatchEulerDiscreteScheduler``: ``set_timesteps``, ``timesteps`` (= 1000·σ, float), ``sigmas`` (with a
     final 0), ``step(...).prev_sample``, ``scale_noise``, ``set_begin_index``. Timesteps, sigmas and steps equal
@@ -123,18 +123,6 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
     def shift(self) -> float:
         return self.config.shift
 
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start stepping at this index (pipelines call it; img2img starts part-way down the schedule)."""
-        self._begin_index = check_int("begin_index", begin_index, minimum=0)
-
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -172,25 +160,6 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = None
         self._begin_index = None
 
-    def index_for_timestep(self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
-        """Position of ``timestep`` in the schedule (as diffusers: the second match if it occurs twice)."""
-        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
-        if not isinstance(timestep, torch.Tensor):
-            timestep = check_number("timestep", timestep)
-        elif timestep.numel() != 1:
-            raise ValueError(f"timestep must be one value of scheduler.timesteps, got shape {tuple(timestep.shape)}")
-        t = torch.as_tensor(timestep, dtype=schedule.dtype, device=schedule.device)
-        indices = (schedule == t).nonzero()
-        if len(indices) == 0:
-            raise ValueError(
-                f"timestep {float(t):.4f} is not one of the scheduler's timesteps {schedule.tolist()[:6]}…; pass a "
-                "value from scheduler.timesteps (in [0, num_train_timesteps]), not a step number"
-            )
-        return int(indices[1 if len(indices) > 1 else 0].item())
-
-    def _init_step_index(self, timestep: float | torch.Tensor) -> None:
-        self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
-
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
         """Identity: flow models see x_t as it is (kept so generic loops can call it)."""
         return check_tensor("sample", sample, "(B, ...), the current x_t")
@@ -212,14 +181,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
                 f"timestep must be one value or one per sample ({sample.shape[0]}), got {timestep.numel()}"
             )
         sigmas = self.sigmas.to(device=sample.device, dtype=sample.dtype)
-        schedule = self.timesteps.to(sample.device)
-        t = torch.as_tensor(timestep, device=sample.device).reshape(-1)
-        if self._begin_index is None:
-            idx = [self.index_for_timestep(ti, schedule) for ti in t]
-        elif self._step_index is not None:
-            idx = [self._step_index] * len(t)
-        else:
-            idx = [self._begin_index] * len(t)
+        idx = self._indices_of(torch.as_tensor(timestep, device=sample.device))
         sigma = sigmas[idx].flatten()  # (B,) or (1,)
         sigma = sigma.reshape(-1, *([1] * (sample.ndim - 1)))
         return sigma * noise + (1.0 - sigma) * sample
