@@ -112,6 +112,8 @@ RIGHT_FUNCTIONS = {
     "check_flow_path": lambda x0, e, t: ((1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * e, e - x0),
     "check_time_shift": lambda t, a: a * t / (1 + (a - 1) * t),
     "check_flow_euler_step": lambda x, v, t, t_next: x + (t_next - t) * v,
+    "check_velocity_from_eps": lambda x, e, t: (e - x) / (1 - t[:, None, None, None]),
+    "check_matched_alpha_bar": lambda t: (1 - t) ** 2 / ((1 - t) ** 2 + t**2),
     "check_sdxl_time_ids": lambda o, c, t: torch.tensor([[*o, *c, *t]]),
     "check_refiner_split": _refiner_split,
     "check_sd3_joint_text": _joint_text,

@@ -32,7 +32,13 @@ from diffusion_lab.course.exercises.nb05_text_conditioning import (
 )
 from diffusion_lab.course.exercises.nb06_guidance import check_best_guidance, check_cfg_combine, check_rescale_noise_cfg
 from diffusion_lab.course.exercises.nb07_tiny_sd import check_img2img_start, check_inpaint_blend, check_latent_mask
-from diffusion_lab.course.exercises.nb08_flow import check_flow_euler_step, check_flow_path, check_time_shift
+from diffusion_lab.course.exercises.nb08_flow import (
+    check_flow_euler_step,
+    check_flow_path,
+    check_matched_alpha_bar,
+    check_time_shift,
+    check_velocity_from_eps,
+)
 from diffusion_lab.course.exercises.nb09_sdxl import check_refiner_split, check_sdxl_time_ids
 from diffusion_lab.course.exercises.nb10_sd3 import check_sd3_joint_text
 from diffusion_lab.course.exercises.nb11_fine_tuning import (
@@ -71,6 +77,8 @@ __all__ = [
     "check_flow_path",
     "check_time_shift",
     "check_flow_euler_step",
+    "check_velocity_from_eps",
+    "check_matched_alpha_bar",
     "check_sdxl_time_ids",
     "check_refiner_split",
     "check_sd3_joint_text",

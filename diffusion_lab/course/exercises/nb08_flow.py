@@ -1,12 +1,14 @@
 """Exercise checkers of notebook 08 (rectified flow and MMDiT).
 
-=========================  =========================================================================
-checker                    the student's function must return
-=========================  =========================================================================
-``check_flow_path``        x_t = (1 − t)·x₀ + t·ε and v = ε − x₀ (Liu et al. 2023, rectified flow)
-``check_time_shift``       t' = α·t/(1 + (α − 1)·t) (SD3 §5.3.2)
-``check_flow_euler_step``  x_{t_next} = x_t + (t_next − t)·v
-=========================  =========================================================================
+=============================  =====================================================================
+checker                        the student's function must return
+=============================  =====================================================================
+``check_flow_path``            x_t = (1 − t)·x₀ + t·ε and v = ε − x₀ (Liu et al. 2023, rectified flow)
+``check_time_shift``           t' = α·t/(1 + (α − 1)·t) (SD3 §5.3.2)
+``check_flow_euler_step``      x_{t_next} = x_t + (t_next − t)·v
+``check_velocity_from_eps``    v̂ = (ε̂ − x_t)/(1 − t): the velocity an ε-prediction implies (a derivation)
+``check_matched_alpha_bar``    ᾱ = (1 − t)²/((1 − t)² + t²): DDPM's ᾱ at the flow's noise-to-signal ratio
+=============================  =====================================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
 independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
@@ -30,7 +32,13 @@ from diffusion_lab.course.exercises.checking import (
     _report,
 )
 
-__all__ = ["check_flow_path", "check_time_shift", "check_flow_euler_step"]
+__all__ = [
+    "check_flow_path",
+    "check_time_shift",
+    "check_flow_euler_step",
+    "check_velocity_from_eps",
+    "check_matched_alpha_bar",
+]
 
 
 def check_flow_path(fn: Callable[..., tuple]) -> bool:
@@ -120,3 +128,58 @@ def check_flow_euler_step(fn: Callable[..., torch.Tensor]) -> bool:
             hint = f"wrong from t = {t} to {t_next}: x_t + (t_next − t)·v"
         return _report(False, what, hint)
     return _report(True, what, "")
+
+
+def check_velocity_from_eps(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(x_t, eps_hat, t)`` must return the flow velocity v̂ that an ε-prediction ε̂ implies on the straight path
+    x_t = (1 − t)·x₀ + t·ε: x̂₀ = (x_t − t·ε̂)/(1 − t), so v̂ = ε̂ − x̂₀ = (ε̂ − x_t)/(1 − t). ``x_t``, ``eps_hat``
+    (B, L, h, w); ``t`` (B,) in [0, 1)."""
+    _check_callable(fn)
+    what = "the velocity from ε̂"
+    g = torch.Generator().manual_seed(33)
+    x, eps = torch.randn(2, 4, 4, 7, 7, generator=g).unbind(0)  # (B, L, h, w) each
+    t = torch.tensor([0.1, 0.3, 0.6, 0.9])
+    tb = t[:, None, None, None]
+    want = (eps - x) / (1 - tb)
+    got, hint = _call_tensor(fn, what, want, "return one velocity per sample, shape {want}, not {got}", x, eps, t)
+    if hint:
+        return _report(False, what, hint)
+    if torch.allclose(got, want, atol=1e-4):
+        return _report(True, what, "")
+    if torch.allclose(got, -want, atol=1e-4):
+        hint = "the sign is flipped: v̂ = ε̂ − x̂₀ points from the data to the noise"
+    elif torch.allclose(got, eps - x, atol=1e-4):
+        hint = "that is v̂ at t = 0 only: x̂₀ = (x_t − t·ε̂)/(1 − t) is divided by 1 − t, and so is ε̂ − x_t"
+    elif torch.allclose(got, eps - (x - tb * eps), atol=1e-4):
+        hint = "x̂₀ is not x_t − t·ε̂: solve x_t = (1 − t)·x̂₀ + t·ε̂ for x̂₀ (divide by 1 − t)"
+    elif torch.allclose(got, (eps - x) / tb, atol=1e-4):
+        hint = "divide by 1 − t (the weight of x₀ on the path), not by t"
+    else:
+        hint = "write x_t = (1 − t)·x̂₀ + t·ε̂, solve for x̂₀, and take v̂ = ε̂ − x̂₀ (t broadcast as t[:, None, None, None])"
+    return _report(False, what, hint)
+
+
+def check_matched_alpha_bar(fn: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """``fn(t)`` must return, for flow times t (a tensor in [0, 1]), the DDPM ᾱ whose noise-to-signal ratio
+    √((1 − ᾱ)/ᾱ) equals the straight path's t/(1 − t): ᾱ = 1/(1 + σ²) = (1 − t)²/((1 − t)² + t²)."""
+    _check_callable(fn)
+    what = "DDPM's ᾱ at the flow's noise level"
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    want = (1 - t) ** 2 / ((1 - t) ** 2 + t**2)
+    got, hint = _call_tensor(fn, what, want, "return one ᾱ per time, shape {want}, not {got}", t)
+    if hint:
+        return _report(False, what, hint)
+    if torch.allclose(got, want, atol=1e-6):
+        return _report(True, what, "")
+    if torch.allclose(got, (1 - t) ** 2, atol=1e-6):
+        hint = (
+            "(1 − t)² is the squared weight of x₀, but DDPM's weights satisfy a² + b² = 1 and (1 − t)² + t² < 1: "
+            "match the ratio b/a = t/(1 − t) instead"
+        )
+    elif torch.allclose(got, 1 - t, atol=1e-6):
+        hint = "ᾱ = 1 − t gives √((1 − ᾱ)/ᾱ) = √(t/(1 − t)), not t/(1 − t): square the ratio"
+    elif torch.allclose(got, t**2 / ((1 - t) ** 2 + t**2), atol=1e-6):
+        hint = "that is 1 − ᾱ (the noise's share): ᾱ is the data's share, 1 at t = 0"
+    else:
+        hint = "set √((1 − ᾱ)/ᾱ) = t/(1 − t) and solve for ᾱ: ᾱ = 1/(1 + σ²)"
+    return _report(False, what, hint)
