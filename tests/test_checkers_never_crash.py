@@ -93,6 +93,9 @@ RIGHT_FUNCTIONS = {
     "check_trailing_timesteps": lambda n, T: inference_timesteps(n, T, "trailing"),
     "check_jump_between": _jump,
     "check_zero_terminal_snr": rescale_zero_terminal_snr,
+    "check_decode_prior": lambda vae, n, g: (
+        vae.decode(torch.randn(n, vae.config.latent_channels, 7, 7, generator=g)).sample
+    ),
     "check_ddpm_loss": lambda model, x0, t, noise, ab: (noise - model(q_sample(x0, t, noise, ab), t)).pow(2).mean(),
     "check_ddpm_step": lambda eps, x_t, ab_t, ab_prev, z: ddpm_step(x0_from_eps(x_t, eps, ab_t), x_t, ab_t, ab_prev, z),
     "check_skip_extra_params": lambda c_h, c_s, c_out: 2 * c_s + 9 * c_s * c_out + (c_h + c_s) * c_out + c_out,
@@ -128,6 +131,14 @@ RIGHT_FUNCTIONS = {
 _WS, _ADHERENCE = [0, 1, 2, 3, 5, 8], [0.1, 0.4, 0.6, 0.7, 0.72, 0.69]
 _TOY_AB = schedule_table(200)["squaredcos_cap_v2"]  # notebook 02's toy schedule
 RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
+    "check_beta_zero": (
+        {"mean σ": "lower", "KL per pixel": "higher", "reconstruction MSE": "same", "prior samples read": "same"},
+        (
+            {"mean σ": 0.04, "KL per pixel": 1.4, "reconstruction MSE": 0.014, "prior samples read": 0.05},
+            {"mean σ": 0.2, "KL per pixel": 0.4, "reconstruction MSE": 0.014, "prior samples read": 0.06},
+            {"mean σ": 0.01, "KL per pixel": 0.01, "reconstruction MSE": 0.001, "prior samples read": 0.02},
+        ),
+    ),  # fmt: skip
     "check_variance_ratio": (float(((1 - _TOY_AB[1]) / (1 - _TOY_AB[0])).sqrt()), ()),
     "check_snr_crossing": (int(torch.nonzero(snr(schedule_table()["squaredcos_cap_v2"]) < 1)[0]), ()),
     "check_timesteps_answer": (inference_timesteps(20, 1000, "trailing").tolist(), (20, "trailing")),
@@ -279,6 +290,12 @@ def _wrong_values(right):
             "half-steps": [t + 0.5 for t in right], "with-nan": [*right[:-1], float("nan")],
             "with-inf": [*right[:-1], float("inf")], "with-None": [*right[:-1], None], "bools": [True] * len(right),
             "2-d": [right], "set": set(right), "strings": [str(t) for t in right],
+        }  # fmt: skip
+    elif isinstance(right, dict):  # a prediction: each key → a word
+        values |= {
+            "missing-key": dict(list(right.items())[1:]), "None-values": dict.fromkeys(right),
+            "numbers": dict.fromkeys(right, 1.0), "upper-case": {k: v.upper() for k, v in right.items()},
+            "keys-only": list(right), "values-only": list(right.values()),
         }  # fmt: skip
     else:
         values |= {"plus-a-half": right + 0.5, "as-bool": bool(right)}

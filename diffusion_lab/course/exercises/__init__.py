@@ -21,6 +21,8 @@ from diffusion_lab.course.exercises.nb03_samplers import (
     check_timesteps_answer,
 )
 from diffusion_lab.course.exercises.nb04_autoencoder import (
+    check_beta_zero,
+    check_decode_prior,
     check_gaussian_kl,
     check_reparameterize,
     check_scaling_factor,
@@ -65,6 +67,8 @@ __all__ = [
     "check_reparameterize",
     "check_gaussian_kl",
     "check_scaling_factor",
+    "check_decode_prior",
+    "check_beta_zero",
     "check_tokenize",
     "check_cross_attention",
     "check_pooled_output",

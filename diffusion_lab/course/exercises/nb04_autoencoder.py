@@ -6,6 +6,8 @@ checker                   the student's function must return
 ``check_reparameterize``  z = μ + σ·ε, σ = exp(½·log σ²) (Kingma & Welling 2014, §2.4)
 ``check_gaussian_kl``     KL(N(μ, σ²) ‖ N(0, 1)) = ½Σ(μ² + σ² − 1 − log σ²) per sample (ibid., App. B)
 ``check_scaling_factor``  s = 1/std(z), so that s·z has unit variance
+``check_decode_prior``    decoded samples of the prior: vae.decode(z) with z ~ N(0, I) of the latent shape
+``check_beta_zero``       predicted directions (β = 0 against the trained β) compared with the measured ones
 ========================  ============================================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
@@ -16,6 +18,8 @@ machinery: :mod:`diffusion_lab.course.exercises.checking`.
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Callable
 
 import torch
@@ -27,10 +31,18 @@ from diffusion_lab.course.exercises.checking import (
     _call_tensor,
     _check_callable,
     _finite_hint,
+    _kind,
     _report,
 )
+from diffusion_lab.models.autoencoder import AutoencoderConfig, AutoencoderKL
 
-__all__ = ["check_reparameterize", "check_gaussian_kl", "check_scaling_factor"]
+__all__ = [
+    "check_reparameterize",
+    "check_gaussian_kl",
+    "check_scaling_factor",
+    "check_decode_prior",
+    "check_beta_zero",
+]
 
 
 def check_reparameterize(fn: Callable[..., torch.Tensor]) -> bool:
@@ -90,3 +102,110 @@ def check_scaling_factor(fn: Callable[[torch.Tensor], float]) -> bool:
         if abs(got - want) > 1e-3 * want:
             return _report(False, what, "s = 1 / std over all numbers at once (batch, channels, positions)")
     return _report(True, what, "")
+
+
+@functools.cache
+def _small_autoencoder() -> AutoencoderKL:
+    """An untrained autoencoder with 3 latent channels (not the notebook's 4), built once for every check."""
+    with torch.random.fork_rng():  # its weights from a fixed seed, without touching the caller's random state
+        torch.manual_seed(14)
+        return AutoencoderKL(AutoencoderConfig(latent_channels=3)).eval()
+
+
+def _decoded(z: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return _small_autoencoder().decode(z).sample
+
+
+def check_decode_prior(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(vae, n, generator)`` must decode n samples of the prior: z = torch.randn(n, C, h, w, generator=generator)
+    with (C, h, w) the autoencoder's latent shape, then ``vae.decode(z).sample`` (clamping to [−1, 1] is allowed).
+
+    Tried on a small untrained autoencoder of another latent shape (3 channels, 7×7) than the notebook's, so that the
+    shape must be read from the model, not typed in."""
+    _check_callable(fn)
+    what = "decoded prior samples"
+    n, seed = 3, 15
+    z = torch.randn(n, 3, 7, 7, generator=torch.Generator().manual_seed(seed))  # (n, C, h, w)
+    want = _decoded(z)  # (n, 1, 28, 28)
+    with torch.no_grad():  # a copy: the student's code may change the model (train mode, weights) without harm
+        got, hint = _call_tensor(
+            fn,
+            what,
+            want,
+            "return n decoded images, shape {want}, not {got}: decode z with vae.decode(z).sample",
+            copy.deepcopy(_small_autoencoder()),
+            n,
+            torch.Generator().manual_seed(seed),
+        )
+    if hint:
+        return _report(False, what, hint)
+    if torch.allclose(got, want, atol=1e-5) or torch.allclose(got, want.clamp(-1, 1), atol=1e-5):
+        return _report(True, what, "")
+    uniform = _decoded(torch.rand(n, 3, 7, 7, generator=torch.Generator().manual_seed(seed)))
+    if torch.allclose(got, uniform, atol=1e-5) or torch.allclose(got, uniform.clamp(-1, 1), atol=1e-5):
+        return _report(False, what, "torch.rand is uniform on [0, 1); the prior is N(0, I): torch.randn")
+    return _report(
+        False,
+        what,
+        "draw z = torch.randn(n, vae.config.latent_channels, 7, 7, generator=generator) (one call, that generator) "
+        "and return vae.decode(z).sample",
+    )
+
+
+BETA_ZERO_KEYS = ("mean σ", "KL per pixel", "reconstruction MSE", "prior samples read")
+_ANSWERS = ("lower", "higher", "same")
+_WHY = {
+    "mean σ": "with β = 0 nothing rewards noise in the code, so the encoder shrinks σ towards 0",
+    "KL per pixel": "σ → 0 makes −log σ² grow and nothing holds μ near 0, so the KL (measured, not trained) grows",
+    "reconstruction MSE": "with the same number of steps, does dropping the KL buy sharper reconstructions? Only what was "
+    "measured counts",
+    "prior samples read": "nothing pulls the codes towards N(0, I); compare with how few the trained β already decodes",
+}
+
+
+def _measured(name: str, value: object) -> dict:
+    """The notebook's measurement ``value`` as {key: float} for every key of ``BETA_ZERO_KEYS`` (TypeError if not)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be a dict with a number for each of {BETA_ZERO_KEYS}, got {type(value).__name__}")
+    out = {}
+    for key in BETA_ZERO_KEYS:
+        number, problem = _as_number(value.get(key))
+        if problem:
+            raise TypeError(f"{name}[{key!r}] must be a finite number: {problem}")
+        out[key] = number
+    return out
+
+
+def check_beta_zero(prediction: object, measured_zero: dict, measured_trained: dict, margins: dict) -> bool:
+    """``prediction`` (a dict: each of ``BETA_ZERO_KEYS`` → "lower", "higher" or "same") says how the autoencoder
+    trained with β = 0 compares with the trained one (β = 1e-2, same steps). ``measured_zero`` and
+    ``measured_trained`` are the notebook's measurements and ``margins`` the error bar of each difference: a
+    difference within its margin is "same", a larger one "lower" or "higher"."""
+    what = "β = 0 prediction"
+    zero, trained = _measured("measured_zero", measured_zero), _measured("measured_trained", measured_trained)
+    margins = _measured("margins", margins)
+    if prediction is None or (isinstance(prediction, dict) and all(v is None for v in prediction.values())):
+        return _report(
+            False, what, "fill in 'lower', 'higher' or 'same' for each quantity BEFORE you run the experiment"
+        )
+    if not isinstance(prediction, dict):
+        return _report(
+            False, what, f"prediction must be a dict like {{'mean σ': 'lower', ...}}, got {_kind(prediction)}"
+        )
+    unreadable = [k for k in BETA_ZERO_KEYS if not isinstance(prediction.get(k), str) or prediction[k] not in _ANSWERS]
+    if unreadable:
+        return _report(
+            False,
+            what,
+            f"give 'lower', 'higher' or 'same' for each of {list(BETA_ZERO_KEYS)}; not readable: {unreadable}",
+        )
+    wrong = []
+    for k in BETA_ZERO_KEYS:
+        diff = zero[k] - trained[k]
+        answer = "same" if abs(diff) <= margins[k] else ("higher" if diff > 0 else "lower")
+        if prediction[k] != answer:
+            wrong.append(
+                f"{k} is {answer} (β = 0: {zero[k]:.3g}, β = 1e-2: {trained[k]:.3g}, error bar ±{margins[k]:.2g}): {_WHY[k]}"
+            )
+    return _report(not wrong, what, "; ".join(wrong))
