@@ -1,13 +1,19 @@
-"""Notebook 08's derivation exercises: the velocity an ε-prediction implies, and DDPM's ᾱ at the flow's noise level.
+"""Notebook 08's exercises: the velocity an ε-prediction implies, DDPM's ᾱ at the flow's noise level (derivations),
+and the prediction of the best timestep shift for three toy steps (judged against the measurement's error bar).
 
 Each checker accepts the right answer in more than one form and answers the plausible wrong ones with a ❌ and the
 hint for that mistake (never an exception)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from diffusion_lab.course.exercises.nb08_flow import check_matched_alpha_bar, check_velocity_from_eps
+from diffusion_lab.course.exercises.nb08_flow import (
+    check_matched_alpha_bar,
+    check_shift_prediction,
+    check_velocity_from_eps,
+)
 from diffusion_lab.maths.flow import flow_predict_x0
 
 
@@ -65,3 +71,35 @@ def test_matched_alpha_bar_explains_the_usual_mistakes(capsys):
         assert check_matched_alpha_bar(fn) is False
         out = capsys.readouterr().out
         assert out.startswith("❌") and hint in out, (hint, out)
+
+
+_SHIFTS, _SW, _SE = (1 / 3, 1.0, 3.0), [0.327, 0.252, 0.436], [0.023, 0.015, 0.017]  # the toy's measurement
+
+
+def test_shift_prediction_accepts_the_best_shift_in_any_number_form(capsys):
+    for answer in (1, 1.0, torch.tensor(1.0)):
+        assert check_shift_prediction(answer, _SHIFTS, _SW, _SE)
+    assert check_shift_prediction(0.33, _SHIFTS, [0.26, 0.252, 0.436], _SE)  # 1/3 within the error bar of the best
+    assert capsys.readouterr().out.count("✅") == 4
+
+
+def test_shift_prediction_explains_the_wrong_ones(capsys):
+    cases = [
+        (None, "not done yet"),
+        (1 / 3, "too far towards the data"),
+        (3, "(the worst): it moves the steps too far towards the noise"),
+        (2, "choose one of the measured shifts (0.333, 1, 3)"),
+        ("1", "got a str"),
+        (True, "got a bool"),
+    ]
+    for answer, hint in cases:
+        assert check_shift_prediction(answer, _SHIFTS, _SW, _SE) is False
+        out = capsys.readouterr().out
+        assert out.startswith("❌") and hint in out, (hint, out)
+
+
+def test_shift_prediction_own_arguments_follow_the_error_convention():
+    with pytest.raises(TypeError, match="scores must be a list of numbers"):
+        check_shift_prediction(1.0, _SHIFTS, "0.3 0.2", _SE)
+    with pytest.raises(ValueError, match="one score and one error per shift"):
+        check_shift_prediction(1.0, _SHIFTS, _SW[:2], _SE)

@@ -38,6 +38,7 @@ from diffusion_lab.course.exercises.nb08_flow import (
     check_flow_euler_step,
     check_flow_path,
     check_matched_alpha_bar,
+    check_shift_prediction,
     check_time_shift,
     check_velocity_from_eps,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "check_flow_euler_step",
     "check_velocity_from_eps",
     "check_matched_alpha_bar",
+    "check_shift_prediction",
     "check_sdxl_time_ids",
     "check_refiner_split",
     "check_sd3_joint_text",

@@ -8,6 +8,8 @@ checker                        the student's function must return
 ``check_flow_euler_step``      x_{t_next} = x_t + (t_next − t)·v
 ``check_velocity_from_eps``    v̂ = (ε̂ − x_t)/(1 − t): the velocity an ε-prediction implies (a derivation)
 ``check_matched_alpha_bar``    ᾱ = (1 − t)²/((1 − t)² + t²): DDPM's ᾱ at the flow's noise-to-signal ratio
+``check_shift_prediction``     a prediction (which timestep shift α gives the best 3-step toy samples), judged against
+                               the measurement with its error bar
 =============================  =====================================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
@@ -23,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from diffusion_lab.course.exercises.checking import (
+    _as_number,
     _as_tensor,
     _call,
     _call_tensor,
@@ -38,6 +41,7 @@ __all__ = [
     "check_flow_euler_step",
     "check_velocity_from_eps",
     "check_matched_alpha_bar",
+    "check_shift_prediction",
 ]
 
 
@@ -182,4 +186,49 @@ def check_matched_alpha_bar(fn: Callable[[torch.Tensor], torch.Tensor]) -> bool:
         hint = "that is 1 − ᾱ (the noise's share): ᾱ is the data's share, 1 at t = 0"
     else:
         hint = "set √((1 − ᾱ)/ᾱ) = t/(1 − t) and solve for ᾱ: ᾱ = 1/(1 + σ²)"
+    return _report(False, what, hint)
+
+
+def _numbers(name: str, values: object) -> list[float]:
+    """A checker's own list argument (set by the notebook) as finite floats; ``TypeError`` naming ``name`` if not."""
+    if isinstance(values, str | bytes | dict | set) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a list of numbers, got {type(values).__name__}")
+    out = []
+    for i, v in enumerate(values):
+        number, problem = _as_number(v)
+        if problem:
+            raise TypeError(f"{name}[{i}] must be a finite number: {problem}")
+        out.append(number)
+    return out
+
+
+def check_shift_prediction(prediction: object, shifts: object, scores: object, errors: object) -> bool:
+    """``prediction`` (one of ``shifts``) says which timestep shift α gives the best few-step samples. ``scores`` are
+    the measured distances to the data (lower is better), one per shift, and ``errors`` their standard errors: the
+    prediction is right if its score is within two standard errors of the difference from the best one."""
+    what = "shift prediction"
+    if prediction is None:
+        return _report(False, what, "not done yet: set your prediction BEFORE you run the experiment")
+    alphas, values, ses = _numbers("shifts", shifts), _numbers("scores", scores), _numbers("errors", errors)
+    if not alphas or len(values) != len(alphas) or len(ses) != len(alphas):
+        raise ValueError(
+            f"pass one score and one error per shift: {len(alphas)} shifts, {len(values)} scores, {len(ses)} errors"
+        )
+    options = ", ".join(f"{a:.3g}" for a in alphas)
+    alpha, problem = _as_number(prediction)
+    if problem:
+        return _report(False, what, f"answer with one number, the shift α itself (one of {options}): {problem}")
+    matches = [i for i, a in enumerate(alphas) if abs(alpha - a) <= 0.02 * abs(a)]
+    if not matches:
+        return _report(False, what, f"choose one of the measured shifts ({options}), got {alpha:g}")
+    i, best = matches[0], min(range(len(values)), key=values.__getitem__)
+    margin = 2 * (ses[i] ** 2 + ses[best] ** 2) ** 0.5
+    if values[i] - values[best] <= margin:
+        return _report(True, what, "")
+    worst = max(range(len(values)), key=values.__getitem__)
+    side = "towards the noise" if alphas[i] > alphas[best] else "towards the data"
+    hint = (
+        f"α = {alphas[best]:.3g} is best ({values[best]:.3f} ± {ses[best]:.3f}); yours scores {values[i]:.3f} ± "
+        f"{ses[i]:.3f}{' (the worst)' if i == worst else ''}: it moves the steps too far {side}"
+    )
     return _report(False, what, hint)
