@@ -142,6 +142,7 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_variance_ratio": (float(((1 - _TOY_AB[1]) / (1 - _TOY_AB[0])).sqrt()), ()),
     "check_snr_crossing": (int(torch.nonzero(snr(schedule_table()["squaredcos_cap_v2"]) < 1)[0]), ()),
     "check_timesteps_answer": (inference_timesteps(20, 1000, "trailing").tolist(), (20, "trailing")),
+    "check_leading_within_1db": ([50], ()),
     "check_inversion_order": (2, ()),
     "check_best_guidance": (5, (_WS, _ADHERENCE)),
     "check_shift_prediction": (1.0, ((1 / 3, 1.0, 3.0), [0.327, 0.252, 0.436], [0.023, 0.015, 0.017])),

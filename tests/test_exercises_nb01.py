@@ -1,4 +1,5 @@
-"""The exercise checks of notebook 01 added for its derivation exercises: the jump q(x_t | x_s) and Lin et al.'s
+"""The exercise checks of notebook 01 added for its derivation and prediction exercises: the jump q(x_t | x_s), the
+cosine schedule's 0 dB crossing solved by hand, leading vs trailing starts in SD's schedule, and Lin et al.'s
 zero-terminal-SNR rescale.
 
 Each check must accept right answers written here independently of the library (a loop, NumPy, float64) and reject
@@ -11,7 +12,12 @@ import numpy as np
 import torch
 from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as diffusers_rescale
 
-from diffusion_lab.course.exercises.nb01_forward_diffusion import check_jump_between, check_zero_terminal_snr
+from diffusion_lab.course.exercises.nb01_forward_diffusion import (
+    check_jump_between,
+    check_leading_within_1db,
+    check_snr_crossing,
+    check_zero_terminal_snr,
+)
 
 
 def _outcomes(capsys) -> list[str]:
@@ -132,3 +138,62 @@ def test_zero_terminal_snr_rejects_plausible_wrong_answers(capsys):
     _rejects(check_zero_terminal_snr, lambda b: b[:-1], "shape", capsys=capsys)
     _rejects(check_zero_terminal_snr, lambda b: None, "returns None", capsys=capsys)
     _rejects(check_zero_terminal_snr, lambda b: 1 / 0, "raised ZeroDivisionError", capsys=capsys)
+
+
+# --- the cosine schedule's 0 dB crossing, solved by hand ------------------------------------------------------------
+
+
+def _crossing_by_hand() -> float:
+    """t + 1 = T·u* with f(u*)/f(0) = 1/2, f(u) = cos²((u + s)/(1 + s)·π/2): the crossing in the notebook's indexing."""
+    s, T = 0.008, 1000
+    theta0 = s / (1 + s) * np.pi / 2
+    theta = np.arccos(np.cos(theta0) / np.sqrt(2))  # cos²θ = cos²θ0 / 2
+    u_star = theta * 2 / np.pi * (1 + s) - s
+    return T * u_star - 1  # the real-valued t at which SNR = 1
+
+
+def test_snr_crossing_accepts_the_hand_derived_answer(capsys):
+    t_real = _crossing_by_hand()
+    assert 495.0 < t_real < 495.1  # t + 1 = 496.04
+    first = int(np.ceil(t_real))  # the first whole t past the crossing
+    assert first == 496
+    _accepts(check_snr_crossing, first, np.int64(first), torch.tensor(first), float(first), capsys=capsys)
+
+
+def test_snr_crossing_rejects_slips_without_giving_the_code(capsys):
+    _rejects(check_snr_crossing, 497, "index shift", "(t+1)/T", capsys=capsys)  # t = T·u*, rounded up
+    _rejects(check_snr_crossing, 495, "one step early", capsys=capsys)  # t + 1 = T·u*, rounded down
+    _rejects(check_snr_crossing, 496.4, "not a whole number", capsys=capsys)
+    _rejects(check_snr_crossing, 500, "ᾱ_t < 1/2", capsys=capsys)  # the guess "the middle"
+    for answer in (497, 495, 500):
+        check_snr_crossing(answer)
+        assert "nonzero" not in capsys.readouterr().out  # the hint never gives the one line of code
+
+
+# --- leading vs trailing: which n start within 1 dB of trailing (SD's schedule) -------------------------------------
+
+
+def _gaps_independently() -> dict[int, float]:
+    """SNR in dB of (n − 1)·⌊1000/n⌋ + 1 minus that of 999, from SD's betas written out in float64."""
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
+    ab = np.cumprod(1 - betas)
+    snr_db = 10 * np.log10(ab / (1 - ab))
+    return {n: snr_db[(n - 1) * (1000 // n) + 1] - snr_db[999] for n in range(1, 51)}
+
+
+def test_leading_within_1db_accepts_the_measured_answer(capsys):
+    gaps = _gaps_independently()
+    right = [n for n, gap in gaps.items() if gap < 1.0]
+    assert right == [50]  # SD's default step count, and no other n up to 50 (n = 40: 1.2 dB, n = 48: 2.9 dB)
+    assert gaps[48] > 2.5 and 1.0 < gaps[40] < 1.5
+    _accepts(check_leading_within_1db, right, np.array(right), torch.tensor(right), (50,), [50.0], capsys=capsys)
+
+
+def test_leading_within_1db_rejects_plausible_wrong_answers(capsys):
+    _rejects(check_leading_within_1db, list(range(40, 51)), "n = 40 starts at t = 976", capsys=capsys)  # "monotone"
+    _rejects(check_leading_within_1db, [40, 50], "n = 40", capsys=capsys)
+    _rejects(check_leading_within_1db, [], "missing", capsys=capsys)  # "leading never gets there"
+    _rejects(check_leading_within_1db, [981], "not timesteps", capsys=capsys)  # the timestep, not n
+    _rejects(check_leading_within_1db, [50, 50], "", capsys=capsys)
+    _rejects(check_leading_within_1db, 50, "flat list", capsys=capsys)
+    _rejects(check_leading_within_1db, None, "set answer", capsys=capsys)

@@ -3,6 +3,7 @@ True or False, so a cell can also ``assert`` it; an error raised by the student'
 
 from diffusion_lab.course.exercises.nb01_forward_diffusion import (
     check_jump_between,
+    check_leading_within_1db,
     check_q_sample,
     check_snr_crossing,
     check_trailing_timesteps,
@@ -55,6 +56,7 @@ __all__ = [
     "check_q_sample",
     "check_snr_crossing",
     "check_trailing_timesteps",
+    "check_leading_within_1db",
     "check_jump_between",
     "check_zero_terminal_snr",
     "check_ddpm_loss",

@@ -6,6 +6,7 @@ checker                       the student's function must return
 ``check_q_sample``            x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε, one t per sample (DDPM Eq. 4)
 ``check_snr_crossing``        the first t with SNR_t = ᾱ_t/(1 − ᾱ_t) < 1 (0 dB)
 ``check_trailing_timesteps``  trailing spacing: round(T − k·T/n) − 1, k = 0..n−1
+``check_leading_within_1db``   the n in 1..50 whose leading start (SD's schedule) is within 1 dB of trailing's
 ``check_jump_between``        x_t from x_s (s < t): √(ᾱ_t/ᾱ_s)·x_s + √(1 − ᾱ_t/ᾱ_s)·ε, one (s, t) per sample
 ``check_zero_terminal_snr``   the betas of Lin et al. 2024's Algorithm 1 (diffusers' ``rescale_zero_terminal_snr``)
 ============================  =============================================================================
@@ -48,6 +49,7 @@ __all__ = [
     "check_q_sample",
     "check_snr_crossing",
     "check_trailing_timesteps",
+    "check_leading_within_1db",
     "check_jump_between",
     "check_zero_terminal_snr",
 ]
@@ -94,7 +96,10 @@ def check_q_sample(fn: Callable[..., torch.Tensor]) -> bool:
 
 
 def check_snr_crossing(t_answer, schedule: str = "squaredcos_cap_v2") -> bool:
-    """The first t at which SNR_t = ᾱ_t/(1−ᾱ_t) drops below 1 (0 dB) for ``schedule``."""
+    """The first t at which SNR_t = ᾱ_t/(1−ᾱ_t) drops below 1 (0 dB) for ``schedule``.
+
+    Notebook 01 asks for it by hand for the cosine schedule (solve f((t+1)/T)/f(0) = 1/2), so the hints name the
+    usual slips (the (t+1)/T index shift, rounding the crossing the wrong way) and never the one line of code."""
     check_choice("schedule", schedule, tuple(BETA_SCHEDULES))
     what = f"0 dB crossing of {schedule}"
     want = int(torch.nonzero(snr(schedule_table()[schedule]) < 1)[0])
@@ -102,14 +107,15 @@ def check_snr_crossing(t_answer, schedule: str = "squaredcos_cap_v2") -> bool:
         return _report(False, what, "set answer to an integer t")
     answer, problem = _as_number(t_answer, whole=True)  # Python ints, NumPy integers and one-element tensors
     if problem:
-        return _report(
-            False,
-            what,
-            f"answer must be one integer t, e.g. int(torch.nonzero(mask)[0]), not a list or a mask: {problem}",
-        )
-    return _report(
-        answer == want, what, "find the first index where snr(alphas_cumprod) < 1, e.g. with torch.nonzero(...)[0]"
-    )
+        return _report(False, what, f"answer must be one integer t (a timestep), not a list or a mask: {problem}")
+    if answer == want:
+        return _report(True, what, "")
+    hint = "you want the first index where snr(alphas_cumprod) < 1, i.e. the first t with ᾱ_t < 1/2"
+    if answer == want + 1 and schedule == "squaredcos_cap_v2":
+        hint += "; mind the index shift: ᾱ_t = f((t+1)/T)/f(0), so the crossing u* gives t + 1 = T·u*, not t = T·u*"
+    elif answer == want - 1:
+        hint += "; you are one step early: the crossing lies between two whole t, and the first t past it is the answer"
+    return _report(False, what, hint)
 
 
 def check_trailing_timesteps(fn: Callable[[int, int], np.ndarray]) -> bool:
@@ -135,6 +141,45 @@ def check_trailing_timesteps(fn: Callable[[int, int], np.ndarray]) -> bool:
                 "T/n, round halves to even (Python's round and np.round do)",
             )
     return _report(True, what, "")
+
+
+def _leading_gaps_db(n_max: int = 50, T: int = 1000) -> dict[int, float]:
+    """For SD's schedule: SNR (dB) of leading's first timestep (steps_offset=1) minus trailing's, for n = 1..n_max."""
+    snr_db = 10 * torch.log10(snr(schedule_table(T)["scaled_linear"]))
+    return {
+        n: float(snr_db[inference_timesteps(n, T, "leading", 1)[0]] - snr_db[inference_timesteps(n, T, "trailing")[0]])
+        for n in range(1, n_max + 1)
+    }
+
+
+def check_leading_within_1db(answer) -> bool:
+    """``answer``: every n in 1..50 (a list, array or 1-D tensor of integers, any order) for which the first timestep
+    of ``leading`` spacing (steps_offset=1) has an SNR within 1 dB of trailing's first (t = 999), in Stable Diffusion's
+    ``scaled_linear`` schedule with T = 1000. Leading starts at (n − 1)·⌊T/n⌋ + 1, which does not grow steadily with n."""
+    what = "leading vs trailing start, n = 1..50"
+    gaps = _leading_gaps_db()
+    want = sorted(n for n, gap in gaps.items() if gap < 1.0)
+    if answer is None:
+        return _report(False, what, "set answer to the list of n (1..50) whose leading start is within 1 dB")
+    got, problem = _as_int_list(answer)
+    if problem:
+        return _report(False, what, f"answer must be one flat list of whole numbers n: {problem}")
+    if sorted(set(got)) == want and len(got) == len(want):
+        return _report(True, what, "")
+    outside = [n for n in got if n not in gaps]
+    far = [n for n in got if n in gaps and gaps[n] >= 1.0]
+    if outside:
+        hint = f"every n must be a step count in 1..50, not {outside[0]} (give n, not timesteps)"
+    elif far:
+        n = far[0]
+        first = int(inference_timesteps(n, 1000, "leading", 1)[0])
+        hint = (
+            f"n = {n} starts at t = {first}, {gaps[n]:.1f} dB above trailing's t = 999: leading's start "
+            "(n − 1)·⌊T/n⌋ + 1 jumps around as ⌊T/n⌋ rounds down; compute the gap for every n"
+        )
+    else:
+        hint = "some n are missing: compute the gap snr_db(first leading t) − snr_db(999) for every n = 1..50"
+    return _report(False, what, hint)
 
 
 def check_jump_between(fn: Callable[..., torch.Tensor]) -> bool:
