@@ -104,6 +104,11 @@ RIGHT_FUNCTIONS = {
     "check_reparameterize": lambda m, lv, e: m + torch.exp(0.5 * lv) * e,
     "check_gaussian_kl": lambda m, lv: 0.5 * (m**2 + lv.exp() - 1 - lv).sum(dim=(1, 2, 3)),
     "check_scaling_factor": lambda z: 1 / z.std().item(),
+    "check_fitted_prior": lambda z, n, g: (
+        z.mean(dim=(0, 2, 3))[:, None, None]
+        + z.std(dim=(0, 2, 3))[:, None, None] * torch.randn(n, *z.shape[1:], generator=g)
+    ),
+    "check_matching_timestep": lambda ab, t, k: int((snr(ab) * k**2 - snr(ab)[t]).abs().argmin()),
     "check_tokenize": _tokenize,
     "check_cross_attention": _attention,
     "check_pooled_output": lambda h, ids, eos: h[torch.arange(len(ids)), (ids == eos).int().argmax(1)],
@@ -132,13 +137,14 @@ _WS, _ADHERENCE = [0, 1, 2, 3, 5, 8], [0.1, 0.4, 0.6, 0.7, 0.72, 0.69]
 _TOY_AB = schedule_table(200)["squaredcos_cap_v2"]  # notebook 02's toy schedule
 RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_beta_zero": (
-        {"mean σ": "lower", "KL per pixel": "higher", "reconstruction MSE": "same", "prior samples read": "same"},
+        {"mean σ": "lower", "KL per pixel": "higher", "RMS of μ": "higher"},
         (
-            {"mean σ": 0.04, "KL per pixel": 1.4, "reconstruction MSE": 0.014, "prior samples read": 0.05},
-            {"mean σ": 0.2, "KL per pixel": 0.4, "reconstruction MSE": 0.014, "prior samples read": 0.06},
-            {"mean σ": 0.01, "KL per pixel": 0.01, "reconstruction MSE": 0.001, "prior samples read": 0.02},
+            {"mean σ": 0.04, "KL per pixel": 1.4, "RMS of μ": 2.2},
+            {"mean σ": 0.2, "KL per pixel": 0.4, "RMS of μ": 0.9},
+            {"mean σ": 0.01, "KL per pixel": 0.01, "RMS of μ": 0.01},
         ),
     ),  # fmt: skip
+    "check_prior_prediction": ({"share read confidently": "higher"}, (0.155, 0.064, 0.023)),
     "check_variance_ratio": (float(((1 - _TOY_AB[1]) / (1 - _TOY_AB[0])).sqrt()), ()),
     "check_snr_crossing": (int(torch.nonzero(snr(schedule_table()["squaredcos_cap_v2"]) < 1)[0]), ()),
     "check_timesteps_answer": (inference_timesteps(20, 1000, "trailing").tolist(), (20, "trailing")),

@@ -24,7 +24,10 @@ from diffusion_lab.course.exercises.nb03_samplers import (
 from diffusion_lab.course.exercises.nb04_autoencoder import (
     check_beta_zero,
     check_decode_prior,
+    check_fitted_prior,
     check_gaussian_kl,
+    check_matching_timestep,
+    check_prior_prediction,
     check_reparameterize,
     check_scaling_factor,
 )
@@ -71,7 +74,10 @@ __all__ = [
     "check_gaussian_kl",
     "check_scaling_factor",
     "check_decode_prior",
+    "check_fitted_prior",
+    "check_prior_prediction",
     "check_beta_zero",
+    "check_matching_timestep",
     "check_tokenize",
     "check_cross_attention",
     "check_pooled_output",

@@ -7,7 +7,10 @@ checker                   the student's function must return
 ``check_gaussian_kl``     KL(N(μ, σ²) ‖ N(0, 1)) = ½Σ(μ² + σ² − 1 − log σ²) per sample (ibid., App. B)
 ``check_scaling_factor``  s = 1/std(z), so that s·z has unit variance
 ``check_decode_prior``    decoded samples of the prior: vae.decode(z) with z ~ N(0, I) of the latent shape
+``check_fitted_prior``    samples of a Gaussian fitted per channel to the codes: z_c = m_c + s_c·ε
+``check_prior_prediction``  predicted change in confidently read prior samples against the measured one
 ``check_beta_zero``       predicted directions (β = 0 against the trained β) compared with the measured ones
+``check_matching_timestep``  the t at which data of std k has the SNR that unit-variance data has at t_ref
 ========================  ============================================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
@@ -34,6 +37,7 @@ from diffusion_lab.course.exercises.checking import (
     _kind,
     _report,
 )
+from diffusion_lab.maths.schedules import schedule_table
 from diffusion_lab.models.autoencoder import AutoencoderConfig, AutoencoderKL
 
 __all__ = [
@@ -41,7 +45,10 @@ __all__ = [
     "check_gaussian_kl",
     "check_scaling_factor",
     "check_decode_prior",
+    "check_fitted_prior",
+    "check_prior_prediction",
     "check_beta_zero",
+    "check_matching_timestep",
 ]
 
 
@@ -106,10 +113,11 @@ def check_scaling_factor(fn: Callable[[torch.Tensor], float]) -> bool:
 
 @functools.cache
 def _small_autoencoder() -> AutoencoderKL:
-    """An untrained autoencoder with 3 latent channels (not the notebook's 4), built once for every check."""
+    """An untrained autoencoder with 3 latent channels (not the notebook's 4) and a scaling factor s = 0.5 (not 1),
+    built once for every check."""
     with torch.random.fork_rng():  # its weights from a fixed seed, without touching the caller's random state
         torch.manual_seed(14)
-        return AutoencoderKL(AutoencoderConfig(latent_channels=3)).eval()
+        return AutoencoderKL(AutoencoderConfig(latent_channels=3, scaling_factor=0.5)).eval()
 
 
 def _decoded(z: torch.Tensor) -> torch.Tensor:
@@ -142,6 +150,15 @@ def check_decode_prior(fn: Callable[..., torch.Tensor]) -> bool:
         return _report(False, what, hint)
     if torch.allclose(got, want, atol=1e-5) or torch.allclose(got, want.clamp(-1, 1), atol=1e-5):
         return _report(True, what, "")
+    rescaled = _decoded(torch.cat([z * 2.0, z * 0.5]))  # z / s and z · s with s = 0.5, decoded in one call
+    for wrong in rescaled.split(n):
+        if torch.allclose(got, wrong, atol=1e-5) or torch.allclose(got, wrong.clamp(-1, 1), atol=1e-5):
+            return _report(
+                False,
+                what,
+                "the prior N(0, I) is the autoencoder's own prior: decode z as drawn, without the scaling factor "
+                "(s only rescales latents for the diffusion model)",
+            )
     uniform = _decoded(torch.rand(n, 3, 7, 7, generator=torch.Generator().manual_seed(seed)))
     if torch.allclose(got, uniform, atol=1e-5) or torch.allclose(got, uniform.clamp(-1, 1), atol=1e-5):
         return _report(False, what, "torch.rand is uniform on [0, 1); the prior is N(0, I): torch.randn")
@@ -153,14 +170,12 @@ def check_decode_prior(fn: Callable[..., torch.Tensor]) -> bool:
     )
 
 
-BETA_ZERO_KEYS = ("mean σ", "KL per pixel", "reconstruction MSE", "prior samples read")
+BETA_ZERO_KEYS = ("mean σ", "KL per pixel", "RMS of μ")
 _ANSWERS = ("lower", "higher", "same")
 _WHY = {
     "mean σ": "with β = 0 nothing rewards noise in the code, so the encoder shrinks σ towards 0",
     "KL per pixel": "σ → 0 makes −log σ² grow and nothing holds μ near 0, so the KL (measured, not trained) grows",
-    "reconstruction MSE": "with the same number of steps, does dropping the KL buy sharper reconstructions? Only what was "
-    "measured counts",
-    "prior samples read": "nothing pulls the codes towards N(0, I); compare with how few the trained β already decodes",
+    "RMS of μ": "nothing holds the means near 0 any more, so the encoder spreads them as widely as it likes",
 }
 
 
@@ -209,3 +224,137 @@ def check_beta_zero(prediction: object, measured_zero: dict, measured_trained: d
                 f"{k} is {answer} (β = 0: {zero[k]:.3g}, β = 1e-2: {trained[k]:.3g}, error bar ±{margins[k]:.2g}): {_WHY[k]}"
             )
     return _report(not wrong, what, "; ".join(wrong))
+
+
+def check_fitted_prior(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(latents, n, generator)`` must return n samples of shape (n, C, h, w) from the Gaussian fitted to the
+    latents per channel: z[:, c] = m_c + s_c·ε with m_c and s_c the mean and standard deviation of channel c over the
+    batch and all positions, and ε ~ N(0, I) drawn with ``generator``.
+
+    Tried on latents whose channels have different means and scales, so that one mean and one standard deviation for
+    all numbers at once fails; judged by the statistics of 4000 samples, so any correct way of drawing them passes."""
+    _check_callable(fn)
+    what = "fitted prior"
+    g = torch.Generator().manual_seed(16)
+    scale, shift = torch.tensor([0.3, 1.0, 4.0]), torch.tensor([-1.0, 0.0, 2.0])
+    latents = torch.randn(400, 3, 5, 5, generator=g) * scale[:, None, None] + shift[:, None, None]  # (400, 3, 5, 5)
+    n = 4000
+    want = torch.zeros(n, 3, 5, 5)
+    got, hint = _call_tensor(
+        fn,
+        what,
+        want,
+        "return n samples shaped like one latent each, {want}, not {got}",
+        latents,
+        n,
+        torch.Generator().manual_seed(17),
+    )
+    if hint:
+        return _report(False, what, hint)
+    m, s = latents.mean(dim=(0, 2, 3)), latents.std(dim=(0, 2, 3))  # (3,) each
+    got_m, got_s = got.mean(dim=(0, 2, 3)), got.std(dim=(0, 2, 3))
+    if torch.allclose(got_s, torch.ones(3), rtol=0.05) and torch.allclose(got_m, torch.zeros(3), atol=0.05):
+        return _report(False, what, "these are N(0, I) samples: shift and scale each channel by its own mean and std")
+    if (got_s.max() / got_s.min()) < 1.5:
+        return _report(False, what, "one mean and one std per CHANNEL (dims 0, 2, 3), not one for all numbers at once")
+    if not torch.allclose(got_s, s, rtol=0.08):
+        if torch.allclose(got_s, s**2, rtol=0.08):
+            return _report(False, what, "the variance is s_c²; the samples need the standard deviation s_c")
+        return _report(
+            False, what, f"channel stds {got_s.tolist()} should be the latents' {s.tolist()}: z = m_c + s_c·ε"
+        )
+    if not torch.allclose(got_m, m, atol=0.05 * s.max().item()):
+        return _report(False, what, f"channel means {got_m.tolist()} should be the latents' {m.tolist()}")
+    again, hint = _call(fn, what, latents, n, torch.Generator().manual_seed(17))
+    again, problem = _as_tensor(again, want.dtype) if not hint else (None, hint)
+    if problem or again is None or again.shape != got.shape or not torch.equal(again, got):
+        return _report(False, what, "draw ε with the generator passed in (torch.randn(..., generator=generator))")
+    return _report(True, what, "")
+
+
+_DIRECTIONS = ("higher", "lower", "same")
+
+
+PRIOR_KEY = "share read confidently"
+
+
+def check_prior_prediction(prediction: object, measured_new: object, measured_old: object, margin: object) -> bool:
+    """``prediction`` (a dict {"share read confidently": "higher", "lower" or "same"}) says how the share of decoded
+    samples read with confidence > 0.9 changes from N(0, I) (``measured_old``) to the fitted prior (``measured_new``);
+    ``margin`` is the error bar of the difference: a difference within it is "same"."""
+    what = "prior prediction"
+    values = []
+    for name, value in (("measured_new", measured_new), ("measured_old", measured_old), ("margin", margin)):
+        number, problem = _as_number(value)
+        if problem:
+            raise TypeError(f"{name} must be a finite number: {problem}")
+        values.append(number)
+    new, old, margin = values
+    if prediction is None or (isinstance(prediction, dict) and all(v is None for v in prediction.values())):
+        return _report(False, what, "not done yet: fill in 'higher', 'lower' or 'same' BEFORE you run the experiment")
+    if not isinstance(prediction, dict):
+        return _report(
+            False, what, f"prediction must be a dict like {{{PRIOR_KEY!r}: 'higher'}}, got {_kind(prediction)}"
+        )
+    answer_given = prediction.get(PRIOR_KEY)
+    if not isinstance(answer_given, str) or answer_given not in _DIRECTIONS:
+        return _report(False, what, f"give 'higher', 'lower' or 'same' for {PRIOR_KEY!r}, got {_kind(answer_given)}")
+    diff = new - old
+    answer = "same" if abs(diff) <= margin else ("higher" if diff > 0 else "lower")
+    if answer_given == answer:
+        return _report(True, what, "")
+    why = {
+        "higher": "N(0, I) gives every channel mean 0 and width 1, the codes' channels have other means and widths; "
+        "matching them puts the samples nearer the codes, though it still ignores how the 49 positions of a code "
+        "depend on one another",
+        "lower": "matching each channel's mean and width moved the samples away from what the decoder reads as digits",
+        "same": "matching each channel's mean and width changed too little to show at this sample size",
+    }[answer]
+    return _report(False, what, f"measured {answer}: {old:.3f} → {new:.3f} (error bar ±{margin:.3f}); {why}")
+
+
+def fitted_prior_samples(latents: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """The course's answer to the fitted-prior exercise, so that its experiment runs before the student's is done:
+    z[:, c] = m_c + s_c·ε, (n, C, h, w), with m_c, s_c the mean and std of channel c of ``latents`` (B, C, h, w)."""
+    m, s = latents.mean(dim=(0, 2, 3)), latents.std(dim=(0, 2, 3))  # (C,) each
+    eps = torch.randn(n, *latents.shape[1:], generator=generator)  # (n, C, h, w)
+    return m[:, None, None] + s[:, None, None] * eps
+
+
+def _matching_t(alphas_cumprod: torch.Tensor, t_ref: int, data_std: float) -> int:
+    ab = alphas_cumprod.double()
+    snr = ab / (1 - ab)  # (T,) SNR of unit-variance data
+    return int((snr * data_std**2 - snr[t_ref]).abs().argmin())
+
+
+def check_matching_timestep(fn: Callable[..., int]) -> bool:
+    """``fn(alphas_cumprod, t_ref, data_std)`` must return the timestep t at which data of standard deviation
+    ``data_std`` has the signal-to-noise ratio ᾱ_t·std² / (1 − ᾱ_t) closest to that of unit-variance data at
+    ``t_ref``, ᾱ_ref / (1 − ᾱ_ref) (within one step)."""
+    _check_callable(fn)
+    what = "matching timestep"
+    table = schedule_table(1000)
+    for schedule, t_ref, k in (("linear", 500, 2.0), ("linear", 300, 0.5), ("squaredcos_cap_v2", 600, 3.0)):
+        ab = table[schedule]
+        want = _matching_t(ab, t_ref, k)
+        got, hint = _call(fn, what, ab, t_ref, k)
+        if hint:
+            return _report(False, what, hint)
+        got, problem = _as_number(got)
+        if problem:
+            return _report(False, what, f"return one timestep (a whole number), {problem}")
+        if abs(got - want) <= 1:
+            continue
+        case = f"({schedule} schedule, t_ref = {t_ref}, std = {k:g}: want about {want}, got {got:g})"
+        if abs(got - t_ref) <= 1:
+            return _report(False, what, f"the data's scale changes the SNR at every t, so the matching t moves {case}")
+        if abs(got - _matching_t(ab, t_ref, k**0.5)) <= 1:
+            return _report(False, what, f"the SNR scales with the variance std², not with std {case}")
+        if abs(got - _matching_t(ab, t_ref, 1 / k)) <= 1:
+            return _report(
+                False,
+                what,
+                f"wrong direction: larger data raise the SNR, so the match lies at a noisier, later t {case}",
+            )
+        return _report(False, what, f"solve ᾱ_t·std² / (1 − ᾱ_t) = ᾱ_ref / (1 − ᾱ_ref) for t {case}")
+    return _report(True, what, "")
