@@ -13,6 +13,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from checker_asserts import accepts as _accepts
+from checker_asserts import outcomes as _outcomes
+from checker_asserts import rejects as _rejects
 
 from diffusion_lab.course.exercises.nb01_forward_diffusion import (
     check_q_sample,
@@ -26,28 +29,6 @@ from diffusion_lab.course.exercises.nb04_autoencoder import (
     check_reparameterize,
     check_scaling_factor,
 )
-
-
-def _outcomes(capsys) -> list[str]:
-    """The ✅/❌ lines the checks printed since the last call."""
-    return capsys.readouterr().out.splitlines()
-
-
-def _accepts(check, *answers, capsys) -> None:
-    for answer in answers:
-        assert check(answer) is True, answer
-    lines = _outcomes(capsys)
-    assert len(lines) == len(answers) and all(line.startswith("✅") for line in lines), lines
-
-
-def _rejects(check, answer, *hint_words, capsys) -> None:
-    """``check(answer)`` is False, prints one ❌ line, and its hint contains every one of ``hint_words``."""
-    assert check(answer) is False, answer
-    lines = _outcomes(capsys)
-    assert len(lines) == 1 and lines[0].startswith("❌"), lines
-    for word in hint_words:
-        assert word in lines[0], (word, lines[0])
-
 
 # --- references written out here ---------------------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from checker_asserts import accepts as _accepts
+from checker_asserts import rejects as _rejects
 from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as diffusers_rescale
 
 from diffusion_lab.course.exercises.nb01_forward_diffusion import (
@@ -18,27 +20,6 @@ from diffusion_lab.course.exercises.nb01_forward_diffusion import (
     check_snr_crossing,
     check_zero_terminal_snr,
 )
-
-
-def _outcomes(capsys) -> list[str]:
-    return capsys.readouterr().out.splitlines()
-
-
-def _accepts(check, *answers, capsys) -> None:
-    for answer in answers:
-        assert check(answer) is True, answer
-    lines = _outcomes(capsys)
-    assert len(lines) == len(answers) and all(line.startswith("✅") for line in lines), lines
-
-
-def _rejects(check, answer, *hint_words, capsys) -> None:
-    """``check(answer)`` is False, prints one ❌ line, and its hint contains every one of ``hint_words``."""
-    assert check(answer) is False, answer
-    lines = _outcomes(capsys)
-    assert len(lines) == 1 and lines[0].startswith("❌"), lines
-    for word in hint_words:
-        assert word in lines[0], (word, lines[0])
-
 
 # --- the jump q(x_t | x_s) ------------------------------------------------------------------------------------------
 

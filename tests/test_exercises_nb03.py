@@ -6,27 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from checker_asserts import accepts as _accepts
+from checker_asserts import rejects as _rejects
 
 from diffusion_lab.course.exercises.nb03_samplers import check_flow_sigma, check_inversion_order
-
-
-def _outcomes(capsys) -> list[str]:
-    return capsys.readouterr().out.splitlines()
-
-
-def _accepts(check, *answers, capsys) -> None:
-    for answer in answers:
-        assert check(answer) is True, answer
-    lines = _outcomes(capsys)
-    assert len(lines) == len(answers) and all(line.startswith("✅") for line in lines), lines
-
-
-def _rejects(check, answer, *hint_words, capsys) -> None:
-    assert check(answer) is False, answer
-    lines = _outcomes(capsys)
-    assert len(lines) == 1 and lines[0].startswith("❌"), lines
-    for word in hint_words:
-        assert word in lines[0], (word, lines[0])
 
 
 def test_flow_sigma_accepts_b_over_a(capsys):

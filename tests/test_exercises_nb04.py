@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from checker_asserts import accepts as _accepts
+from checker_asserts import rejects as _rejects
 
 from diffusion_lab.course.exercises.nb04_autoencoder import (
     check_beta_zero,
@@ -20,27 +22,6 @@ from diffusion_lab.course.exercises.nb04_autoencoder import (
     fitted_prior_samples,
 )
 from diffusion_lab.maths.schedules import schedule_table
-
-
-def _outcomes(capsys) -> list[str]:
-    return capsys.readouterr().out.splitlines()
-
-
-def _accepts(check, *answers, capsys, args=()) -> None:
-    for answer in answers:
-        assert check(answer, *args) is True, answer
-    lines = _outcomes(capsys)
-    assert len(lines) == len(answers) and all(line.startswith("✅") for line in lines), lines
-
-
-def _rejects(check, answer, *hint_words, capsys, args=()) -> None:
-    """``check(answer)`` is False, prints one ❌ line, and its hint contains every one of ``hint_words``."""
-    assert check(answer, *args) is False, answer
-    lines = _outcomes(capsys)
-    assert len(lines) == 1 and lines[0].startswith("❌"), lines
-    for word in hint_words:
-        assert word in lines[0], (word, lines[0])
-
 
 # --- decoding the prior ---------------------------------------------------------------------------------------------
 
