@@ -131,21 +131,26 @@ def test_dpm_solver_matches_diffusers(spacing, prediction, karras):
                  final_sigmas_type=final, solver_type=solver_type, **kw)  # fmt: skip
 
 
-@pytest.mark.parametrize("name", CLASSES)
+_BETA_CASES = {
+    "linear": dict(beta_schedule="linear"),
+    "cosine": dict(beta_schedule="squaredcos_cap_v2"),
+    "zero-snr": dict(SD, rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction"),
+    "trained-betas": dict(trained_betas=torch.linspace(1e-3, 0.05, 50).tolist(), num_train_timesteps=50),
+    "leading-no-offset": dict(SD, timestep_spacing="leading", steps_offset=0),
+}
+
+
 @pytest.mark.parametrize(
-    "kw",
+    ("name", "kw"),
     [
-        dict(beta_schedule="linear"),
-        dict(beta_schedule="squaredcos_cap_v2"),
-        dict(SD, rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction"),
-        dict(trained_betas=torch.linspace(1e-3, 0.05, 50).tolist(), num_train_timesteps=50),
-        dict(SD, timestep_spacing="leading", steps_offset=0),
+        pytest.param(name, kw, id=f"{name}-{case}")
+        for name in CLASSES
+        for case, kw in _BETA_CASES.items()
+        # diffusers' Heun has no rescale_betas_zero_snr: nothing to compare with
+        if not (name == "HeunDiscreteScheduler" and case == "zero-snr")
     ],
-    ids=["linear", "cosine", "zero-snr", "trained-betas", "leading-no-offset"],
 )
 def test_beta_schedules_match_diffusers(name, kw):
-    if name == "HeunDiscreteScheduler" and "rescale_betas_zero_snr" in kw:
-        pytest.skip("diffusers' Heun has no rescale_betas_zero_snr")
     ours, theirs = _pair(name, **kw)
     torch.testing.assert_close(ours.alphas_cumprod, theirs.alphas_cumprod, atol=0, rtol=0)
     karras = {} if name == "EulerAncestralDiscreteScheduler" else {"use_karras_sigmas": True}
