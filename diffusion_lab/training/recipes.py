@@ -140,7 +140,7 @@ class LatentTextTrainConfig:
 def latent_text_recipe(
     budget_s: float = 120.0, seed: int = 0
 ) -> tuple[AutoencoderConfig, TextEncoderConfig, UNetConfig, LatentTextTrainConfig]:
-    """The latent text-to-image MNIST model of issue 5: (autoencoder, text encoder, U-Net, training) configs.
+    """The latent text-to-image MNIST model of notebook 07 (the tiny SD): (autoencoder, text encoder, U-Net, training) configs.
 
     Quick mode (``DIFFUSION_LAB_SMOKE=1``) shrinks data and budgets so that the whole recipe runs in seconds.
     """
