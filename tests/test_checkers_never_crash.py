@@ -150,6 +150,8 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_timesteps_answer": (inference_timesteps(20, 1000, "trailing").tolist(), (20, "trailing")),
     "check_leading_within_1db": ([50], ()),
     "check_inversion_order": (2, ()),
+    "check_flow_time": (0.7573, (0.0931,)),  # √(1−ᾱ)/(√ᾱ + √(1−ᾱ)) for ᾱ = 0.0931
+    "check_skip_reason": (2, ()),
     "check_best_guidance": (5, (_WS, _ADHERENCE)),
     "check_shift_prediction": (1.0, ((1 / 3, 1.0, 3.0), [0.327, 0.252, 0.436], [0.023, 0.015, 0.017])),
 }

@@ -18,7 +18,9 @@ from diffusion_lab.course.exercises.nb02_ddpm import (
 from diffusion_lab.course.exercises.nb03_samplers import (
     check_ddim_step,
     check_flow_sigma,
+    check_flow_time,
     check_inversion_order,
+    check_skip_reason,
     check_timesteps_answer,
 )
 from diffusion_lab.course.exercises.nb04_autoencoder import (
@@ -70,6 +72,8 @@ __all__ = [
     "check_timesteps_answer",
     "check_flow_sigma",
     "check_inversion_order",
+    "check_flow_time",
+    "check_skip_reason",
     "check_reparameterize",
     "check_gaussian_kl",
     "check_scaling_factor",

@@ -7,6 +7,8 @@ checker                     the student's function must return
 ``check_timesteps_answer``  the n timesteps a scheduler with this spacing visits, in order
 ``check_flow_sigma``        σ(t) = t/(1 − t): the noise-to-signal ratio b_t/a_t of the flow path x_t = (1−t)·x_0 + t·ε
 ``check_inversion_order``   p = 2 in MSE ∝ n^(−p): DDIM inversion's round trip is first order, its MSE the square
+``check_flow_time``         the flow time t = √(1−ᾱ)/(√ᾱ + √(1−ᾱ)) at which the flow path has DDPM's noise level σ
+``check_skip_reason``       which reason makes DDIM's step t − ⌊T/n⌋ miss the trailing grid when n does not divide T
 ==========================  ==================================================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
@@ -31,9 +33,16 @@ from diffusion_lab.course.exercises.checking import (
 )
 from diffusion_lab.maths.diffusion import ddim_sigma, ddim_step
 from diffusion_lab.maths.schedules import TIMESTEP_SPACINGS, inference_timesteps, schedule_table
-from diffusion_lab.utils.errors import check_choice, check_int
+from diffusion_lab.utils.errors import check_choice, check_int, check_number
 
-__all__ = ["check_ddim_step", "check_flow_sigma", "check_inversion_order", "check_timesteps_answer"]
+__all__ = [
+    "check_ddim_step",
+    "check_flow_sigma",
+    "check_flow_time",
+    "check_inversion_order",
+    "check_skip_reason",
+    "check_timesteps_answer",
+]
 
 
 def check_ddim_step(fn: Callable[..., torch.Tensor]) -> bool:
@@ -90,7 +99,10 @@ def check_flow_sigma(fn: Callable[..., torch.Tensor]) -> bool:
     near = {
         "t": (t, "that is b_t = t alone: divide by the signal coefficient a_t = 1 − t"),
         "(1-t)/t": ((1 - t) / t, "upside down: σ is noise over signal, b_t/a_t"),
-        "sqrt": (want.sqrt(), "σ is the ratio of standard deviations b_t/a_t, not of variances"),
+        "sqrt": (
+            want.sqrt(),
+            "that is DDPM's √((1 − ᾱ)/ᾱ) with ᾱ = 1 − t; on the flow path the signal coefficient itself is a_t = 1 − t",
+        ),
         "square": (want**2, "σ is the ratio of standard deviations b_t/a_t, not of variances"),
         "vp": (t / (1 - t**2).sqrt(), "the flow path is not variance-preserving: a_t = 1 − t, b_t = t"),
     }
@@ -120,3 +132,64 @@ def check_inversion_order(answer) -> bool:
     else:
         hint = "DDIM is an Euler step: what is the error of Euler's method with n steps, and what does squaring do?"
     return _report(False, what, hint)
+
+
+def check_flow_time(answer, abar) -> bool:
+    """``answer`` must be the flow time t whose σ = t/(1 − t) equals DDPM's σ = √((1 − ᾱ)/ᾱ) for the given ᾱ:
+    t = σ/(1 + σ) = √(1 − ᾱ)/(√ᾱ + √(1 − ᾱ)) (within 1e-3)."""
+    abar = check_number("abar", abar, minimum=0.0, maximum=1.0)
+    if not 0 < abar < 1:
+        raise ValueError(f"abar must be strictly between 0 and 1, got {abar}")
+    what = "flow time with DDPM's noise level"
+    if answer is None:
+        return _report(False, what, "set flow_t to a number in (0, 1)")
+    t, problem = _as_number(answer)
+    if problem:
+        return _report(False, what, f"answer with one number t: {problem}")
+    sigma = ((1 - abar) / abar) ** 0.5
+    want = sigma / (1 + sigma)
+    if abs(t - want) <= 1e-3:
+        return _report(True, what, "")
+    near = [
+        (sigma, "that is σ itself: solve σ = t/(1 − t) for t"),
+        (
+            (1 - abar) ** 0.5,
+            "that matches the noise coefficients b = t and √(1 − ᾱ); the signal coefficients differ: match σ = b/a",
+        ),
+        (1 - abar, "that is DDPM's noise variance 1 − ᾱ; the flow's σ = t/(1 − t) must equal DDPM's √((1 − ᾱ)/ᾱ)"),
+        (
+            1 - abar**0.5,
+            "that matches the signal coefficients 1 − t and √ᾱ; the noise coefficients then differ: match σ = b/a",
+        ),
+    ]
+    for wrong, message in near:
+        if abs(t - wrong) <= 1e-3:
+            return _report(False, what, message)
+    return _report(False, what, "equate the flow's σ = t/(1 − t) with DDPM's σ = √((1 − ᾱ)/ᾱ) and solve for t")
+
+
+SKIP_REASONS = {
+    1: "the trailing grid starts at T − 1 = 999, so every step is off by one",
+    2: "T/n is not a whole number: the grid rounds T − k·T/n, so its gaps alternate (33 and 34 for n = 30), "
+    "while the step always subtracts ⌊T/n⌋ = 33",
+    3: "the scheduler drops t = 0, so the last step has nowhere to land",
+}
+
+
+def check_skip_reason(answer) -> bool:
+    """``answer`` must be 2 of :data:`SKIP_REASONS`: with n not dividing T the trailing grid's gaps are ⌊T/n⌋ or
+    ⌈T/n⌉, and DDIM's step t − ⌊T/n⌋ lands one timestep off the grid wherever the gap is ⌈T/n⌉."""
+    what = "why t − ⌊T/n⌋ misses the grid"
+    if answer is None:
+        return _report(False, what, "set why to 1, 2 or 3")
+    choice, problem = _as_number(answer, whole=True)
+    if problem or choice not in SKIP_REASONS:
+        return _report(False, what, f"answer with one of the numbers 1, 2, 3: {problem or f'got {choice}'}")
+    if choice == 2:
+        return _report(True, what, "")
+    hints = {
+        1: "999 is on the grid and 999 − 33 = 966 is too: print the gaps between consecutive grid points",
+        3: "the last grid point is t = 32 and the step from it goes to t = −1, treated as ᾱ = 1 by design: "
+        "look at the gaps between consecutive grid points instead",
+    }
+    return _report(False, what, hints[choice])
