@@ -98,6 +98,7 @@ RIGHT_FUNCTIONS = {
     ),
     "check_ddpm_loss": lambda model, x0, t, noise, ab: (noise - model(q_sample(x0, t, noise, ab), t)).pow(2).mean(),
     "check_ddpm_step": lambda eps, x_t, ab_t, ab_prev, z: ddpm_step(x0_from_eps(x_t, eps, ab_t), x_t, ab_t, ab_prev, z),
+    "check_min_snr_weight": lambda snr, g, p: snr.clamp(max=g) / (snr if p == "epsilon" else snr + 1),
     "check_skip_extra_params": lambda c_h, c_s, c_out: 2 * c_s + 9 * c_s * c_out + (c_h + c_s) * c_out + c_out,
     "check_ddim_step": ddim_step,
     "check_flow_sigma": lambda t: t / (1 - t),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_lab.course.exercises.nb02_ddpm import check_skip_extra_params, check_variance_ratio
+from diffusion_lab.course.exercises.nb02_ddpm import check_min_snr_weight, check_skip_extra_params, check_variance_ratio
 from diffusion_lab.maths.schedules import schedule_table
 from diffusion_lab.models.unet import ResBlock
 
@@ -77,3 +77,66 @@ def test_skip_extra_params_wrong(fn, hint, capsys):
     assert check_skip_extra_params(fn) is False
     line = _line(capsys)
     assert line.startswith("❌") and hint in line, line
+
+
+# --- Exercise 1: Min-SNR-γ's weight of an ε loss and of a v loss ---------------------------------------------------
+
+
+def _weight(snr, gamma, prediction_type):  # min(SNR, γ)·‖x0 − x̂0‖² = w·‖ε − ε̂‖² = w·‖v − v̂‖²
+    return snr.clamp(max=gamma) / (snr if prediction_type == "epsilon" else snr + 1)
+
+
+def test_min_snr_weight_right(capsys):
+    from diffusion_lab.training.loss import min_snr_weight
+
+    for fn in (
+        _weight,
+        min_snr_weight,
+        lambda s, g, p: _weight(s, g, p).double(),
+        lambda s, g, p: _weight(s, g, p).tolist(),
+    ):
+        assert check_min_snr_weight(fn) is True
+        assert _line(capsys).startswith("✅")
+
+
+@pytest.mark.parametrize(
+    "fn, hint",
+    [
+        (lambda s, g, p: None, "returns None"),
+        (lambda s, g, p: s.clamp(max=g), "min(SNR, γ) alone"),  # the x0 weight for both
+        (lambda s, g, p: s.clamp(max=g) / (s + 1), "weight of the v_prediction loss"),  # the v weight for ε too
+        (lambda s, g, p: s.clamp(max=g) / s, "weight of the epsilon loss"),  # the ε weight for v too
+        (lambda s, g, p: _weight(s, g, "v_prediction" if p == "epsilon" else "epsilon"), "weight of the epsilon"),
+        (lambda s, g, p: 1 / _weight(s, g, p), "upside down"),
+        (lambda s, g, p: s.clamp(max=g) * (s if p == "epsilon" else s + 1), "upside down"),
+        (lambda s, g, p: s.clamp(max=g) / (s + 2), "wrong for v_prediction"),
+        (lambda s, g, p: _weight(s, g, p)[:5], "shape"),
+        (lambda s, g, p: s / 0 * float("nan"), "NaN"),
+    ],
+)
+def test_min_snr_weight_wrong(fn, hint, capsys):
+    assert check_min_snr_weight(fn) is False
+    line = _line(capsys)
+    assert line.startswith("❌") and hint in line, line
+
+
+# --- LossPlot: the text shown where the widget is not rendered -----------------------------------------------------
+
+
+def test_loss_plot_displays_a_sentence_not_the_empty_image_repr(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    import IPython.display
+
+    from diffusion_lab.course.plots import LossPlot
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.append((objs, kw)))
+    trainer = type("FakeTrainer", (), {"step": 0, "losses": [1.0, 0.9, 0.8]})()
+    plot = LossPlot(every=1, smooth=2)
+    plot(trainer)
+    trainer.step = 1
+    plot(trainer)  # redraws the same widget: nothing new displayed
+    assert len(shown) == 1, shown
+    (bundle,), kw = shown[0]
+    assert kw == {"raw": True} and bundle["text/plain"] == LossPlot.TEXT
+    assert "application/vnd.jupyter.widget-view+json" in bundle and plot.image.value  # the curve was drawn

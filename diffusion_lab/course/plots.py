@@ -25,6 +25,8 @@ class LossPlot:
     It never prints and never clears output (both break strict nbval); the cell shows one widget.
     """
 
+    TEXT = "LossPlot: a live loss curve (an ipywidgets.Image, drawn while the kernel runs)"
+
     def __init__(self, every: int = 50, smooth: int = 25):
         self.every, self.smooth, self.image = check_int("every", every), check_int("smooth", smooth), None
 
@@ -40,7 +42,8 @@ class LossPlot:
 
         if self.image is None:
             self.image = w.Image(format="png")
-            display(self.image)
+            # the text shown where widgets are not rendered: a sentence, not the repr of the still-empty image
+            display({**self.image._repr_mimebundle_(), "text/plain": self.TEXT}, raw=True)
         losses = torch.tensor(trainer.losses)
         fig, ax = plt.subplots(figsize=(6, 2.5))
         ax.plot(losses.numpy(), alpha=0.3, lw=0.8)

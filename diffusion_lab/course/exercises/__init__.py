@@ -12,6 +12,7 @@ from diffusion_lab.course.exercises.nb01_forward_diffusion import (
 from diffusion_lab.course.exercises.nb02_ddpm import (
     check_ddpm_loss,
     check_ddpm_step,
+    check_min_snr_weight,
     check_skip_extra_params,
     check_variance_ratio,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "check_jump_between",
     "check_zero_terminal_snr",
     "check_ddpm_loss",
+    "check_min_snr_weight",
     "check_ddpm_step",
     "check_variance_ratio",
     "check_skip_extra_params",

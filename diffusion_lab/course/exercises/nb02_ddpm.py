@@ -7,6 +7,12 @@ checker              the student's function must return
 ``check_ddpm_step``  x_{t−1} = (x_t − β_t/√(1 − ᾱ_t)·ε̂)/√α_t + σ_t·z, σ_t² = β̃_t (DDPM Alg. 2, Eq. 7)
 ===================  ==================================================================================
 
+========================  =============================================================================
+checker                   the student's function must return
+========================  =============================================================================
+``check_min_snr_weight``  Min-SNR-γ's weight of an ε loss (min(SNR, γ)/SNR) or a v loss (/(SNR + 1))
+========================  =============================================================================
+
 ===========================  ==========================================================================
 checker                      the student's answer
 ===========================  ==========================================================================
@@ -40,7 +46,13 @@ from diffusion_lab.course.exercises.checking import (
 from diffusion_lab.maths.diffusion import ddpm_step, q_sample, x0_from_eps
 from diffusion_lab.maths.schedules import schedule_table
 
-__all__ = ["check_ddpm_loss", "check_ddpm_step", "check_skip_extra_params", "check_variance_ratio"]
+__all__ = [
+    "check_ddpm_loss",
+    "check_ddpm_step",
+    "check_min_snr_weight",
+    "check_skip_extra_params",
+    "check_variance_ratio",
+]
 
 
 def check_ddpm_loss(fn: Callable[..., torch.Tensor]) -> bool:
@@ -167,6 +179,53 @@ def check_skip_extra_params(fn: Callable[..., int]) -> bool:
                 hint = (
                     f"wrong for c_h = {c_h}, c_skip = {c_skip}, c_out = {c_out} (want {want:,d}, got {got:,d}): list the "
                     "layers whose shape depends on c_in (norm1, conv1, skip) and count their weights and biases"
+                )
+            return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def _min_snr_reference(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """min(SNR, γ)/SNR for an ε loss, min(SNR, γ)/(SNR + 1) for a v loss (written here, independent of the library)."""
+    clipped = snr.clamp(max=gamma)
+    return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
+
+
+def check_min_snr_weight(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(snr, gamma, prediction_type)`` must return the per-example weight that turns an ε loss (``"epsilon"``) or a
+    v loss (``"v_prediction"``) into Min-SNR-γ's min(SNR, γ)·‖x0 − x̂0‖²: since ‖ε − ε̂‖² = SNR·‖x0 − x̂0‖² and
+    ‖v − v̂‖² = (SNR + 1)·‖x0 − x̂0‖² at a fixed x_t, that is min(SNR, γ)/SNR and min(SNR, γ)/(SNR + 1)."""
+    _check_callable(fn)
+    what = "Min-SNR weight"
+    snr = torch.logspace(-3, 3, 25)  # (25,): from nearly pure noise to nearly clean
+    for gamma in (5.0, 1.0):
+        for prediction_type in ("v_prediction", "epsilon"):
+            want = _min_snr_reference(snr, gamma, prediction_type)
+            shape_hint = "return one weight per SNR, a tensor of shape {want}, got shape {got}"
+            got, hint = _call_tensor(
+                fn, what, want, shape_hint, snr.clone(), gamma, prediction_type, none_hint=_NONE_BODY
+            )
+            if hint:
+                return _report(False, what, hint)
+            if torch.allclose(got, want, rtol=1e-4, atol=1e-7):
+                continue
+            clipped = snr.clamp(max=gamma)
+            other = "epsilon" if prediction_type == "v_prediction" else "v_prediction"
+            if torch.allclose(got, clipped, rtol=1e-4):
+                hint = (
+                    f"min(SNR, γ) alone weights ‖x0 − x̂0‖²; a {prediction_type} loss is already a multiple of it: "
+                    "divide by that multiple"
+                )
+            elif torch.allclose(got, _min_snr_reference(snr, gamma, other), rtol=1e-4):
+                hint = (
+                    f"that is the weight of the {other} loss; for {prediction_type} express the error through "
+                    "x0 − x̂0 at a fixed x_t"
+                )
+            elif torch.allclose(got, 1 / want, rtol=1e-4) or torch.allclose(got, clipped**2 / want, rtol=1e-4):
+                hint = "upside down: the weight divides by the factor between the loss and ‖x0 − x̂0‖², it does not multiply"
+            else:
+                hint = (
+                    f"wrong for {prediction_type}, γ = {gamma:g}: at a fixed x_t, ‖ε − ε̂‖² = SNR·‖x0 − x̂0‖² and "
+                    "v − v̂ = (ε − ε̂)/√ᾱ_t with ᾱ_t = SNR/(SNR + 1)"
                 )
             return _report(False, what, hint)
     return _report(True, what, "")
