@@ -30,7 +30,7 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 help:
 	@echo "make lab   - install (first time) and open JupyterLab on notebooks/$(FIRST_NOTEBOOK)"
 	@echo "make test  - install/update and run unit tests + strict 'pytest --nbval notebooks/' (offline, quick mode)"
-	@echo "make notebooks-half - notebooks 09-12 with the tiny stand-ins in bf16 (HALF_DTYPE=float16: fp16), lax nbval"
+	@echo "make notebooks-half - notebooks 10-13 with the tiny stand-ins in bf16 (HALF_DTYPE=float16: fp16), lax nbval"
 	@echo "make browser - the widgets in JupyterLab driven by a headless Chromium (skipped, with the reason, without one)"
 	@echo "make lint  - ruff over the library, tests and notebooks"
 
@@ -61,12 +61,12 @@ notebooks: $(STAMP)
 	$(PY) -m pytest --nbval notebooks/ $(if $(filter-out 1,$(NOTEBOOK_WORKERS)),-n $(NOTEBOOK_WORKERS) --dist loadfile,) \
 		--junitxml=$(RESULTS)/notebooks.xml
 
-# Notebooks 09-12 once more with the stand-ins in half precision (DIFFUSION_LAB_DTYPE, read by
+# Notebooks 10-13 once more with the stand-ins in half precision (DIFFUSION_LAB_DTYPE, read by
 # diffusion_lab.utils.settings.half_dtype): what a GPU run loads, on the CPU, so a dtype bug (a from_pipe that turns
 # shared components to fp32, an fp32 tensor fed to a half layer) fails CI. Every cell must run; outputs are not
 # compared (printed dtypes differ). HALF_DTYPE=float16 works too (torch's CPU kernels cover fp16 here).
 HALF_DTYPE ?= bfloat16
-HALF_NOTEBOOKS := $(wildcard notebooks/09_*.ipynb notebooks/10_*.ipynb notebooks/11_*.ipynb notebooks/12_*.ipynb)
+HALF_NOTEBOOKS := $(wildcard notebooks/10_*.ipynb notebooks/11_*.ipynb notebooks/12_*.ipynb notebooks/13_*.ipynb)
 notebooks-half: $(STAMP)
 	@mkdir -p $(RESULTS)
 	DIFFUSION_LAB_DTYPE=$(HALF_DTYPE) $(PY) -m pytest --nbval-lax $(HALF_NOTEBOOKS) --junitxml=$(RESULTS)/notebooks_half.xml

@@ -22,7 +22,7 @@ Functions run (``--steps`` 2, ``--size`` 256 by default)
   pipe_call                ``pipe(prompt, ...)`` of diffusers
   refiner_handoff          base with ``denoising_end=0.8`` → latents → refiner (``StableDiffusionXLImg2ImgPipeline``,
                            aesthetic score, shared bigG and VAE) with ``denoising_start=0.8``; the timesteps each ran
-  cross_attention_maps     notebook 09's recorder (an ``AttnProcessor`` adding softmax(QKᵀ/√d) of the conditional
+  cross_attention_maps     notebook 10's recorder (an ``AttnProcessor`` adding softmax(QKᵀ/√d) of the conditional
                            half, mean over heads, to one running sum per resolution) on every ``attn2`` layer: layers,
                            maps, bytes kept and bytes had every map been kept
   vae_tiling               SDXL's VAE tiles only latents wider or taller than ``tile_latent_min_size`` = 128 (1024 px).
@@ -81,7 +81,7 @@ QUICK_OUT = Path(__file__).resolve().parents[1] / "build" / "full_size_cpu_quick
 FAMILIES = ("sdxl", "sd3", "sd3-no-t5")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
-HIGH_NOISE_FRAC = 0.8  # notebook 09's base/refiner split
+HIGH_NOISE_FRAC = 0.8  # notebook 10's base/refiner split
 GIB = 2**30
 
 
@@ -170,7 +170,7 @@ def _finite_image(image) -> dict[str, Any]:
 
 
 class RecordCrossAttention(AttnProcessor):
-    """Notebook 09's recorder: add softmax(QKᵀ/√d) of the conditional half (mean over heads) to a running sum per
+    """Notebook 10's recorder: add softmax(QKᵀ/√d) of the conditional half (mean over heads) to a running sum per
     resolution (N latent pixels), then compute the layer exactly as the standard processor."""
 
     def __init__(self, sums: dict[int, torch.Tensor], counts: dict[int, int]) -> None:

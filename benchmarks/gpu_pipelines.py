@@ -48,7 +48,7 @@ SD3 medium
   ``fp32``, ``fp16``, ``bf16``  all three text encoders, the transformer and the VAE on the GPU
   ``fp16-no-t5``            T5 dropped (``text_encoder_3=None``: the pipeline feeds zeros in its place)
   ``fp16-compile``          fp16 + ``torch.compile(pipe.transformer)`` (same mode and settings as above)
-  ``lowmem``                **the low-memory recipe** (notebook 10): fp16 + ``enable_model_cpu_offload()`` + T5 kept +
+  ``lowmem``                **the low-memory recipe** (notebook 11): fp16 + ``enable_model_cpu_offload()`` + T5 kept +
                             ``pipe.vae.enable_tiling()``. (At 1024² the VAE does not actually tile: the tile size is
                             its config's ``sample_size``, 1024, and diffusers tiles only latents larger than a tile;
                             the knob is part of the recipe because it is what lets larger images decode.)

@@ -1,9 +1,9 @@
 """The memory model (``diffusion_lab.bridge.memory``) applied to every recipe of the T4 / H100 tables of notebooks
-09, 10 and 12 (SD 1.5 + ControlNet, unCLIP 2.1 and SVD-XT of 12; its x4 upscaler row is not modelled yet), the
-cross-attention recording of 09, and the download size of each notebook's models, written to ``benchmarks/results/memory_tables.json``.
+10, 11 and 13 (SD 1.5 + ControlNet, unCLIP 2.1 and SVD-XT of 13; its x4 upscaler row is not modelled yet), the
+cross-attention recording of 10, and the download size of each notebook's models, written to ``benchmarks/results/memory_tables.json``.
 
 Parameter counts come from meta-device builds of the published configurations (``bridge.full_size`` for SDXL base,
-the refiner and SD3 medium; below, for the models only notebook 09 downloads: SD-Turbo = the SD 2.1 architecture, and
+the refiner and SD3 medium; below, for the models only notebook 10 downloads: SD-Turbo = the SD 2.1 architecture, and
 the TAESD preview decoders = ``AutoencoderTiny``). Nothing is downloaded; runs in a few seconds on the CPU.
 
 Every entry says ``"modelled"`` or ``"measured: <hardware>, <file>"``: a recipe measured by ``gpu_pipelines.py`` on a
@@ -60,7 +60,7 @@ OPENCLIP_H = {
 }
 
 
-# notebook 12's family (configs of the hub repositories; parameter counts in the JSON): SD 1.5, its canny ControlNet
+# notebook 13's family (configs of the hub repositories; parameter counts in the JSON): SD 1.5, its canny ControlNet
 # (lllyasviel/control_v11p_sd15_canny), the SD 1.5 safety checker (CLIP ViT-L/14 vision tower, loaded by default),
 # SVD-XT (the UNetSpatioTemporalConditionModel defaults are SVD's; its temporal-decoder VAE; CLIP ViT-H/14 image tower)
 SD15_UNET = {
@@ -200,7 +200,7 @@ def table_recipes(s) -> dict[str, list[tuple[str, str, m.Recipe]]]:
     )  # VAE kept in fp32 once and for all; compile's buffers are not modelled
     turbo = _sdxl(s, "turbo", height=512, width=512, cfg=False, vae_upcast=True)  # guidance 0: no CFG batch
     return {
-        "09": [
+        "10": [
             ("fp32", "sdxl/fp32", _sdxl(s, "fp32", "fp32")),
             ("fp16 `pipe(...)` (SDPA is the default attention)", "sdxl/fp16", sdxl_fp16),
             ("fp16 + channels-last + `torch.compile(unet)`", "sdxl/recommended", recommended),
@@ -222,7 +222,7 @@ def table_recipes(s) -> dict[str, list[tuple[str, str, m.Recipe]]]:
                 replace(sdxl_fp16, placement="sequential_offload"),
             ),
         ],
-        "10": [
+        "11": [
             ("fp16, all three encoders on the GPU", "sd3/fp16", _sd3(s, "fp16")),
             ("fp16, T5 dropped", "sd3/fp16-no-t5", _sd3(s, "fp16-no-t5", with_t5=False)),
             (
@@ -296,7 +296,7 @@ def _trace_svd(
 
 
 def family_recipes(s) -> list[tuple[str, str, str, m.Recipe]]:
-    """Notebook 12's table rows that the model covers: (row, column, recipe key, recipe). Placement as
+    """Notebook 13's table rows that the model covers: (row, column, recipe key, recipe). Placement as
     ``family_pipelines.py`` / ``bridge.place``: model offload on a T4 (below 24 GiB), all on the GPU on an H100; SVD
     decodes 2 frames at a time on the T4 and 8 on the H100. Activations traced (no fitted shape for these models)."""
     cn = {n: (spec, "fp16") for n, spec in s["sd15-controlnet"].items()}
@@ -396,7 +396,7 @@ def downloads(s, variant: str = "fp16") -> dict[str, dict[str, int]]:
 
     base = [d("stabilityai/stable-diffusion-xl-base-1.0", spec, "fp16") for spec in s["sdxl"].values()]
     fix_vae = d("madebyollin/sdxl-vae-fp16-fix", s["sdxl"]["vae"], "fp32")  # no fp16 variant files in that repository
-    nb09 = [
+    nb10 = [
         *base,
         *[d("stabilityai/stable-diffusion-xl-refiner-1.0", spec, "fp16") for spec in s["sdxl-refiner"].values()],
         *[d("stabilityai/sdxl-turbo", spec, "fp16") for spec in s["sdxl"].values()],
@@ -404,28 +404,28 @@ def downloads(s, variant: str = "fp16") -> dict[str, dict[str, int]]:
         fix_vae,
         d("madebyollin/taesdxl", s["taesdxl"]["vae"], "fp32"),
     ]
-    nb10 = [
+    nb11 = [
         *[d("stabilityai/stable-diffusion-3-medium-diffusers", spec, "fp16") for spec in s["sd3"].values()],
         d("madebyollin/taesd3", s["taesd3"]["vae"], "fp32"),
     ]
-    nb11 = [*base, fix_vae]
+    nb12 = [*base, fix_vae]
     sd15 = s["sd15-controlnet"]
-    nb12 = [
+    nb13 = [
         *[d("stable-diffusion-v1-5/stable-diffusion-v1-5", sd15[n], "fp16") for n in sd15 if n != "controlnet"],
         d("lllyasviel/control_v11p_sd15_canny", sd15["controlnet"], "fp16"),
         *[d("stabilityai/stable-video-diffusion-img2vid-xt", spec, "fp16") for spec in s["svd"].values()],
         *[d("sd2-community/stable-diffusion-2-1-unclip", spec, "fp16") for spec in s["sd21-unclip"].values()],
     ]  # the x4 upscaler is not counted (configuration not in the repository): a lower bound
     refiner_unet = d("stabilityai/stable-diffusion-xl-refiner-1.0", s["sdxl-refiner"]["unet"], "fp16")
-    nb09_shared = [x for x in nb09 if x.repo != refiner_unet.repo] + [refiner_unet]
+    nb10_shared = [x for x in nb10 if x.repo != refiner_unet.repo] + [refiner_unet]
     return {
-        "09": m.download_bytes(nb09),
-        "09 (GPU of 24 GiB or more: the refiner shares the base's bigG and VAE, only its UNet is fetched)": (
-            m.download_bytes(nb09_shared)
-        ),
         "10": m.download_bytes(nb10),
+        "10 (GPU of 24 GiB or more: the refiner shares the base's bigG and VAE, only its UNet is fetched)": (
+            m.download_bytes(nb10_shared)
+        ),
         "11": m.download_bytes(nb11),
-        "12 (without the x4 upscaler; fp16 files assumed for unCLIP)": m.download_bytes(nb12),
+        "12": m.download_bytes(nb12),
+        "13 (without the x4 upscaler; fp16 files assumed for unCLIP)": m.download_bytes(nb13),
     }
 
 
@@ -558,7 +558,7 @@ def compare_full_size_cpu(path: Path = FULL_SIZE_CPU, s=None) -> list[dict]:
 
 
 def notebook_11_statements(s) -> dict:
-    """The figures notebook 11 states about the real SDXL LoRA recipe, computed: the UNet in fp16, full fine-tuning
+    """The figures notebook 12 states about the real SDXL LoRA recipe, computed: the UNet in fp16, full fine-tuning
     with AdamW (fp32 weights, gradients and two moments: 16 bytes a parameter, activations not counted), the text
     encoders and VAE in fp16, and the LoRA of rank 4 on every attention projection (to_q, to_k, to_v, to_out.0):
     r·(d_in + d_out) parameters per layer, counted on the meta-device UNet."""
@@ -625,15 +625,15 @@ def build() -> dict:
             entries.append(entry)
         tables[nb] = entries
     family_measured = _measured_family(OUT.parent / "family_pipelines.json")
-    tables["12"] = []
+    tables["13"] = []
     for row, column, key, recipe in family_recipes(s):
         entry = {"column": column, **_entry(row, key, recipe, "modelled (activations traced on the meta device)")}
         rec = family_measured.get(key.split("/")[0])
         if rec is not None and ((rec["gpu_memory_gib"] or 0) < 24) == (column == "T4"):
             entry["measured_peak_allocated_gib"] = rec["peak_allocated_gib"]
             entry["status"] = f"measured: {rec['gpu']}, benchmarks/results/family_pipelines.json"
-        tables["12"].append(entry)
-    tables["12"].append(
+        tables["13"].append(entry)
+    tables["13"].append(
         {
             "row": "x4 upscaler, 128² → 512², 50 steps",
             "status": "not modelled: its published configuration is not checked into the repository yet",
@@ -642,7 +642,7 @@ def build() -> dict:
     tokens = sdxl_cross_attention_tokens(1024)
     record = m.attention_record_bytes(tokens, 77, 30, 128)
     attention_record = {
-        "what": "notebook 09 §6: every attn2 map of the real SDXL UNet at 1024², 30 steps, head-mean, fp32 on the "
+        "what": "notebook 10 §6: every attn2 map of the real SDXL UNet at 1024², 30 steps, head-mean, fp32 on the "
         "CPU: peak_as_written = keep every map, upsample each to 77x128x128 and stack them (the notebook before it "
         "aggregated); native_mean = one running sum per resolution, what the notebook keeps now",
         "layers": len(tokens),
@@ -729,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {where}{e['gpu_peak_gib']:5.1f} GiB GPU  {e['cpu_ram_gib']:5.1f} GiB RAM  {e['row']}")
     for nb, per in result["downloads_gb"].items():
         print(f"downloads {nb}: {per['total']:.1f} GB  {per}")
-    print(f"attention maps of notebook 09: {result['attention_record_cpu_ram']}")
+    print(f"attention maps of notebook 10: {result['attention_record_cpu_ram']}")
     print(f"wrote {OUT}")
     return 0
 

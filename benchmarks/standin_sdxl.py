@@ -9,7 +9,7 @@ the call the notebooks use (32², 20 Euler steps, guidance 5; :data:`~diffusion_
 - **crop conditioning**: the ink centroid at ``crops_coords_top_left`` = (0, 0), (4, 4), (8, 8), and along one axis
   at a time: the slope in pixels per crop unit (SDXL's semantics predict −1: the content moves up/left);
 - **original size**: sharpness (solid-ink fraction) and adherence at ``original_size`` = 8², 16², 32²;
-- **the refiner**: notebook 09's hand-off (base ``denoising_end=0.8`` → latents → refiner ``denoising_start=0.8``)
+- **the refiner**: notebook 10's hand-off (base ``denoising_end=0.8`` → latents → refiner ``denoising_start=0.8``)
   against the base alone for all 20 steps, same prompts and seeds: adherence, FID-MNIST, sharpness; and the
   refiner's aesthetic score 2.5 against 6;
 - **attributes**: attribute adherence of "a thick three" etc. for each caption word (0.5 = chance), and

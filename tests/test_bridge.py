@@ -474,7 +474,7 @@ def test_hand_written_encoders_warn_about_truncated_prompts(sdxl, sd3):
 
 def test_measure_on_a_gpu_says_what_was_resident_before_the_call(monkeypatch):
     """A fake CUDA allocator: 6 GiB resident (another pipeline), the call peaks at 9 GiB. The peak includes what was
-    resident, and the measurement says so (notebook 09's Turbo cell and notebook 10's low-memory recipe run while
+    resident, and the measurement says so (notebook 10's Turbo cell and notebook 11's low-memory recipe run while
     another pipeline may still sit on a large GPU)."""
     state = {"allocated": 6 * 2**30, "peak": 12 * 2**30}
 

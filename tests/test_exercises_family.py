@@ -1,4 +1,4 @@
-"""The self-checks of notebook 12's exercises accept right answers and explain wrong ones."""
+"""The self-checks of notebook 13's exercises accept right answers and explain wrong ones."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from diffusion_lab.course.exercises.nb12_beyond import check_control_keep, check_noise_image_embedding, check_psnr
+from diffusion_lab.course.exercises.nb13_beyond import check_control_keep, check_noise_image_embedding, check_psnr
 
 
 def test_psnr_check(capsys):

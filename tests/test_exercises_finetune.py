@@ -1,11 +1,11 @@
-"""The self-checks of notebook 11's exercises accept right answers and explain wrong ones."""
+"""The self-checks of notebook 12's exercises accept right answers and explain wrong ones."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from diffusion_lab.course.exercises.nb11_fine_tuning import (
+from diffusion_lab.course.exercises.nb12_fine_tuning import (
     check_lora_forward,
     check_magnitude_prune,
     check_prior_preservation_loss,

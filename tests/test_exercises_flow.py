@@ -71,13 +71,13 @@ def test_flow_euler_step_check(capsys):
     assert "shape" in capsys.readouterr().out
 
 
-# --- notebooks 09 and 10 (SDXL, SD3) ----------------------------------------------------------------------------
+# --- notebooks 10 and 11 (SDXL, SD3) ----------------------------------------------------------------------------
 
 
 def test_sdxl_time_ids_check(capsys):
     import torch
 
-    from diffusion_lab.course.exercises.nb09_sdxl import check_sdxl_time_ids
+    from diffusion_lab.course.exercises.nb10_sdxl import check_sdxl_time_ids
 
     assert check_sdxl_time_ids(lambda o, c, t: torch.tensor([[*o, *c, *t]]))
     assert check_sdxl_time_ids(lambda o, c, t: torch.tensor([list(o + c + t)], dtype=torch.float64))
@@ -95,7 +95,7 @@ def test_sdxl_time_ids_check(capsys):
 
 
 def test_refiner_split_check(capsys):
-    from diffusion_lab.course.exercises.nb09_sdxl import check_refiner_split
+    from diffusion_lab.course.exercises.nb10_sdxl import check_refiner_split
 
     def right(ts, frac):
         cut = round(1000 - frac * 1000)
@@ -134,7 +134,7 @@ def test_refiner_split_check(capsys):
 def test_sd3_joint_text_check(capsys):
     import torch
 
-    from diffusion_lab.course.exercises.nb10_sd3 import check_sd3_joint_text
+    from diffusion_lab.course.exercises.nb11_sd3 import check_sd3_joint_text
 
     def right(l, g, t5):
         clip = torch.nn.functional.pad(torch.cat([l, g], -1), (0, t5.shape[-1] - l.shape[-1] - g.shape[-1]))

@@ -57,7 +57,7 @@ def test_every_configuration_has_the_published_parameter_counts(meta):
 def test_attention_layers_and_added_conditions_of_the_sdxl_unets(meta):
     base, refiner = meta["sdxl"]["unet"], meta["sdxl-refiner"]["unet"]
     attn2 = {m: sum(n.endswith("attn2") for n, _ in u.named_modules()) for m, u in (("base", base), ("ref", refiner))}
-    assert attn2 == {"base": 70, "ref": 44}  # the maps notebook 09 records: 70 layers on SDXL base
+    assert attn2 == {"base": 70, "ref": 44}  # the maps notebook 10 records: 70 layers on SDXL base
     # added conditions: n_time_ids x 256 + pooled bigG (1280): base 6 ids, refiner 5 (with the aesthetic score)
     assert base.add_embedding.linear_1.in_features == 6 * 256 + 1280
     assert refiner.add_embedding.linear_1.in_features == 5 * 256 + 1280

@@ -1,4 +1,4 @@
-"""The real-model path of notebooks 09-12 in half precision on the CPU: ``DIFFUSION_LAB_DTYPE`` (the one switch, read in
+"""The real-model path of notebooks 10-13 in half precision on the CPU: ``DIFFUSION_LAB_DTYPE`` (the one switch, read in
 ``diffusion_lab.utils.settings.half_dtype``) makes ``bridge.check_environment().dtype`` fp16 or bf16, and
 ``bridge.load_pipeline`` / ``family.load_family_pipeline`` / the SDXL LoRA recipe then load the tiny stand-ins in it,
 as ``from_pretrained(..., dtype=...)`` loads real weights on a T4 (fp16) or an Ampere+ GPU (bf16).
@@ -28,7 +28,7 @@ from diffusion_lab.utils import settings
 HALF = (torch.bfloat16, torch.float16)
 NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 ROOT = Path(__file__).resolve().parent.parent
-REAL_PATH_NOTEBOOKS = ("09_stable_diffusion_xl", "10_stable_diffusion_3", "11_fine_tuning", "12_beyond_text_to_image")
+REAL_PATH_NOTEBOOKS = ("10_stable_diffusion_xl", "11_stable_diffusion_3", "12_fine_tuning", "13_beyond_text_to_image")
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -105,7 +105,7 @@ def test_without_the_switch_the_stand_ins_stay_fp32(cache, monkeypatch):
     _assert_all(_quiet(lambda: bridge.load_pipeline("sdxl-base", _env(), cache_dir=cache)), torch.float32, "fp32")
 
 
-# --- notebook 09: SDXL -----------------------------------------------------------------------------------------------
+# --- notebook 10: SDXL -----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=NAMES.get)
@@ -168,14 +168,14 @@ def test_sdxl_lora_training_step_in_half_precision(dtype, cache, tmp_path):
     _assert_all(pipe, dtype, "the pipeline after training (LoRA parameters aside)", skip=".lora_")
 
 
-# --- notebook 10: SD3 ------------------------------------------------------------------------------------------------
+# --- notebook 11: SD3 ------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=NAMES.get)
 def test_sd3_without_t5_and_with_another_t5_keep_the_dtype(dtype, cache):
     pipe = _load("sd3-medium", dtype, cache)
     _assert_all(pipe, dtype, "load_pipeline('sd3-medium')")
-    with bridge.quiet_hf():  # notebook 10's cells: drop T5, or swap in another (8-bit on a GPU) T5
+    with bridge.quiet_hf():  # notebook 11's cells: drop T5, or swap in another (8-bit on a GPU) T5
         no_t5 = diffusers.StableDiffusion3Pipeline.from_pipe(
             pipe, text_encoder_3=None, tokenizer_3=None, dtype=pipe.dtype
         )
@@ -203,7 +203,7 @@ def test_from_pipe_without_dtype_turns_both_pipelines_to_fp32(dtype, cache):
 
 
 def test_the_notebooks_pass_dtype_to_every_from_pipe():
-    """Every ``SomePipeline.from_pipe(...)`` of notebooks 09-12 passes ``dtype=`` (``torch_dtype=`` is deprecated
+    """Every ``SomePipeline.from_pipe(...)`` of notebooks 10-13 passes ``dtype=`` (``torch_dtype=`` is deprecated
     since diffusers 0.40); only ``AutoPipelineFor*.from_pipe`` keeps the components' dtype without it."""
     calls = []
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
@@ -213,12 +213,12 @@ def test_the_notebooks_pass_dtype_to_every_from_pipe():
             source = "".join(cell["source"]) if cell["cell_type"] == "code" else ""
             calls += [(path.stem, m.group(0)) for m in re.finditer(r"(\w+)\.from_pipe\([^\n]*", source)]
     diffusers_calls = [(nb, c) for nb, c in calls if not c.startswith(("AutoPipelineFor", "Tiny"))]
-    assert len(diffusers_calls) >= 3, calls  # notebook 10's two, notebook 12's ControlNet one
+    assert len(diffusers_calls) >= 3, calls  # notebook 11's two, notebook 13's ControlNet one
     missing = [(nb, c) for nb, c in diffusers_calls if not re.search(r"(?<![\w])dtype=", c)]
     assert not missing, f"from_pipe without dtype= converts every shared component to fp32: {missing}"
 
 
-# --- notebook 12: ControlNet and SVD ---------------------------------------------------------------------------------
+# --- notebook 13: ControlNet and SVD ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=NAMES.get)
@@ -258,7 +258,7 @@ def test_svd_call_in_half_precision(dtype, cache):
 
 @pytest.mark.parametrize("dtype", HALF, ids=NAMES.get)
 def test_svd_forward_chunking_gives_the_same_frames(dtype, cache):
-    """Notebook 12 turns on ``unet.enable_forward_chunking()`` on a 16 GB card (the SVD UNet's activations: modelled
+    """Notebook 13 turns on ``unet.enable_forward_chunking()`` on a 16 GB card (the SVD UNet's activations: modelled
     5.3 → 3.9 GiB on a T4) and in CI: the frames must be those of the unchunked UNet (exactly in fp32; in half
     precision up to the rounding of a differently blocked matmul: a few ulps, measured 1.3e-2 in bf16)."""
     svd = _load("svd", dtype, cache)
@@ -267,6 +267,6 @@ def test_svd_forward_chunking_gives_the_same_frames(dtype, cache):
     svd.unet.enable_forward_chunking()  # (a pipeline of its own: _load builds a fresh one from the cache)
     chunked = svd(family.toy_scene(16, 16), generator=_gen(), **kw).frames
     torch.testing.assert_close(chunked, plain, atol=3e-2 if dtype == torch.bfloat16 else 1e-2, rtol=0)
-    cells = json.loads(next((ROOT / "notebooks").glob("12_*.ipynb")).read_text("utf-8"))["cells"]
+    cells = json.loads(next((ROOT / "notebooks").glob("13_*.ipynb")).read_text("utf-8"))["cells"]
     svd_cells = ["".join(c["source"]) for c in cells if "decode_chunk_size=chunk" in "".join(c["source"])]
-    assert svd_cells and "svd.unet.enable_forward_chunking()" in svd_cells[0], "notebook 12 must chunk on a T4"
+    assert svd_cells and "svd.unet.enable_forward_chunking()" in svd_cells[0], "notebook 13 must chunk on a T4"

@@ -338,7 +338,7 @@ def test_sdxl_recipe_runs_on_the_tiny_pipeline(tmp_path):
 
 
 def test_sdxl_recipe_trains_the_mnist_standin(tmp_path):
-    """standin="trained" (notebook 11 without a GPU): the recipe loads the SDXL stand-in trained on MNIST (32² images,
+    """standin="trained" (notebook 12 without a GPU): the recipe loads the SDXL stand-in trained on MNIST (32² images,
     f = 4, its own U-Net widths), resizes PIL pictures to 32², trains on it, and the adapter changes its images; a
     wrong ``standin`` is refused before anything loads."""
     from PIL import Image

@@ -244,7 +244,7 @@ def test_notebook_09_attention_maps_as_written_need_over_20_gb_of_cpu_ram():
 
 
 def test_family_parameter_counts_from_meta_builds():
-    """Notebook 12's models built from their configurations in benchmarks/memory_tables.py give the published counts
+    """Notebook 13's models built from their configurations in benchmarks/memory_tables.py give the published counts
     (SD 1.5 UNet, SVD's UNet and its CLIP ViT-H/14 image encoder)."""
     s = _memory_tables().specs()
     assert s["sd15-controlnet"]["unet"].params == 859_520_964
@@ -301,23 +301,23 @@ def test_model_within_tolerance_of_the_full_size_cpu_peak_ram():
 
 
 def test_notebook_downloads():
-    """Notebook 09 fetches ~23 GB in fp16 (the issue's figure): base, the refiner with its own bigG and VAE (a T4 does
+    """Notebook 10 fetches ~23 GB in fp16 (the issue's figure): base, the refiner with its own bigG and VAE (a T4 does
     not share them), SDXL-Turbo, SD-Turbo, the fp16-fix VAE (fp32 files) and TAESDXL; SD3 medium ~15.4 GB."""
     mt = _memory_tables()
     s = mt.specs()
     dl = mt.downloads(s)
-    assert 22.5e9 < dl["09"]["total"] < 23.5e9
-    assert dl["09"]["stabilityai/stable-diffusion-xl-refiner-1.0"] == 2 * sum(
+    assert 22.5e9 < dl["10"]["total"] < 23.5e9
+    assert dl["10"]["stabilityai/stable-diffusion-xl-refiner-1.0"] == 2 * sum(
         x.params for x in s["sdxl-refiner"].values()
     )
-    assert dl["09"]["madebyollin/sdxl-vae-fp16-fix"] == 4 * s["sdxl"]["vae"].params
-    assert 15e9 < dl["10"]["total"] < 16e9
+    assert dl["10"]["madebyollin/sdxl-vae-fp16-fix"] == 4 * s["sdxl"]["vae"].params
+    assert 15e9 < dl["11"]["total"] < 16e9
     fp32 = mt.downloads(s, "fp32")
     assert (
-        fp32["11"]["stabilityai/stable-diffusion-xl-base-1.0"]
-        == 2 * dl["11"]["stabilityai/stable-diffusion-xl-base-1.0"]
+        fp32["12"]["stabilityai/stable-diffusion-xl-base-1.0"]
+        == 2 * dl["12"]["stabilityai/stable-diffusion-xl-base-1.0"]
     )
-    assert fp32["10"]["total"] == dl["10"]["total"]  # SD3 medium's files are fp16 in either case
+    assert fp32["11"]["total"] == dl["11"]["total"]  # SD3 medium's files are fp16 in either case
 
 
 def test_attention_record_matches_the_full_size_cpu_run():

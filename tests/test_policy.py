@@ -99,7 +99,7 @@ def _junit(path: Path, cases: list[tuple[str, str, str | None]], failed: str | N
 def _results(tmp_path, unit=None, notebooks=None, browser=None, failed=None):
     _junit(tmp_path / "unit.xml", unit or [("tests.test_a", "test_one", None)], failed)
     _junit(tmp_path / "notebooks.xml", notebooks or [("notebooks.01", "Cell 0", None)])
-    _junit(tmp_path / "notebooks_half.xml", [("notebooks.09_stable_diffusion_xl", "Cell 0", None)])
+    _junit(tmp_path / "notebooks_half.xml", [("notebooks.10_stable_diffusion_xl", "Cell 0", None)])
     _junit(tmp_path / "browser.xml", browser or [("tests.browser.test_widgets_in_browser", "test_widgets", None)])
     return tmp_path
 
@@ -140,7 +140,7 @@ def test_gate_refuses_failures_empty_and_missing_runs(tmp_path):
 
 
 def test_make_test_runs_every_gated_run_before_the_gate():
-    """The half-precision run of notebooks 09-12 is part of `make test`, before the gate, and the gate reads it."""
+    """The half-precision run of notebooks 10-13 is part of `make test`, before the gate, and the gate reads it."""
     makefile = (ROOT / "Makefile").read_text("utf-8")
     test_line = next(line for line in makefile.splitlines() if line.startswith("test:"))
     steps = test_line.split(":", 1)[1].split()

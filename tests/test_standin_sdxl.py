@@ -170,7 +170,7 @@ def test_a_bf16_call_gives_finite_digits(monkeypatch):
 
 
 def test_the_refiner_loads_sharing_the_base_s_vae_and_second_encoder(base):
-    with contextlib.redirect_stdout(io.StringIO()):  # notebook 09's call: shared components, as the real refiner
+    with contextlib.redirect_stdout(io.StringIO()):  # notebook 10's call: shared components, as the real refiner
         ref = bridge.load_pipeline(
             "sdxl-refiner", _env(), standin="trained", vae=base.vae, text_encoder_2=base.text_encoder_2
         )

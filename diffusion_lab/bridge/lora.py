@@ -19,7 +19,7 @@ saved. ``peft.inject_adapter_in_model`` replaces each targeted ``nn.Linear`` in 
 while a LoRA is in place the ``state_dict`` names change (save the adapter with :func:`save_lora`, or merge it with
 ``remove_lora(unet, merge=True)``). On the tiny U-Net :data:`CROSS_ATTENTION` adapts the four projections of the
 cross-attention, where a word's meaning for the image is decided. The SDXL recipe through diffusers is
-:mod:`diffusion_lab.bridge.lora_sdxl`; notebook 11 has the measurements and the reasons.
+:mod:`diffusion_lab.bridge.lora_sdxl`; notebook 12 has the measurements and the reasons.
 """
 
 from __future__ import annotations

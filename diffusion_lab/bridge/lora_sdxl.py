@@ -15,7 +15,7 @@ writes the file ``pipe.load_lora_weights`` reads, so ``set_adapters``, ``fuse_lo
 as on any LoRA from the hub. :func:`sdxl_lora_recipe` picks real weights on a GPU when the environment allows it
 (fp16 base with fp32 LoRA, precomputed latents and text, the fp16-fix VAE, gradient checkpointing, batch 1 ×
 accumulation 4, as diffusers' ``train_dreambooth_lora_sdxl.py``; about 5.2–5.5 GB of weights and optimiser state,
-an estimate from parameter counts) and the tiny offline SDXL otherwise; notebook 11 has the memory table.
+an estimate from parameter counts) and the tiny offline SDXL otherwise; notebook 12 has the memory table.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ Formulas (each a field of :class:`MemoryEstimate`, so a table can show the break
 6. **Text encoders**: at most 8·T·d_ff·4 per call (the MLP intermediates in fp32, an upper bound: T5-XXL's trace is
    37 MiB). Negligible beside the rest; kept so the breakdown is complete.
 
-7. **Models without a fitted shape** (notebook 12's ControlNet and SVD): :attr:`Recipe.traced_denoiser` and
+7. **Models without a fitted shape** (notebook 13's ControlNet and SVD): :attr:`Recipe.traced_denoiser` and
    :attr:`Recipe.traced_decode` carry :func:`trace_peak_bytes` of the real module at the call's size, in place of
    formulas 3-5. A video's latents count its frames (:attr:`Recipe.frames`).
 
@@ -367,7 +367,7 @@ def download_bytes(items: list[Download] | tuple[Download, ...]) -> dict[str, in
 def attention_record_bytes(
     layer_tokens: list[int] | tuple[int, ...], text_tokens: int, steps: int, upsample_side: int, b: int = 4
 ) -> dict[str, int]:
-    """CPU RAM of recording cross-attention maps (notebook 09, §6): one (N_l, T) map per ``attn2`` layer l and step,
+    """CPU RAM of recording cross-attention maps (notebook 10, §6): one (N_l, T) map per ``attn2`` layer l and step,
     averaged over heads, kept in fp32 (b = 4). ``stored`` = steps·Σ_l N_l·T·b (the list of maps at native size);
     ``upsampled`` = steps·L·T·s²·b for each upsampled to s×s (a list comprehension of them); ``stacked`` the same
     again (``torch.stack`` copies them), so the as-written peak is stored + upsampled + stacked; ``native_mean`` =

@@ -156,7 +156,7 @@ def measure_refiner(
     size: int = 32,
     aesthetic_score: float = 6.0,
 ) -> dict:
-    """The base alone (all ``steps``) against the hand-off of notebook 09 (base with ``denoising_end`` → latents →
+    """The base alone (all ``steps``) against the hand-off of notebook 10 (base with ``denoising_end`` → latents →
     refiner with ``denoising_start``), same prompts and seeds: adherence, FID-MNIST and sharpness of each."""
     prompts, labels = digit_prompts(n)
     call = dict(num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size)

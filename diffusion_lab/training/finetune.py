@@ -12,7 +12,7 @@ code                   symbol        meaning
 ``target``             ε or v        what the U-Net predicts (the scheduler's ``prediction_type``)
 =====================  ============  ==================================================================================
 
-All three fine-tuning methods of notebook 11 minimise the training loss of the model they start from, on new data,
+All three fine-tuning methods of notebook 12 minimise the training loss of the model they start from, on new data,
 and differ only in *which* parameters move:
 
 - textual inversion (Gal et al. 2022): one new row of the text encoder's token-embedding table, everything else frozen;
@@ -225,7 +225,7 @@ def aspect_ratio(images: torch.Tensor) -> torch.Tensor:
 
     The height is √μ₀₂ (the rows' spread); the width is the spread of the columns left over once the slant's linear
     lean is regressed out, √(μ₂₀ − μ₁₁²/μ₀₂) (shearing the digit does not change it). MNIST threes: median 0.56,
-    90th percentile 0.74. Not a caption attribute: the concept "wide" of notebook 11.
+    90th percentile 0.74. Not a caption attribute: the concept "wide" of notebook 12.
     """
     _, mu20, mu02, mu11 = _moments(_ink(images))
     return (mu20 * mu02 - mu11**2).clamp_min(0).sqrt() / mu02.clamp_min(1e-6)

@@ -17,7 +17,7 @@ or PyTorch's dynamic quantization of the Linear layers (:func:`quantize_dynamic_
 1992) is compared with the raw last iterate by :func:`ema_vs_raw`. Sizes are the bytes of a real safetensors file
 in one of three encodings (:func:`encode_state`: ``"dense"`` fp32; ``"bitmask"`` N/8 mask bytes + 4 bytes per
 nonzero; ``"int8"`` N codes + one fp32 scale per channel); quality is digit adherence, attribute adherence and
-FID-MNIST with its floor at the same n, as in ``benchmarks/cpu_train.py``. Notebook 11 has the measurements and
+FID-MNIST with its floor at the same n, as in ``benchmarks/cpu_train.py``. Notebook 12 has the measurements and
 why (one global threshold starves the layers with small weights; int8 weight-only keeps the metrics at 26.5 % of
 the bytes; EMA mainly buys FID).
 """

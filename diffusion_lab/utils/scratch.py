@@ -45,7 +45,7 @@ def scratch_dir(prefix: str) -> Path:
     """A new empty folder ``<tmp>/dlab-scratch-<prefix><pid>-XXXXXXXX``, deleted (with everything in it) when this
     process exits; the folders of processes that died first are removed now."""
     if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", prefix):
-        raise ValueError(f"prefix must be a short folder-name prefix such as 'nb11-', got {prefix!r}")
+        raise ValueError(f"prefix must be a short folder-name prefix such as 'nb12-', got {prefix!r}")
     remove_dead_scratch_dirs()
     folder = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_MARK}{prefix}{os.getpid()}-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)

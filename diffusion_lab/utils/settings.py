@@ -7,10 +7,10 @@ read the variable themselves: they call :func:`pick` (or :func:`smoke_mode`).
     >>> n_steps = pick(full=20_000, quick=200)
 
 Half precision on the CPU: ``DIFFUSION_LAB_DTYPE=float16`` or ``bfloat16`` (:func:`half_dtype`) makes the real-model
-path of notebooks 09-12 (``bridge.check_environment().dtype``, hence ``bridge.load_pipeline``, the family loaders and
+path of notebooks 10-13 (``bridge.check_environment().dtype``, hence ``bridge.load_pipeline``, the family loaders and
 the SDXL LoRA recipe) build and run the tiny stand-ins in that dtype, as ``from_pretrained(..., dtype=...)`` loads
 real weights on a GPU (fp16 on a T4, bf16 on Ampere and later). Unset or ``float32``: today's behaviour (fp32 on
-the CPU, the GPU's own choice on a GPU). ``make notebooks-half`` runs notebooks 09-12 so, and a dtype bug (a
+the CPU, the GPU's own choice on a GPU). ``make notebooks-half`` runs notebooks 10-13 so, and a dtype bug (a
 ``from_pipe`` that converts shared components to fp32, an fp32 tensor fed to an fp16 layer) fails CI. With torch
 2.14 every CPU kernel these pipelines use exists in fp16 too (convolutions, group norm, SDPA attention, T5, the SVD
 temporal layers, LoRA training under autocast: all of 09-12 run, checked on this CPU); older torch releases raised

@@ -71,7 +71,7 @@ WIDGET_NOTEBOOKS: dict[str, list[Control]] = {
         Control("text", "prompt", "a zero"),
         Control("text", "seed", "7"),
     ],
-    "09_stable_diffusion_xl.ipynb": [
+    "10_stable_diffusion_xl.ipynb": [
         Control("slider", "guidance"),
         Control("text", "prompt", "a castle"),
         Control("text", "seed", "7"),

@@ -49,14 +49,14 @@ from diffusion_lab.course.exercises.nb08_flow import (
     check_time_shift,
     check_velocity_from_eps,
 )
-from diffusion_lab.course.exercises.nb09_sdxl import check_refiner_split, check_sdxl_time_ids
-from diffusion_lab.course.exercises.nb10_sd3 import check_sd3_joint_text
-from diffusion_lab.course.exercises.nb11_fine_tuning import (
+from diffusion_lab.course.exercises.nb10_sdxl import check_refiner_split, check_sdxl_time_ids
+from diffusion_lab.course.exercises.nb11_sd3 import check_sd3_joint_text
+from diffusion_lab.course.exercises.nb12_fine_tuning import (
     check_lora_forward,
     check_magnitude_prune,
     check_prior_preservation_loss,
 )
-from diffusion_lab.course.exercises.nb12_beyond import check_control_keep, check_noise_image_embedding, check_psnr
+from diffusion_lab.course.exercises.nb13_beyond import check_control_keep, check_noise_image_embedding, check_psnr
 
 __all__ = [
     "check_q_sample",

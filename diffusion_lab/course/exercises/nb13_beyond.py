@@ -1,4 +1,4 @@
-"""Exercise checkers of notebook 12 (beyond text-to-image).
+"""Exercise checkers of notebook 13 (beyond text-to-image).
 
 ===============================  ===========================================================================================
 checker                          the student's function must return

@@ -1,4 +1,4 @@
-"""Exercise checkers of notebook 09 (Stable Diffusion XL).
+"""Exercise checkers of notebook 10 (Stable Diffusion XL).
 
 =======================  ================================================================================
 checker                  the student's function must return

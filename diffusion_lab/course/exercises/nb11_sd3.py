@@ -1,4 +1,4 @@
-"""Exercise checkers of notebook 10 (Stable Diffusion 3).
+"""Exercise checkers of notebook 11 (Stable Diffusion 3).
 
 ========================  ===========================================================================
 checker                   the student's function must return

@@ -1,4 +1,4 @@
-"""Notebook 09's real-path code, run here as written in the notebook (its cells' source, not a copy):
+"""Notebook 10's real-path code, run here as written in the notebook (its cells' source, not a copy):
 
 - §6 cross-attention maps: the recorder keeps one running sum per resolution, so what it holds does not grow with the
   number of steps (the real SDXL at 1024², 30 steps: 1.6 MB instead of the ~22 GB of keeping, upsampling and stacking
@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cells() -> list[str]:
-    nb = json.loads(next((ROOT / "notebooks").glob("09_*.ipynb")).read_text("utf-8"))
+    nb = json.loads(next((ROOT / "notebooks").glob("10_*.ipynb")).read_text("utf-8"))
     return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
 
 
 def _cell(marker: str) -> str:
     found = [c for c in _cells() if marker in c]
-    assert len(found) == 1, f"notebook 09 must have exactly one code cell with {marker!r}"
+    assert len(found) == 1, f"notebook 10 must have exactly one code cell with {marker!r}"
     return found[0]
 
 

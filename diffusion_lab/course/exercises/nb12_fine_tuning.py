@@ -1,4 +1,4 @@
-"""Exercise checkers of notebook 11 (fine-tuning and model surgery).
+"""Exercise checkers of notebook 12 (fine-tuning and model surgery).
 
 =================================  =======================================================
 checker                            the student's function must return
