@@ -8,7 +8,7 @@
 - Per-notebook lax mode: a notebook whose stored outputs cannot match a CPU run (GPU-only figures) sets
   ``"diffusion_lab": {"nbval": "lax"}`` in its metadata; its cells still run and must not raise, but only cells
   tagged ``nbval-check-output`` are compared.
-- Half precision (``DIFFUSION_LAB_DTYPE=float16|bfloat16``, ``make notebooks-half``): the real-path cells of 09-12
+- Half precision (``DIFFUSION_LAB_DTYPE=float16|bfloat16``, ``make notebooks-half``): the real-path cells of 10-13
   load the stand-ins in that dtype; every cell must run, no output is compared (printed dtypes, the out-of-memory
   advice and rounded figures legitimately differ from the stored fp32 outputs).
 """

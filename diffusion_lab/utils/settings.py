@@ -13,7 +13,7 @@ real weights on a GPU (fp16 on a T4, bf16 on Ampere and later). Unset or ``float
 the CPU, the GPU's own choice on a GPU). ``make notebooks-half`` runs notebooks 10-13 so, and a dtype bug (a
 ``from_pipe`` that converts shared components to fp32, an fp32 tensor fed to an fp16 layer) fails CI. With torch
 2.14 every CPU kernel these pipelines use exists in fp16 too (convolutions, group norm, SDPA attention, T5, the SVD
-temporal layers, LoRA training under autocast: all of 09-12 run, checked on this CPU); older torch releases raised
+temporal layers, LoRA training under autocast: all of 10-13 run, checked on this CPU); older torch releases raised
 "... not implemented for 'Half'" for some CPU kernels (not checked here), and there bf16 is the proxy. CI uses bf16 (``make
 notebooks-half``; ``HALF_DTYPE=float16`` for the T4 dtype), tests/test_half_precision.py both.
 """
