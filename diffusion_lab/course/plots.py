@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from diffusion_lab.training.loop import Trainer
-from diffusion_lab.utils.errors import check_int, check_number, check_tensor
+from diffusion_lab.utils.errors import check_choice, check_int, check_number, check_tensor
 
-__all__ = ["LossPlot", "as_image_batch", "image_grid", "show_images", "figure_to_png"]
+__all__ = ["LossPlot", "as_image_batch", "image_grid", "show_images", "figure_to_png", "plot_shootout"]
 
 
 class LossPlot:
@@ -125,3 +125,47 @@ def figure_to_png(fig, dpi: int = 80) -> bytes:
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+_SHOOTOUT_METRICS = {  # metric → (axis label, better)
+    "digit_adherence": ("digit adherence", "higher is better"),
+    "attribute_adherence": ("attribute adherence", "higher is better"),
+    "fid": ("FID-MNIST", "lower is better"),
+}
+
+
+def plot_shootout(records, metric: str, ax=None):
+    """Quality against network evaluations: x the NFE (log axis), one line per sampler, error bars ±1 SE.
+
+    ``records``: :class:`~diffusion_lab.pipelines.shootout.ShootoutRecord` objects or their ``to_dict()``s (as in
+    ``benchmarks/results/sampler_shootout.json``) of one model; ``metric``: ``"digit_adherence"``,
+    ``"attribute_adherence"`` or ``"fid"``. The title names the model, n and w. Returns the axes."""
+    import matplotlib.pyplot as plt  # lazy: matplotlib costs ~1 s to import; only drawing needs it
+
+    check_choice("metric", metric, tuple(_SHOOTOUT_METRICS))
+    rows = [r.to_dict() if hasattr(r, "to_dict") else r for r in records]
+    need = {"sampler", "nfe", metric, f"{metric}_se"}
+    if not rows or not all(isinstance(r, dict) and need <= r.keys() for r in rows):
+        raise ValueError(
+            f"records must be a non-empty list of shoot-out records (run_shootout's, or their to_dict()) with "
+            f"'sampler', 'nfe', {metric!r} and '{metric}_se'"
+        )
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.4))
+    for label in dict.fromkeys(r["sampler"] for r in rows):  # first-seen order
+        line = sorted((r for r in rows if r["sampler"] == label), key=lambda r: r["nfe"])
+        ax.errorbar([r["nfe"] for r in line], [r[metric] for r in line], yerr=[r[f"{metric}_se"] for r in line],
+                    marker="o", ms=3, capsize=2, lw=1, label=label)  # fmt: skip
+    name, better = _SHOOTOUT_METRICS[metric]
+    models = sorted({str(r.get("model", "?")) for r in rows})
+    ns = sorted({r.get("n", "?") for r in rows}, key=str)
+    ws = sorted({r.get("guidance_scale", "?") for r in rows}, key=str)
+    ax.set_xscale("log")
+    nfes = sorted({r["nfe"] for r in rows})
+    ax.set_xticks(nfes, labels=[str(k) for k in nfes])
+    ax.xaxis.set_minor_locator(plt.NullLocator())  # no overlapping minor labels on the log axis
+    ax.set(xlabel="network evaluations (NFE, a guided pair = 1)", ylabel=f"{name} (±1 SE)")
+    ax.set_title(f"{', '.join(models)}: {name}, {better} (n = {', '.join(map(str, ns))}, "
+                 f"w = {', '.join(map(str, ws))})", fontsize=9)  # fmt: skip
+    ax.legend(fontsize=7)
+    return ax
