@@ -18,8 +18,9 @@ code                     symbol      meaning
                                      SE √(A(1 − A)/n) (binomial)
 ``attribute_adherence``  A_attr      share of attribute words met (:func:`~diffusion_lab.mnist.captions.attribute_adherence`),
                                      SE √(p(1 − p)/m) over its m requests
-``fid``                  FID         FID-MNIST (:func:`~diffusion_lab.mnist.metrics.fid_mnist`), SE = sd of the FID over
-                                     bootstrap resamples of the n images (Efron 1979)
+``fid``                  FID         FID-MNIST (:func:`~diffusion_lab.mnist.metrics.fid_mnist`'s number, to 1e-8,
+                                     in the eigenvalue form the bootstrap needs: no scipy ``sqrtm`` per point), SE = sd
+                                     of the FID over bootstrap resamples of the n images (Efron 1979)
 =======================  ==========  ==============================================================================
 
 Indexing: ``records`` is one :class:`ShootoutRecord` per (sampler, N), samplers in the order given, N increasing.
@@ -42,7 +43,7 @@ from tqdm.auto import tqdm
 
 from diffusion_lab.mnist.captions import DIGIT_NAMES, attribute_adherence
 from diffusion_lab.mnist.classifier import MnistClassifier, classify, load_classifier
-from diffusion_lab.mnist.metrics import ReferenceStats, fid_floor, fid_mnist, reference_stats
+from diffusion_lab.mnist.metrics import ReferenceStats, fid_floor, reference_stats
 from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
 from diffusion_lab.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
 from diffusion_lab.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
@@ -411,7 +412,9 @@ def run_shootout(
                 plan.append((sampler, steps, nfe))
     classifier = classifier if classifier is not None else load_classifier()
     reference = reference if reference is not None else reference_stats(classifier)
-    floor = fid_floor(n, classifier, reference=reference)
+    floor = None  # FID₀(n), computed with the first point (it reads the MNIST training set)
+    ref_mu, ref_sigma = torch.as_tensor(reference.mu), torch.as_tensor(reference.sigma)  # (D,), (D, D) float64
+    ref_half = _sqrtm_psd(ref_sigma)  # Σ_r^½
     prompts, labels = eval_prompts(n)
     vae = pipe.vae
     latent_shape = (n, vae.config.latent_channels, 28 // pipe.vae_scale_factor, 28 // pipe.vae_scale_factor)
@@ -438,6 +441,7 @@ def run_shootout(
                     f"but its cost says {nfe}: fix Sampler.cost"
                 )
             images = torch.cat(chunks).clamp(-1, 1)  # (n, 1, 28, 28)
+            floor = fid_floor(n, classifier, reference=reference) if floor is None else floor
             logits, feats = classify(images, classifier)  # (n, 10), (n, D)
             digit_hits = logits.argmax(1) == labels  # (n,)
             attr = attribute_adherence(images, prompts, bins)
@@ -450,7 +454,8 @@ def run_shootout(
                 attribute_adherence=attr["adherence"],
                 attribute_adherence_se=_binomial_se(attr["adherence"], attr["requests"]),
                 attribute_requests=attr["requests"],
-                fid=fid_mnist(images, classifier, reference=reference), fid_se=fids.std().item(), fid_floor=floor,
+                fid=_fid_from_features(feats.double(), ref_mu, ref_sigma, ref_half), fid_se=fids.std().item(),
+                fid_floor=floor,
                 seconds=seconds, threads=torch.get_num_threads(), load=os.getloadavg()[0],
                 digit_hits=digit_hits, attribute_hits=attr_hits, features=feats,
             ))  # fmt: skip
