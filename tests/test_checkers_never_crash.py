@@ -88,6 +88,14 @@ def _jump(x_s, s, t, noise, ab):
     return ratio.sqrt() * x_s + (1 - ratio).sqrt() * noise
 
 
+def _heun(x, sigma, sigma_next, denoise):  # EDM Alg. 1: the trapezoid with an Euler guess; Euler to σ = 0
+    d = (x - denoise(x, sigma)) / sigma
+    guess = x + (sigma_next - sigma) * d
+    if sigma_next == 0:
+        return guess
+    return x + (sigma_next - sigma) * (d + (guess - denoise(guess, sigma_next)) / sigma_next) / 2
+
+
 RIGHT_FUNCTIONS = {
     "check_q_sample": q_sample,
     "check_trailing_timesteps": lambda n, T: inference_timesteps(n, T, "trailing"),
@@ -123,6 +131,8 @@ RIGHT_FUNCTIONS = {
     "check_flow_euler_step": lambda x, v, t, t_next: x + (t_next - t) * v,
     "check_velocity_from_eps": lambda x, e, t: (e - x) / (1 - t[:, None, None, None]),
     "check_matched_alpha_bar": lambda t: (1 - t) ** 2 / ((1 - t) ** 2 + t**2),
+    "check_heun_step": _heun,
+    "check_dpm_first_order": lambda x, x0, a_s, s_s, a_t, s_t: a_t * x0 + s_t * (x - a_s * x0) / s_s,  # = DDIM
     "check_sdxl_time_ids": lambda o, c, t: torch.tensor([[*o, *c, *t]]),
     "check_refiner_split": _refiner_split,
     "check_sd3_joint_text": _joint_text,
@@ -155,6 +165,10 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_skip_reason": (2, ()),
     "check_best_guidance": (5, (_WS, _ADHERENCE)),
     "check_shift_prediction": (1.0, ((1 / 3, 1.0, 3.0), [0.327, 0.252, 0.436], [0.023, 0.015, 0.017])),
+    "check_sampler_prediction": (
+        4,
+        (("DDIM", "Euler", "Heun", "DPM++ 2M"), [400.0, 420.0, 900.0, 300.0], [20.0] * 4, False),
+    ),
 }
 
 

@@ -21,7 +21,7 @@ from diffusion_lab.utils.errors import check_choice, check_int, check_number, ch
 from diffusion_lab.utils.torch_utils import randn
 from diffusion_lab.utils.validation import check_images
 
-__all__ = ["ForwardProcessExplorer", "GuidanceExplorer", "Img2ImgExplorer", "SamplerExplorer"]
+__all__ = ["FastSamplerExplorer", "ForwardProcessExplorer", "GuidanceExplorer", "Img2ImgExplorer", "SamplerExplorer"]
 
 _SAMPLER_STEPS = (1, 2, 5, 10, 20, 50, 100)  # the steps slider's stops
 _MAX_SEED = 2**31 - 1  # the seed box's largest value
@@ -353,6 +353,128 @@ class Img2ImgExplorer:
 
     def _redraw(self, change=None) -> None:
         self.image.value = self.render(self.strength.value, self.prompt.value, self.seed.value)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display  # lazy: only inside Jupyter
+
+        display(self.widget)
+
+
+_FAST_STEPS = (1, 2, 4, 8, 25)  # the steps slider's stops (FastSamplerExplorer)
+_SPACINGS = ("as shipped", "Karras σ")  # the spacing menu: the scheduler's own grid, or use_karras_sigmas=True
+
+
+def _fast_samplers() -> dict:
+    """label → (scheduler class, options on top of the pipeline's scheduler config): notebook 09's line-up."""
+    from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
+    from diffusion_lab.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+    from diffusion_lab.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
+    from diffusion_lab.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
+    from diffusion_lab.schedulers.scheduling_heun_discrete import HeunDiscreteScheduler
+
+    return {
+        "DDIM": (DDIMScheduler, {}),
+        "Euler": (EulerDiscreteScheduler, {}),
+        "Heun": (HeunDiscreteScheduler, {}),
+        "DPM++ 2M": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        "Euler a": (EulerAncestralDiscreteScheduler, {}),
+    }
+
+
+class FastSamplerExplorer:
+    """Sampler × steps × Karras σ over a tiny text-to-image pipeline (notebook 09): one row of ``prompts`` from the
+    same starting noise (``seed``), redrawn on every change.
+
+    ``sampler`` is one of DDIM, Euler, Heun, DPM++ 2M (DPM-Solver++(2M)) and Euler a (Euler-ancestral), each built
+    ``from_config`` of the pipeline's own scheduler (so its ᾱ-schedule and prediction type carry over); ``spacing``
+    "Karras σ" sets ``use_karras_sigmas=True`` (DDIM has no such option: its row stays on the shipped grid and the
+    title says so). The title gives the network evaluations per image (Heun: 2·steps − 1). :meth:`images` returns
+    the row as a tensor, for static figures.
+    """
+
+    def __init__(
+        self,
+        pipe,
+        prompts: list[str],
+        sampler: str = "DPM++ 2M",
+        steps: int = 4,
+        spacing: str = "as shipped",
+        seed: int = 0,
+        guidance_scale: float = 2.0,
+    ):
+        import ipywidgets as w  # lazy: only inside Jupyter
+
+        if not isinstance(prompts, list | tuple) or not prompts:
+            raise TypeError(f"prompts must be a non-empty list of strings, got {type(prompts).__name__}")
+        _check_prompts(**{f"prompts[{i}]": p for i, p in enumerate(prompts)})
+        if len(prompts) > 10:
+            raise ValueError(f"prompts must hold at most 10 prompts (one row), got {len(prompts)}")
+        self.samplers = _fast_samplers()
+        check_choice("sampler", sampler, tuple(self.samplers))
+        check_choice("spacing", spacing, _SPACINGS)
+        steps = check_int("steps", steps, minimum=None)
+        if steps not in _FAST_STEPS:
+            raise ValueError(f"steps must be one of the slider's values {list(_FAST_STEPS)}, got {steps}")
+        seed = _check_seed(seed)
+        self.pipe, self.prompts = pipe, list(prompts)
+        self.guidance_scale = check_number("guidance_scale", guidance_scale, minimum=0.0)
+        self.sampler = w.Dropdown(options=list(self.samplers), value=sampler, description="sampler")
+        self.steps = w.SelectionSlider(
+            options=list(_FAST_STEPS), value=steps, description="steps", continuous_update=False
+        )
+        self.spacing = w.Dropdown(options=list(_SPACINGS), value=spacing, description="spacing")
+        self.seed = w.BoundedIntText(value=seed, min=0, max=_MAX_SEED, description="seed")
+        self.image = w.Image(format="png")
+        for control in (self.sampler, self.steps, self.spacing, self.seed):
+            control.observe(self._redraw, names="value")
+        self.widget = w.VBox([w.HBox([self.sampler, self.steps]), w.HBox([self.spacing, self.seed]), self.image])
+        self._redraw()
+
+    def scheduler(self, sampler: str, spacing: str):
+        """A fresh scheduler for these settings, from the pipeline's scheduler config."""
+        check_choice("sampler", sampler, tuple(self.samplers))
+        check_choice("spacing", spacing, _SPACINGS)
+        cls, options = self.samplers[sampler]
+        if spacing == "Karras σ" and sampler != "DDIM":
+            options = {**options, "use_karras_sigmas": True}
+        return cls.from_config(self.pipe.scheduler.config, **options)
+
+    def images(self, sampler: str, steps: int, spacing: str, seed: int) -> torch.Tensor:
+        """The row for these settings: (len(prompts), C, H, W) in [−1, 1], starting noise from ``seed``."""
+        steps, seed = check_int("steps", steps), _check_seed(seed)
+        base = self.pipe.scheduler
+        self.pipe.scheduler = self.scheduler(sampler, spacing)
+        try:
+            out = self.pipe(
+                self.prompts, num_inference_steps=steps, guidance_scale=self.guidance_scale,
+                generator=torch.Generator().manual_seed(seed),
+            )  # fmt: skip
+        finally:
+            self.pipe.scheduler = base
+        return out.images.clamp(-1, 1)
+
+    @staticmethod
+    def title(sampler: str, steps: int, spacing: str) -> str:
+        """What a row shows: the sampler, steps, network evaluations per image and the σ grid."""
+        nfe = 2 * steps - 1 if sampler == "Heun" else steps
+        grid = "shipped grid (DDIM has no Karras option)" if sampler == "DDIM" and spacing == "Karras σ" else spacing
+        return f"{sampler}, {steps} step{'s' if steps > 1 else ''} = {nfe} NFE, {grid}"
+
+    def render(self, sampler: str, steps: int, spacing: str, seed: int) -> bytes:
+        """The picture for these settings as PNG bytes: each prompt above its image, at 4 screen pixels per pixel."""
+        import matplotlib.pyplot as plt  # lazy: matplotlib costs ~1 s to import; only drawing needs it
+
+        images = self.images(sampler, steps, spacing, seed)
+        n = len(images)
+        fig, axes = plt.subplots(1, n, figsize=(1.65 * n, 2.1), squeeze=False)
+        for ax, image, prompt in zip(axes[0], images, self.prompts, strict=True):
+            show_images(image[None], nrow=1, ax=ax)
+            ax.set_title(prompt, fontsize=8)
+        fig.suptitle(f"{self.title(sampler, steps, spacing)}, seed {seed}", fontsize=9)
+        return figure_to_png(fig)
+
+    def _redraw(self, change=None) -> None:
+        self.image.value = self.render(self.sampler.value, self.steps.value, self.spacing.value, self.seed.value)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display  # lazy: only inside Jupyter

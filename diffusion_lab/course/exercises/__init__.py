@@ -49,6 +49,11 @@ from diffusion_lab.course.exercises.nb08_flow import (
     check_time_shift,
     check_velocity_from_eps,
 )
+from diffusion_lab.course.exercises.nb09_fast_sampling import (
+    check_dpm_first_order,
+    check_heun_step,
+    check_sampler_prediction,
+)
 from diffusion_lab.course.exercises.nb10_sdxl import check_refiner_split, check_sdxl_time_ids
 from diffusion_lab.course.exercises.nb11_sd3 import check_sd3_joint_text
 from diffusion_lab.course.exercises.nb12_fine_tuning import (
@@ -99,6 +104,9 @@ __all__ = [
     "check_velocity_from_eps",
     "check_matched_alpha_bar",
     "check_shift_prediction",
+    "check_heun_step",
+    "check_dpm_first_order",
+    "check_sampler_prediction",
     "check_sdxl_time_ids",
     "check_refiner_split",
     "check_sd3_joint_text",
