@@ -35,6 +35,7 @@ from diffusion_lab.mnist.classifier import load_classifier
 from diffusion_lab.mnist.metrics import reference_stats
 from diffusion_lab.pipelines.shootout import (
     METRICS,
+    eval_prompts,
     flow_samplers,
     paired_difference,
     run_shootout,
@@ -159,6 +160,52 @@ def save_figure(records, name: str) -> str:
     return path.name
 
 
+def final_latents(pipe, sampler, steps: int, n: int, guidance: float, seed: int, batch_size: int) -> torch.Tensor:
+    """z_0 (n, L, h, w) for the shoot-out's prompts and noise (run_shootout's: one draw from ``seed``)."""
+    prompts, _ = eval_prompts(n)
+    side = 28 // pipe.vae_scale_factor
+    noise = torch.randn(n, pipe.vae.config.latent_channels, side, side, generator=torch.Generator().manual_seed(seed))
+    base, pipe.scheduler = pipe.scheduler, sampler.make(pipe.scheduler.config)
+    try:
+        return torch.cat([pipe(prompts[i : i + batch_size], num_inference_steps=steps, guidance_scale=guidance,
+                               latents=noise[i : i + batch_size], output_type="latent").latents
+                          for i in range(0, n, batch_size)])  # fmt: skip
+    finally:
+        pipe.scheduler = base
+
+
+def diagnose(args, classifier, reference) -> dict:
+    """Why DPM++ 2M at 8 and DDIM at 25 differ: (1) both against the converged samplers (DDIM and DPM++ 2M at 50
+    NFE), paired; (2) the ODE error itself, the RMS distance of each final latent z_0 to a 100-step DPM++ 2M solution
+    from the same noise and prompt (mean over images ± SE)."""
+    pipe, bins = load_tiny_sd(pretrained_tiny_sd_path("tiny_sd"))
+    sam = {s.label: s for s in vp_samplers(pipe.scheduler.config, ["DDIM", "DPM++ 2M"])}
+    kw = dict(n=args.n, guidance_scale=args.guidance, seed=args.seed, batch_size=args.batch_size,
+              classifier=classifier, reference=reference, fid_draws=args.fid_draws, model="tiny_sd")  # fmt: skip
+    recs = run_shootout(pipe, bins, [sam["DDIM"]], [25, 50], **kw)
+    recs += run_shootout(pipe, bins, [sam["DPM++ 2M"]], [8, 50], **kw)
+    ddim25, ddim50, dpm8, dpm50 = recs
+    out = {"records_rerun": [r.to_dict() for r in recs], "vs_converged": {}}
+    for a, b in ((dpm8, ddim50), (ddim25, ddim50), (dpm8, dpm50), (ddim25, dpm50), (dpm50, ddim50)):
+        key = f"{a.sampler} @ {a.nfe} minus {b.sampler} @ {b.nfe}"
+        out["vs_converged"][key] = compare(a, b, reference, 1000)
+    ref_steps = 100
+    t0 = time.perf_counter()
+    z_ref = final_latents(pipe, sam["DPM++ 2M"], ref_steps, args.n, args.guidance, args.seed, args.batch_size)
+    errors = {"reference": f"DPM++ 2M with {ref_steps} steps", "rms_latent_distance": {}}
+    for label, steps in (("DDIM", 8), ("DDIM", 25), ("DDIM", 50), ("DPM++ 2M", 8), ("DPM++ 2M", 25), ("DPM++ 2M", 50)):
+        z = final_latents(pipe, sam[label], steps, args.n, args.guidance, args.seed, args.batch_size)
+        rms = (z - z_ref).pow(2).flatten(1).mean(1).sqrt()  # (n,) per image
+        errors["rms_latent_distance"][f"{label} @ {steps}"] = {
+            "mean": round(rms.mean().item(), 5), "se": round((rms.std() / len(rms) ** 0.5).item(), 5),
+        }  # fmt: skip
+    errors["latent_rms"] = round(z_ref.pow(2).mean().sqrt().item(), 4)
+    errors["seconds"] = round(time.perf_counter() - t0, 1)
+    out["ode_error"] = errors
+    out["load"] = os.getloadavg()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=500)
@@ -171,11 +218,21 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["tiny_sd", "tiny_sd3"], choices=["tiny_sd", "tiny_sd3"])
     p.add_argument("--samplers", nargs="+", default=None, help="labels to run (default: all of each model)")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--diagnose", action="store_true", help="only the extra measurement of why the target is missed, "
+                   "added to the existing JSON as 'diagnosis_extra'")  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     classifier = load_classifier()
     reference = reference_stats(classifier)
+    if args.diagnose:
+        extra = diagnose(args, classifier, reference)
+        extra.update(seconds=round(time.perf_counter() - started, 1), machine=machine())
+        result = json.loads(args.out.read_text())
+        result["diagnosis_extra"] = extra
+        write_json_atomic(args.out, result)
+        print(json.dumps(extra, indent=1))
+        return
     result = {
         "description": "issue 25 sampler shoot-out: digit / attribute adherence and FID-MNIST against NFE "
         "(classifier-free guidance's batch [uncond; cond] = one evaluation), common random numbers",
