@@ -155,7 +155,7 @@ def save_figure(records, name: str) -> str:
         plot_shootout(records, metric, ax=ax)
     fig.tight_layout()
     path = RESULTS / f"sampler_shootout_{name}.png"
-    fig.savefig(path, dpi=60)
+    fig.savefig(path, dpi=64)
     plt.close(fig)
     return path.name
 
@@ -220,11 +220,17 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--diagnose", action="store_true", help="only the extra measurement of why the target is missed, "
                    "added to the existing JSON as 'diagnosis_extra'")  # fmt: skip
+    p.add_argument("--replot", action="store_true", help="only redraw the figures from the existing JSON")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     classifier = load_classifier()
     reference = reference_stats(classifier)
+    if args.replot:
+        result = json.loads(args.out.read_text())
+        for name in dict.fromkeys(r["model"] for r in result["records"]):
+            save_figure([r for r in result["records"] if r["model"] == name], name)
+        return
     if args.diagnose:
         extra = diagnose(args, classifier, reference)
         extra.update(seconds=round(time.perf_counter() - started, 1), machine=machine())
