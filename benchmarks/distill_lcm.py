@@ -61,8 +61,33 @@ def _bootstrap_fid_se(feats: torch.Tensor, ref, draws: int = 100, seed: int = 0)
     return float(torch.tensor(fids).std())
 
 
-def score(images, prompts, labels, bins, classifier, ref, floor) -> tuple[dict, torch.Tensor]:
-    """Metrics of n images and the per-image digit hits (n,) for paired differences."""
+def _paired_fid_se(feats_a: torch.Tensor, feats_b: torch.Tensor, ref, draws: int = 200, seed: int = 0) -> float:
+    """sd of FID(a) − FID(b) over resamples that take the same image indices from both (paired: same prompts, z_T)."""
+    g = torch.Generator().manual_seed(seed)
+    n, diffs = len(feats_a), []
+    for _ in range(draws):
+        idx = torch.randint(0, n, (n,), generator=g)
+        fa, fb = feats_a[idx].double(), feats_b[idx].double()
+        diffs.append(
+            frechet_distance(fa.mean(0).numpy(), fa.T.cov().numpy(), ref.mu, ref.sigma)
+            - frechet_distance(fb.mean(0).numpy(), fb.T.cov().numpy(), ref.mu, ref.sigma)
+        )
+    return float(torch.tensor(diffs).std())
+
+
+def paired(a: str, b: str, points: dict, hits: dict, feats: dict, ref) -> dict:
+    """a − b in digit adherence (mean of per-prompt differences, SE sd/√n) and FID-MNIST (paired bootstrap SE)."""
+    d = hits[a].double() - hits[b].double()  # (n,)
+    return {
+        "digit_adherence": round(d.mean().item(), 4),
+        "digit_adherence_se": round((d.std() / len(d) ** 0.5).item(), 4),
+        "fid": round(points[a]["fid"] - points[b]["fid"], 2),
+        "fid_se": round(_paired_fid_se(feats[a], feats[b], ref), 2),
+    }
+
+
+def score(images, prompts, labels, bins, classifier, ref, floor) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Metrics of n images, the per-image digit hits (n,) and classifier features (n, D) for paired differences."""
     images = images.clamp(-1, 1)
     logits, feats = classify(images, classifier)
     hits = logits.argmax(1) == labels  # (n,)
@@ -70,17 +95,21 @@ def score(images, prompts, labels, bins, classifier, ref, floor) -> tuple[dict, 
     fid = frechet_distance(f.mean(0), feats.double().T.cov().numpy(), ref.mu, ref.sigma)
     attr = attribute_adherence(images, prompts, bins)
     p = hits.double().mean().item()
-    return {
-        "n": len(images),
-        "digit_adherence": round(p, 4),
-        "digit_adherence_se": round(_se(p, len(images)), 4),
-        "attribute_adherence": round(attr["adherence"], 4),
-        "attribute_adherence_se": round(_se(attr["adherence"], attr["requests"]), 4),
-        "attribute_requests": attr["requests"],
-        "fid": round(fid, 2),
-        "fid_se": round(_bootstrap_fid_se(feats, ref), 2),
-        "fid_floor": round(floor, 2),
-    }, hits
+    return (
+        {
+            "n": len(images),
+            "digit_adherence": round(p, 4),
+            "digit_adherence_se": round(_se(p, len(images)), 4),
+            "attribute_adherence": round(attr["adherence"], 4),
+            "attribute_adherence_se": round(_se(attr["adherence"], attr["requests"]), 4),
+            "attribute_requests": attr["requests"],
+            "fid": round(fid, 2),
+            "fid_se": round(_bootstrap_fid_se(feats, ref), 2),
+            "fid_floor": round(floor, 2),
+        },
+        hits,
+        feats,
+    )
 
 
 def sample_all(
@@ -141,43 +170,38 @@ def main() -> None:
     floor = fid_floor(args.n, classifier, reference=ref)
     prompts, labels = latent_prompts(args.n)
     noise = torch.randn((args.n, 4, 7, 7), generator=torch.Generator().manual_seed(0))  # z_T shared by every point
-    points, hits = {}, {}
+    points, hits, feats = {}, {}, {}
     for name, pipe, steps, is_student in (
         ("teacher_ddim25", teacher, 25, False), ("teacher_ddim4", teacher, 4, False), ("teacher_ddim2", teacher, 2, False),
-        ("student_lcm1", student, 1, True), ("student_lcm2", student, 2, True), ("student_lcm4", student, 4, True),
+        ("teacher_ddim1", teacher, 1, False), ("student_lcm1", student, 1, True), ("student_lcm2", student, 2, True),
+        ("student_lcm4", student, 4, True),
     ):  # fmt: skip
         images, secs = sample_all(pipe, prompts, noise, steps, student=is_student, seed=0)
-        points[name], hits[name] = score(images, prompts, labels, bins, classifier, ref, floor)
+        points[name], hits[name], feats[name] = score(images, prompts, labels, bins, classifier, ref, floor)
         points[name].update(steps=steps, guidance_scale=1.0 if is_student else TEACHER_W, sample_seconds=round(secs, 2))
         print(f"{name:15s} {points[name]}", flush=True)
-    d = hits["student_lcm2"].double() - hits["teacher_ddim25"].double()  # paired per prompt (n,)
-    diff, diff_se = d.mean().item(), (d.std() / len(d) ** 0.5).item()
+    vs25 = paired("student_lcm2", "teacher_ddim25", points, hits, feats, ref)
     target = {
-        "student2_minus_teacher25_digit_adherence": round(diff, 4),
-        "paired_se": round(diff_se, 4),
-        "within_0.02": diff >= -0.02,
-        "rule": "met when the 2-step student's digit adherence is at most 0.02 below the teacher's DDIM-25 (n prompts, same z_T)",
+        "student2_minus_teacher25": vs25,
+        "within_0.02": vs25["digit_adherence"] >= -0.02,
+        "rule": "met when the 2-step student's digit adherence is at most 0.02 below the teacher's DDIM-25 (n prompts, "
+        "same z_T); differences paired per prompt",
     }
-    print("target", target, flush=True)
+    buys = {f"student{k}_minus_teacher_ddim{k}": paired(f"student_lcm{k}", f"teacher_ddim{k}", points, hits, feats, ref)
+            for k in (1, 2, 4)}  # fmt: skip
+    print("target", target, "\nwhat distillation buys", buys, flush=True)
 
     curve = []
     for step in sorted(snapshots):
         ckpt = copy.deepcopy(student)
         ckpt.unet.load_state_dict(snapshots[step])
         images, _ = sample_all(ckpt, prompts, noise, 2, student=True, seed=0)
-        m, h = score(images, prompts, labels, bins, classifier, ref, floor)
-        dd = h.double() - hits["teacher_ddim25"].double()
-        curve.append({"step": step, **m, "minus_teacher25": round(dd.mean().item(), 4),
-                      "paired_se": round((dd.std() / len(dd) ** 0.5).item(), 4)})  # fmt: skip
+        name = f"student_lcm2@{step}"
+        m, h, f = score(images, prompts, labels, bins, classifier, ref, floor)
+        d = paired(name, "teacher_ddim25", {**points, name: m}, {**hits, name: h}, {**feats, name: f}, ref)
+        curve.append({"step": step, **m, "minus_teacher25": d})
         print("checkpoint", curve[-1], flush=True)
-    curve.append(
-        {
-            "step": log["steps"],
-            **points["student_lcm2"],
-            "minus_teacher25": round(diff, 4),
-            "paired_se": round(diff_se, 4),
-        }
-    )
+    curve.append({"step": log["steps"], **points["student_lcm2"], "minus_teacher25": vs25})
 
     record = {
         "label": args.label,
@@ -197,6 +221,7 @@ def main() -> None:
         "teacher": "data/pretrained/tiny_sd, DDIM trailing, w = 3",
         "points": points,
         "target": target,
+        "what_distillation_buys": buys,
         "student2_vs_training_steps": curve,
     }
     if args.save:

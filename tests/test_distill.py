@@ -157,7 +157,7 @@ def test_pure_multistep_sampler_equals_diffusers_lcm_loop(teacher, steps):
 def test_distill_trains_the_student_and_keeps_the_teacher_frozen(teacher):
     images, labels, bins = _data()
     before = {k: v.clone() for k, v in teacher.unet.state_dict().items()}
-    cfg = DistillConfig(max_steps=12, time_budget_s=None, batch_size=16, lr=1e-3, warmup_steps=0, seed=0)
+    cfg = DistillConfig(max_steps=12, time_budget_s=None, batch_size=16, lr=1e-3, warmup_steps=0, skip=40, seed=0)
     seen = []
     student, log = distill_consistency(teacher, bins, cfg, images=images, labels=labels, progress=False,
                                        callback=lambda step, loss, unet: seen.append(step))  # fmt: skip
@@ -188,8 +188,13 @@ def test_distill_is_reproducible_with_one_config(teacher):
 def test_time_budget_stops_the_loop(teacher):
     images, labels, bins = _data(32)
     cfg = DistillConfig(max_steps=None, time_budget_s=1e-6, batch_size=8)
-    _, log = distill_consistency(teacher, bins, cfg, images=images, labels=labels, progress=False)
+    timed, log = distill_consistency(teacher, bins, cfg, images=images, labels=labels, progress=False)
     assert log["steps"] == 1  # at least one step, then the budget is spent
+    # the lr schedule does not depend on the budget: max_steps = the steps reached gives the same weights
+    cfg = DistillConfig(max_steps=log["steps"], time_budget_s=None, batch_size=8)
+    counted, _ = distill_consistency(teacher, bins, cfg, images=images, labels=labels, progress=False)
+    for (k, v), w in zip(timed.unet.state_dict().items(), counted.unet.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
 
 
 # -------------------------------------------------------------------------------------------- save / load
@@ -202,12 +207,12 @@ def test_save_load_round_trip(teacher, tmp_path):
     folder = save_student(student, bins, tmp_path / "lcm", {**log, "measured": {"x": 1}})
     recipe = json.loads((folder / RECIPE_FILE).read_text())
     assert recipe["steps"] == 2 and recipe["config"] == cfg.to_dict() and "losses" not in recipe
-    assert recipe["original_inference_steps"] == 25 and recipe["measured"] == {"x": 1}
+    assert recipe["original_inference_steps"] == 10 == 1000 // cfg.skip and recipe["measured"] == {"x": 1}
     assert list((folder / "unet").glob("*.safetensors")) and not list(folder.rglob("*.bin"))
     loaded, loaded_bins, loaded_recipe = load_student(folder)
     assert loaded_recipe == recipe and loaded_bins.to_dict() == bins.to_dict()
     assert type(loaded.scheduler) is diffusers.LCMScheduler
-    assert loaded.scheduler.config.original_inference_steps == 25
+    assert loaded.scheduler.config.original_inference_steps == 10
     for (k, v), w in zip(student.unet.state_dict().items(), loaded.unet.state_dict().values(), strict=True):
         assert torch.equal(v, w), k
     kw = dict(generator=torch.Generator().manual_seed(0), output_type="latent")
@@ -290,3 +295,20 @@ def test_distill_bad_arguments(teacher):
         boundary_scalings(torch.tensor([0.5]))
     with pytest.raises(ValueError, match="original_inference_steps must be >= 1"):
         lcm_scheduler_for(teacher.scheduler, 0)
+
+
+def test_shipped_student_matches_the_default_config():
+    """data/pretrained/tiny_sd_lcm is the run DistillConfig() reproduces: same steps, same settings, N = T / k."""
+    student, bins, recipe = load_student()
+    default = DistillConfig().to_dict()
+    assert recipe["steps"] == default["max_steps"]
+    same = {k: v for k, v in recipe["config"].items() if k not in ("max_steps", "time_budget_s")}
+    assert same == {k: v for k, v in default.items() if k not in ("max_steps", "time_budget_s")}
+    assert (
+        student.scheduler.config.original_inference_steps
+        == recipe["original_inference_steps"]
+        == 1000 // default["skip"]
+    )
+    assert recipe["measured"]["target"]["within_0.02"] is True
+    out = sample_student(student, ["a seven", "a thick two"], 2, generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (2, 1, 28, 28)
