@@ -71,6 +71,12 @@ WIDGET_NOTEBOOKS: dict[str, list[Control]] = {
         Control("text", "prompt", "a zero"),
         Control("text", "seed", "7"),
     ],
+    "09_fast_sampling_and_distillation.ipynb": [
+        Control("dropdown", "sampler"),
+        Control("slider", "steps"),
+        Control("dropdown", "spacing"),
+        Control("text", "seed", "7"),
+    ],
     "10_stable_diffusion_xl.ipynb": [
         Control("slider", "guidance"),
         Control("text", "prompt", "a castle"),
