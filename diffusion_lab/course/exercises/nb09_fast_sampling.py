@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 
 from diffusion_lab.course.exercises.checking import _as_number, _call_tensor, _check_callable, _report
+from diffusion_lab.course.exercises.nb08_flow import _numbers  # a checker's own list of measured numbers
 
 __all__ = ["check_heun_step", "check_dpm_first_order", "check_sampler_prediction"]
 
@@ -123,19 +124,6 @@ def check_dpm_first_order(fn: Callable[..., torch.Tensor]) -> bool:
             False, what, "hold x̂₀ constant in x_t/σ_t = x_s/σ_s + ∫ e^{λ}·x̂₀ dλ and integrate from λ_s to λ_t"
         )
     return _report(True, what, "")
-
-
-def _numbers(name: str, values: object) -> list[float]:
-    """A checker's own list argument (set by the notebook) as floats; ``TypeError`` naming ``name`` if not."""
-    if isinstance(values, str | bytes | dict | set) or not hasattr(values, "__iter__"):
-        raise TypeError(f"{name} must be a list of numbers, got {type(values).__name__}")
-    out = []
-    for i, v in enumerate(values):
-        number, problem = _as_number(v)
-        if problem:
-            raise TypeError(f"{name}[{i}] must be a finite number: {problem}")
-        out.append(number)
-    return out
 
 
 def check_sampler_prediction(
