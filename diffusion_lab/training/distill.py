@@ -1,9 +1,9 @@
 """Few-step distillation: latent consistency distillation (LCD) of the tiny Stable Diffusion into a 1-4 step student.
 
-Papers: Song, Dhariwal, Chen & Sutskever 2023, "Consistency Models" (CD: Algorithm 2; the parametrisation, Eq. 7;
-multistep sampling, Algorithm 1); Luo, Tan, Huang, Li & Zhao 2023, "Latent Consistency Models" (LCD: Algorithm 1,
-the guided teacher step Eq. 9, the skipping-step solver §4.3); Song & Dhariwal 2023, "Improved Techniques for
-Training Consistency Models" (the pseudo-Huber loss, §3.3).
+Papers: Song, Dhariwal, Chen & Sutskever 2023, "Consistency Models" (CD: Algorithm 2; the c_skip/c_out
+parametrisation, §3; multistep sampling, Algorithm 1); Luo, Tan, Huang, Li & Zhao 2023, "Latent Consistency Models"
+(LCD: Algorithm 1, the guided teacher step of §4.2, the skipping-step solver); Song & Dhariwal 2023, "Improved
+Techniques for Training Consistency Models" (iCT: the pseudo-Huber loss).
 
 Notation
 --------
@@ -11,22 +11,22 @@ Notation
 code                    symbol           meaning
 ======================  ===============  ==========================================================================
 ``alphas_cumprod``      ᾱ_t              the teacher's schedule (T,) (DDPM's ᾱ; the DDIM paper calls it α_t)
-``skip``                k                skipping step: the teacher jumps k training timesteps at once (LCM §4.3)
+``skip``                k                skipping step: the teacher jumps k training timesteps at once (LCM's skipping-step technique)
 ``num_grid``            N = T / k        the discrete timesteps the student is distilled on (diffusers' LCMScheduler's
                                          ``original_inference_steps``)
 ``grid``                t_n              t_n = n·k − 1 for n = 1 … N (LCMScheduler's ``lcm_origin_timesteps``), t_0 = 0
 ``teacher`` (pred)      v_φ(x_t, t, c)   the frozen teacher's v-prediction; v_φ(x_t, t, ∅) with the empty prompt
-``guidance_scale``      w                classifier-free guidance folded into the teacher's ODE step (LCM Eq. 9)
+``guidance_scale``      w                classifier-free guidance folded into the teacher's ODE step (LCM §4.2)
 ``student`` (pred)      F_θ(x_t, t, c)   the student's raw network output (a v-prediction, as the teacher's)
 ``c_skip``, ``c_out``   c_skip, c_out    boundary scalings: c_skip(t) = σ_d² / ((s·t)² + σ_d²),
                                          c_out(t) = s·t / √((s·t)² + σ_d²)  (diffusers' discrete form, s = 10)
-``sigma_data``          σ_d              0.5 (Consistency Models §C / LCM; diffusers hard-codes it)
-``timestep_scaling``    s                10 (LCMScheduler default): c_skip(t) ≈ 0 for every t ≥ 1 except near t = 0
+``sigma_data``          σ_d              0.5 (Consistency Models / LCM; diffusers hard-codes it)
+``timestep_scaling``    s                10 (LCMScheduler default): c_skip(1) = 0.0025, c_skip(t) < 1e-4 for t ≥ 5
 ``f``                   f_θ(x_t, t, c)   consistency function f_θ = c_skip(t)·x_t + c_out(t)·x̂_0(F_θ(x_t, t, c))
-                                         (CM Eq. 7 with LCM's x̂_0 parametrisation); f_θ(x, 0) = x exactly
+                                         (CM §3's parametrisation, F_θ read as LCM's x̂_0); f_θ(x, 0) = x exactly
 ``target``              f_θ⁻(x̂_{t_n})   the target network θ⁻ (EMA of θ, decay μ; CM Alg. 2) at the teacher's step
 ``ema_decay``           μ                θ⁻ ← μ·θ⁻ + (1 − μ)·θ (stop-gradient when μ = 0)
-``huber_c``             c                pseudo-Huber d(a, b) = √(‖a − b‖² + c²) − c (iCT §3.3); None: L2
+``huber_c``             c                pseudo-Huber d(a, b) = √(‖a − b‖² + c²) − c (iCT); None: L2
 ======================  ===============  ==========================================================================
 
 Indexing: timesteps are the teacher's discrete training timesteps t ∈ {0, …, T − 1} (T = 1000), ᾱ_t =
@@ -37,17 +37,20 @@ One training step (CD Algorithm 2 / LCD Algorithm 1), for latents z_0 and captio
 
 1. n ~ U{1, …, N}; ε ~ N(0, I); x_{t_n} = √ᾱ_{t_n}·z_0 + √(1 − ᾱ_{t_n})·ε                      (DDPM Eq. 4)
 2. the teacher's guided DDIM step, no gradient:
-   v̂ = v_φ(x, t_n, ∅) + w·(v_φ(x, t_n, c) − v_φ(x, t_n, ∅))                                    (LCM Eq. 9)
+   v̂ = v_φ(x, t_n, ∅) + w·(v_φ(x, t_n, c) − v_φ(x, t_n, ∅))                                    (LCM §4.2)
    x̂_0 = √ᾱ_{t_n}·x − √(1 − ᾱ_{t_n})·v̂,  ε̂ = √ᾱ_{t_n}·v̂ + √(1 − ᾱ_{t_n})·x          (v-parametrisation)
    x̂_{t_{n−1}} = √ᾱ_{t_{n−1}}·x̂_0 + √(1 − ᾱ_{t_{n−1}})·ε̂                                  (DDIM Eq. 12, η = 0)
 3. target y = f_θ⁻(x̂_{t_{n−1}}, t_{n−1}, c), no gradient                                            (CM Alg. 2)
 4. loss d(f_θ(x_{t_n}, t_n, c), y); AdamW step on θ; θ⁻ ← μ·θ⁻ + (1 − μ)·θ
 
-Why pseudo-Huber and not L2: the teacher's coarse skipping step makes a few targets far off (large-error samples at
-high noise); L2 lets them dominate the gradient, the pseudo-Huber distance grows only linearly in ‖a − b‖ beyond c,
-so each sample's gradient has bounded norm (iCT found it better than L2 and no worse than LPIPS; LCM's own training
-script uses it). c = 0.00054·√d for d = L·h·w entries (iCT's choice): ≈ 0.0076 for 4×7×7 latents. L2 is one setting
-away (``huber_c=None``) for the ablation.
+Why pseudo-Huber and not L2: some targets can be far off (the teacher's coarse skipping step at high noise, the
+moving target network early on); L2 lets such samples dominate the gradient, while the pseudo-Huber distance grows
+only linearly in ‖a − b‖ beyond c, so each sample's gradient has bounded norm. iCT (Song & Dhariwal 2023)
+found it better than L2 without LPIPS's bias; diffusers' LCM distillation script offers it (``--loss_type huber``,
+elementwise). c = 0.00054·√d for d = L·h·w entries (iCT's choice): ≈ 0.0076 for 4×7×7 latents. L2 is one setting
+away (``huber_c=None``). Measured at the default 185 steps (n = 500, benchmarks/results/distill_lcm.json): 2-step
+digit adherence 0.960 (pseudo-Huber) and 0.964 (L2), FID-MNIST 227 and 226, SEs ~0.009 and ~25: no difference a run
+this short can see, so the choice rests on the robustness argument above.
 
 Sampling (CM Algorithm 1, the multistep consistency sampler = diffusers' ``LCMScheduler``): x = ε_T;
 for each chosen timestep τ_i: x̂_0 = f_θ(x, τ_i, c); x ← √ᾱ_{τ_{i+1}}·x̂_0 + √(1 − ᾱ_{τ_{i+1}})·ε_i (fresh noise),
@@ -130,7 +133,7 @@ def boundary_scalings(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(c_skip(t), c_out(t)) at discrete timesteps t (int or (B,)), exactly as diffusers'
     ``LCMScheduler.get_scalings_for_boundary_condition_discrete``: with τ = s·t (float32),
-    c_skip = σ_d² / (τ² + σ_d²), c_out = τ / √(τ² + σ_d²) (CM Eq. 7 with the time τ). c_skip(0) = 1, c_out(0) = 0."""
+    c_skip = σ_d² / (τ² + σ_d²), c_out = τ / √(τ² + σ_d²) (CM's boundary scalings with the time τ). c_skip(0) = 1, c_out(0) = 0."""
     if isinstance(t, torch.Tensor):
         if t.is_floating_point() or t.dtype == torch.bool:
             raise TypeError(f"t must hold integer timesteps (0 … T − 1), got dtype {t.dtype}")
@@ -163,7 +166,7 @@ def consistency_function(
     alphas_cumprod: torch.Tensor,
     prediction_type: str = "v_prediction",
 ) -> torch.Tensor:
-    """f(x_t, t) = c_skip(t)·x_t + c_out(t)·x̂_0(pred) (CM Eq. 7; LCMScheduler.step items 3, 4 and 6).
+    """f(x_t, t) = c_skip(t)·x_t + c_out(t)·x̂_0(pred) (CM §3; LCMScheduler.step items 3, 4 and 6).
 
     pred, x_t: (B, L, h, w); t: int or (B,) discrete timesteps; alphas_cumprod (T,). Returns (B, L, h, w)."""
     check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
@@ -184,7 +187,7 @@ def guided_ddim_skip_step(
     prediction_type: str = "v_prediction",
 ) -> torch.Tensor:
     """The teacher's ODE step from t = t_{n} to s = t_{n−1} (k training timesteps at once), with classifier-free
-    guidance folded in (LCM Eq. 9): the guided prediction, then DDIM with η = 0 (DDIM Eq. 12).
+    guidance folded in (LCM §4.2): the guided prediction, then DDIM with η = 0 (DDIM Eq. 12).
 
     x_t, pred_cond, pred_uncond: (B, L, h, w); ab_t, ab_s: ᾱ at t and s, scalars or (B,). Returns x̂_s (B, L, h, w)."""
     check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
@@ -210,7 +213,7 @@ def consistency_target(
 
 
 def consistency_loss(prediction: torch.Tensor, target: torch.Tensor, huber_c: float | None) -> torch.Tensor:
-    """Mean over the batch of d(f_θ, y): pseudo-Huber √(‖a − b‖² + c²) − c over each sample's entries (iCT §3.3),
+    """Mean over the batch of d(f_θ, y): pseudo-Huber √(‖a − b‖² + c²) − c over each sample's entries (iCT),
     or the mean squared error per entry when ``huber_c`` is None (L2). Returns a scalar."""
     if prediction.shape != target.shape:
         raise ValueError(
@@ -262,6 +265,8 @@ def consistency_multistep_sample(
 # - 185 steps: what 300 s on 2 threads reached on this shared machine (load average 4-5; 0.62 steps/s, where one
 #   thread made 4.5 steps/s): 2-step adherence 0.960 against the teacher's 0.956 (+0.004 ± 0.010), FID 227 (−18 ±
 #   13). The 800-step run above stays within 0.02 as well, so more steps (a faster machine) do not break the target.
+#   Speed depends on the load far more than on the code: 100 steps at load ~1 took 6.4 s on 2 threads (15.6
+#   steps/s) and 10.1 s on 1 thread (9.9 steps/s); at load 4-5, 2 threads fell to 0.62 steps/s.
 @dataclass
 class DistillConfig:
     """Settings of :func:`distill_consistency`. The defaults are the run shipped in ``data/pretrained/tiny_sd_lcm``
