@@ -42,6 +42,7 @@ from diffusion_lab.mnist.classifier import load_classifier
 from diffusion_lab.mnist.data import load_mnist
 from diffusion_lab.mnist.metrics import evaluate, reference_stats
 from diffusion_lab.pipelines.sampling import sample
+from diffusion_lab.pipelines.shootout import eval_prompts
 from diffusion_lab.training.recipes import train_latent_flow, train_latent_text2img
 from diffusion_lab.training.recipes_pixel import schedulers_for, train_mnist_pixel
 from diffusion_lab.training.tiny_sd_io import load_tiny_sd, pretrained_tiny_sd_path, save_tiny_sd
@@ -99,21 +100,8 @@ def generate(model, scheduler, n, steps, guidance, seed=0, batch=250):
 
 # Evaluation prompts: per digit, 4 plain prompts ("a seven") and one for each attribute word ("a thick seven"), so
 # every attribute word is asked equally often (n/10 times for n images, a multiple of 10) and 40 % of the prompts name
-# only the digit.
-EVAL_WORDS = (None, "thick", None, "thin", "slanted", None, "upright", "small", None, "large")
-
-
-def latent_prompts(n: int) -> tuple[list[str], torch.Tensor]:
-    """n prompts (digits cycling 0..9, attribute words cycling through EVAL_WORDS per digit) and their digits."""
-    from diffusion_lab.mnist.captions import DIGIT_NAMES
-
-    labels = torch.arange(n) % 10
-    prompts = []
-    for i, d in enumerate(labels.tolist()):
-        word = EVAL_WORDS[(i // 10 + d) % len(EVAL_WORDS)]  # any 10 consecutive prompts ask for every word once
-        words = [word, DIGIT_NAMES[d]] if word else [DIGIT_NAMES[d]]
-        prompts.append(("an " if words[0][0] in "aeiu" else "a ") + " ".join(words))
-    return prompts, labels
+# only the digit. The library's shoot-out evaluates the samplers on the very same prompts, so they live there.
+latent_prompts = eval_prompts
 
 
 def generate_latent(pipe, prompts, steps, guidance, seed=0, batch=250):

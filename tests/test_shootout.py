@@ -4,18 +4,18 @@ the same images, common random numbers, and clear errors for bad input."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from diffusion_lab.mnist.captions import attribute_adherence
+from diffusion_lab.mnist.captions import DIGIT_NAMES, attribute_adherence
 from diffusion_lab.mnist.classifier import classify, load_classifier
 from diffusion_lab.mnist.data import load_mnist
 from diffusion_lab.mnist.metrics import ReferenceStats, feature_stats, fid_floor, fid_mnist, prompt_adherence
 from diffusion_lab.pipelines.shootout import (
+    EVAL_WORDS,
     FLOW_LABELS,
     VP_LABELS,
     Sampler,
@@ -130,14 +130,15 @@ def test_nfe_is_the_number_of_denoiser_calls(all_samplers):
             assert set(calls) == {4}, "each call evaluates the guided batch [∅; c] of 2 × 2 prompts"
 
 
-def test_eval_prompts_are_cpu_train_latent_prompts():
-    spec = importlib.util.spec_from_file_location("cpu_train", ROOT / "benchmarks" / "cpu_train.py")
-    cpu_train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cpu_train)
+def test_eval_prompts_balance_digits_and_attribute_words():
+    """The shoot-out's prompts (also the latent recipe's evaluation prompts in benchmarks/cpu_train.py): digits cycle
+    0..9, every attribute word is asked equally often, 40 % of the prompts name only the digit."""
     prompts, labels = eval_prompts(500)
-    ref_prompts, ref_labels = cpu_train.latent_prompts(500)
-    assert prompts == ref_prompts and torch.equal(labels, ref_labels)
-    assert sum(p.count(" ") == 2 for p in prompts) == 300  # 60 % name an attribute word
+    assert prompts[:3] == ["a zero", "a thick one", "a two"] and prompts[11] == "a one"
+    assert torch.equal(labels, torch.arange(500) % 10)
+    assert all(DIGIT_NAMES[d] == p.split()[-1] for p, d in zip(prompts, labels.tolist(), strict=True))
+    words = [p.split()[1] for p in prompts if p.count(" ") == 2]
+    assert len(words) == 300 and {w: words.count(w) for w in set(words)} == {w: 50 for w in EVAL_WORDS if w}
 
 
 @pytest.fixture(scope="module")
