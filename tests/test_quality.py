@@ -11,7 +11,8 @@ Each model samples n = 100 images with one fixed generator and the shipped MNIST
 The settings (sampler steps, guidance, n, seed, prompts), the measured values and the floors live in
 ``tests/quality_floors.json``, one entry per model; the tests read them from there. Steps are the course's quick-mode
 steps or fewer (the test checks it): ``mnist_pixel_cond`` DDIM-10 at w = 1.5 (notebook 02), ``tiny_sd`` DDIM-5 at
-w = 3 (notebook 07), ``tiny_sd3`` Euler-8 at w = 2 (notebook 08). Each floor is the lower of (stored value − 0.03)
+w = 3 (notebook 07), ``tiny_sd3`` Euler-8 at w = 2 (notebook 08), ``tiny_sd_lcm`` (the distilled
+student) LCM-2 at w = 1 (notebook 09). Each floor is the lower of (stored value − 0.03)
 and (lowest value over seeds 0..9 − 0.02), so reseeding alone does not fail it (at n = 100 seeds spread by several
 points: tiny_sd's attribute adherence 0.895 to 0.977); a broken model falls far below
 (:func:`test_floors_separate_good_from_broken`, the negative control).
@@ -268,7 +269,7 @@ def broken(name: str, model):
 
 
 # the cheap ones (about 1 s each); measured for mnist_pixel_cond too (its entry's "negative_controls")
-@pytest.mark.parametrize("name", ["tiny_sd", "tiny_sd3"])
+@pytest.mark.parametrize("name", ["tiny_sd", "tiny_sd3", "tiny_sd_lcm"])
 def test_floors_separate_good_from_broken(name, classifier):
     """Negative control: with its text embedding zeroed, a text model falls below every floor (digit adherence to
     about chance 0.1, attribute adherence to about chance 0.5), so the floors tell a working model from a broken one."""

@@ -17,6 +17,11 @@ from diffusion_lab.maths.diffusion import q_sample
 from diffusion_lab.maths.schedules import BETA_SCHEDULES, schedule_table, snr_db
 from diffusion_lab.mnist.classifier import classify
 from diffusion_lab.pipelines.sampling import sample
+from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
+from diffusion_lab.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+from diffusion_lab.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
+from diffusion_lab.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
+from diffusion_lab.schedulers.scheduling_heun_discrete import HeunDiscreteScheduler
 from diffusion_lab.utils.errors import check_choice, check_int, check_number, check_tensor
 from diffusion_lab.utils.torch_utils import randn
 from diffusion_lab.utils.validation import check_images
@@ -366,12 +371,6 @@ _SPACINGS = ("as shipped", "Karras σ")  # the spacing menu: the scheduler's own
 
 def _fast_samplers() -> dict:
     """label → (scheduler class, options on top of the pipeline's scheduler config): notebook 09's line-up."""
-    from diffusion_lab.schedulers.scheduling_ddim import DDIMScheduler
-    from diffusion_lab.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
-    from diffusion_lab.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
-    from diffusion_lab.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
-    from diffusion_lab.schedulers.scheduling_heun_discrete import HeunDiscreteScheduler
-
     return {
         "DDIM": (DDIMScheduler, {}),
         "Euler": (EulerDiscreteScheduler, {}),

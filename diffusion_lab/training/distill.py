@@ -60,6 +60,7 @@ and the last x̂_0 is the sample. No classifier-free guidance at sampling time: 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -546,8 +547,6 @@ def save_student(
 def load_student(directory: str | os.PathLike | None = None) -> tuple[TinyStableDiffusionPipeline, AttributeBins, dict]:
     """(student pipeline, caption bins, recipe) from a folder written by :func:`save_student` (default: the shipped
     one, :func:`pretrained_student_path`)."""
-    import json
-
     directory = Path(directory) if directory is not None else pretrained_student_path()
     path = directory / RECIPE_FILE
     if not path.is_file():
