@@ -88,12 +88,15 @@ def _jump(x_s, s, t, noise, ab):
     return ratio.sqrt() * x_s + (1 - ratio).sqrt() * noise
 
 
-def _heun(x, sigma, sigma_next, denoise):  # EDM Alg. 1: the trapezoid with an Euler guess; Euler to σ = 0
-    d = (x - denoise(x, sigma)) / sigma
-    guess = x + (sigma_next - sigma) * d
-    if sigma_next == 0:
-        return guess
-    return x + (sigma_next - sigma) * (d + (guess - denoise(guess, sigma_next)) / sigma_next) / 2
+def _midpoint(x, sigma, sigma_next, denoise):  # EDM App. D.2 with α = ½: the slope halfway, σ_m = σ + h/2
+    h = sigma_next - sigma
+    x_mid = x + h / 2 * (x - denoise(x, sigma)) / sigma
+    return x + h * (x_mid - denoise(x_mid, sigma + h / 2)) / (sigma + h / 2)
+
+
+def _dpmpp_2m(x_s, x0, x0_prev, a_s, s_s, a_t, s_t, h_prev):  # Lu et al. 2022b Alg. 2 in DDPM's scale
+    h = np.log(a_t / s_t) - np.log(a_s / s_s)
+    return (s_t / s_s) * x_s + a_t * (1 - np.exp(-h)) * (x0 + 0.5 * (x0 - x0_prev) * h / h_prev)
 
 
 RIGHT_FUNCTIONS = {
@@ -131,8 +134,8 @@ RIGHT_FUNCTIONS = {
     "check_flow_euler_step": lambda x, v, t, t_next: x + (t_next - t) * v,
     "check_velocity_from_eps": lambda x, e, t: (e - x) / (1 - t[:, None, None, None]),
     "check_matched_alpha_bar": lambda t: (1 - t) ** 2 / ((1 - t) ** 2 + t**2),
-    "check_heun_step": _heun,
-    "check_dpm_first_order": lambda x, x0, a_s, s_s, a_t, s_t: a_t * x0 + s_t * (x - a_s * x0) / s_s,  # = DDIM
+    "check_midpoint_step": _midpoint,
+    "check_dpmpp_2m_step": _dpmpp_2m,
     "check_sdxl_time_ids": lambda o, c, t: torch.tensor([[*o, *c, *t]]),
     "check_refiner_split": _refiner_split,
     "check_sd3_joint_text": _joint_text,
@@ -167,7 +170,7 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_shift_prediction": (1.0, ((1 / 3, 1.0, 3.0), [0.327, 0.252, 0.436], [0.023, 0.015, 0.017])),
     "check_sampler_prediction": (
         4,
-        (("DDIM", "Euler", "Heun", "DPM++ 2M"), [400.0, 420.0, 900.0, 300.0], [20.0] * 4, False),
+        (("DDIM", "Euler", "Heun", "DPM++ 2M"), [400.0, 420.0, 900.0, 300.0], [[20.0] * 4] * 4, False),
     ),
 }
 

@@ -50,8 +50,8 @@ from diffusion_lab.course.exercises.nb08_flow import (
     check_velocity_from_eps,
 )
 from diffusion_lab.course.exercises.nb09_fast_sampling import (
-    check_dpm_first_order,
-    check_heun_step,
+    check_dpmpp_2m_step,
+    check_midpoint_step,
     check_sampler_prediction,
 )
 from diffusion_lab.course.exercises.nb10_sdxl import check_refiner_split, check_sdxl_time_ids
@@ -104,8 +104,8 @@ __all__ = [
     "check_velocity_from_eps",
     "check_matched_alpha_bar",
     "check_shift_prediction",
-    "check_heun_step",
-    "check_dpm_first_order",
+    "check_midpoint_step",
+    "check_dpmpp_2m_step",
     "check_sampler_prediction",
     "check_sdxl_time_ids",
     "check_refiner_split",
