@@ -9,7 +9,7 @@ at several guidance scales and appends one JSON line per variant to ``benchmarks
     .venv/bin/python benchmarks/latent_ablation.py --workers 8        # every variant, 8 processes of 2 threads
 
 The defaults (350 autoencoder steps, 1,150 denoiser steps) are what the 120 s budget buys on the 2-thread CPU of the
-README. ``benchmarks/results/latent_ablation.md`` summarises the runs behind the recipe's choices.
+benchmark page (docs/benchmarks.md). ``benchmarks/results/latent_ablation.md`` summarises the runs behind the recipe's choices.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 text-to-image U-Net (tiny SD) and the latent rectified-flow MMDiT (tiny SD3), with their shared training loop.
 
 A recipe is a model config plus a training config plus the scheduler they were trained with; the notebook and the
-benchmark call the same function, so the figures in the README are the notebook's figures. Loss: the v target
+benchmark call the same function, so the figures in docs/benchmarks.md are the notebook's figures. Loss: the v target
 v = √ᾱ_t ε − √(1−ᾱ_t) z_0 (Salimans & Ho 2022, §4) for the U-Net, ε − z_0 on the straight path for the MMDiT (SD3
 Eq. 1). The pixel-space MNIST recipe (:mod:`.recipes_pixel`) and saving / loading the shipped models
 (:mod:`.tiny_sd_io`) live in their own modules.

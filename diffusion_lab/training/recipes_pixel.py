@@ -2,7 +2,7 @@
 schedulers, and a time-budgeted :class:`~diffusion_lab.training.loop.Trainer` run.
 
 v-prediction (Salimans & Ho 2022, §4) with Min-SNR-5 weighting (Hang et al. 2023) on the cosine schedule (Improved
-DDPM); the notebook and ``benchmarks/cpu_train.py`` call the same functions, so the README's figures are the
+DDPM); the notebook and ``benchmarks/cpu_train.py`` call the same functions, so the figures in docs/benchmarks.md are the
 notebook's.
 """
 
@@ -21,7 +21,7 @@ from diffusion_lab.utils.errors import check_int, check_number
 
 __all__ = ["SCHEDULE", "mnist_pixel_recipe", "schedulers_for", "measure_throughput", "train_mnist_pixel"]
 
-# Why these choices (measured on 2 CPU threads, see the README's benchmark section and notebook 02):
+# Why these choices (measured on 2 CPU threads, see docs/benchmarks.md and notebook 02):
 # - patch_size=2: fold 2×2 pixels into channels (28×28×1 → 14×14×4): every convolution 4× cheaper, lossless;
 # - two levels (14×14, 7×7) with self-attention only at 7×7; 32/64 channels (0.69 M parameters);
 # - cosine schedule (Improved DDPM): fewer steps wasted on pure noise at 28×28;

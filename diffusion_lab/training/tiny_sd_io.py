@@ -29,7 +29,7 @@ def pretrained_tiny_sd_path(name: str = "tiny_sd") -> Path:
 
     ``tiny_sd`` (U-Net + DDIM) is written by ``benchmarks/cpu_train.py --model latent --save …`` and ``tiny_sd3``
     (MMDiT + rectified flow, on tiny_sd's autoencoder) by ``--model flow --save …``: the very runs whose figures are
-    in the README (2 CPU threads)."""
+    in docs/benchmarks.md (2 CPU threads)."""
     root = os.environ.get("DIFFUSION_LAB_DATA")
     return (Path(root) if root else Path(__file__).resolve().parents[2] / "data") / "pretrained" / name
 
