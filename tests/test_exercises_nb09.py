@@ -163,6 +163,15 @@ def test_dpmpp_2m_step_explains_the_usual_mistakes(fn, words, capsys):
     rejects(check_dpmpp_2m_step, fn, words, capsys=capsys)
 
 
+def test_dpmpp_2m_step_wrong_sign_of_lambda_gets_its_own_hint(capsys):
+    def wrong_sign(x_s, x0, x0_prev, a_s, s_s, a_t, s_t, h_prev):  # λ = log(σ/α): h < 0, r < 0
+        h = math.log(s_t / a_t) - math.log(s_s / a_s)
+        D1 = (x0 - x0_prev) / (h_prev / h)
+        return (s_t / s_s) * x_s + a_t * (1 - math.exp(-h)) * (x0 + 0.5 * D1)
+
+    rejects(check_dpmpp_2m_step, wrong_sign, "wrong sign", "log(α/σ)", capsys=capsys)
+
+
 def test_dpmpp_2m_step_ddim_is_not_enough(capsys):  # DDIM's step is the first-order one: not accepted here
     def ddim(x_s, x0, x0_prev, a_s, s_s, a_t, s_t, h_prev):
         return a_t * x0 + s_t * (x_s - a_s * x0) / s_s
@@ -207,6 +216,25 @@ def test_sampler_prediction_is_refuted_by_any_sampler_clearly_better_not_only_th
             args=(labels, fid, se, False))  # fmt: skip
     accepts(check_sampler_prediction, 1, capsys=capsys, args=(labels, fid, se, False))
     rejects(check_sampler_prediction, 2, "A beats it by 4", capsys=capsys, args=(labels, fid, se, False))
+
+
+def test_sampler_prediction_a_large_paired_se_does_not_rescue_a_sampler_below_a_refuted_one(capsys):
+    # notebook 09's measurement at 4 NFE: Euler a (192.1) is within 2 paired SE of every sampler (its fresh noise makes
+    # its paired SEs ~15) but ranks below DDIM (176.2), which DPM++ 2M beats by 7.1 ± 3.1
+    labels = ("DDIM", "Euler", "Heun", "DPM++ 2M", "DPM++ 2M Karras", "Euler a")
+    fid = [176.2, 176.3, 333.6, 169.1, 165.6, 192.1]
+    se = [[0.0, 0.1, 20.0, 3.1, 6.0, 14.8], [0.1, 0.0, 20.0, 3.1, 6.0, 14.8], [20.0, 20.0, 0.0, 20.0, 20.0, 20.0],
+          [3.1, 3.1, 20.0, 0.0, 6.7, 15.0], [6.0, 6.0, 20.0, 6.7, 0.0, 15.0], [14.8, 14.8, 20.0, 15.0, 15.0, 0.0]]  # fmt: skip
+    rejects(check_sampler_prediction, 6, "ranks 5 of 6", "below DDIM", "DPM++ 2M beats by 7.1", "15 against DPM++ 2M Karras", "breaks the pairing",
+            capsys=capsys, args=(labels, fid, se, False))  # fmt: skip
+    accepts(check_sampler_prediction, 4, 5, capsys=capsys, args=(labels, fid, se, False))
+    for wrong in (1, 2, 3):
+        rejects(
+            check_sampler_prediction, wrong, "has the best point estimate", capsys=capsys, args=(labels, fid, se, False)
+        )
+    check_sampler_prediction(4, labels, fid, se, False)
+    (line,) = outcomes(capsys)
+    assert "ranks 2 of 6" in line and "cannot separate" in line
 
 
 def test_sampler_prediction_rejects_a_loser_with_the_measurement(capsys):

@@ -90,7 +90,9 @@ def check_midpoint_step(fn: Callable[..., torch.Tensor]) -> bool:
         elif torch.allclose(got, x + h / 2 * _slope(x_mid, sigma_mid), atol=1e-6):
             hint = "the step with the midpoint slope goes the whole way, x + h·d(x_m, σ_m), not h/2"
         elif sigma_next != 0 and torch.allclose(got, x + h * _slope(x_mid, math.sqrt(sigma * sigma_next)), atol=1e-6):
-            hint = "σ_m is the midpoint of the step in σ, σ + h/2, not the geometric mean √(σ·σ_next) (0 on the last step)"
+            hint = (
+                "σ_m is the midpoint of the step in σ, σ + h/2, not the geometric mean √(σ·σ_next) (0 on the last step)"
+            )
         elif torch.allclose(got, x - h * _slope(x - h / 2 * d, sigma - h / 2), atol=1e-6):
             hint = "the step goes the wrong way: h = σ_next − σ is negative when sampling"
         else:
@@ -133,6 +135,7 @@ def check_dpmpp_2m_step(fn: Callable[..., torch.Tensor]) -> bool:
             "heun": base + a_t * w * x0 + a_t * (1 - w / h) * D1,
             "no α_t": base + w * (x0 + 0.5 * D1),
             "e^{+h}": base + a_t * (1 - math.exp(h)) * (x0 + 0.5 * D1),
+            "h sign": base + a_t * (1 - math.exp(h)) * (x0 - 0.5 * D1),
             "ratio": (s_s / s_t) * x_s + a_t * w * (x0 + 0.5 * D1),
             "σ-scale": math.exp(-h) * x_s + w * (x0 + 0.5 * D1),
         }
@@ -143,6 +146,8 @@ def check_dpmpp_2m_step(fn: Callable[..., torch.Tensor]) -> bool:
             "backwards": "extrapolate forward in λ: D1 = (x̂₀ − x̂₀^prev)/r points from the previous estimate to this one",
             "heun": "that is solver_type='heun' (the exact integral of the line): Alg. 2 (midpoint) is (1 − e^{−h})·(D0 + ½·D1)",
             "no α_t": "in DDPM's scale the x̂₀ terms carry α_t: σ_t·e^{λ_t} = α_t",
+            "h sign": "your h has the wrong sign: λ = log(α/σ) (not log(σ/α)) grows towards the clean end, so "
+            "h = λ_t − λ_s > 0, the weight of x̂₀ is 1 − e^{−h} > 0 and r = h_prev/h > 0",
             "e^{+h}": "the step in λ is h = λ_t − λ_s > 0 and the weight of x̂₀ is 1 − e^{−h} (between 0 and 1)",
             "ratio": "x_s is scaled by σ_t/σ_s (less noise at t), not σ_s/σ_t",
             "σ-scale": "that is the σ-scale form e^{−h}·x̄ + (1 − e^{−h})·(…) applied to x_s: in DDPM's scale x = α·x̄",
@@ -174,7 +179,8 @@ def check_sampler_prediction(
     """``prediction`` is the number (1, 2, …) of the sampler in ``labels`` predicted to be best. ``scores`` are the
     measured values, one per sampler, and ``errors`` the k × k table of *paired* standard errors, ``errors[i][j]`` =
     SE(score_i − score_j) from the same prompts and noise: the prediction is right unless another sampler is better by
-    more than two paired standard errors (``higher_is_better`` says which way is best). A right answer that is not the
+    more than two paired standard errors, or it scores worse than a sampler that is itself refuted that way
+    (``higher_is_better`` says which way is best). A right answer that is not the
     best point estimate says which one was, and that the experiment cannot separate the two."""
     what = "which sampler wins"
     if isinstance(labels, str | bytes) or not hasattr(labels, "__iter__"):
@@ -195,25 +201,44 @@ def check_sampler_prediction(
     i = choice - 1
     sign = 1 if higher_is_better else -1
     best = max(range(len(values)), key=lambda k: sign * values[k])
-    # refuted if another sampler is better by more than two paired standard errors; the clearest such one is named
-    beaten = [(sign * (values[j] - values[i]) / ses[i][j], j) for j in range(len(values)) if j != i and ses[i][j] > 0]
-    beaten = [(z, j) for z, j in beaten if z > 2]
-    if not beaten:
-        if i == best:
-            print(f"✅ {what}: correct, {names[i]} has the best point estimate ({values[i]:.4g})")
-        else:
-            gap = sign * (values[best] - values[i])
-            print(
-                f"✅ {what}: correct within the error bars: {names[best]} has the best point estimate "
-                f"({values[best]:.4g}), {names[i]} is {gap:.3g} behind with a paired standard error of "
-                f"{ses[i][best]:.2g}, and no sampler beats {names[i]} by more than two paired standard errors: this "
-                "experiment cannot separate them"
-            )
-        return True
-    z, j = max(beaten)
-    hint = (
-        f"{names[best]} has the best point estimate ({values[best]:.4g}); {names[i]} scores {values[i]:.4g}, and "
-        f"{names[j]} beats it by {sign * (values[j] - values[i]):.3g} ± {ses[i][j]:.2g} ({z:.1f} paired standard "
-        "errors): how many steps does each sampler make with 4 evaluations, and how large is each step in log σ?"
-    )
-    return _report(False, what, hint)
+    rank = 1 + sum(sign * values[k] > sign * values[i] for k in range(len(values)))
+
+    def beaten_by(a: int) -> list[tuple[float, int]]:  # (z, j) for every j better than a by more than 2 paired SE
+        out = [(sign * (values[j] - values[a]) / ses[a][j], j) for j in range(len(values)) if j != a and ses[a][j] > 0]
+        return [(z, j) for z, j in out if z > 2]
+
+    beaten = beaten_by(i)
+    if beaten:  # refuted directly; the clearest such sampler is named
+        z, j = max(beaten)
+        hint = (
+            f"{names[best]} has the best point estimate ({values[best]:.4g}); {names[i]} scores {values[i]:.4g}, and "
+            f"{names[j]} beats it by {sign * (values[j] - values[i]):.3g} ± {ses[i][j]:.2g} ({z:.1f} paired standard "
+            "errors): how many steps does each sampler make with 4 evaluations, and how large is each step in log σ?"
+        )
+        return _report(False, what, hint)
+    # refuted through another: it scores worse than a sampler that is itself clearly beaten (a large paired SE, e.g.
+    # from fresh noise that breaks the pairing, must not rescue a sampler ranked below a refuted one)
+    worse_than = [j for j in range(len(values)) if sign * (values[j] - values[i]) > 0 and beaten_by(j)]
+    if worse_than:
+        j = max(worse_than, key=lambda k: sign * values[k])
+        z, m = max(beaten_by(j))
+        hint = (
+            f"{names[best]} has the best point estimate ({values[best]:.4g}); {names[i]} ranks {rank} of "
+            f"{len(names)} ({values[i]:.4g}), below {names[j]} ({values[j]:.4g}), which {names[m]} beats by "
+            f"{sign * (values[m] - values[j]):.3g} ± {ses[j][m]:.2g} ({z:.1f} paired standard errors). {names[i]} "
+            f"escapes a direct refutation only because its paired standard errors are large ("
+            f"{ses[i][best]:.2g} against {names[best]}: fresh noise in a sampler breaks the pairing "
+            "with the others), not because it is close to the best"
+        )
+        return _report(False, what, hint)
+    if i == best:
+        print(f"✅ {what}: correct, {names[i]} has the best point estimate ({values[i]:.4g})")
+    else:
+        gap = sign * (values[best] - values[i])
+        print(
+            f"✅ {what}: correct within the error bars: {names[best]} has the best point estimate "
+            f"({values[best]:.4g}), {names[i]} ranks {rank} of {len(names)}, {gap:.3g} behind with a paired standard "
+            f"error of {ses[i][best]:.2g}, and no sampler beats {names[i]} by more than two paired standard errors: "
+            "this experiment cannot separate them"
+        )
+    return True
