@@ -34,7 +34,7 @@ FIGURES = {
     "07": ("07_tiny_stable_diffusion.ipynb", 11, 0, (0, 0, 1, 0.497), "the tiny SD's text-to-image: digits × attributes"),
     "08": ("08_rectified_flow_and_mmdit.ipynb", 12, 0, (0.333, 0, 1, 1), "sample paths: DDPM path vs the straight flow path"),
     "09": ("09_fast_sampling_and_distillation.ipynb", 42, 0, None, "teacher at 25 and 2 steps vs the distilled 1-4 step student"),
-    "10": ("10_stable_diffusion_xl.ipynb", 15, 0, None, "SDXL's micro-conditioning: original_size, crop, target_size"),
+    "10": ("10_stable_diffusion_xl.ipynb", 19, 0, None, "SDXL's micro-conditioning: original_size, crop, target_size"),
     "11": ("11_stable_diffusion_3.ipynb", 13, 0, None, "SD3 with T5 kept (top) and dropped (bottom)"),
     "12": ("12_fine_tuning_and_model_surgery.ipynb", 30, 0, None, "a LoRA on the SDXL stand-in at adapter weight 0, ½, 1"),
     "13": ("13_beyond_text_to_image.ipynb", 98, 1, None, "ControlNet: edges of a test digit, the controlled output, the base"),
