@@ -139,6 +139,7 @@ RIGHT_FUNCTIONS = {
     "check_sdxl_time_ids": lambda o, c, t: torch.tensor([[*o, *c, *t]]),
     "check_refiner_split": _refiner_split,
     "check_sd3_joint_text": _joint_text,
+    "check_resolution_shift": lambda side: 3 * side / 1024,
     "check_lora_forward": lambda x, W, A, B, a: x @ W.T + (a / A.shape[0]) * (x @ A.T) @ B.T,
     "check_prior_preservation_loss": lambda p, t, pp, tp, lam: F.mse_loss(p, t) + lam * F.mse_loss(pp, tp),
     "check_magnitude_prune": _prune,
@@ -168,6 +169,8 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_skip_reason": (2, ()),
     "check_best_guidance": (5, (_WS, _ADHERENCE)),
     "check_shift_prediction": (1.0, ((1 / 3, 1.0, 3.0), [0.327, 0.252, 0.436], [0.023, 0.015, 0.017])),
+    "check_crop_prediction": (-3.0, (-3.6, 0.1)),  # within 1 px of the measured −3.6; −3.0 + 0.5 is not
+    "check_refiner_frac": (0.72, (list(range(951, 0, -50)), 6)),  # the refiner gets 251 … 1
     "check_sampler_prediction": (
         4,
         (("DDIM", "Euler", "Heun", "DPM++ 2M"), [400.0, 420.0, 900.0, 300.0], [[20.0] * 4] * 4, False),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from diffusion_lab.course.exercises.nb08_flow import check_flow_euler_step, check_flow_path, check_time_shift
@@ -151,10 +152,70 @@ def test_sd3_joint_text_check(capsys):
     assert check_sd3_joint_text(filled)
     assert capsys.readouterr().out.count("✅") == 2
     assert not check_sd3_joint_text(lambda l, g, t5: right(l, g, t5).flip(1))
-    assert "pad the last dimension with zeros to T5's width" in capsys.readouterr().out
+    assert "zero-padded to T5's width" in capsys.readouterr().out
     assert not check_sd3_joint_text(lambda l, g, t5: torch.cat([t5, right(l, g, t5)[:, :77]], 1))
     assert "CLIP tokens come first" in capsys.readouterr().out
     assert not check_sd3_joint_text(lambda l, g, t5: right(g, l, t5))
     assert "CLIP-L's features come before" in capsys.readouterr().out
     assert not check_sd3_joint_text(lambda l, g, t5: torch.cat([l, g], -1))
     assert "(B, 77 + S, D_T5)" in capsys.readouterr().out
+
+
+def test_crop_prediction_check(capsys):
+    from diffusion_lab.course.exercises.nb10_sdxl import check_crop_prediction
+
+    assert check_crop_prediction(-4, -3.6, 0.1)  # SDXL's meaning, −1 px per unit of crop: within 1 px
+    assert check_crop_prediction(-3.6, -3.6, 0.1)
+    assert check_crop_prediction(-2.0, -3.6, 0.6)  # a noisy measurement widens the margin to 3 standard errors
+    assert capsys.readouterr().out.count("✅") == 3
+    assert not check_crop_prediction(4, -3.6, 0.1)
+    assert "wrong direction" in capsys.readouterr().out
+    assert not check_crop_prediction(0, -3.6, 0.1)
+    assert "learned the crop" in capsys.readouterr().out
+    assert not check_crop_prediction(-8, -3.6, 0.1)
+    assert "multiply it by this crop" in capsys.readouterr().out
+    assert not check_crop_prediction(None, -3.6, 0.1)
+    assert "BEFORE" in capsys.readouterr().out
+    assert not check_crop_prediction("-4", -3.6, 0.1)
+    assert "one number" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="standard_error"):
+        check_crop_prediction(-4, -3.6, -1.0)
+
+
+def test_refiner_frac_check(capsys):
+    from diffusion_lab.course.exercises.nb10_sdxl import check_refiner_frac
+
+    schedule = list(range(951, 0, -50))  # the stand-in's 20 steps: 951, 901, …, 1
+    for frac in (0.70, 0.72, 0.748):  # cutoff round(1000 − 1000·frac) in 252 … 301: the refiner gets 251 … 1
+        assert check_refiner_frac(frac, schedule, 6)
+    assert capsys.readouterr().out.count("✅") == 3
+    assert not check_refiner_frac(0.3, schedule, 6)  # 1 − frac: the refiner gets 14
+    assert "BASE's share" in capsys.readouterr().out
+    assert not check_refiner_frac(0.75, schedule, 6)  # cutoff 250: 251 stays with the base, the refiner gets 5
+    assert "one step off" in capsys.readouterr().out
+    assert not check_refiner_frac(0.9, schedule, 6)  # the refiner gets 2
+    assert "below 1000 − frac·1000" in capsys.readouterr().out
+    assert not check_refiner_frac(72, schedule, 6)
+    assert "between 0 and 1" in capsys.readouterr().out
+    assert not check_refiner_frac(None, schedule, 6)
+    assert "BEFORE" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="0 < k"):
+        check_refiner_frac(0.72, schedule, 20)
+
+
+def test_resolution_shift_check(capsys):
+    from diffusion_lab.course.exercises.nb11_sd3 import check_resolution_shift
+
+    assert check_resolution_shift(lambda side: 3 * side / 1024)
+    assert check_resolution_shift(lambda side: 3 * ((side * side) / 1024**2) ** 0.5)
+    assert capsys.readouterr().out.count("✅") == 2
+    assert not check_resolution_shift(lambda side: 3 * (side / 1024) ** 2)
+    assert "not its square" in capsys.readouterr().out
+    assert not check_resolution_shift(lambda side: 3 * 1024 / side)
+    assert "the other way round" in capsys.readouterr().out
+    assert not check_resolution_shift(lambda side: side / 1024)
+    assert "which is not 1" in capsys.readouterr().out
+    assert not check_resolution_shift(lambda side: 3.0)
+    assert "scale SD3's α" in capsys.readouterr().out
+    assert not check_resolution_shift(lambda side: None)
+    assert "returns None" in capsys.readouterr().out

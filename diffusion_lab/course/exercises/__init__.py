@@ -54,8 +54,13 @@ from diffusion_lab.course.exercises.nb09_fast_sampling import (
     check_midpoint_step,
     check_sampler_prediction,
 )
-from diffusion_lab.course.exercises.nb10_sdxl import check_refiner_split, check_sdxl_time_ids
-from diffusion_lab.course.exercises.nb11_sd3 import check_sd3_joint_text
+from diffusion_lab.course.exercises.nb10_sdxl import (
+    check_crop_prediction,
+    check_refiner_frac,
+    check_refiner_split,
+    check_sdxl_time_ids,
+)
+from diffusion_lab.course.exercises.nb11_sd3 import check_resolution_shift, check_sd3_joint_text
 from diffusion_lab.course.exercises.nb12_fine_tuning import (
     check_lora_forward,
     check_magnitude_prune,
@@ -109,7 +114,10 @@ __all__ = [
     "check_sampler_prediction",
     "check_sdxl_time_ids",
     "check_refiner_split",
+    "check_crop_prediction",
+    "check_refiner_frac",
     "check_sd3_joint_text",
+    "check_resolution_shift",
     "check_lora_forward",
     "check_prior_preservation_loss",
     "check_magnitude_prune",

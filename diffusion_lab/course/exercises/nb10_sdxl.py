@@ -1,11 +1,13 @@
 """Exercise checkers of notebook 10 (Stable Diffusion XL).
 
-=======================  ================================================================================
-checker                  the student's function must return
-=======================  ================================================================================
-``check_sdxl_time_ids``  (orig h, orig w, crop top, crop left, target h, target w) (SDXL §2.2)
-``check_refiner_split``  the base's and the refiner's timesteps for high_noise_frac (ensemble of experts)
-=======================  ================================================================================
+=========================  ==============================================================================
+checker                    the student's function (or answer) must return
+=========================  ==============================================================================
+``check_sdxl_time_ids``    (orig h, orig w, crop top, crop left, target h, target w) (SDXL §2.2)
+``check_refiner_split``    the base's and the refiner's timesteps for high_noise_frac (ensemble of experts)
+``check_crop_prediction``  a predicted shift of the digit's centroid (rows) for a crop, against the measured one
+``check_refiner_frac``     a high_noise_frac that leaves the refiner exactly k of the schedule's timesteps
+=========================  ==============================================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
 independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
@@ -20,9 +22,17 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from diffusion_lab.course.exercises.checking import _as_int_list, _call, _call_tensor, _check_callable, _kind, _report
+from diffusion_lab.course.exercises.checking import (
+    _as_int_list,
+    _as_number,
+    _call,
+    _call_tensor,
+    _check_callable,
+    _kind,
+    _report,
+)
 
-__all__ = ["check_sdxl_time_ids", "check_refiner_split"]
+__all__ = ["check_sdxl_time_ids", "check_refiner_split", "check_crop_prediction", "check_refiner_frac"]
 
 
 def check_sdxl_time_ids(fn: Callable[..., torch.Tensor]) -> bool:
@@ -103,3 +113,71 @@ def check_refiner_split(fn: Callable[..., tuple]) -> bool:
             hint = f"with {n} steps and frac {frac}: base = timesteps ≥ round(1000 − frac·1000), refiner = the rest"
         return _report(False, what, hint)
     return _report(True, what, "")
+
+
+def check_crop_prediction(prediction: object, measured: object, standard_error: object) -> bool:
+    """``prediction``: how many pixels the digit's centroid moves *down* (negative: up) when ``crops_coords_top_left``
+    goes from (0, 0) to (c, 0). ``measured`` is the shift the notebook measured (mean over images) and
+    ``standard_error`` its standard error: the prediction is right within max(1 px, 3 standard errors)."""
+    what = "crop prediction"
+    if prediction is None:
+        return _report(False, what, "not done yet: set your prediction BEFORE you run the experiment")
+    m, problem_m = _as_number(measured)
+    se, problem_se = _as_number(standard_error)
+    if problem_m or problem_se or se < 0:
+        raise ValueError(
+            f"measured and standard_error must be finite numbers, standard_error >= 0: got {measured!r}, "
+            f"{standard_error!r}"
+        )
+    shift, problem = _as_number(prediction)
+    if problem:
+        return _report(False, what, f"answer with one number, the shift in pixels (negative = up): {problem}")
+    if abs(shift - m) <= max(1.0, 3 * se):
+        return _report(True, what, "")
+    if abs(shift + m) <= max(1.0, 3 * se):
+        hint = (
+            "right size, wrong direction: a crop window that starts lower in the original picture shows the "
+            "content higher up, so the digit moves against the crop"
+        )
+    elif abs(shift) < 1:
+        hint = "the model learned the crop from its training pictures: §2 measured about −1 px per unit of crop"
+    else:
+        hint = "§2 measured the shift per unit of crop: multiply it by this crop (and mind the sign)"
+    return _report(False, what, hint)
+
+
+def check_refiner_frac(prediction: object, timesteps: object, k: object) -> bool:
+    """``prediction``: a ``high_noise_frac`` in (0, 1) with which the refiner runs exactly ``k`` of ``timesteps`` (the
+    descending schedule the base and the refiner share, out of T = 1000), by diffusers' rule for ``denoising_end``
+    / ``denoising_start``."""
+    what = "the refiner's share"
+    ts, problem_ts = _as_int_list(timesteps)
+    steps, problem_k = _as_number(k, whole=True)
+    if problem_ts or problem_k or not ts or not 0 < steps < len(ts):
+        raise ValueError(
+            f"timesteps must be a list of whole numbers and 0 < k < len(timesteps): got {timesteps!r}, {k!r}"
+        )
+    if prediction is None:
+        return _report(False, what, "not done yet: set your high_noise_frac BEFORE you run the experiment")
+    frac, problem = _as_number(prediction)
+    if problem:
+        return _report(False, what, f"answer with one number, high_noise_frac between 0 and 1: {problem}")
+    if not 0 < frac < 1:
+        return _report(False, what, f"high_noise_frac is a share of the noise range: between 0 and 1, got {frac:g}")
+    base, refiner = _refiner_split_reference(ts, frac)
+    if len(refiner) == steps:
+        return _report(True, what, "")
+    n = len(ts)
+    if len(refiner) == n - steps:
+        hint = "high_noise_frac is the BASE's share of the noise range: the refiner gets the rest, 1 − frac"
+    elif abs(len(refiner) - steps) == 1:
+        hint = (
+            f"one step off ({len(refiner)} refiner steps): the hand-off is at a timestep, not a step count; "
+            "look at where the timesteps of the schedule fall"
+        )
+    else:
+        hint = (
+            f"your value leaves the refiner {len(refiner)} steps: it gets the timesteps below "
+            "1000 − frac·1000 (the low-noise end of the schedule)"
+        )
+    return _report(False, what, hint)

@@ -1,10 +1,11 @@
 """Exercise checkers of notebook 11 (Stable Diffusion 3).
 
-========================  ===========================================================================
-checker                   the student's function must return
-========================  ===========================================================================
-``check_sd3_joint_text``  [CLIP-L ⊕ CLIP-G, zero-padded to T5's width; T5] → (B, 77 + S, D₅) (SD3 §4)
-========================  ===========================================================================
+==========================  ===========================================================================
+checker                     the student's function must return
+==========================  ===========================================================================
+``check_sd3_joint_text``    [CLIP-L ⊕ CLIP-G, zero-padded to T5's width; T5] → (B, 77 + S, D₅) (SD3 §4)
+``check_resolution_shift``  the shift α for a square side, from SD3's α = 3 at 1024² and α ∝ √(pixels) (§5.3.2)
+==========================  ===========================================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
 independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
@@ -18,9 +19,9 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _call_tensor, _check_callable, _report
+from diffusion_lab.course.exercises.checking import _as_number, _call, _call_tensor, _check_callable, _report
 
-__all__ = ["check_sd3_joint_text"]
+__all__ = ["check_sd3_joint_text", "check_resolution_shift"]
 
 
 def check_sd3_joint_text(fn: Callable[..., torch.Tensor]) -> bool:
@@ -48,5 +49,35 @@ def check_sd3_joint_text(fn: Callable[..., torch.Tensor]) -> bool:
     elif torch.allclose(got, torch.cat([torch.nn.functional.pad(torch.cat([clip_g, clip_l], -1), (0, 8)), t5], 1)):
         hint = "CLIP-L's features come before bigG's along the last dimension"
     else:
-        hint = "torch.cat([clip_l, clip_g], -1), pad the last dimension with zeros to T5's width, then cat with t5 on dim 1"
+        hint = (
+            "the two CLIP outputs side by side along the features, zero-padded to T5's width, then T5's tokens after "
+            "them along the sequence"
+        )
     return _report(False, what, hint)
+
+
+def check_resolution_shift(fn: Callable[[int], float]) -> bool:
+    """``fn(side)`` must return the timestep shift α for square side × side images, from SD3's α = 3 at 1024² and the
+    rule that α grows with the square root of the pixel count (SD3 §5.3.2): α = 3·√(side² / 1024²) = 3·side / 1024."""
+    _check_callable(fn)
+    what = "the resolution-dependent shift"
+    for side in (512, 768, 2048, 256):
+        want = 3 * side / 1024
+        out, hint = _call(fn, what, side)
+        if hint:
+            return _report(False, what, hint)
+        got, problem = _as_number(out)
+        if problem:
+            return _report(False, what, f"return one number, the shift α for side {side}: {problem}")
+        if abs(got - want) <= 1e-6 * want:
+            continue
+        if abs(got - 3 * (side / 1024) ** 2) <= 1e-6 * want:
+            hint = "α grows with the square root of the pixel count, i.e. in proportion to the side, not its square"
+        elif abs(got - 3 * 1024 / side) <= 1e-6 * want:
+            hint = "the other way round: fewer pixels are destroyed by less noise, so a smaller image needs a smaller α"
+        elif abs(got - side / 1024) <= 1e-6 * want:
+            hint = "start from SD3's own α at 1024², which is not 1"
+        else:
+            hint = f"at side {side} you returned {got:g}: scale SD3's α at 1024² by √(pixels / 1024²)"
+        return _report(False, what, hint)
+    return _report(True, what, "")
