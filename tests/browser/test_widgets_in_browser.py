@@ -423,8 +423,9 @@ def _change(box, c: Control) -> None:
     elif c.kind == "dropdown":
         select = box.locator("select")
         options = select.locator("option").all_inner_texts()
-        current = select.input_value()
-        select.select_option(next(o for o in options if o != current))
+        # by label: ipywidgets 8 stores each option's value URI-encoded ("Karras%20%CF%83"), so compare shown texts
+        current = select.evaluate("s => s.options[s.selectedIndex].text")
+        select.select_option(label=next(o for o in options if o != current))
     else:
         field = box.locator("input")
         field.fill(c.value)
