@@ -69,7 +69,7 @@ notebooks: $(STAMP)
 # shared components to fp32, an fp32 tensor fed to a half layer) fails CI. Every cell must run; outputs are not
 # compared (printed dtypes differ). HALF_DTYPE=float16 works too (torch's CPU kernels cover fp16 here).
 HALF_DTYPE ?= bfloat16
-HALF_NOTEBOOKS := $(wildcard notebooks/10_*.ipynb notebooks/11_*.ipynb notebooks/12_*.ipynb notebooks/13_*.ipynb)
+HALF_NOTEBOOKS := $(wildcard notebooks/1[0-9]_*.ipynb)
 notebooks-half: $(STAMP)
 	@mkdir -p $(RESULTS)
 	DIFFUSION_LAB_DTYPE=$(HALF_DTYPE) $(NOTEBOOK_ENV) $(PY) -m pytest --nbval-lax $(HALF_NOTEBOOKS) $(NOTEBOOK_XDIST) \

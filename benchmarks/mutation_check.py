@@ -86,7 +86,7 @@ NB = {
     "08": "08_rectified_flow_and_mmdit.ipynb",
     "11": "11_stable_diffusion_3.ipynb",
     "12": "12_fine_tuning_and_model_surgery.ipynb",
-    "13": "13_beyond_text_to_image.ipynb",
+    "13": "14_beyond_text_to_image.ipynb",
 }
 METRIC_NOTEBOOKS = ("02", "03", "06", "08", "13")  # call evaluate / fid_floor / reference_stats themselves
 

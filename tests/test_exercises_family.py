@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from diffusion_lab.course.exercises.nb13_beyond import check_control_keep, check_noise_image_embedding, check_psnr
+from diffusion_lab.course.exercises.nb14_beyond import check_control_keep, check_noise_image_embedding, check_psnr
 
 
 def test_psnr_check(capsys):

@@ -28,7 +28,7 @@ from diffusion_lab.utils import settings
 HALF = (torch.bfloat16, torch.float16)
 NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 ROOT = Path(__file__).resolve().parent.parent
-REAL_PATH_NOTEBOOKS = ("10_stable_diffusion_xl", "11_stable_diffusion_3", "12_fine_tuning", "13_beyond_text_to_image")
+REAL_PATH_NOTEBOOKS = ("10_stable_diffusion_xl", "11_stable_diffusion_3", "12_fine_tuning", "14_beyond_text_to_image")
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -267,6 +267,6 @@ def test_svd_forward_chunking_gives_the_same_frames(dtype, cache):
     svd.unet.enable_forward_chunking()  # (a pipeline of its own: _load builds a fresh one from the cache)
     chunked = svd(family.toy_scene(16, 16), generator=_gen(), **kw).frames
     torch.testing.assert_close(chunked, plain, atol=3e-2 if dtype == torch.bfloat16 else 1e-2, rtol=0)
-    cells = json.loads(next((ROOT / "notebooks").glob("13_*.ipynb")).read_text("utf-8"))["cells"]
+    cells = json.loads(next((ROOT / "notebooks").glob("14_*.ipynb")).read_text("utf-8"))["cells"]
     svd_cells = ["".join(c["source"]) for c in cells if "decode_chunk_size=chunk" in "".join(c["source"])]
     assert svd_cells and "svd.unet.enable_forward_chunking()" in svd_cells[0], "notebook 13 must chunk on a T4"

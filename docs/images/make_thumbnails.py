@@ -37,7 +37,7 @@ FIGURES = {
     "10": ("10_stable_diffusion_xl.ipynb", 19, 0, None, "SDXL's micro-conditioning: original_size, crop, target_size"),
     "11": ("11_stable_diffusion_3.ipynb", 13, 0, None, "SD3 with T5 kept (top) and dropped (bottom)"),
     "12": ("12_fine_tuning_and_model_surgery.ipynb", 30, 0, None, "a LoRA on the SDXL stand-in at adapter weight 0, ½, 1"),
-    "13": ("13_beyond_text_to_image.ipynb", 98, 1, None, "ControlNet: edges of a test digit, the controlled output, the base"),
+    "13": ("14_beyond_text_to_image.ipynb", 98, 1, None, "ControlNet: edges of a test digit, the controlled output, the base"),
 }
 
 

@@ -66,7 +66,7 @@ from diffusion_lab.course.exercises.nb12_fine_tuning import (
     check_magnitude_prune,
     check_prior_preservation_loss,
 )
-from diffusion_lab.course.exercises.nb13_beyond import check_control_keep, check_noise_image_embedding, check_psnr
+from diffusion_lab.course.exercises.nb14_beyond import check_control_keep, check_noise_image_embedding, check_psnr
 
 __all__ = [
     "check_q_sample",
