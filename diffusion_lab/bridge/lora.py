@@ -40,12 +40,12 @@ from peft.tuners.lora import LoraLayer
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from diffusion_lab.training import finetune
 from diffusion_lab.training.loop import optimizer_step
 from diffusion_lab.utils.checkpoint import save_tensors_atomic, write_json_atomic
 from diffusion_lab.utils.errors import FileError, check_int, check_number
+from diffusion_lab.utils.progress import tqdm
 from diffusion_lab.utils.settings import pick
 from diffusion_lab.utils.validation import check_images
 

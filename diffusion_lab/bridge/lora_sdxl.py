@@ -28,7 +28,6 @@ from pathlib import Path
 import diffusers
 import torch
 from peft import LoraConfig, get_peft_model_state_dict
-from tqdm.auto import tqdm
 
 from diffusion_lab.bridge import hub as bridge
 from diffusion_lab.bridge.generate import check_size, sdxl_text_embeddings
@@ -36,6 +35,7 @@ from diffusion_lab.bridge.hub import quiet_hf
 from diffusion_lab.bridge.lora import _check_alpha, _check_images_prompts, _check_positive, _check_rank, _targeted
 from diffusion_lab.training.loop import check_finite_loss, optimizer_step
 from diffusion_lab.training.loss import training_target
+from diffusion_lab.utils.progress import tqdm
 from diffusion_lab.utils.settings import pick
 
 __all__ = ["SDXL_ATTENTION", "add_sdxl_lora", "train_sdxl_lora", "save_sdxl_lora", "sdxl_lora_recipe"]

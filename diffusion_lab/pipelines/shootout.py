@@ -39,7 +39,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from diffusion_lab.mnist.captions import DIGIT_NAMES, attribute_adherence
 from diffusion_lab.mnist.classifier import MnistClassifier, classify, load_classifier
@@ -52,6 +51,7 @@ from diffusion_lab.schedulers.scheduling_flow_match_euler_discrete import FlowMa
 from diffusion_lab.schedulers.scheduling_heun_discrete import HeunDiscreteScheduler
 from diffusion_lab.schedulers.scheduling_sigma_utils import FLOW_CONFIG_MESSAGE
 from diffusion_lab.utils.errors import check_int, check_number
+from diffusion_lab.utils.progress import tqdm
 
 __all__ = [
     "FLOW_LABELS",

@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from diffusion_lab.models.autoencoder import AutoencoderKL
 from diffusion_lab.training.loop import optimizer_step
 from diffusion_lab.utils.errors import check_int, check_number
+from diffusion_lab.utils.progress import tqdm
 
 __all__ = ["estimate_scaling_factor", "train_autoencoder", "vae_loss"]
 

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from diffusion_lab.maths.diffusion import q_sample
 from diffusion_lab.maths.images import edge_map
@@ -19,6 +18,7 @@ from diffusion_lab.pipelines.stable_diffusion import TinyStableDiffusionPipeline
 from diffusion_lab.training.finetune import encode_images
 from diffusion_lab.training.loop import check_config_fields, optimizer_step, warmup_cosine
 from diffusion_lab.training.loss import training_target
+from diffusion_lab.utils.progress import tqdm
 from diffusion_lab.utils.settings import pick
 
 __all__ = ["ControlNetTrainConfig", "controlnet_loss", "train_controlnet"]

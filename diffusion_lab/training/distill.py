@@ -69,7 +69,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from diffusion_lab.maths.diffusion import PREDICTION_TYPES, q_sample
 from diffusion_lab.maths.guidance import cfg_combine
@@ -81,6 +80,7 @@ from diffusion_lab.training.loop import EMA, check_config_fields, optimizer_step
 from diffusion_lab.training.tiny_sd_io import load_tiny_sd, pretrained_tiny_sd_path, save_tiny_sd
 from diffusion_lab.utils.checkpoint import write_json_atomic
 from diffusion_lab.utils.errors import FileError, check_choice, check_int, check_number, check_tensor
+from diffusion_lab.utils.progress import tqdm
 from diffusion_lab.utils.settings import pick
 
 __all__ = [

@@ -37,7 +37,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from diffusion_lab.maths.diffusion import q_sample
 from diffusion_lab.mnist.captions import _ink, _moments, is_placeholder
@@ -46,6 +45,7 @@ from diffusion_lab.training.loop import optimizer_step
 from diffusion_lab.training.loss import training_target
 from diffusion_lab.utils.checkpoint import save_tensors_atomic
 from diffusion_lab.utils.errors import FileError, check_int, check_number, check_tensor
+from diffusion_lab.utils.progress import tqdm
 from diffusion_lab.utils.settings import pick
 from diffusion_lab.utils.validation import check_images
 

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from diffusion_lab.maths.diffusion import PREDICTION_TYPES
 from diffusion_lab.training.loss import diffusion_loss
 from diffusion_lab.utils.checkpoint import load_config, load_training_state, save_checkpoint
 from diffusion_lab.utils.errors import check_choice, check_int, check_number
+from diffusion_lab.utils.progress import tqdm
 
 __all__ = [
     "EMA",

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from diffusion_lab.maths.diffusion import PREDICTION_TYPES, q_sample
 from diffusion_lab.maths.flow import flow_interpolate, flow_velocity, logit_normal_timesteps, shift_sigmas
@@ -37,6 +36,7 @@ from diffusion_lab.training.autoencoder import train_autoencoder
 from diffusion_lab.training.loop import EMA, check_config_fields, optimizer_step, warmup_cosine
 from diffusion_lab.training.loss import min_snr_weight, training_target
 from diffusion_lab.utils.errors import check_choice
+from diffusion_lab.utils.progress import tqdm
 from diffusion_lab.utils.settings import pick
 
 __all__ = [

@@ -81,7 +81,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from diffusion_lab.maths.diffusion import q_sample
 from diffusion_lab.maths.guidance import drop_condition
@@ -96,6 +95,7 @@ from diffusion_lab.training.loss import training_target
 from diffusion_lab.training.recipes import latent_text_recipe
 from diffusion_lab.training.tiny_sd_io import load_tiny_sd, pretrained_tiny_sd_path, save_tiny_sd
 from diffusion_lab.utils.checkpoint import load_config, load_training_state, save_checkpoint, write_json_atomic
+from diffusion_lab.utils.progress import tqdm
 from diffusion_lab.utils.settings import pick
 
 __all__ = [

@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from diffusion_lab.maths.diffusion import PREDICTION_TYPES, q_sample
 from diffusion_lab.maths.images import _check_batch, downsample
@@ -20,6 +19,7 @@ from diffusion_lab.schedulers.scheduling_ddpm import DDPMScheduler
 from diffusion_lab.training.loop import EMA, check_config_fields, optimizer_step, warmup_cosine
 from diffusion_lab.training.loss import training_target
 from diffusion_lab.utils.errors import check_choice
+from diffusion_lab.utils.progress import tqdm
 from diffusion_lab.utils.settings import pick
 
 __all__ = [

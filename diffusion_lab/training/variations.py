@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from diffusion_lab.maths.diffusion import PREDICTION_TYPES, q_sample
 from diffusion_lab.maths.guidance import drop_condition
@@ -27,6 +26,7 @@ from diffusion_lab.training.loop import EMA, check_config_fields, optimizer_step
 from diffusion_lab.training.loss import training_target
 from diffusion_lab.training.recipes import LATENT_SCHEDULE
 from diffusion_lab.utils.errors import check_choice
+from diffusion_lab.utils.progress import tqdm
 from diffusion_lab.utils.settings import pick
 
 __all__ = ["AUG_SCHEDULE", "VariationTrainConfig", "variation_recipe", "VariationTrainResult", "train_variations"]
