@@ -34,7 +34,7 @@ class tqdm(_auto_tqdm):  # noqa: N801 - the name every tqdm user expects
         if not _IN_NOTEBOOK or kwargs.get("disable") or kwargs.get("delay", 0) > 0:
             super().__init__(*args, **kwargs)
             return
-        from IPython.display import display
+        from IPython.display import display  # lazy: IPython exists only where the notebook bar does
 
         kwargs["display"] = False  # tqdm.notebook: do not display yet; we display under an id below
         super().__init__(*args, **kwargs)
