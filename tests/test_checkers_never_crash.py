@@ -124,6 +124,8 @@ RIGHT_FUNCTIONS = {
     "check_tokenize": _tokenize,
     "check_cross_attention": _attention,
     "check_pooled_output": lambda h, ids, eos: h[torch.arange(len(ids)), (ids == eos).int().argmax(1)],
+    "check_cross_attention_params": lambda c, d: 2 * c * c + 2 * c * d + c,
+    "check_cross_attention_macs": lambda n, m, c, d: 2 * n * c * c + 2 * m * d * c + 2 * n * m * c,
     "check_cfg_combine": lambda c, u, w: u + w * (c - u),
     "check_rescale_noise_cfg": rescale_noise_cfg,
     "check_img2img_start": lambda n, s: n - int(n * s),
@@ -165,6 +167,7 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_timesteps_answer": (inference_timesteps(20, 1000, "trailing").tolist(), (20, "trailing")),
     "check_leading_within_1db": ([50], ()),
     "check_inversion_order": (2, ()),
+    "check_padding_prediction": ([5, 6, 7], (False,)),  # "a seven" padded to 8: the pads after the first change
     "check_flow_time": (0.7573, (0.0931,)),  # √(1−ᾱ)/(√ᾱ + √(1−ᾱ)) for ᾱ = 0.0931
     "check_skip_reason": (2, ()),
     "check_best_guidance": (5, (_WS, _ADHERENCE)),

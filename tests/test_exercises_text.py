@@ -226,3 +226,91 @@ def test_check_pooled_output_matches_the_text_encoder():
     model = TextEncoder(TextEncoderConfig(vocab_size=tok.vocab_size, max_position=8)).eval()
     out = model(enc.input_ids, enc.attention_mask)
     torch.testing.assert_close(pooled(out.last_hidden_state, enc.input_ids, tok.eos_token_id), out.pooler_output)
+
+
+# --- the derivations and the prediction that replaced the re-typing exercises in the notebook ------------------------
+
+
+def test_check_cross_attention_params_accepts_the_formula_and_a_count(capsys):
+    from diffusion_lab.course.exercises.nb05_text_conditioning import check_cross_attention_params
+
+    assert check_cross_attention_params(lambda c, d: 2 * c * c + 2 * c * d + c)
+    assert check_cross_attention_params(lambda c, d: sum(p.numel() for p in CrossAttention(c, d, heads=1).parameters()))
+    assert check_cross_attention_params(lambda c, d: torch.tensor(2 * c * (c + d) + c))  # a one-element tensor is fine
+    assert all(line.startswith("✅") for line in _lines(capsys))
+
+
+@pytest.mark.parametrize(
+    ("fn", "words"),
+    [
+        (lambda c, d: 2 * c * c + 2 * c * d, "bias"),
+        (lambda c, d: 4 * c * c + c, "D × C"),
+        (lambda c, d: 2 * c * c + 2 * c * d + 4 * c, "no bias"),
+        (lambda c, d: c * c + 2 * c * d + c, "W_o"),
+        (lambda c, d: 3 * c * d, "count W_q"),
+        (lambda c, d: 2.5, "whole number"),
+        (lambda c, d: None, "None"),
+    ],
+)
+def test_check_cross_attention_params_rejects_typical_mistakes(fn, words, capsys):
+    from diffusion_lab.course.exercises.nb05_text_conditioning import check_cross_attention_params
+
+    assert not check_cross_attention_params(fn)
+    line = _lines(capsys)[-1]
+    assert line.startswith("❌") and words in line, line
+
+
+def test_check_cross_attention_macs_accepts_the_formula(capsys):
+    from diffusion_lab.course.exercises.nb05_text_conditioning import check_cross_attention_macs
+
+    assert check_cross_attention_macs(lambda n, m, c, d: 2 * n * c * c + 2 * m * d * c + 2 * n * m * c)
+    assert check_cross_attention_macs(lambda n, m, c, d: 2 * c * (n * c + m * d + n * m))
+    assert all(line.startswith("✅") for line in _lines(capsys))
+
+
+@pytest.mark.parametrize(
+    ("fn", "words"),
+    [
+        (lambda n, m, c, d: 2 * n * c * c + 2 * m * d * c + 2 * n * n * c, "N × M"),
+        (lambda n, m, c, d: 2 * n * c * c + 2 * m * d * c + n * m * c, "A V"),
+        (lambda n, m, c, d: 2 * n * m * c, "projections"),
+        (lambda n, m, c, d: 2 * n * c * c + 2 * n * d * c + 2 * n * m * c, "once per text token"),
+        (lambda n, m, c, d: 2 * (2 * n * c * c + 2 * m * d * c + 2 * n * m * c), "not FLOPs"),
+        (lambda n, m, c, d: n * m, "add up"),
+    ],
+)
+def test_check_cross_attention_macs_rejects_typical_mistakes(fn, words, capsys):
+    from diffusion_lab.course.exercises.nb05_text_conditioning import check_cross_attention_macs
+
+    assert not check_cross_attention_macs(fn)
+    line = _lines(capsys)[-1]
+    assert line.startswith("❌") and words in line, line
+
+
+def test_check_padding_prediction_is_judged_by_the_experiment(capsys):
+    """The right answer is measured, not stored: the pads after the first (which sees the same keys either way)."""
+    from diffusion_lab.course.exercises.nb05_text_conditioning import _padding_effect, check_padding_prediction
+
+    assert _padding_effect() == ([5, 6, 7], False, 4)
+    assert check_padding_prediction([5, 6, 7], False)
+    assert check_padding_prediction((7, 6, 5), False)  # any order
+    assert _lines(capsys)[-1].startswith("✅")
+
+
+@pytest.mark.parametrize(
+    ("positions", "pooled", "words"),
+    [
+        ([4, 5, 6, 7], False, "see itself"),
+        ([0, 1, 2, 3, 4, 5, 6, 7], True, "real token"),
+        ([5, 6, 7], True, "<eos>"),
+        ([], False, "for each padding position"),
+        ("5, 6, 7", False, "list of ints"),
+        ([5, 6, 7], "no", "True or False"),
+    ],
+)
+def test_check_padding_prediction_rejects_wrong_predictions(positions, pooled, words, capsys):
+    from diffusion_lab.course.exercises.nb05_text_conditioning import check_padding_prediction
+
+    assert not check_padding_prediction(positions, pooled)
+    line = _lines(capsys)[-1]
+    assert line.startswith("❌") and words in line, line

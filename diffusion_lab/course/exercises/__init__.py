@@ -36,6 +36,9 @@ from diffusion_lab.course.exercises.nb04_autoencoder import (
 )
 from diffusion_lab.course.exercises.nb05_text_conditioning import (
     check_cross_attention,
+    check_cross_attention_macs,
+    check_cross_attention_params,
+    check_padding_prediction,
     check_pooled_output,
     check_tokenize,
 )
@@ -97,6 +100,9 @@ __all__ = [
     "check_tokenize",
     "check_cross_attention",
     "check_pooled_output",
+    "check_cross_attention_params",
+    "check_cross_attention_macs",
+    "check_padding_prediction",
     "check_cfg_combine",
     "check_rescale_noise_cfg",
     "check_best_guidance",

@@ -6,6 +6,9 @@ checker                    the student's function must return
 ``check_tokenize``         (input_ids, attention_mask) as WordTokenizer: <bos> words <eos> <pad>…
 ``check_cross_attention``  softmax(QKᵀ/√d + mask)·V with padded keys removed (Vaswani et al. 2017, Eq. 1)
 ``check_pooled_output``    each row's state at its first <eos> (CLIP's pooled output)
+``check_cross_attention_params``  parameters of one cross-attention layer as a formula in C and D (derivation)
+``check_cross_attention_macs``    multiply-adds of one cross-attention forward, in N, M, C and D (derivation)
+``check_padding_prediction``      which text-encoder states change when the padding mask is dropped (prediction)
 =========================  ==============================================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
@@ -20,11 +23,28 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from diffusion_lab.course.exercises.checking import _as_int_list, _call, _call_tensor, _check_callable, _kind, _report
-from diffusion_lab.models.text_encoder import WordTokenizer
+from diffusion_lab.course.exercises.checking import (
+    _as_int_list,
+    _as_number,
+    _call,
+    _call_tensor,
+    _check_callable,
+    _kind,
+    _report,
+)
+from diffusion_lab.models.text_encoder import TextEncoder, TextEncoderConfig, WordTokenizer
+from diffusion_lab.models.unet import CrossAttention
 
-__all__ = ["check_tokenize", "check_cross_attention", "check_pooled_output"]
+__all__ = [
+    "check_tokenize",
+    "check_cross_attention",
+    "check_pooled_output",
+    "check_cross_attention_params",
+    "check_cross_attention_macs",
+    "check_padding_prediction",
+]
 
 
 def check_tokenize(fn: Callable[[str, list[str], int], tuple[list[int], list[int]]]) -> bool:
@@ -132,3 +152,124 @@ def check_pooled_output(fn: Callable[..., torch.Tensor]) -> bool:
         what,
         "find each row's <eos>, e.g. (input_ids == eos_token_id).int().argmax(1), then index h[arange(B), eos]",
     )
+
+
+_SIZES = [(64, 64), (320, 768), (1280, 768), (48, 16)]  # (C, D): the tiny model, SD 1.5's widths, a small odd pair
+
+
+def check_cross_attention_params(fn: Callable[[int, int], int]) -> bool:
+    """``fn(C, D)`` must return the number of parameters of one cross-attention layer (``CrossAttention(C, D)``):
+    image tokens of width C, text states of width D; to_q, to_k, to_v without bias, to_out with bias.
+    Counted from the module itself: 2·C² + 2·C·D + C."""
+    _check_callable(fn)
+    what = "cross-attention parameters"
+    for c, d in _SIZES:
+        with torch.device("meta"):  # shapes only: counting needs no memory
+            want = sum(p.numel() for p in CrossAttention(c, d, heads=4 if c % 4 == 0 else 1).parameters())
+        got, hint = _call(fn, what, c, d)
+        if hint:
+            return _report(False, what, hint)
+        value, problem = _as_number(got, whole=True)
+        if problem:
+            return _report(False, what, f"return one whole number, {problem}")
+        if value == want:
+            continue
+        if value == 2 * c * c + 2 * c * d:
+            hint = "the output projection W_o has a bias (C more numbers)"
+        elif value == 4 * c * c + c:
+            hint = "K and V are computed from the text states: W_k and W_v are D × C, not C × C"
+        elif value == 2 * c * c + 2 * c * d + 4 * c:
+            hint = "to_q, to_k and to_v have no bias here (as in Stable Diffusion); only to_out has one"
+        elif value == c * c + 2 * c * d + c:
+            hint = "count the output projection W_o (C × C) as well as W_q"
+        else:
+            hint = f"for C = {c}, D = {d} the layer has {want:,} parameters, you said {value:,}: count W_q, W_k, W_v, W_o and b_o"
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def _macs(n: int, m: int, c: int, d: int) -> int:
+    """Multiply-adds of one CrossAttention forward (batch 1), counted by PyTorch's FLOP counter (2 FLOPs each) on the
+    ``meta`` device: shapes only, so even SD 1.5's sizes are counted in milliseconds."""
+    with torch.device("meta"):
+        layer = CrossAttention(c, d, heads=4 if c % 4 == 0 else 1)
+        x, ctx = torch.zeros(1, n, c), torch.zeros(1, m, d)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        layer(x, ctx)
+    return counter.get_total_flops() // 2
+
+
+def check_cross_attention_macs(fn: Callable[[int, int, int, int], int]) -> bool:
+    """``fn(N, M, C, D)`` must return the multiply-adds of one cross-attention forward for one image: N image tokens of
+    width C, M text tokens of width D (matrix products only; the softmax and the scaling are not counted).
+    Checked against PyTorch's FLOP counter on the library's ``CrossAttention``: 2·N·C² + 2·M·D·C + 2·N·M·C."""
+    _check_callable(fn)
+    what = "cross-attention multiply-adds"
+    for n, m, (c, d) in zip([49, 4096, 64, 10], [8, 77, 77, 3], _SIZES, strict=True):
+        want = _macs(n, m, c, d)
+        got, hint = _call(fn, what, n, m, c, d)
+        if hint:
+            return _report(False, what, hint)
+        value, problem = _as_number(got, whole=True)
+        if problem:
+            return _report(False, what, f"return one whole number, {problem}")
+        if value == want:
+            continue
+        if value == 2 * n * c * c + 2 * m * d * c + 2 * n * n * c:
+            hint = "the scores Q Kᵀ compare N queries with M keys: an N × M matrix, not N × N"
+        elif value == 2 * n * c * c + 2 * m * d * c + n * m * c:
+            hint = "two products involve A: Q Kᵀ (N·M·C) and A V (N·M·C again)"
+        elif value == 2 * n * m * c:
+            hint = "add the four projections: W_q and W_o act on N tokens (N·C² each), W_k and W_v on M tokens (M·D·C each)"
+        elif value == 2 * n * c * c + 2 * n * d * c + 2 * n * m * c:
+            hint = "K and V are computed once per text token (M of them), not once per image position"
+        elif value == want * 2:
+            hint = "count multiply-adds (one per multiplication), not FLOPs (two per multiply-add)"
+        else:
+            hint = (f"for N = {n}, M = {m}, C = {c}, D = {d} the forward takes {want:,} multiply-adds, you said "
+                    f"{value:,}: add up the four projections and the two products with A")  # fmt: skip
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def _padding_effect(prompt: str = "a seven", max_length: int = 8) -> tuple[list[int], bool, int]:
+    """Run a seeded text encoder on one right-padded prompt with and without its padding mask: the positions whose
+    last_hidden_state changes, whether the pooled vector changes, and the number of real tokens."""
+    tok = WordTokenizer.from_texts([], model_max_length=max_length)
+    enc = tok([prompt])
+    with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's random state untouched
+        torch.manual_seed(0)
+        model = TextEncoder(TextEncoderConfig(vocab_size=tok.vocab_size, max_position=max_length)).eval()
+    with torch.no_grad():
+        masked = model(enc.input_ids, attention_mask=enc.attention_mask)
+        causal_only = model(enc.input_ids, attention_mask=None)
+    diff = (masked.last_hidden_state - causal_only.last_hidden_state)[0].abs().amax(-1)  # (M,)
+    pooled = not torch.allclose(masked.pooler_output, causal_only.pooler_output, rtol=0, atol=1e-6)
+    return [int(i) for i in torch.nonzero(diff > 1e-6).flatten()], pooled, int(enc.attention_mask.sum())
+
+
+def check_padding_prediction(changed_positions: object, pooled_changes: object) -> bool:
+    """A prediction, checked by running the experiment: the prompt "a seven" is tokenized to M = 8 positions,
+    <bos> a seven <eos> <pad> <pad> <pad> <pad> (positions 0..7), and encoded once with its padding mask and once
+    with ``attention_mask=None`` (the causal mask only). ``changed_positions``: the positions whose
+    ``last_hidden_state`` changes; ``pooled_changes``: whether ``pooler_output`` changes."""
+    what = "padding-mask prediction"
+    positions, problem = _as_int_list(changed_positions)
+    if problem:
+        return _report(False, what, f"give the positions as a list of ints, e.g. [0, 1]; {problem}")
+    if not isinstance(pooled_changes, bool):
+        return _report(False, what, f"pooled_changes is True or False, got {_kind(pooled_changes)}")
+    want, want_pooled, n_real = _padding_effect()
+    if sorted(set(positions)) == want and pooled_changes == want_pooled:
+        return _report(True, what, "")
+    if any(p < n_real for p in positions):
+        hint = ("a real token (positions 0..3) only sees itself and earlier tokens, all real, with or without the "
+                "padding mask")  # fmt: skip
+    elif pooled_changes != want_pooled:
+        hint = "the pooled vector is the state at <eos>: is <eos> a real token or padding?"
+    elif n_real in positions:
+        hint = (f"the first padding token (position {n_real}) may always see itself: which keys does it see with the "
+                "mask, and which without?")  # fmt: skip
+    else:
+        hint = "for each padding position, list the keys it sees with the mask (real tokens + itself) and without"
+    return _report(False, what, hint)
