@@ -457,6 +457,18 @@ def test_tiny_turbo_one_step_starts_at_pure_noise():
     assert isinstance(turbo.scheduler, diffusers.EulerAncestralDiscreteScheduler)
 
 
+def test_tiny_sd_turbo_is_trailing_euler_as_shipped():
+    """stabilityai/sd-turbo ships EulerDiscreteScheduler with trailing spacing: one step starts at t = 999 (SD 1.5's
+    leading spacing would start the single step at t = 1, σ ≈ 0.03: a picture decoded from almost raw noise)."""
+    turbo = bridge.tiny_sd_turbo()
+    assert type(turbo.scheduler) is diffusers.EulerDiscreteScheduler
+    turbo.scheduler.set_timesteps(1)
+    assert turbo.scheduler.timesteps.tolist() == [999] and turbo.scheduler.sigmas[0] > 14
+    turbo.scheduler.set_timesteps(4)
+    assert turbo.scheduler.timesteps.tolist() == [999, 749, 499, 249]
+    assert bridge.MODELS["sd-turbo"].tiny is bridge.tiny_sd_turbo
+
+
 def test_hand_written_encoders_warn_about_truncated_prompts(sdxl, sd3):
     """The hand-written text encoding (sdxl_text_embeddings, sd3_text_embeddings) says what a long prompt loses, as
     diffusers' encode_prompt does; a prompt that fits is silent."""

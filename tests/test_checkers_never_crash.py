@@ -174,6 +174,7 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_shift_prediction": (1.0, ((1 / 3, 1.0, 3.0), [0.327, 0.252, 0.436], [0.023, 0.015, 0.017])),
     "check_crop_prediction": (-3.0, (-3.6, 0.1)),  # within 1 px of the measured −3.6; −3.0 + 0.5 is not
     "check_refiner_frac": (0.72, (list(range(951, 0, -50)), 6)),  # the refiner gets 251 … 1
+    "check_sd3_embeds_shape": ([2, 25, 64], ((2, 25, 64), 9, 16, 56)),  # 2 prompts, 9 + 16 tokens, T5's width
     "check_sampler_prediction": (
         4,
         (("DDIM", "Euler", "Heun", "DPM++ 2M"), [400.0, 420.0, 900.0, 300.0], [[20.0] * 4] * 4, False),

@@ -159,6 +159,51 @@ def test_sd3_joint_text_check(capsys):
     assert "CLIP-L's features come before" in capsys.readouterr().out
     assert not check_sd3_joint_text(lambda l, g, t5: torch.cat([l, g], -1))
     assert "(B, 77 + S, D_T5)" in capsys.readouterr().out
+    assert not check_sd3_joint_text(  # the zeros first, CLIP's features after them
+        lambda l, g, t5: torch.cat(
+            [torch.nn.functional.pad(torch.cat([l, g], -1), (t5.shape[-1] - l.shape[-1] - g.shape[-1], 0)), t5], 1
+        )
+    )
+    assert "pad on the right" in capsys.readouterr().out
+
+
+def test_sd3_embeds_shape_check(capsys):
+    import torch
+
+    from diffusion_lab.course.exercises.nb11_sd3 import check_sd3_embeds_shape
+
+    args = ((2, 25, 64), 9, 16, 56)  # the stand-in: 2 prompts, CLIP's 9 tokens + 16 T5 tokens, T5's 64 features
+    assert check_sd3_embeds_shape((2, 25, 64), *args)
+    assert check_sd3_embeds_shape([2, 25, 64], *args)
+    assert check_sd3_embeds_shape(torch.Size([2, 25, 64]), torch.Size([2, 25, 64]), 9, 16, 56)
+    assert capsys.readouterr().out.count("✅") == 3
+    for wrong, words in (((1, 25, 64), "the batch"), ((2, 16, 64), "both windows count"),
+                         ((2, 9, 64), "both windows count"), ((2, 41, 64), "max_sequence_length tokens"),
+                         ((2, 25, 56), "zero-padded to T5's width"), ((2, 25, 120), "the width the transformer reads"),
+                         (None, "BEFORE"), ((2, 25), "three whole numbers"), ((2, 25.5, 64), "three whole numbers"),
+                         ("(2, 25, 64)", "three whole numbers")):  # fmt: skip
+        assert not check_sd3_embeds_shape(wrong, *args)
+        assert words in capsys.readouterr().out, wrong
+    with pytest.raises(ValueError, match="measured_shape"):
+        check_sd3_embeds_shape((2, 25, 64), (2, 25), 9, 16, 56)
+
+
+def test_crop_prediction_check_rows_and_columns(capsys):
+    from diffusion_lab.course.exercises.nb10_sdxl import check_crop_prediction
+
+    measured, se = (-3.7, 0.1), (0.05, 0.04)  # crop (4, 0): the rows move up, the columns stay
+    assert check_crop_prediction((-4, 0), measured, se)
+    assert check_crop_prediction([-3.6, 0.5], measured, se)
+    assert capsys.readouterr().out.count("✅") == 2
+    for wrong, words in (((4, 0), "wrong direction"), ((0, 0), "learned the crop"), ((-8, 0), "multiply it"),
+                         ((-4, -4), "columns"), (-4, "(rows, columns) pair"), ((-4, 0, 0), "(rows, columns) pair"),
+                         ((-4, "0"), "(rows, columns) pair"), ((-4, float("nan")), "(rows, columns) pair"),
+                         (None, "BEFORE")):  # fmt: skip
+        assert not check_crop_prediction(wrong, measured, se)
+        assert words in capsys.readouterr().out, wrong
+    assert "§3" in (check_crop_prediction((0, 0), measured, se), capsys.readouterr().out)[1]
+    with pytest.raises(ValueError, match="standard_error"):
+        check_crop_prediction((-4, 0), measured, (0.05,))
 
 
 def test_crop_prediction_check(capsys):
@@ -178,6 +223,8 @@ def test_crop_prediction_check(capsys):
     assert "BEFORE" in capsys.readouterr().out
     assert not check_crop_prediction("-4", -3.6, 0.1)
     assert "one number" in capsys.readouterr().out
+    assert not check_crop_prediction([-4], -3.6, 0.1)  # one number, not a list
+    assert "one number" in capsys.readouterr().out
     with pytest.raises(ValueError, match="standard_error"):
         check_crop_prediction(-4, -3.6, -1.0)
 
@@ -186,9 +233,12 @@ def test_refiner_frac_check(capsys):
     from diffusion_lab.course.exercises.nb10_sdxl import check_refiner_frac
 
     schedule = list(range(951, 0, -50))  # the stand-in's 20 steps: 951, 901, …, 1
-    for frac in (0.70, 0.72, 0.748):  # cutoff round(1000 − 1000·frac) in 252 … 301: the refiner gets 251 … 1
+    for frac in (0.6986, 0.70, 0.72, 0.748, 0.7485):  # cutoff round(1000 − 1000·frac) in 252 … 301: 0.6985 < frac ≤ 0.7485
         assert check_refiner_frac(frac, schedule, 6)
-    assert capsys.readouterr().out.count("✅") == 3
+    assert capsys.readouterr().out.count("✅") == 5
+    assert not check_refiner_frac(0.6985, schedule, 6)  # round(301.5) = 302 (half to even): the base keeps 301 only
+    assert not check_refiner_frac(0.7486, schedule, 6)  # round(251.4) = 251: 251 stays with the base
+    capsys.readouterr()
     assert not check_refiner_frac(0.3, schedule, 6)  # 1 − frac: the refiner gets 14
     assert "BASE's share" in capsys.readouterr().out
     assert not check_refiner_frac(0.75, schedule, 6)  # cutoff 250: 251 stays with the base, the refiner gets 5

@@ -53,6 +53,7 @@ from diffusion_lab.bridge.tiny import (
     tiny_sd3,
     tiny_sd15,
     tiny_sd15_controlnet,
+    tiny_sd_turbo,
     tiny_sd_upscaler,
     tiny_sdxl,
     tiny_sdxl_refiner,
@@ -84,7 +85,7 @@ HUB_HOST = ("huggingface.co", 443)
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE")
 HUB_TIMEOUT = 10.0  # seconds: connect and read, for every hub call load_pipeline makes
 STAND_IN_LINE = "STAND-IN (not the real weights: small local models of the same classes, trained on MNIST or random)"
-TINY_VERSION = 2  # bump when a tiny_* builder changes, so cached copies are rebuilt
+TINY_VERSION = 3  # bump when a tiny_* builder changes, so cached copies are rebuilt
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ MODELS: dict[str, ModelCard] = {
     "sd-turbo": ModelCard(
         "stabilityai/sd-turbo",
         diffusers.StableDiffusionPipeline,
-        tiny_sd15,
+        tiny_sd_turbo,
         note="distilled SD 2.1: 1-4 steps, guidance 0, 512²",
     ),
     "sd3-medium": ModelCard(
@@ -372,8 +373,15 @@ def trained_standin_path(key: str) -> Path:
     return pretrained_tiny_sd_path(card.trained)
 
 
+_REPOSITORY = Path(__file__).resolve().parents[2]  # the course's checkout (data/pretrained lives there)
+
+
 def _shown(path: Path) -> str:
-    return str(path).replace(str(Path.home()), "~")
+    """A path as a message shows it: relative to the course's folder when inside it, ``~`` for the home folder."""
+    try:
+        return Path(path).resolve().relative_to(_REPOSITORY).as_posix()
+    except ValueError:
+        return str(path).replace(str(Path.home()), "~")
 
 
 def _discard(folder: Path) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "tiny_sd15",
     "tiny_taesd",
     "tiny_sdxl_turbo",
+    "tiny_sd_turbo",
 ]
 
 
@@ -130,6 +131,14 @@ def tiny_sdxl_turbo(seed: int = 0) -> diffusers.StableDiffusionXLPipeline:
     pipe.scheduler = diffusers.EulerAncestralDiscreteScheduler.from_config(
         SDXL_SCHEDULER_CONFIG, timestep_spacing="trailing"
     )
+    return pipe
+
+
+def tiny_sd_turbo(seed: int = 0) -> diffusers.StableDiffusionPipeline:
+    """:func:`tiny_sd15` with SD-Turbo's scheduler: (non-ancestral) Euler with ``trailing`` spacing, as
+    ``stabilityai/sd-turbo`` ships it, so that one step starts from pure noise at t = 999."""
+    pipe = tiny_sd15(seed)
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     return pipe
 
 

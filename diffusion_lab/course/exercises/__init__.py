@@ -63,7 +63,7 @@ from diffusion_lab.course.exercises.nb10_sdxl import (
     check_refiner_split,
     check_sdxl_time_ids,
 )
-from diffusion_lab.course.exercises.nb11_sd3 import check_resolution_shift, check_sd3_joint_text
+from diffusion_lab.course.exercises.nb11_sd3 import check_resolution_shift, check_sd3_embeds_shape, check_sd3_joint_text
 from diffusion_lab.course.exercises.nb12_fine_tuning import (
     check_lora_forward,
     check_magnitude_prune,
@@ -124,6 +124,7 @@ __all__ = [
     "check_refiner_frac",
     "check_sd3_joint_text",
     "check_resolution_shift",
+    "check_sd3_embeds_shape",
     "check_lora_forward",
     "check_prior_preservation_loss",
     "check_magnitude_prune",

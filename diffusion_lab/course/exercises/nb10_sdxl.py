@@ -5,7 +5,7 @@ checker                    the student's function (or answer) must return
 =========================  ==============================================================================
 ``check_sdxl_time_ids``    (orig h, orig w, crop top, crop left, target h, target w) (SDXL §2.2)
 ``check_refiner_split``    the base's and the refiner's timesteps for high_noise_frac (ensemble of experts)
-``check_crop_prediction``  a predicted shift of the digit's centroid (rows) for a crop, against the measured one
+``check_crop_prediction``  a predicted shift of the digit's centroid (rows, columns) for a crop, against the measurement
 ``check_refiner_frac``     a high_noise_frac that leaves the refiner exactly k of the schedule's timesteps
 =========================  ==============================================================================
 
@@ -115,34 +115,62 @@ def check_refiner_split(fn: Callable[..., tuple]) -> bool:
     return _report(True, what, "")
 
 
+def _numbers(value: object) -> tuple[list[float] | None, str]:
+    """``value`` as a list of finite floats: one number, or a (rows, columns) pair; or None and what is wrong."""
+    if isinstance(value, tuple | list):
+        out = []
+        for v in value:
+            x, problem = _as_number(v)
+            if problem:
+                return None, problem
+            out.append(float(x))
+        return out, ""
+    x, problem = _as_number(value)
+    return (None, problem) if problem else ([float(x)], "")
+
+
 def check_crop_prediction(prediction: object, measured: object, standard_error: object) -> bool:
     """``prediction``: how many pixels the digit's centroid moves *down* (negative: up) when ``crops_coords_top_left``
-    goes from (0, 0) to (c, 0). ``measured`` is the shift the notebook measured (mean over images) and
-    ``standard_error`` its standard error: the prediction is right within max(1 px, 3 standard errors)."""
+    goes from (0, 0) to (c, 0) — one number (the rows), or a (rows, columns) pair (columns: negative = left) when
+    ``measured`` is a pair. ``measured`` is the shift the notebook measured (mean over images) and ``standard_error``
+    its standard error, each one number or a (rows, columns) pair: each part of the prediction is right within
+    max(1 px, 3 standard errors)."""
     what = "crop prediction"
+    m, problem_m = _numbers(measured)
+    se, problem_se = _numbers(standard_error)
+    if problem_m or problem_se or len(m) not in (1, 2) or len(se) != len(m) or min(se) < 0:
+        raise ValueError(
+            f"measured and standard_error must be finite numbers (or (rows, columns) pairs of them), standard_error "
+            f">= 0: got {measured!r}, {standard_error!r}"
+        )
     if prediction is None:
         return _report(False, what, "not done yet: set your prediction BEFORE you run the experiment")
-    m, problem_m = _as_number(measured)
-    se, problem_se = _as_number(standard_error)
-    if problem_m or problem_se or se < 0:
-        raise ValueError(
-            f"measured and standard_error must be finite numbers, standard_error >= 0: got {measured!r}, "
-            f"{standard_error!r}"
-        )
-    shift, problem = _as_number(prediction)
-    if problem:
-        return _report(False, what, f"answer with one number, the shift in pixels (negative = up): {problem}")
-    if abs(shift - m) <= max(1.0, 3 * se):
+    pair = len(m) == 2
+    shape = "a (rows, columns) pair of numbers, e.g. (-1.5, 2.0)" if pair else "one number, the shift in pixels"
+    if pair and not (isinstance(prediction, tuple | list) and len(prediction) == 2):
+        return _report(False, what, f"answer with {shape} (negative = up / left): got {_kind(prediction)}")
+    got, problem = _numbers(prediction)
+    if problem or len(got) != len(m) or (not pair and isinstance(prediction, tuple | list)):
+        return _report(False, what, f"answer with {shape} (negative = up / left): {problem or _kind(prediction)}")
+    margin = [max(1.0, 3 * e) for e in se]
+    if all(abs(g - x) <= t for g, x, t in zip(got, m, margin, strict=True)):
         return _report(True, what, "")
-    if abs(shift + m) <= max(1.0, 3 * se):
-        hint = (
-            "right size, wrong direction: a crop window that starts lower in the original picture shows the "
-            "content higher up, so the digit moves against the crop"
-        )
-    elif abs(shift) < 1:
-        hint = "the model learned the crop from its training pictures: §2 measured about −1 px per unit of crop"
+    rows, rows_m, rows_t = got[0], m[0], margin[0]
+    if abs(rows - rows_m) > rows_t:  # the rows first: the part the crop's top offset moves
+        if abs(rows + rows_m) <= rows_t:
+            hint = (
+                "rows: right size, wrong direction: a crop window that starts lower in the original picture shows "
+                "the content higher up, so the digit moves against the crop"
+            )
+        elif abs(rows) < 1:
+            hint = "rows: the model learned the crop from its training pictures: §3 measured a slope per unit of crop"
+        else:
+            hint = "rows: §3 measured the shift per unit of crop: multiply it by this crop's top offset (mind the sign)"
     else:
-        hint = "§2 measured the shift per unit of crop: multiply it by this crop (and mind the sign)"
+        hint = (
+            "columns: the crop's left offset is 0 here, so the window does not move sideways: what does that leave "
+            "for the columns?"
+        )
     return _report(False, what, hint)
 
 
