@@ -171,6 +171,7 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_flow_time": (0.7573, (0.0931,)),  # √(1−ᾱ)/(√ᾱ + √(1−ᾱ)) for ᾱ = 0.0931
     "check_skip_reason": (2, ()),
     "check_best_guidance": (5, (_WS, _ADHERENCE)),
+    "check_rescaled_std": (1.16, (0.8, 2.0, 0.7)),  # φ·σ_c + (1 − φ)·σ̃
     "check_shift_prediction": (1.0, ((1 / 3, 1.0, 3.0), [0.327, 0.252, 0.436], [0.023, 0.015, 0.017])),
     "check_crop_prediction": (-3.0, (-3.6, 0.1)),  # within 1 px of the measured −3.6; −3.0 + 0.5 is not
     "check_refiner_frac": (0.72, (list(range(951, 0, -50)), 6)),  # the refiner gets 251 … 1

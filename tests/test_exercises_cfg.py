@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_lab.course.exercises.nb06_guidance import check_best_guidance, check_cfg_combine, check_rescale_noise_cfg
+from diffusion_lab.course.exercises.nb06_guidance import (
+    check_best_guidance,
+    check_cfg_combine,
+    check_rescale_noise_cfg,
+    check_rescaled_std,
+)
 
 
 def test_cfg_combine_check_accepts_right_and_rejects_typical_mistakes(capsys):
@@ -121,3 +126,36 @@ def test_guidance_explorer_redraws_when_controls_move(random_tiny_pipe):
         GuidanceExplorer(pipe, n=0)
     with pytest.raises(ValueError, match="guidance_scale must be in"):
         GuidanceExplorer(pipe, guidance_scale=20.0)
+
+
+def test_rescaled_std_check_accepts_the_derived_std_and_names_typical_mistakes(capsys):
+    # the derivation, checked on tensors: ε̃_final = (φ·σ_c/σ̃ + 1 − φ)·ε̃ has std φ·σ_c + (1 − φ)·σ̃
+    from diffusion_lab.maths.guidance import rescale_noise_cfg
+
+    g = torch.Generator().manual_seed(0)
+    cond = torch.randn(1, 4, 7, 7, generator=g) * 0.8
+    guided = 2.5 * cond + torch.randn(1, 4, 7, 7, generator=g)
+    sc, sg = cond.std().item(), guided.std().item()
+    measured = rescale_noise_cfg(guided, cond, 0.5).std().item()
+    assert abs(measured - (0.5 * sc + 0.5 * sg)) < 1e-5
+    assert check_rescaled_std(measured, sc, sg, 0.5)
+    assert check_rescaled_std(1.16, 0.8, 2.0, 0.7)
+    assert check_rescaled_std(np.float32(1.165), 0.8, 2.0, 0.7)  # rounded from printed two-decimal stds
+    assert check_rescaled_std(torch.tensor(1.155), 0.8, 2.0, 0.7)
+    assert capsys.readouterr().out.count("✅") == 4
+
+    assert not check_rescaled_std(0.8, 0.8, 2.0, 0.7)  # σ_c: φ = 1
+    assert "fully rescaled" in capsys.readouterr().out
+    assert not check_rescaled_std(2.0, 0.8, 2.0, 0.7)  # σ̃: φ = 0
+    assert "without rescale" in capsys.readouterr().out
+    assert not check_rescaled_std((0.7 * 0.64 + 0.3 * 4.0) ** 0.5, 0.8, 2.0, 0.7)  # variances blended
+    assert "blends variances" in capsys.readouterr().out
+    assert not check_rescaled_std(0.3 * 0.8 + 0.7 * 2.0, 0.8, 2.0, 0.7)  # weights swapped
+    assert "swapped" in capsys.readouterr().out
+    assert not check_rescaled_std(1.0, 0.8, 2.0, 0.7)
+    assert "c·σ̃" in capsys.readouterr().out
+    assert not check_rescaled_std(None, 0.8, 2.0, 0.7)
+    assert not check_rescaled_std("1.16", 0.8, 2.0, 0.7)
+    assert "✅" not in capsys.readouterr().out
+    with pytest.raises(ValueError):
+        check_rescaled_std(1.16, 0.8, 2.0, 1.5)

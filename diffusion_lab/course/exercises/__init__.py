@@ -42,7 +42,12 @@ from diffusion_lab.course.exercises.nb05_text_conditioning import (
     check_pooled_output,
     check_tokenize,
 )
-from diffusion_lab.course.exercises.nb06_guidance import check_best_guidance, check_cfg_combine, check_rescale_noise_cfg
+from diffusion_lab.course.exercises.nb06_guidance import (
+    check_best_guidance,
+    check_cfg_combine,
+    check_rescale_noise_cfg,
+    check_rescaled_std,
+)
 from diffusion_lab.course.exercises.nb07_tiny_sd import check_img2img_start, check_inpaint_blend, check_latent_mask
 from diffusion_lab.course.exercises.nb08_flow import (
     check_flow_euler_step,
@@ -106,6 +111,7 @@ __all__ = [
     "check_cfg_combine",
     "check_rescale_noise_cfg",
     "check_best_guidance",
+    "check_rescaled_std",
     "check_img2img_start",
     "check_latent_mask",
     "check_inpaint_blend",

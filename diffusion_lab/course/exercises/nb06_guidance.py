@@ -6,6 +6,7 @@ checker                      the student's function must return
 ``check_cfg_combine``        ε̃ = ε_∅ + w·(ε_c − ε_∅) (Ho & Salimans 2022, Eq. 6, diffusers' w)
 ``check_rescale_noise_cfg``  φ·ε̃·σ(ε_c)/σ(ε̃) + (1 − φ)·ε̃ (Lin et al. 2024, Eq. 15-16)
 ``check_best_guidance``      the w whose measured value is best (highest, or lowest for FID)
+``check_rescaled_std``       σ(ε̃_final) = φ·σ(ε_c) + (1 − φ)·σ(ε̃): guidance rescale's effect on the std (derived)
 ===========================  ==================================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
@@ -26,7 +27,7 @@ from diffusion_lab.course.exercises.checking import _as_number, _call_tensor, _c
 from diffusion_lab.maths.guidance import rescale_noise_cfg
 from diffusion_lab.utils.errors import check_number
 
-__all__ = ["check_cfg_combine", "check_rescale_noise_cfg", "check_best_guidance"]
+__all__ = ["check_cfg_combine", "check_rescale_noise_cfg", "check_best_guidance", "check_rescaled_std"]
 
 
 def check_cfg_combine(fn: Callable[..., torch.Tensor]) -> bool:
@@ -124,6 +125,41 @@ def check_best_guidance(answer, guidance_scales, values, *, lower_is_better: boo
     else:
         hint = "find the " + ("lowest" if lower_is_better else "highest") + " measured value and read off its w"
     return _report(False, what, hint)
+
+
+def check_rescaled_std(answer, std_cond, std_guided, phi) -> bool:
+    """``answer`` must be the standard deviation of guidance rescale's output (Lin et al. 2024, Eqs. 15-16) for one
+    sample whose conditional prediction has std ``std_cond`` and whose guided prediction has std ``std_guided``:
+    ε̃_final = (φ·σ_c/σ̃ + 1 − φ)·ε̃ is a positive multiple of ε̃, so σ(ε̃_final) = φ·σ_c + (1 − φ)·σ̃ (within 0.01:
+    an answer from the printed two-decimal stds is accepted)."""
+    std_cond = check_number("std_cond", std_cond, minimum=0.0)
+    std_guided = check_number("std_guided", std_guided, minimum=0.0)
+    phi = check_number("phi", phi, minimum=0.0, maximum=1.0)
+    if std_cond <= 0 or std_guided <= 0:
+        raise ValueError(f"std_cond and std_guided must be positive, got {std_cond} and {std_guided}")
+    what = "std after guidance rescale"
+    if answer is None:
+        return _report(False, what, "set your answer to one number, the std of the rescaled prediction")
+    got, problem = _as_number(answer)
+    if problem:
+        return _report(False, what, f"answer with one number, the std: {problem}")
+    want = phi * std_cond + (1 - phi) * std_guided
+    if abs(got - want) <= 0.01:
+        return _report(True, what, "")
+    near = [
+        (std_cond, "that is σ(ε_c), the fully rescaled std (φ = 1); the blend keeps (1 − φ) of ε̃"),
+        (std_guided, "that is σ(ε̃), the std without rescale (φ = 0)"),
+        (
+            (phi * std_cond**2 + (1 - phi) * std_guided**2) ** 0.5,
+            "that blends variances; the two terms are multiples of the same ε̃ (perfectly correlated), "
+            "so their stds add: σ(a·ε̃ + b·ε̃) = (a + b)·σ(ε̃)",
+        ),
+        ((1 - phi) * std_cond + phi * std_guided, "the weights are swapped: φ multiplies the rescaled part"),
+    ]
+    for wrong, message in near:
+        if abs(got - wrong) <= 0.01:
+            return _report(False, what, message)
+    return _report(False, what, "write ε̃_final = c·ε̃ with c = φ·σ_c/σ̃ + (1 − φ); then σ(ε̃_final) = c·σ̃ (c > 0)")
 
 
 def _not_finite(x: object) -> bool:
