@@ -167,7 +167,7 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_timesteps_answer": (inference_timesteps(20, 1000, "trailing").tolist(), (20, "trailing")),
     "check_leading_within_1db": ([50], ()),
     "check_inversion_order": (2, ()),
-    "check_padding_prediction": ([5, 6, 7], (False,)),  # "a seven" padded to 8: the pads after the first change
+    "check_padding_prediction": ([1, 2, 3, 4, 5, 6, 7], (True,)),  # "a seven" left-padded to 8: all but position 0
     "check_flow_time": (0.7573, (0.0931,)),  # √(1−ᾱ)/(√ᾱ + √(1−ᾱ)) for ᾱ = 0.0931
     "check_skip_reason": (2, ()),
     "check_best_guidance": (5, (_WS, _ADHERENCE)),

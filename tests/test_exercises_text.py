@@ -288,22 +288,35 @@ def test_check_cross_attention_macs_rejects_typical_mistakes(fn, words, capsys):
 
 
 def test_check_padding_prediction_is_judged_by_the_experiment(capsys):
-    """The right answer is measured, not stored: the pads after the first (which sees the same keys either way)."""
+    """The right answer is measured, not stored: left padding, so every position but the first <pad> changes, and
+    the pooled <eos> state with them."""
     from diffusion_lab.course.exercises.nb05_text_conditioning import _padding_effect, check_padding_prediction
 
-    assert _padding_effect() == ([5, 6, 7], False, 4)
-    assert check_padding_prediction([5, 6, 7], False)
-    assert check_padding_prediction((7, 6, 5), False)  # any order
+    assert _padding_effect() == ([1, 2, 3, 4, 5, 6, 7], True, 4)
+    assert check_padding_prediction([1, 2, 3, 4, 5, 6, 7], True)
+    assert check_padding_prediction((7, 6, 5, 4, 3, 2, 1), True)  # any order
     assert _lines(capsys)[-1].startswith("✅")
+
+
+def test_left_padding_moves_the_pads_to_the_front():
+    from diffusion_lab.course.exercises.nb05_text_conditioning import _left_padded
+    from diffusion_lab.models.text_encoder import WordTokenizer
+
+    tok = WordTokenizer.from_texts([], model_max_length=8)
+    ids, mask = _left_padded(tok(["a seven"]))
+    assert ids[0].tolist() == [0, 0, 0, 0, 2, tok.vocab.index("a"), tok.vocab.index("seven"), 3]
+    assert mask[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
 
 
 @pytest.mark.parametrize(
     ("positions", "pooled", "words"),
     [
-        ([4, 5, 6, 7], False, "see itself"),
-        ([0, 1, 2, 3, 4, 5, 6, 7], True, "real token"),
-        ([5, 6, 7], True, "<eos>"),
-        ([], False, "for each padding position"),
+        ([5, 6, 7], False, "right-padded case"),
+        ([0, 1, 2, 3, 4, 5, 6, 7], True, "position 0"),
+        ([1, 2, 3], True, "real tokens"),
+        ([1, 2, 3, 4, 5, 6, 7], False, "<eos>"),
+        ([4, 5, 6, 7], True, "a <pad> query"),
+        ([], False, "real tokens"),
         ("5, 6, 7", False, "list of ints"),
         ([5, 6, 7], "no", "True or False"),
     ],

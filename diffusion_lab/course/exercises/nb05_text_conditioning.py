@@ -8,7 +8,7 @@ checker                    the student's function must return
 ``check_pooled_output``    each row's state at its first <eos> (CLIP's pooled output)
 ``check_cross_attention_params``  parameters of one cross-attention layer as a formula in C and D (derivation)
 ``check_cross_attention_macs``    multiply-adds of one cross-attention forward, in N, M, C and D (derivation)
-``check_padding_prediction``      which text-encoder states change when the padding mask is dropped (prediction)
+``check_padding_prediction``      which states of a left-padded prompt change without the padding mask (prediction)
 =========================  ==============================================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
@@ -232,26 +232,33 @@ def check_cross_attention_macs(fn: Callable[[int, int, int, int], int]) -> bool:
     return _report(True, what, "")
 
 
+def _left_padded(enc) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokenizer's right-padded (input_ids, attention_mask) with the padding moved to the front (left padding,
+    as a tokenizer with ``padding_side="left"`` returns it): ⟨pad⟩… ⟨bos⟩ words ⟨eos⟩."""
+    shift = int((enc.attention_mask == 0).sum())
+    return enc.input_ids.roll(shift, dims=1), enc.attention_mask.roll(shift, dims=1)
+
+
 def _padding_effect(prompt: str = "a seven", max_length: int = 8) -> tuple[list[int], bool, int]:
-    """Run a seeded text encoder on one right-padded prompt with and without its padding mask: the positions whose
-    last_hidden_state changes, whether the pooled vector changes, and the number of real tokens."""
+    """Run a seeded text encoder on one LEFT-padded prompt with and without its padding mask: the positions whose
+    last_hidden_state changes, whether the pooled vector changes, and the number of padding tokens in front."""
     tok = WordTokenizer.from_texts([], model_max_length=max_length)
-    enc = tok([prompt])
+    ids, mask = _left_padded(tok([prompt]))
     with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's random state untouched
         torch.manual_seed(0)
         model = TextEncoder(TextEncoderConfig(vocab_size=tok.vocab_size, max_position=max_length)).eval()
     with torch.no_grad():
-        masked = model(enc.input_ids, attention_mask=enc.attention_mask)
-        causal_only = model(enc.input_ids, attention_mask=None)
+        masked = model(ids, attention_mask=mask)
+        causal_only = model(ids, attention_mask=None)
     diff = (masked.last_hidden_state - causal_only.last_hidden_state)[0].abs().amax(-1)  # (M,)
     pooled = not torch.allclose(masked.pooler_output, causal_only.pooler_output, rtol=0, atol=1e-6)
-    return [int(i) for i in torch.nonzero(diff > 1e-6).flatten()], pooled, int(enc.attention_mask.sum())
+    return [int(i) for i in torch.nonzero(diff > 1e-6).flatten()], pooled, int((mask == 0).sum())
 
 
 def check_padding_prediction(changed_positions: object, pooled_changes: object) -> bool:
-    """A prediction, checked by running the experiment: the prompt "a seven" is tokenized to M = 8 positions,
-    <bos> a seven <eos> <pad> <pad> <pad> <pad> (positions 0..7), and encoded once with its padding mask and once
-    with ``attention_mask=None`` (the causal mask only). ``changed_positions``: the positions whose
+    """A prediction, checked by running the experiment: the prompt "a seven" is padded on the LEFT to M = 8
+    positions, <pad> <pad> <pad> <pad> <bos> a seven <eos> (positions 0..7), and encoded once with its padding mask
+    and once with ``attention_mask=None`` (the causal mask only). ``changed_positions``: the positions whose
     ``last_hidden_state`` changes; ``pooled_changes``: whether ``pooler_output`` changes."""
     what = "padding-mask prediction"
     positions, problem = _as_int_list(changed_positions)
@@ -259,17 +266,21 @@ def check_padding_prediction(changed_positions: object, pooled_changes: object) 
         return _report(False, what, f"give the positions as a list of ints, e.g. [0, 1]; {problem}")
     if not isinstance(pooled_changes, bool):
         return _report(False, what, f"pooled_changes is True or False, got {_kind(pooled_changes)}")
-    want, want_pooled, n_real = _padding_effect()
-    if sorted(set(positions)) == want and pooled_changes == want_pooled:
+    want, want_pooled, n_pad = _padding_effect()
+    got = sorted(set(positions))
+    if got == want and pooled_changes == want_pooled:
         return _report(True, what, "")
-    if any(p < n_real for p in positions):
-        hint = ("a real token (positions 0..3) only sees itself and earlier tokens, all real, with or without the "
-                "padding mask")  # fmt: skip
+    if got == [n_pad + 1, n_pad + 2, n_pad + 3] and not pooled_changes:
+        hint = ("that is the right-padded case of section 3; here the pads come first, so draw the combined matrix "
+                "with the four <pad> rows and columns at positions 0..3")  # fmt: skip
+    elif 0 in got:
+        hint = "position 0 may read only key 0 under the causal mask, with or without the padding mask"
+    elif any(p not in got for p in range(n_pad, 8)):
+        hint = (f"the real tokens (positions {n_pad}..7) come after the pads: without the padding mask, which earlier "
+                "keys may they read?")  # fmt: skip
     elif pooled_changes != want_pooled:
-        hint = "the pooled vector is the state at <eos>: is <eos> a real token or padding?"
-    elif n_real in positions:
-        hint = (f"the first padding token (position {n_real}) may always see itself: which keys does it see with the "
-                "mask, and which without?")  # fmt: skip
+        hint = "the pooled vector is the state at <eos> (position 7): does that state change?"
     else:
-        hint = "for each padding position, list the keys it sees with the mask (real tokens + itself) and without"
+        hint = ("a <pad> query at positions 1..3 reads only itself with the mask (the exception) — and without it? "
+                "List the keys each row may read in both cases")  # fmt: skip
     return _report(False, what, hint)
