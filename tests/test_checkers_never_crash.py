@@ -145,6 +145,8 @@ RIGHT_FUNCTIONS = {
     "check_lora_forward": lambda x, W, A, B, a: x @ W.T + (a / A.shape[0]) * (x @ A.T) @ B.T,
     "check_prior_preservation_loss": lambda p, t, pp, tp, lam: F.mse_loss(p, t) + lam * F.mse_loss(pp, tp),
     "check_magnitude_prune": _prune,
+    "check_lora_parameter_count": lambda shapes, r: sum(r * (d_in + d_out) for d_out, d_in in shapes),
+    "check_bitmask_size_ratio": lambda p: 1 - p + 1 / 32,
     "check_psnr": lambda x, y: 10 * torch.log10(4 / (x - y).pow(2).mean(dim=(1, 2, 3))),
     "check_control_keep": lambda i, n, s, e: float(s <= i / n and (i + 1) / n <= e),
     "check_noise_image_embedding": _noise_embedding,
@@ -171,6 +173,7 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_flow_time": (0.7573, (0.0931,)),  # √(1−ᾱ)/(√ᾱ + √(1−ᾱ)) for ᾱ = 0.0931
     "check_skip_reason": (2, ()),
     "check_best_guidance": (5, (_WS, _ADHERENCE)),
+    "check_lora_target_choice": (1, ()),  # the cross-attention
     "check_rescaled_std": (1.16, (0.8, 2.0, 0.7)),  # φ·σ_c + (1 − φ)·σ̃
     "check_shift_prediction": (1.0, ((1 / 3, 1.0, 3.0), [0.327, 0.252, 0.436], [0.023, 0.015, 0.017])),
     "check_crop_prediction": (-3.0, (-3.6, 0.1)),  # within 1 px of the measured −3.6; −3.0 + 0.5 is not

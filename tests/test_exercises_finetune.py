@@ -1,4 +1,5 @@
-"""The self-checks of notebook 12's exercises accept right answers and explain wrong ones."""
+"""The self-checks of the exercises of notebooks 12 (fine-tuning) and 13 (model surgery) accept right answers and
+explain wrong ones."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import torch
 
 from diffusion_lab.course.exercises.nb12_fine_tuning import (
     check_lora_forward,
-    check_magnitude_prune,
+    check_lora_parameter_count,
+    check_lora_target_choice,
     check_prior_preservation_loss,
 )
+from diffusion_lab.course.exercises.nb13_surgery import check_bitmask_size_ratio, check_magnitude_prune
 
 
 def test_lora_forward_check(capsys):
@@ -104,3 +107,66 @@ def test_magnitude_prune_check(capsys):
     assert "must be zero" in capsys.readouterr().out
     assert not check_magnitude_prune(lambda w, p: w.flatten())
     assert "shaped like w" in capsys.readouterr().out
+
+
+def test_lora_parameter_count_check(capsys):
+    assert check_lora_parameter_count(lambda shapes, r: sum(r * (i + o) for o, i in shapes))
+    assert check_lora_parameter_count(lambda shapes, r: int(torch.tensor(shapes).sum() * r))  # a tensor, summed
+    assert check_lora_parameter_count(lambda shapes, r: np.int64(sum(r * o + i * r for o, i in shapes)))
+    assert capsys.readouterr().out.count("✅") == 3
+    assert not check_lora_parameter_count(lambda shapes, r: sum(i * o for o, i in shapes))
+    assert "full layers' size" in capsys.readouterr().out
+    assert not check_lora_parameter_count(lambda shapes, r: sum(r * i * o for o, i in shapes))
+    assert "do not multiply" in capsys.readouterr().out
+    assert not check_lora_parameter_count(lambda shapes, r: r * (shapes[0][0] + shapes[0][1]))
+    assert "every layer" in capsys.readouterr().out
+    assert not check_lora_parameter_count(lambda shapes, r: sum(r * i for o, i in shapes))
+    assert "both factors" in capsys.readouterr().out
+    assert not check_lora_parameter_count(lambda shapes, r: sum(r * r * (i + o) for o, i in shapes))
+    assert "wrong for shapes" in capsys.readouterr().out
+    assert not check_lora_parameter_count(lambda shapes, r: 2.5)
+    assert "whole number" in capsys.readouterr().out
+    assert not check_lora_parameter_count(lambda shapes, r: None)
+    assert "returns None" in capsys.readouterr().out
+    assert not check_lora_parameter_count(lambda shapes, r: shapes[5])
+    assert "IndexError" in capsys.readouterr().out
+
+
+def test_lora_target_choice_check(capsys):
+    assert check_lora_target_choice(1)
+    assert check_lora_target_choice(np.int64(1))
+    assert check_lora_target_choice(1.0)
+    assert capsys.readouterr().out.count("✅") == 3
+    assert not check_lora_target_choice(2)
+    assert "self-attention" in capsys.readouterr().out
+    assert not check_lora_target_choice(3)
+    assert "convolutions" in capsys.readouterr().out
+    assert not check_lora_target_choice(None)
+    assert "not done yet" in capsys.readouterr().out
+    assert not check_lora_target_choice(4)
+    assert "got 4" in capsys.readouterr().out
+    assert not check_lora_target_choice("cross-attention")
+    assert "one of the numbers" in capsys.readouterr().out
+    assert not check_lora_target_choice(True)
+    assert "one of the numbers" in capsys.readouterr().out
+
+
+def test_bitmask_size_ratio_check(capsys):
+    assert check_bitmask_size_ratio(lambda p: 1 - p + 1 / 32)
+    assert check_bitmask_size_ratio(lambda p: (4 * (1 - p) + 1 / 8) / 4)
+    assert check_bitmask_size_ratio(lambda p: torch.tensor((1 - p) * 32 + 1, dtype=torch.float64) / 32)
+    assert capsys.readouterr().out.count("✅") == 3
+    assert not check_bitmask_size_ratio(lambda p: 1 - p)
+    assert "mask is stored too" in capsys.readouterr().out
+    assert not check_bitmask_size_ratio(lambda p: 1 - p + 1 / 4)
+    assert "one *bit*" in capsys.readouterr().out
+    assert not check_bitmask_size_ratio(lambda p: p + 1 / 32)
+    assert "survivors are (1 − p)" in capsys.readouterr().out
+    assert not check_bitmask_size_ratio(lambda p: 1 - p + 1 / 8)
+    assert "1/32" in capsys.readouterr().out
+    assert not check_bitmask_size_ratio(lambda p: 0.5 * (1 - p) + 1 / 32)
+    assert "wrong at p = 0.5" in capsys.readouterr().out
+    assert not check_bitmask_size_ratio(lambda p: "0.53")
+    assert "one number" in capsys.readouterr().out
+    assert not check_bitmask_size_ratio(lambda p: None)
+    assert "returns None" in capsys.readouterr().out

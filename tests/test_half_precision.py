@@ -28,7 +28,13 @@ from diffusion_lab.utils import settings
 HALF = (torch.bfloat16, torch.float16)
 NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 ROOT = Path(__file__).resolve().parent.parent
-REAL_PATH_NOTEBOOKS = ("10_stable_diffusion_xl", "11_stable_diffusion_3", "12_fine_tuning", "14_beyond_text_to_image")
+REAL_PATH_NOTEBOOKS = (
+    "10_stable_diffusion_xl",
+    "11_stable_diffusion_3",
+    "12_fine_tuning",
+    "13_model_surgery",
+    "14_beyond_text_to_image",
+)
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -84,8 +84,8 @@ def test_pruning_agrees_with_torch_l1_unstructured(p):
     assert state_equal(ours_layer, theirs)
 
 
-def test_pruning_passes_notebook_11s_exercise_check():
-    from diffusion_lab.course.exercises.nb12_fine_tuning import check_magnitude_prune
+def test_pruning_passes_notebook_13s_exercise_check():
+    from diffusion_lab.course.exercises.nb13_surgery import check_magnitude_prune
 
     def prune_tensor(w: torch.Tensor, p: float) -> torch.Tensor:
         conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], bias=False)

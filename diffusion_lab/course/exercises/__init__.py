@@ -71,9 +71,11 @@ from diffusion_lab.course.exercises.nb10_sdxl import (
 from diffusion_lab.course.exercises.nb11_sd3 import check_resolution_shift, check_sd3_embeds_shape, check_sd3_joint_text
 from diffusion_lab.course.exercises.nb12_fine_tuning import (
     check_lora_forward,
-    check_magnitude_prune,
+    check_lora_parameter_count,
+    check_lora_target_choice,
     check_prior_preservation_loss,
 )
+from diffusion_lab.course.exercises.nb13_surgery import check_bitmask_size_ratio, check_magnitude_prune
 from diffusion_lab.course.exercises.nb14_beyond import check_control_keep, check_noise_image_embedding, check_psnr
 
 __all__ = [
@@ -133,7 +135,10 @@ __all__ = [
     "check_sd3_embeds_shape",
     "check_lora_forward",
     "check_prior_preservation_loss",
+    "check_lora_parameter_count",
+    "check_lora_target_choice",
     "check_magnitude_prune",
+    "check_bitmask_size_ratio",
     "check_psnr",
     "check_control_keep",
     "check_noise_image_embedding",

@@ -1,17 +1,19 @@
-"""Exercise checkers of notebook 12 (fine-tuning and model surgery).
+"""Exercise checkers of notebook 12 (fine-tuning: textual inversion, LoRA, DreamBooth).
 
 =================================  =======================================================
 checker                            the student's function must return
 =================================  =======================================================
 ``check_lora_forward``             h = W·x + (α/r)·B·A·x (Hu et al. 2022, Eq. 3)
 ``check_prior_preservation_loss``  ‖ε − ε̂‖² + λ·‖ε_pr − ε̂_pr‖² (Ruiz et al. 2023, Eq. 2)
-``check_magnitude_prune``          the ⌊p·N⌋ smallest |w| set to zero (Han et al. 2015)
+``check_lora_parameter_count``     Σ r·(d_in + d_out) over the adapted layers' (d_out, d_in) shapes
+``check_lora_target_choice``       where a LoRA must sit to change one word only: the cross-attention
 =================================  =======================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
 independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
 code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
-machinery: :mod:`diffusion_lab.course.exercises.checking`.
+machinery: :mod:`diffusion_lab.course.exercises.checking`. The magnitude-pruning checker of notebook 13 is in
+:mod:`diffusion_lab.course.exercises.nb13_surgery`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _call_tensor, _check_callable, _report
+from diffusion_lab.course.exercises.checking import _as_number, _call, _call_tensor, _check_callable, _report
 
-__all__ = ["check_lora_forward", "check_prior_preservation_loss", "check_magnitude_prune"]
+__all__ = [
+    "check_lora_forward",
+    "check_prior_preservation_loss",
+    "check_lora_parameter_count",
+    "check_lora_target_choice",
+]
 
 
 def check_lora_forward(fn: Callable[..., torch.Tensor]) -> bool:
@@ -94,27 +101,54 @@ def check_prior_preservation_loss(fn: Callable[..., torch.Tensor]) -> bool:
     return _report(True, what, "")
 
 
-def check_magnitude_prune(fn: Callable[..., torch.Tensor]) -> bool:
-    """``fn(w, sparsity)`` must return a copy of the tensor w with its k = ⌊p·N⌋ smallest-magnitude entries set to
-    zero (N = w.numel(), p = sparsity), the others unchanged (Han et al. 2015)."""
+def check_lora_parameter_count(fn: Callable[..., object]) -> bool:
+    """``fn(shapes, r)`` with ``shapes`` a list of (d_out, d_in) weight shapes must return the number of trained
+    numbers of a rank-r LoRA on those layers: Σ r·(d_in + d_out) (A is r × d_in, B is d_out × r)."""
     _check_callable(fn)
-    what = "magnitude pruning"
-    g = torch.Generator().manual_seed(43)
-    w = torch.randn(8, 6, 3, 3, generator=g)  # distinct magnitudes: no ties at the threshold
-    for p in (0.5, 0.9, 0.25, 0.0):
-        k = int(p * w.numel())
-        keep = torch.ones(w.numel(), dtype=torch.bool)
-        keep[w.abs().flatten().argsort()[:k]] = False
-        want = torch.where(keep.view_as(w), w, torch.zeros_like(w))
-        got, hint = _call_tensor(fn, what, want, "return a tensor shaped like w {want}, not {got}", w, p)
+    what = "the LoRA parameter count"
+    for shapes, r in (([(64, 64)] * 4, 4), ([(1280, 1280)], 4), ([(320, 768), (640, 2048)], 8), ([(10, 3)], 2)):
+        want = sum(r * (d_in + d_out) for d_out, d_in in shapes)
+        out, hint = _call(fn, what, list(shapes), r)
         if hint:
             return _report(False, what, hint)
-        if torch.equal(got, want):
+        got, problem = _as_number(out, whole=True)
+        if problem:
+            return _report(False, what, f"return one whole number of parameters: {problem}")
+        if got == want:
             continue
-        zeros = int((got == 0).sum())
-        if zeros != k:
-            hint = f"for sparsity {p} exactly ⌊p·N⌋ = {k} of the {w.numel()} weights must be zero, got {zeros}"
+        if got == sum(d_in * d_out for d_out, d_in in shapes):
+            hint = "that is the full layers' size d_in·d_out: LoRA trains only A (r × d_in) and B (d_out × r)"
+        elif got == sum(r * d_in * d_out for d_out, d_in in shapes):
+            hint = "A is r × d_in and B is d_out × r: add their sizes, r·d_in + d_out·r, do not multiply d_in·d_out"
+        elif got == r * (shapes[0][0] + shapes[0][1]) and len(shapes) > 1:
+            hint = "sum over every layer in shapes, not only the first"
+        elif got in (sum(r * d_in for _, d_in in shapes), sum(r * d_out for d_out, _ in shapes)):
+            hint = "count both factors: A (r × d_in) and B (d_out × r)"
         else:
-            hint = "rank the weights by |w| (not by w: −3 is a large weight) and zero the k smallest"
+            hint = f"wrong for shapes {shapes} at r = {r}: each layer trains r·(d_in + d_out) numbers"
         return _report(False, what, hint)
     return _report(True, what, "")
+
+
+LORA_TARGETS = {1: "cross-attention", 2: "all attention", 3: "whole U-Net"}
+
+
+def check_lora_target_choice(answer: object) -> bool:
+    """``answer``: the number in :data:`LORA_TARGETS` of where to put a LoRA that must change how one word is drawn
+    ("a three" wider) and leave the other prompts as the base model draws them. Right: 1, the cross-attention, the
+    only layers that read the prompt's tokens (notebook 12, §3: "a seven" barely moved)."""
+    what = "where the LoRA goes"
+    if answer is None:
+        return _report(False, what, "not done yet: set my_choice to 1, 2 or 3")
+    choice, problem = _as_number(answer, whole=True)
+    if problem or choice not in LORA_TARGETS:
+        return _report(False, what, f"answer with one of the numbers 1, 2, 3: {problem or f'got {choice}'}")
+    if choice == 1:
+        return _report(True, what, "")
+    hints = {
+        2: "self-attention mixes image positions and sees no word: an adapter there changes every prompt's "
+        "pictures; which layers read the prompt's tokens?",
+        3: "the convolutions and self-attention see no word: a change there reaches every prompt (compare §3's "
+        "'a seven', which the cross-attention adapter left almost unchanged)",
+    }
+    return _report(False, what, hints[choice])
