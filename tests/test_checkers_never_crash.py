@@ -131,6 +131,7 @@ RIGHT_FUNCTIONS = {
     "check_img2img_start": lambda n, s: n - int(n * s),
     "check_latent_mask": lambda m, f: F.avg_pool2d(m, f),
     "check_inpaint_blend": lambda z, known, m: (1 - m) * known + m * z,
+    "check_x0_eps_from_v": lambda z, v, a: (a**0.5 * z - (1 - a) ** 0.5 * v, (1 - a) ** 0.5 * z + a**0.5 * v),
     "check_flow_path": lambda x0, e, t: ((1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * e, e - x0),
     "check_time_shift": lambda t, a: a * t / (1 + (a - 1) * t),
     "check_flow_euler_step": lambda x, v, t, t_next: x + (t_next - t) * v,

@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_lab.course.exercises.nb07_tiny_sd import check_img2img_start, check_inpaint_blend, check_latent_mask
+from diffusion_lab.course.exercises.nb07_tiny_sd import (
+    check_img2img_start,
+    check_inpaint_blend,
+    check_latent_mask,
+    check_x0_eps_from_v,
+)
+from diffusion_lab.maths.diffusion import eps_from_v, x0_from_v
 
 
 def test_img2img_start_check_accepts_right_and_rejects_typical_mistakes(capsys):
@@ -86,6 +92,37 @@ def test_inpaint_blend_check_accepts_right_and_rejects_typical_mistakes(capsys):
     assert "return latents of shape (3, 4, 7, 7)" in capsys.readouterr().out
     assert not check_inpaint_blend(lambda z, known, m: 1 / 0)
     assert "ZeroDivisionError" in capsys.readouterr().out
+
+
+def test_x0_eps_from_v_check_accepts_right_and_rejects_typical_mistakes(capsys):
+    assert check_x0_eps_from_v(lambda z, v, a: (a**0.5 * z - (1 - a) ** 0.5 * v, (1 - a) ** 0.5 * z + a**0.5 * v))
+    assert check_x0_eps_from_v(lambda z, v, a: (x0_from_v(z, v, a), eps_from_v(z, v, a)))
+    assert check_x0_eps_from_v(lambda z, v, a: [x0_from_v(z, v, a).numpy(), eps_from_v(z, v, a)])  # a list, NumPy
+
+    def via_x0(z, v, a):  # ε̂ from ẑ_0 and z_t (DDPM Eq. 4 solved for ε): the same pair
+        x0 = x0_from_v(z, v, a)
+        return x0, (z - a**0.5 * x0) / (1 - a) ** 0.5
+
+    assert check_x0_eps_from_v(via_x0)
+    assert capsys.readouterr().out.count("✅") == 4
+
+    wrong = {
+        "swapped": lambda z, v, a: (eps_from_v(z, v, a), x0_from_v(z, v, a)),
+        "treats v as the noise": lambda z, v, a: ((z - (1 - a) ** 0.5 * v) / a**0.5, v),
+        "a sign": lambda z, v, a: (a**0.5 * z + (1 - a) ** 0.5 * v, (1 - a) ** 0.5 * z - a**0.5 * v),
+        "square roots": lambda z, v, a: (a * z - (1 - a) * v, (1 - a) * z + a * v),
+        "ε̂ as well": lambda z, v, a: x0_from_v(z, v, a),
+        "ẑ_0 is right; ε̂ is not": lambda z, v, a: (x0_from_v(z, v, a), v),
+        "ε̂ is right; ẑ_0 is not": lambda z, v, a: (z, eps_from_v(z, v, a)),
+        "return a pair": lambda z, v, a: "x0",
+        "shaped like z_t": lambda z, v, a: (x0_from_v(z, v, a)[0], eps_from_v(z, v, a)),
+        "returns None": lambda z, v, a: None,
+        "ZeroDivisionError": lambda z, v, a: 1 / 0,
+    }
+    for words, answer in wrong.items():
+        assert not check_x0_eps_from_v(answer), words
+        out = capsys.readouterr().out
+        assert "❌" in out and words in out, (words, out)
 
 
 def test_img2img_explorer_redraws_when_controls_move(random_tiny_pipe):

@@ -48,7 +48,12 @@ from diffusion_lab.course.exercises.nb06_guidance import (
     check_rescale_noise_cfg,
     check_rescaled_std,
 )
-from diffusion_lab.course.exercises.nb07_tiny_sd import check_img2img_start, check_inpaint_blend, check_latent_mask
+from diffusion_lab.course.exercises.nb07_tiny_sd import (
+    check_img2img_start,
+    check_inpaint_blend,
+    check_latent_mask,
+    check_x0_eps_from_v,
+)
 from diffusion_lab.course.exercises.nb08_flow import (
     check_flow_euler_step,
     check_flow_path,
@@ -117,6 +122,7 @@ __all__ = [
     "check_img2img_start",
     "check_latent_mask",
     "check_inpaint_blend",
+    "check_x0_eps_from_v",
     "check_flow_path",
     "check_time_shift",
     "check_flow_euler_step",
