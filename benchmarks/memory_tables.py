@@ -1,6 +1,7 @@
 """The memory model (``diffusion_lab.bridge.memory``) applied to every recipe of the T4 / H100 tables of notebooks
-10, 11 and 13 (SD 1.5 + ControlNet, unCLIP 2.1 and SVD-XT of 13; its x4 upscaler row is not modelled yet), the
-cross-attention recording of 10, and the download size of each notebook's models, written to ``benchmarks/results/memory_tables.json``.
+10, 11 and 16 (SD 1.5 + ControlNet, unCLIP 2.1 and SVD-XT in 16's family table; its x4 upscaler row is not modelled
+yet), the cross-attention recording of 10, and the download size of each notebook's models, written to
+``benchmarks/results/memory_tables.json``.
 
 Parameter counts come from meta-device builds of the published configurations (``bridge.full_size`` for SDXL base,
 the refiner and SD3 medium; below, for the models only notebook 10 downloads: SD-Turbo = the SD 2.1 architecture, and
@@ -60,7 +61,7 @@ OPENCLIP_H = {
 }
 
 
-# notebook 13's family (configs of the hub repositories; parameter counts in the JSON): SD 1.5, its canny ControlNet
+# the family of notebooks 14-16 (configs of the hub repositories; parameter counts in the JSON): SD 1.5, its canny ControlNet
 # (lllyasviel/control_v11p_sd15_canny), the SD 1.5 safety checker (CLIP ViT-L/14 vision tower, loaded by default),
 # SVD-XT (the UNetSpatioTemporalConditionModel defaults are SVD's; its temporal-decoder VAE; CLIP ViT-H/14 image tower)
 SD15_UNET = {
@@ -296,7 +297,7 @@ def _trace_svd(
 
 
 def family_recipes(s) -> list[tuple[str, str, str, m.Recipe]]:
-    """Notebook 13's table rows that the model covers: (row, column, recipe key, recipe). Placement as
+    """Notebook 16's family table rows that the model covers: (row, column, recipe key, recipe). Placement as
     ``family_pipelines.py`` / ``bridge.place``: model offload on a T4 (below 24 GiB), all on the GPU on an H100; SVD
     decodes 2 frames at a time on the T4 and 8 on the H100. Activations traced (no fitted shape for these models)."""
     cn = {n: (spec, "fp16") for n, spec in s["sd15-controlnet"].items()}
@@ -410,12 +411,14 @@ def downloads(s, variant: str = "fp16") -> dict[str, dict[str, int]]:
     ]
     nb12 = [*base, fix_vae]
     sd15 = s["sd15-controlnet"]
-    nb13 = [
+    nb15 = [
         *[d("stable-diffusion-v1-5/stable-diffusion-v1-5", sd15[n], "fp16") for n in sd15 if n != "controlnet"],
         d("lllyasviel/control_v11p_sd15_canny", sd15["controlnet"], "fp16"),
+    ]
+    nb16 = [
         *[d("stabilityai/stable-video-diffusion-img2vid-xt", spec, "fp16") for spec in s["svd"].values()],
         *[d("sd2-community/stable-diffusion-2-1-unclip", spec, "fp16") for spec in s["sd21-unclip"].values()],
-    ]  # the x4 upscaler is not counted (configuration not in the repository): a lower bound
+    ]  # notebook 14's x4 upscaler is not counted (configuration not in the repository)
     refiner_unet = d("stabilityai/stable-diffusion-xl-refiner-1.0", s["sdxl-refiner"]["unet"], "fp16")
     nb10_shared = [x for x in nb10 if x.repo != refiner_unet.repo] + [refiner_unet]
     return {
@@ -425,7 +428,8 @@ def downloads(s, variant: str = "fp16") -> dict[str, dict[str, int]]:
         ),
         "11": m.download_bytes(nb11),
         "12": m.download_bytes(nb12),
-        "13 (without the x4 upscaler; fp16 files assumed for unCLIP)": m.download_bytes(nb13),
+        "15": m.download_bytes(nb15),
+        "16 (fp16 files assumed for unCLIP)": m.download_bytes(nb16),
     }
 
 
@@ -625,15 +629,15 @@ def build() -> dict:
             entries.append(entry)
         tables[nb] = entries
     family_measured = _measured_family(OUT.parent / "family_pipelines.json")
-    tables["13"] = []
+    tables["16"] = []
     for row, column, key, recipe in family_recipes(s):
         entry = {"column": column, **_entry(row, key, recipe, "modelled (activations traced on the meta device)")}
         rec = family_measured.get(key.split("/")[0])
         if rec is not None and ((rec["gpu_memory_gib"] or 0) < 24) == (column == "T4"):
             entry["measured_peak_allocated_gib"] = rec["peak_allocated_gib"]
             entry["status"] = f"measured: {rec['gpu']}, benchmarks/results/family_pipelines.json"
-        tables["13"].append(entry)
-    tables["13"].append(
+        tables["16"].append(entry)
+    tables["16"].append(
         {
             "row": "x4 upscaler, 128² → 512², 50 steps",
             "status": "not modelled: its published configuration is not checked into the repository yet",

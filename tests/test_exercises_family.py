@@ -1,4 +1,5 @@
-"""The self-checks of notebook 13's exercises accept right answers and explain wrong ones."""
+"""The self-checks of the exercises of notebooks 14-16 (super-resolution, ControlNet, variations and video) accept
+right answers and explain wrong ones."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import math
 
 import torch
 
-from diffusion_lab.course.exercises.nb14_beyond import check_control_keep, check_noise_image_embedding, check_psnr
+from diffusion_lab.course.exercises.nb14_super_resolution import check_low_res_snr_crossing, check_psnr
+from diffusion_lab.course.exercises.nb15_controlnet import check_control_keep, check_zero_conv_grads
+from diffusion_lab.course.exercises.nb16_variations import check_half_cosine_level, check_noise_image_embedding
 
 
 def test_psnr_check(capsys):
@@ -92,3 +95,76 @@ def test_noise_image_embedding_matches_diffusers():
     e = (emb - norm.mean[0]) / norm.std[0]
     got = (ab[level].sqrt() * e + (1 - ab[level]).sqrt() * noise) * norm.std[0] + norm.mean[0]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_low_res_snr_crossing_check(capsys):
+    """The first level whose SNR ᾱ_s/(1 − ᾱ_s) is below 10, computed with diffusers' own low_res_scheduler."""
+    from diffusers import DDPMScheduler
+
+    ab = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=1e-4, beta_end=0.02)
+    ab = ab.alphas_cumprod.double()
+    snr = ab / (1 - ab)
+    right = int(torch.nonzero(snr < 10)[0])
+    assert right == 181
+    assert check_low_res_snr_crossing(right)
+    assert check_low_res_snr_crossing(torch.tensor(181))
+    assert capsys.readouterr().out.count("✅") == 2
+    assert not check_low_res_snr_crossing(int(torch.nonzero(snr.sqrt() < 10)[0]))  # amplitude ratio
+    assert "ratio of amplitudes" in capsys.readouterr().out
+    assert not check_low_res_snr_crossing(int(torch.nonzero(snr < 1)[0]))  # the 0 dB crossing, 418
+    assert "0 dB" in capsys.readouterr().out
+    assert not check_low_res_snr_crossing(right - 1)
+    assert "one level off" in capsys.readouterr().out
+    assert not check_low_res_snr_crossing(None)
+    assert "integer noise level" in capsys.readouterr().out
+    assert not check_low_res_snr_crossing(181.5)
+    assert "not a whole number" in capsys.readouterr().out
+
+
+def test_zero_conv_grads_check(capsys):
+    def right(x, g):
+        return torch.einsum("bohw,bihw->oi", g, x), g.sum(dim=(0, 2, 3)), torch.zeros_like(x)
+
+    def by_reshape(x, g):  # the 1×1 convolution as one matrix product over all pixels
+        xs = x.permute(1, 0, 2, 3).flatten(1)  # (C_in, B·H·W)
+        gs = g.permute(1, 0, 2, 3).flatten(1)  # (C_out, B·H·W)
+        return gs @ xs.T, gs.sum(1), 0 * x
+
+    assert check_zero_conv_grads(right)
+    assert check_zero_conv_grads(by_reshape)
+    assert capsys.readouterr().out.count("✅") == 2
+    assert not check_zero_conv_grads(lambda x, g: (torch.zeros(g.shape[1], x.shape[1]), g.sum((0, 2, 3)), 0 * x))
+    assert "does not contain W" in capsys.readouterr().out
+    assert not check_zero_conv_grads(lambda x, g: (*right(x, g)[:2], x.sum(1, keepdim=True).expand_as(x)))
+    assert "W = 0 at initialisation" in capsys.readouterr().out
+    assert not check_zero_conv_grads(lambda x, g: (right(x, g)[0].T, *right(x, g)[1:]))
+    assert "not the transpose" in capsys.readouterr().out
+    assert not check_zero_conv_grads(lambda x, g: (torch.einsum("bohw,bihw->oi", g, x) / g[:, 0].numel(),
+                                                   g.mean(dim=(0, 2, 3)), torch.zeros_like(x)))  # fmt: skip
+    assert "sums, not means" in capsys.readouterr().out
+    assert not check_zero_conv_grads(lambda x, g: (right(x, g)[0], g.sum((0, 2, 3)) * 2, torch.zeros_like(x)))
+    assert "db[o]" in capsys.readouterr().out
+    assert not check_zero_conv_grads(lambda x, g: right(x, g)[:2])
+    assert "three tensors" in capsys.readouterr().out
+    assert not check_zero_conv_grads(lambda x, g: None)
+    assert "returns None" in capsys.readouterr().out
+
+
+def test_half_cosine_level_check(capsys):
+    """The first level with √ᾱ_k < 1/2 for diffusers' cosine schedule (Stable unCLIP's image_noising_scheduler)."""
+    from diffusers import DDPMScheduler
+
+    ab = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").alphas_cumprod.double()
+    right = int(torch.nonzero(ab.sqrt() < 0.5)[0])
+    assert right == 664
+    assert check_half_cosine_level(right)
+    assert check_half_cosine_level(664.0)
+    assert capsys.readouterr().out.count("✅") == 2
+    assert not check_half_cosine_level(int(torch.nonzero(ab < 0.5)[0]))  # ᾱ_k < 1/2 instead of √ᾱ_k < 1/2
+    assert "not ᾱ_k" in capsys.readouterr().out
+    assert not check_half_cosine_level(right + 1)
+    assert "one level off" in capsys.readouterr().out
+    assert not check_half_cosine_level(700)
+    assert "cos(u_k, u) ≈ √ᾱ_k" in capsys.readouterr().out
+    assert not check_half_cosine_level([664])
+    assert "one integer" in capsys.readouterr().out

@@ -254,7 +254,7 @@ def test_images_outside_their_range_or_nan_are_refused(key, kwargs, error, match
             _call(key, **kwargs)
 
 
-def test_the_upscaler_takes_noisy_low_res_images():  # degraded inputs overshoot [-1, 1] (notebook 13)
+def test_the_upscaler_takes_noisy_low_res_images():  # degraded inputs overshoot [-1, 1] (notebook 14)
     noisy = LOW + 0.5 * torch.randn(LOW.shape, generator=_gen(1))
     assert torch.isfinite(_call("upscale", noisy).images).all()
 

@@ -244,8 +244,8 @@ def test_notebook_09_attention_maps_as_written_need_over_20_gb_of_cpu_ram():
 
 
 def test_family_parameter_counts_from_meta_builds():
-    """Notebook 13's models built from their configurations in benchmarks/memory_tables.py give the published counts
-    (SD 1.5 UNet, SVD's UNet and its CLIP ViT-H/14 image encoder)."""
+    """The family models of notebook 16's memory table, built from their configurations in benchmarks/memory_tables.py,
+    give the published counts (SD 1.5 UNet, SVD's UNet and its CLIP ViT-H/14 image encoder)."""
     s = _memory_tables().specs()
     assert s["sd15-controlnet"]["unet"].params == 859_520_964
     assert s["sd15-controlnet"]["text_encoder"].params == 123_060_480

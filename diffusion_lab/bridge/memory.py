@@ -39,9 +39,9 @@ Formulas (each a field of :class:`MemoryEstimate`, so a table can show the break
 6. **Text encoders**: at most 8·T·d_ff·4 per call (the MLP intermediates in fp32, an upper bound: T5-XXL's trace is
    37 MiB). Negligible beside the rest; kept so the breakdown is complete.
 
-7. **Models without a fitted shape** (notebook 13's ControlNet and SVD): :attr:`Recipe.traced_denoiser` and
-   :attr:`Recipe.traced_decode` carry :func:`trace_peak_bytes` of the real module at the call's size, in place of
-   formulas 3-5. A video's latents count its frames (:attr:`Recipe.frames`).
+7. **Models without a fitted shape** (the ControlNet and SVD of notebook 16's family table):
+   :attr:`Recipe.traced_denoiser` and :attr:`Recipe.traced_decode` carry :func:`trace_peak_bytes` of the real module
+   at the call's size, in place of formulas 3-5. A video's latents count its frames (:attr:`Recipe.frames`).
 
 **Placement** (GPU peak = the largest phase: text encoding, denoising, decoding)
 

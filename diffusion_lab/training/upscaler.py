@@ -90,7 +90,7 @@ class UpscalerTrainConfig:
 # - DDIM-10 with trailing spacing is as good as DDIM-25 (16.8 / 133 against 16.4 / 135), at 2.5× less cost;
 # - the same recipe *without* augmentation (K = 0) scores 19.5 / 97 / 0.94 on clean inputs, but 14.4 / 407 / 0.78
 #   when the low-res input carries noise of std 0.15 (the augmented model: 16.0 / 137 / 0.88): the price and the
-#   point of conditioning augmentation (notebook 13, §1).
+#   point of conditioning augmentation (notebook 14, §1).
 def upscaler_recipe(
     latent_channels: int = 4, image_channels: int = 1, max_noise_level: int = 350, seed: int = 0
 ) -> tuple[UNetConfig, UpscalerTrainConfig]:
