@@ -151,6 +151,11 @@ RIGHT_FUNCTIONS = {
     "check_psnr": lambda x, y: 10 * torch.log10(4 / (x - y).pow(2).mean(dim=(1, 2, 3))),
     "check_control_keep": lambda i, n, s, e: float(s <= i / n and (i + 1) / n <= e),
     "check_noise_image_embedding": _noise_embedding,
+    "check_zero_conv_grads": lambda x, g: (
+        torch.einsum("bohw,bihw->oi", g, x),
+        g.sum(dim=(0, 2, 3)),
+        torch.zeros_like(x),
+    ),
 }
 
 _WS, _ADHERENCE = [0, 1, 2, 3, 5, 8], [0.1, 0.4, 0.6, 0.7, 0.72, 0.69]
@@ -179,6 +184,8 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_shift_prediction": (1.0, ((1 / 3, 1.0, 3.0), [0.327, 0.252, 0.436], [0.023, 0.015, 0.017])),
     "check_crop_prediction": (-3.0, (-3.6, 0.1)),  # within 1 px of the measured −3.6; −3.0 + 0.5 is not
     "check_refiner_frac": (0.72, (list(range(951, 0, -50)), 6)),  # the refiner gets 251 … 1
+    "check_low_res_snr_crossing": (181, ()),  # the first s with ᾱ_s/(1 − ᾱ_s) < 10 (the x4 upscaler's schedule)
+    "check_half_cosine_level": (664, ()),  # the first k with √ᾱ_k < 1/2 (the cosine schedule)
     "check_sd3_embeds_shape": ([2, 25, 64], ((2, 25, 64), 9, 16, 56)),  # 2 prompts, 9 + 16 tokens, T5's width
     "check_sampler_prediction": (
         4,

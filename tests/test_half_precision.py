@@ -1,4 +1,4 @@
-"""The real-model path of notebooks 10-13 in half precision on the CPU: ``DIFFUSION_LAB_DTYPE`` (the one switch, read in
+"""The real-model path of notebooks 10-16 in half precision on the CPU: ``DIFFUSION_LAB_DTYPE`` (the one switch, read in
 ``diffusion_lab.utils.settings.half_dtype``) makes ``bridge.check_environment().dtype`` fp16 or bf16, and
 ``bridge.load_pipeline`` / ``family.load_family_pipeline`` / the SDXL LoRA recipe then load the tiny stand-ins in it,
 as ``from_pretrained(..., dtype=...)`` loads real weights on a T4 (fp16) or an Ampere+ GPU (bf16).
@@ -33,7 +33,9 @@ REAL_PATH_NOTEBOOKS = (
     "11_stable_diffusion_3",
     "12_fine_tuning",
     "13_model_surgery",
-    "14_beyond_text_to_image",
+    "14_super_resolution",
+    "15_controlnet",
+    "16_image_variations_and_video",
 )
 
 
@@ -209,7 +211,7 @@ def test_from_pipe_without_dtype_turns_both_pipelines_to_fp32(dtype, cache):
 
 
 def test_the_notebooks_pass_dtype_to_every_from_pipe():
-    """Every ``SomePipeline.from_pipe(...)`` of notebooks 10-13 passes ``dtype=`` (``torch_dtype=`` is deprecated
+    """Every ``SomePipeline.from_pipe(...)`` of notebooks 10-16 passes ``dtype=`` (``torch_dtype=`` is deprecated
     since diffusers 0.40); only ``AutoPipelineFor*.from_pipe`` keeps the components' dtype without it."""
     calls = []
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
@@ -219,12 +221,12 @@ def test_the_notebooks_pass_dtype_to_every_from_pipe():
             source = "".join(cell["source"]) if cell["cell_type"] == "code" else ""
             calls += [(path.stem, m.group(0)) for m in re.finditer(r"(\w+)\.from_pipe\([^\n]*", source)]
     diffusers_calls = [(nb, c) for nb, c in calls if not c.startswith(("AutoPipelineFor", "Tiny"))]
-    assert len(diffusers_calls) >= 3, calls  # notebook 11's two, notebook 13's ControlNet one
+    assert len(diffusers_calls) >= 3, calls  # notebook 11's two, notebook 15's ControlNet one
     missing = [(nb, c) for nb, c in diffusers_calls if not re.search(r"(?<![\w])dtype=", c)]
     assert not missing, f"from_pipe without dtype= converts every shared component to fp32: {missing}"
 
 
-# --- notebook 13: ControlNet and SVD ---------------------------------------------------------------------------------
+# --- notebooks 15 and 16: ControlNet and SVD ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=NAMES.get)
@@ -264,7 +266,7 @@ def test_svd_call_in_half_precision(dtype, cache):
 
 @pytest.mark.parametrize("dtype", HALF, ids=NAMES.get)
 def test_svd_forward_chunking_gives_the_same_frames(dtype, cache):
-    """Notebook 13 turns on ``unet.enable_forward_chunking()`` on a 16 GB card (the SVD UNet's activations: modelled
+    """Notebook 16 turns on ``unet.enable_forward_chunking()`` on a 16 GB card (the SVD UNet's activations: modelled
     5.3 → 3.9 GiB on a T4) and in CI: the frames must be those of the unchunked UNet (exactly in fp32; in half
     precision up to the rounding of a differently blocked matmul: a few ulps, measured 1.3e-2 in bf16)."""
     svd = _load("svd", dtype, cache)
@@ -273,6 +275,6 @@ def test_svd_forward_chunking_gives_the_same_frames(dtype, cache):
     svd.unet.enable_forward_chunking()  # (a pipeline of its own: _load builds a fresh one from the cache)
     chunked = svd(family.toy_scene(16, 16), generator=_gen(), **kw).frames
     torch.testing.assert_close(chunked, plain, atol=3e-2 if dtype == torch.bfloat16 else 1e-2, rtol=0)
-    cells = json.loads(next((ROOT / "notebooks").glob("14_*.ipynb")).read_text("utf-8"))["cells"]
+    cells = json.loads(next((ROOT / "notebooks").glob("16_*.ipynb")).read_text("utf-8"))["cells"]
     svd_cells = ["".join(c["source"]) for c in cells if "decode_chunk_size=chunk" in "".join(c["source"])]
-    assert svd_cells and "svd.unet.enable_forward_chunking()" in svd_cells[0], "notebook 13 must chunk on a T4"
+    assert svd_cells and "svd.unet.enable_forward_chunking()" in svd_cells[0], "notebook 16 must chunk on a T4"
