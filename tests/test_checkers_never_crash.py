@@ -128,6 +128,7 @@ RIGHT_FUNCTIONS = {
     "check_cross_attention_macs": lambda n, m, c, d: 2 * n * c * c + 2 * m * d * c + 2 * n * m * c,
     "check_cfg_combine": lambda c, u, w: u + w * (c - u),
     "check_rescale_noise_cfg": rescale_noise_cfg,
+    "check_negative_exponents": lambda w: (w, 1 - w),  # p(z|c)^w · p(z|c_neg)^(1 − w)
     "check_img2img_start": lambda n, s: n - int(n * s),
     "check_latent_mask": lambda m, f: F.avg_pool2d(m, f),
     "check_inpaint_blend": lambda z, known, m: (1 - m) * known + m * z,
@@ -181,6 +182,8 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_best_guidance": (5, (_WS, _ADHERENCE)),
     "check_lora_target_choice": (1, ()),  # the cross-attention
     "check_rescaled_std": (1.16, (0.8, 2.0, 0.7)),  # φ·σ_c + (1 − φ)·σ̃
+    "check_fid_ties": ([2.0, 3.0], ([0, 1, 2, 3, 5], [580.0, 360.0, 270.0, 300.0, 570.0], [0, 20, 0, 20, 30])),
+    "check_latent_std_prediction": (1.1, (1.12, 1.35)),  # within 0.1 of the measured 1.12
     "check_shift_prediction": (1.0, ((1 / 3, 1.0, 3.0), [0.327, 0.252, 0.436], [0.023, 0.015, 0.017])),
     "check_crop_prediction": (-3.0, (-3.6, 0.1)),  # within 1 px of the measured −3.6; −3.0 + 0.5 is not
     "check_refiner_frac": (0.72, (list(range(951, 0, -50)), 6)),  # the refiner gets 251 … 1

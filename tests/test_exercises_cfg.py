@@ -10,6 +10,9 @@ import torch
 from diffusion_lab.course.exercises.nb06_guidance import (
     check_best_guidance,
     check_cfg_combine,
+    check_fid_ties,
+    check_latent_std_prediction,
+    check_negative_exponents,
     check_rescale_noise_cfg,
     check_rescaled_std,
 )
@@ -65,7 +68,7 @@ def test_rescale_check_accepts_right_and_rejects_typical_mistakes(capsys):
     assert not check_rescale_noise_cfg(lambda cfg, text, phi: right(cfg, text, 1.0))  # φ ignored
     assert "wrong for φ = 0.7: φ = 0 must return ε̃ unchanged" in capsys.readouterr().out
     assert not check_rescale_noise_cfg(lambda cfg, text, phi: cfg * text.std() + phi)  # something else
-    assert "rescaled = ε̃·σ(ε_c)/σ(ε̃) per sample" in capsys.readouterr().out
+    assert "rescaled = ε̃·s(ε_c)/s(ε̃) per sample" in capsys.readouterr().out
     assert not check_rescale_noise_cfg(lambda cfg, text, phi: right(cfg, text, phi)[0])
     assert "return the rescaled prediction, shape (3, 4, 7, 7)" in capsys.readouterr().out
     assert not check_rescale_noise_cfg(lambda cfg, text, phi: None)
@@ -153,9 +156,109 @@ def test_rescaled_std_check_accepts_the_derived_std_and_names_typical_mistakes(c
     assert not check_rescaled_std(0.3 * 0.8 + 0.7 * 2.0, 0.8, 2.0, 0.7)  # weights swapped
     assert "swapped" in capsys.readouterr().out
     assert not check_rescaled_std(1.0, 0.8, 2.0, 0.7)
-    assert "c·σ̃" in capsys.readouterr().out
+    assert "c·s̃" in capsys.readouterr().out
     assert not check_rescaled_std(None, 0.8, 2.0, 0.7)
     assert not check_rescaled_std("1.16", 0.8, 2.0, 0.7)
     assert "✅" not in capsys.readouterr().out
     with pytest.raises(ValueError):
         check_rescaled_std(1.16, 0.8, 2.0, 1.5)
+
+
+def test_best_guidance_check_names_the_other_measure_s_peak(capsys):
+    ws = [0, 1, 2, 3, 5]
+    fid, adherence = [580.0, 360.0, 270.0, 350.0, 570.0], [0.1, 0.73, 0.927, 0.937, 0.91]
+    other = ("digit adherence", adherence)
+    assert check_best_guidance(2, ws, fid, lower_is_better=True, other=other)
+    assert "✅" in capsys.readouterr().out
+    assert not check_best_guidance(3, ws, fid, lower_is_better=True, other=other)
+    assert "that is the digit adherence peak, not the lowest" in capsys.readouterr().out
+    assert not check_best_guidance(3, ws, fid, lower_is_better=True)  # without `other`: the generic hint
+    assert "find the lowest measured value" in capsys.readouterr().out
+    with pytest.raises(TypeError, match="other must be a tuple"):
+        check_best_guidance(2, ws, fid, other=adherence)
+    with pytest.raises(ValueError, match="one value per scale"):
+        check_best_guidance(2, ws, fid, other=("adherence", adherence[:-1]))
+
+
+def test_negative_exponents_check_accepts_the_derivation_and_names_typical_mistakes(capsys):
+    assert check_negative_exponents(lambda w: (w, 1 - w))
+    assert check_negative_exponents(lambda w: [np.float64(w), torch.tensor(1.0 - w)])
+    assert check_negative_exponents(lambda w: torch.tensor([w, 1 - w]))
+    assert capsys.readouterr().out.count("✅") == 3
+
+    assert not check_negative_exponents(lambda w: (1 + w, -w))  # Ho & Salimans' convention
+    assert "paper's convention" in capsys.readouterr().out
+    assert not check_negative_exponents(lambda w: (1 - w, w))
+    assert "swapped" in capsys.readouterr().out
+    assert not check_negative_exponents(lambda w: (w, -w))  # forgot ε(c_neg)'s own weight
+    assert "collect its terms, 1 − w, not −w" in capsys.readouterr().out
+    assert not check_negative_exponents(lambda w: (w, 1.0))
+    assert "sum to 1" in capsys.readouterr().out
+    assert not check_negative_exponents(lambda w: (0.5, 0.5))
+    assert "turn each ε into a score" in capsys.readouterr().out
+    assert not check_negative_exponents(lambda w: w)
+    assert "return two numbers (a, b)" in capsys.readouterr().out
+    assert not check_negative_exponents(lambda w: None)
+    assert "returns None" in capsys.readouterr().out
+    with pytest.raises(TypeError, match="pass your function itself"):
+        check_negative_exponents((3.0, -2.0))
+
+
+def test_negative_exponents_formula_matches_the_guided_prediction():
+    # the derivation on numbers: ε(c_neg) + w·(ε(c) − ε(c_neg)) = a·ε(c) + b·ε(c_neg) with (a, b) = (w, 1 − w)
+    from diffusion_lab.maths.guidance import cfg_combine
+
+    g = torch.Generator().manual_seed(1)
+    cond, neg = torch.randn(2, 2, 4, 7, 7, generator=g).unbind(0)
+    for w in (0.0, 1.0, 3.0, 7.5):
+        torch.testing.assert_close(cfg_combine(cond, neg, w), w * cond + (1 - w) * neg)
+
+
+def test_fid_ties_check(capsys):
+    ws = [0, 1, 2, 3, 5]
+    fid, se = [580.0, 360.0, 270.0, 300.0, 570.0], [40.0, 20.0, 0.0, 20.0, 30.0]  # 300 − 270 = 30 ≤ 2·20
+    assert check_fid_ties([2.0, 3.0], ws, fid, se)
+    assert check_fid_ties((3, 2), ws, fid, se)  # any order, any container of numbers
+    assert check_fid_ties(np.array([2.0, 3.0]), ws, fid, se)
+    assert check_fid_ties([2, 3], ws, fid, [40.0, 20.0, 0.0, 14.0, 30.0]) is False  # 30 > 2·14
+    assert capsys.readouterr().out.count("✅") == 3
+    assert check_fid_ties(2, ws, fid, [40.0, 20.0, 0.0, 14.0, 30.0])  # one scale alone, as a number
+    assert "✅" in capsys.readouterr().out
+
+    assert not check_fid_ties([2.0], ws, fid, se)
+    assert "the lowest alone is too strict" in capsys.readouterr().out
+    assert not check_fid_ties([3.0], ws, fid, se)
+    assert "the lowest FID itself (w = 2) belongs" in capsys.readouterr().out
+    assert not check_fid_ties([1.0, 2.0, 3.0], ws, fid, se)
+    assert "w = 1: its FID is more than 2 paired SEs above" in capsys.readouterr().out
+    assert not check_fid_ties([4.0], ws, fid, se)
+    assert "4 is not one of the measured scales" in capsys.readouterr().out
+    assert not check_fid_ties(None, ws, fid, se)
+    assert "set your answer to a list" in capsys.readouterr().out
+    assert not check_fid_ties({2.0, 3.0}, ws, fid, se)
+    assert not check_fid_ties(["2", "3"], ws, fid, se)
+    assert not check_fid_ties(True, ws, fid, se)
+    assert "✅" not in capsys.readouterr().out
+    with pytest.raises(ValueError, match="three equal lists"):
+        check_fid_ties([2.0], ws, fid, se[:-1])
+    with pytest.raises(ValueError, match="cannot be negative"):
+        check_fid_ties([2.0], ws, fid, [-1.0, 0, 0, 0, 0])
+
+
+def test_latent_std_prediction_check(capsys):
+    assert check_latent_std_prediction(1.2, 1.15, 1.40)
+    assert check_latent_std_prediction(np.float32(1.08), 1.15, 1.40)
+    assert capsys.readouterr().out.count("✅") == 2
+
+    assert not check_latent_std_prediction(1.42, 1.15, 1.40)
+    assert "spread without rescale" in capsys.readouterr().out
+    assert not check_latent_std_prediction(1.7, 1.15, 1.40)
+    assert "too high by 0.55" in capsys.readouterr().out
+    assert not check_latent_std_prediction(0.8, 1.15, 1.40)
+    assert "too low by 0.35" in capsys.readouterr().out
+    assert not check_latent_std_prediction(None, 1.15, 1.40)
+    assert "before running the cell" in capsys.readouterr().out
+    assert not check_latent_std_prediction("1.15", 1.15, 1.40)
+    assert "✅" not in capsys.readouterr().out
+    with pytest.raises(ValueError):
+        check_latent_std_prediction(1.1, -1.0, 1.40)

@@ -45,6 +45,9 @@ from diffusion_lab.course.exercises.nb05_text_conditioning import (
 from diffusion_lab.course.exercises.nb06_guidance import (
     check_best_guidance,
     check_cfg_combine,
+    check_fid_ties,
+    check_latent_std_prediction,
+    check_negative_exponents,
     check_rescale_noise_cfg,
     check_rescaled_std,
 )
@@ -121,6 +124,9 @@ __all__ = [
     "check_rescale_noise_cfg",
     "check_best_guidance",
     "check_rescaled_std",
+    "check_negative_exponents",
+    "check_fid_ties",
+    "check_latent_std_prediction",
     "check_img2img_start",
     "check_latent_mask",
     "check_inpaint_blend",

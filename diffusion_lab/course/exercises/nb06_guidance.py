@@ -4,9 +4,12 @@
 checker                      the student's function must return
 ===========================  ==================================================================
 ``check_cfg_combine``        ε̃ = ε_∅ + w·(ε_c − ε_∅) (Ho & Salimans 2022, Eq. 6, diffusers' w)
-``check_rescale_noise_cfg``  φ·ε̃·σ(ε_c)/σ(ε̃) + (1 − φ)·ε̃ (Lin et al. 2024, Eq. 15-16)
+``check_rescale_noise_cfg``  φ·ε̃·s(ε_c)/s(ε̃) + (1 − φ)·ε̃ (Lin et al. 2024, Eq. 15-16)
+``check_negative_exponents`` (a, b) = (w, 1 − w): a negative prompt aims at p(z|c)^a·p(z|c_neg)^b (derived)
 ``check_best_guidance``      the w whose measured value is best (highest, or lowest for FID)
-``check_rescaled_std``       σ(ε̃_final) = φ·σ(ε_c) + (1 − φ)·σ(ε̃): guidance rescale's effect on the std (derived)
+``check_fid_ties``           the scales whose FID is within 2 paired SEs of the lowest (a decision with error bars)
+``check_latent_std_prediction``  a predicted std of the final latents within ``tolerance`` of the measured one
+``check_rescaled_std``       s(ε̃_final) = φ·s(ε_c) + (1 − φ)·s(ε̃): guidance rescale's effect on the std (derived)
 ===========================  ==================================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
@@ -23,11 +26,19 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from diffusion_lab.course.exercises.checking import _as_number, _call_tensor, _check_callable, _report
+from diffusion_lab.course.exercises.checking import _as_number, _call, _call_tensor, _check_callable, _kind, _report
 from diffusion_lab.maths.guidance import rescale_noise_cfg
 from diffusion_lab.utils.errors import check_number
 
-__all__ = ["check_cfg_combine", "check_rescale_noise_cfg", "check_best_guidance", "check_rescaled_std"]
+__all__ = [
+    "check_cfg_combine",
+    "check_rescale_noise_cfg",
+    "check_negative_exponents",
+    "check_best_guidance",
+    "check_fid_ties",
+    "check_latent_std_prediction",
+    "check_rescaled_std",
+]
 
 
 def check_cfg_combine(fn: Callable[..., torch.Tensor]) -> bool:
@@ -64,7 +75,7 @@ def check_cfg_combine(fn: Callable[..., torch.Tensor]) -> bool:
 
 def check_rescale_noise_cfg(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(noise_cfg, noise_pred_text, guidance_rescale)`` must return guidance rescale (Lin et al. 2024, Eq. 15-16):
-    φ·ε̃·σ(ε_c)/σ(ε̃) + (1 − φ)·ε̃, with σ the standard deviation of each sample over all its other dimensions."""
+    φ·ε̃·s(ε_c)/s(ε̃) + (1 − φ)·ε̃, with s the standard deviation of each sample over all its other dimensions."""
     _check_callable(fn)
 
     what = "guidance rescale"
@@ -83,26 +94,38 @@ def check_rescale_noise_cfg(fn: Callable[..., torch.Tensor]) -> bool:
         inverted = phi * cfg * cfg.std((1, 2, 3), keepdim=True) / text.std((1, 2, 3), keepdim=True) + (1 - phi) * cfg
         rescaled = cfg * text.std((1, 2, 3), keepdim=True) / cfg.std((1, 2, 3), keepdim=True)
         if torch.allclose(got, batch_wide, atol=1e-5):
-            hint = "take σ per sample (over dims 1, 2, 3, keepdim=True), not over the whole batch"
+            hint = "take s per sample (over dims 1, 2, 3, keepdim=True), not over the whole batch"
         elif torch.allclose(got, inverted, atol=1e-5):
-            hint = "the ratio is upside down: multiply by σ(ε_c)/σ(ε̃), which shrinks an inflated ε̃"
+            hint = "the ratio is upside down: multiply by s(ε_c)/s(ε̃), which shrinks an inflated ε̃"
         elif torch.allclose(got, (1 - phi) * rescaled + phi * cfg, atol=1e-5) or torch.allclose(
             got, rescaled, atol=1e-5
         ):
-            hint = f"wrong for φ = {phi}: φ = 0 must return ε̃ unchanged and φ = 1 the fully rescaled ε̃·σ(ε_c)/σ(ε̃)"
+            hint = f"wrong for φ = {phi}: φ = 0 must return ε̃ unchanged and φ = 1 the fully rescaled ε̃·s(ε_c)/s(ε̃)"
         else:
-            hint = f"wrong for φ = {phi}: rescaled = ε̃·σ(ε_c)/σ(ε̃) per sample, then φ·rescaled + (1 − φ)·ε̃"
+            hint = f"wrong for φ = {phi}: rescaled = ε̃·s(ε_c)/s(ε̃) per sample, then φ·rescaled + (1 − φ)·ε̃"
         return _report(False, what, hint)
     return _report(True, what, "")
 
 
-def check_best_guidance(answer, guidance_scales, values, *, lower_is_better: bool = False) -> bool:
+def check_best_guidance(
+    answer, guidance_scales, values, *, lower_is_better: bool = False, other: tuple[str, object] | None = None
+) -> bool:
     """``answer`` must be the guidance scale w (from ``guidance_scales``) at which the measured ``values`` are best:
-    the highest, or the lowest with ``lower_is_better`` (e.g. FID)."""
+    the highest, or the lowest with ``lower_is_better`` (e.g. FID). ``other`` = (name, values of another measure,
+    higher is better, e.g. ("digit adherence", adherence)): an answer at that measure's peak gets a hint naming it."""
     what = "best guidance scale"
     ws, v = _numbers("guidance_scales", guidance_scales), np.asarray(_numbers("values", values, finite=False))
     if len(ws) != len(v) or not len(ws):
         return _report(False, what, "pass the guidance scales and one measured value per scale (two equal lists)")
+    other_peak = None
+    if other is not None:
+        if not isinstance(other, tuple) or len(other) != 2 or not isinstance(other[0], str):
+            raise TypeError("other must be a tuple (name, values), e.g. ('digit adherence', adherence)")
+        other_values = np.asarray(_numbers("other values", other[1], finite=False))
+        if len(other_values) != len(ws):
+            raise ValueError(f"other's values must hold one value per scale ({len(ws)}), got {len(other_values)}")
+        if not bool(np.isnan(other_values).all()):
+            other_peak = (other[0], ws[int(np.nanargmax(other_values))])
     if answer is None:
         return _report(False, what, "set your answer to a guidance scale w, a number from the list of scales")
     if bool(np.isnan(v).all()):
@@ -114,7 +137,13 @@ def check_best_guidance(answer, guidance_scales, values, *, lower_is_better: boo
     worst = int(np.nanargmax(v) if lower_is_better else np.nanargmin(v))
     if np.isclose(answer, ws[best]):
         return _report(True, what, "")
-    if answer == best and answer not in ws:
+    if other_peak is not None and np.isclose(answer, other_peak[1]):
+        hint = (
+            f"that is the {other_peak[0]} peak, not the "
+            + ("lowest" if lower_is_better else "highest")
+            + " of the values asked for: read off the w of those"
+        )
+    elif answer == best and answer not in ws:
         hint = "that is the position in the list; answer the guidance scale w at that position"
     elif np.isclose(answer, ws[worst]):
         hint = (
@@ -130,7 +159,7 @@ def check_best_guidance(answer, guidance_scales, values, *, lower_is_better: boo
 def check_rescaled_std(answer, std_cond, std_guided, phi) -> bool:
     """``answer`` must be the standard deviation of guidance rescale's output (Lin et al. 2024, Eqs. 15-16) for one
     sample whose conditional prediction has std ``std_cond`` and whose guided prediction has std ``std_guided``:
-    ε̃_final = (φ·σ_c/σ̃ + 1 − φ)·ε̃ is a positive multiple of ε̃, so σ(ε̃_final) = φ·σ_c + (1 − φ)·σ̃ (within 0.01:
+    ε̃_final = (φ·s_c/s̃ + 1 − φ)·ε̃ is a positive multiple of ε̃, so s(ε̃_final) = φ·s_c + (1 − φ)·s̃ (within 0.01:
     an answer from the printed two-decimal stds is accepted)."""
     std_cond = check_number("std_cond", std_cond, minimum=0.0)
     std_guided = check_number("std_guided", std_guided, minimum=0.0)
@@ -147,19 +176,139 @@ def check_rescaled_std(answer, std_cond, std_guided, phi) -> bool:
     if abs(got - want) <= 0.01:
         return _report(True, what, "")
     near = [
-        (std_cond, "that is σ(ε_c), the fully rescaled std (φ = 1); the blend keeps (1 − φ) of ε̃"),
-        (std_guided, "that is σ(ε̃), the std without rescale (φ = 0)"),
+        (std_cond, "that is s(ε_c), the fully rescaled std (φ = 1); the blend keeps (1 − φ) of ε̃"),
+        (std_guided, "that is s(ε̃), the std without rescale (φ = 0)"),
         (
             (phi * std_cond**2 + (1 - phi) * std_guided**2) ** 0.5,
             "that blends variances; the two terms are multiples of the same ε̃ (perfectly correlated), "
-            "so their stds add: σ(a·ε̃ + b·ε̃) = (a + b)·σ(ε̃)",
+            "so their stds add: s(a·ε̃ + b·ε̃) = (a + b)·s(ε̃)",
         ),
         ((1 - phi) * std_cond + phi * std_guided, "the weights are swapped: φ multiplies the rescaled part"),
     ]
     for wrong, message in near:
         if abs(got - wrong) <= 0.01:
             return _report(False, what, message)
-    return _report(False, what, "write ε̃_final = c·ε̃ with c = φ·σ_c/σ̃ + (1 − φ); then σ(ε̃_final) = c·σ̃ (c > 0)")
+    return _report(False, what, "write ε̃_final = c·ε̃ with c = φ·s_c/s̃ + (1 − φ); then s(ε̃_final) = c·s̃ (c > 0)")
+
+
+def check_negative_exponents(fn: Callable[[float], tuple[float, float]]) -> bool:
+    """``fn(w)`` must return the exponents (a, b) of the distribution a negative prompt steers towards,
+    p̃(z) ∝ p(z|c)^a · p(z|c_neg)^b: the guided prediction ε(c_neg) + w·(ε(c) − ε(c_neg)) = w·ε(c) + (1 − w)·ε(c_neg)
+    is, times −1/σ_t, the score w·∇log p(z|c) + (1 − w)·∇log p(z|c_neg), so (a, b) = (w, 1 − w)."""
+    _check_callable(fn)
+    what = "the negative prompt's target"
+    for w in (3.0, 7.5, 1.0, 0.0):  # 3 first: it tells the typical mistakes apart
+        out, hint = _call(fn, what, w)
+        if hint:
+            return _report(False, what, hint)
+        if isinstance(out, torch.Tensor | np.ndarray) and getattr(out, "ndim", 0) == 1 and len(out) == 2:
+            out = tuple(out)
+        if not isinstance(out, tuple | list) or len(out) != 2:
+            return _report(
+                False, what, f"return two numbers (a, b), the exponents of p(z|c) and p(z|c_neg): got {_kind(out)}"
+            )
+        (a, problem_a), (b, problem_b) = _as_number(out[0]), _as_number(out[1])
+        if problem_a or problem_b:
+            return _report(False, what, f"return two numbers (a, b): {problem_a or problem_b}")
+        if abs(a - w) < 1e-6 and abs(b - (1 - w)) < 1e-6:
+            continue
+        if abs(a - (1 + w)) < 1e-6 and abs(b + w) < 1e-6:
+            hint = "that is the paper's convention (1 + w, −w); with diffusers' w the weights are w and 1 − w"
+        elif abs(a - (1 - w)) < 1e-6 and abs(b - w) < 1e-6:
+            hint = "swapped: the prompt c carries w, the negative prompt what is left, 1 − w"
+        elif abs(a - w) < 1e-6 and abs(b + w) < 1e-6:
+            hint = (
+                "ε(c_neg) appears twice in ε(c_neg) + w·(ε(c) − ε(c_neg)): collect its terms, 1 − w, not −w "
+                "(the exponents of a product of densities sum to 1 here)"
+            )
+        elif abs(a + b - 1) > 1e-6:
+            hint = f"wrong for w = {w:g}: the two weights of the predictions sum to 1, so must the exponents"
+        else:
+            hint = (
+                f"wrong for w = {w:g}: write ε̃ = a·ε(c) + b·ε(c_neg), then turn each ε into a score "
+                "(ε = −σ_t·∇log p) and read the exponents off ∇log p̃ = a·∇log p(z|c) + b·∇log p(z|c_neg)"
+            )
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def check_fid_ties(answer, guidance_scales, fid, paired_se) -> bool:
+    """``answer`` must list the guidance scales whose FID is within 2 standard errors of the lowest one:
+    ``fid[i] − min(fid) ≤ 2·paired_se[i]``, with ``paired_se[i]`` the SE of the paired difference FID(w_i) − FID(w_best)
+    (0 for the best scale itself, which belongs to the list)."""
+    what = "scales tied with the lowest FID"
+    ws = _numbers("guidance_scales", guidance_scales)
+    v = np.asarray(_numbers("fid", fid))
+    se = np.asarray(_numbers("paired_se", paired_se))
+    if not (len(ws) == len(v) == len(se)) or not len(ws):
+        raise ValueError("pass one FID and one paired standard error per guidance scale (three equal lists)")
+    if (se < 0).any():
+        raise ValueError("standard errors cannot be negative")
+    best = int(np.argmin(v))
+    want = sorted(w for w, f, s in zip(ws, v, se, strict=True) if f - v[best] <= 2 * s)
+    if answer is None:
+        return _report(False, what, "set your answer to a list of guidance scales, e.g. [2.0, 3.0]")
+    if isinstance(answer, int | float | np.number) and not isinstance(answer, bool):
+        answer = [answer]
+    if isinstance(answer, torch.Tensor | np.ndarray) and answer.ndim == 1 and not getattr(answer, "is_nested", False):
+        answer = list(answer)  # its entries are read one by one below (a meta tensor's say so)
+    if not isinstance(answer, list | tuple):
+        return _report(False, what, f"answer with a list of guidance scales: got {_kind(answer)}")
+    got = []
+    for item in answer:
+        number, problem = _as_number(item)
+        if problem:
+            return _report(False, what, f"answer with a list of guidance scales: an entry {problem}")
+        got.append(number)
+    unknown = [g for g in got if not any(np.isclose(g, w) for w in ws)]
+    if unknown:
+        return _report(
+            False, what, f"{unknown[0]:g} is not one of the measured scales {', '.join(f'{w:g}' for w in ws)}"
+        )
+    got = sorted({w for w in ws for g in got if np.isclose(g, w)})
+    if got == want:
+        return _report(True, what, "")
+    if ws[best] not in got:
+        hint = f"the lowest FID itself (w = {ws[best]:g}) belongs to the list"
+    elif got == [ws[best]] and len(want) > 1:
+        hint = (
+            "the lowest alone is too strict: a scale ties with it when FID(w) − FID(best) ≤ 2 × its paired SE; "
+            "compare each difference with twice its own SE"
+        )
+    else:
+        extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+        hint = (
+            f"w = {extra[0]:g}: its FID is more than 2 paired SEs above the lowest"
+            if extra
+            else f"w = {missing[0]:g}: its FID is within 2 paired SEs of the lowest"
+        )
+    return _report(False, what, hint)
+
+
+def check_latent_std_prediction(predicted, measured, measured_without_rescale, *, tolerance: float = 0.1) -> bool:
+    """``predicted`` (written down before the run) must be within ``tolerance`` of the ``measured`` std of the final
+    latents with guidance rescale; ``measured_without_rescale`` (the same run at φ = 0) names the usual mistake."""
+    measured = check_number("measured", measured, minimum=0.0)
+    plain = check_number("measured_without_rescale", measured_without_rescale, minimum=0.0)
+    tolerance = check_number("tolerance", tolerance, minimum=0.0)
+    what = "predicted latent std"
+    if predicted is None:
+        return _report(False, what, "write your prediction (one number) before running the cell")
+    got, problem = _as_number(predicted)
+    if problem:
+        return _report(False, what, f"answer with one number, the std: {problem}")
+    if abs(got - measured) <= tolerance:
+        return _report(True, what, "")
+    if abs(got - plain) <= tolerance and abs(plain - measured) > tolerance:
+        hint = "that is about the spread without rescale: rescale shrinks every step's prediction, so the latents spread less"
+    elif got > measured:
+        hint = f"too high by {got - measured:.2f}: compare the rescaled and plain rows of section 6 at w = 15 and 30"
+    else:
+        hint = (
+            f"too low by {measured - got:.2f}: rescale pulls each step's prediction towards the conditional one's size, "
+            "not to zero, and keeps 1 − φ of the guided one"
+        )
+    return _report(False, what, hint)
 
 
 def _not_finite(x: object) -> bool:
