@@ -12,7 +12,11 @@ from diffusion_lab.course.exercises.nb12_fine_tuning import (
     check_lora_target_choice,
     check_prior_preservation_loss,
 )
-from diffusion_lab.course.exercises.nb13_surgery import check_bitmask_size_ratio, check_magnitude_prune
+from diffusion_lab.course.exercises.nb13_surgery import (
+    check_bitmask_size_ratio,
+    check_int8_error_bound,
+    check_magnitude_prune,
+)
 
 
 def test_lora_forward_check(capsys):
@@ -107,6 +111,50 @@ def test_magnitude_prune_check(capsys):
     assert "must be zero" in capsys.readouterr().out
     assert not check_magnitude_prune(lambda w, p: w.flatten())
     assert "shaped like w" in capsys.readouterr().out
+
+    def prune_in_place(w, p):  # right zeros, but written into the caller's tensor: the spec asks for a copy
+        k = int(p * w.numel())
+        if k:
+            w[w.abs() <= w.abs().flatten().kthvalue(k).values] = 0
+        return w
+
+    assert not check_magnitude_prune(prune_in_place)
+    assert "return a copy" in capsys.readouterr().out
+
+    def prune_no_zero_case(w, p):  # kthvalue(0) raises: p = 0 leaves no k-th smallest value
+        threshold = w.abs().flatten().kthvalue(int(p * w.numel())).values
+        return torch.where(w.abs() > threshold, w, torch.zeros_like(w))
+
+    assert not check_magnitude_prune(prune_no_zero_case)
+    assert "at p = 0, k = 0" in capsys.readouterr().out
+
+
+def test_int8_error_bound_check(capsys):
+    def bound(m, per_channel):
+        return m / 254 if per_channel else (m.max() / 254).expand_as(m)
+
+    def bound_loop(m, per_channel):  # one channel at a time, as a list turned into a tensor
+        top = max(m.tolist())
+        return torch.tensor([(x if per_channel else top) / 127 / 2 for x in m.tolist()])
+
+    assert check_int8_error_bound(bound)
+    assert check_int8_error_bound(bound_loop)
+    assert check_int8_error_bound(lambda m, per_channel: (m if per_channel else torch.full_like(m, m.max())) / 254)
+    assert capsys.readouterr().out.count("✅") == 3
+    assert not check_int8_error_bound(lambda m, per_channel: 2 * bound(m, per_channel))  # a whole step, not half
+    assert "HALF a step" in capsys.readouterr().out
+    assert not check_int8_error_bound(lambda m, per_channel: m / 254)  # per channel even when asked per tensor
+    assert "one scale for the whole tensor" in capsys.readouterr().out
+    assert not check_int8_error_bound(lambda m, per_channel: (m.max() / 254).expand_as(m))  # per tensor always
+    assert "its own scale" in capsys.readouterr().out
+    assert not check_int8_error_bound(lambda m, per_channel: bound(m, per_channel) * 254 / 256)  # 256 codes
+    assert "−127 to 127" in capsys.readouterr().out
+    assert not check_int8_error_bound(lambda m, per_channel: bound(m, per_channel) * 1.5)
+    assert "wrong per channel" in capsys.readouterr().out
+    assert not check_int8_error_bound(lambda m, per_channel: bound(m, per_channel).max())  # one number
+    assert "one bound per output channel" in capsys.readouterr().out
+    assert not check_int8_error_bound(lambda m, per_channel: None)
+    assert "returns None" in capsys.readouterr().out
 
 
 def test_lora_parameter_count_check(capsys):

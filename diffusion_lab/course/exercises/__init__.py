@@ -83,7 +83,11 @@ from diffusion_lab.course.exercises.nb12_fine_tuning import (
     check_lora_target_choice,
     check_prior_preservation_loss,
 )
-from diffusion_lab.course.exercises.nb13_surgery import check_bitmask_size_ratio, check_magnitude_prune
+from diffusion_lab.course.exercises.nb13_surgery import (
+    check_bitmask_size_ratio,
+    check_int8_error_bound,
+    check_magnitude_prune,
+)
 from diffusion_lab.course.exercises.nb14_super_resolution import check_low_res_snr_crossing, check_psnr
 from diffusion_lab.course.exercises.nb15_controlnet import check_control_keep, check_zero_conv_grads
 from diffusion_lab.course.exercises.nb16_variations import check_half_cosine_level, check_noise_image_embedding
@@ -153,6 +157,7 @@ __all__ = [
     "check_lora_target_choice",
     "check_magnitude_prune",
     "check_bitmask_size_ratio",
+    "check_int8_error_bound",
     "check_psnr",
     "check_control_keep",
     "check_noise_image_embedding",

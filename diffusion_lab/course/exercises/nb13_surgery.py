@@ -3,9 +3,11 @@
 =============================  ==============================================================
 checker                        the student's function must return
 =============================  ==============================================================
-``check_magnitude_prune``      the ⌊p·N⌋ smallest |w| set to zero (Han et al. 2015)
+``check_magnitude_prune``      the ⌊p·N⌋ smallest |w| set to zero (Han et al. 2015), on a copy
 ``check_bitmask_size_ratio``   the size of a pruned file (bitmask + survivors) over the dense
                                fp32 file: 1 − p + 1/32
+``check_int8_error_bound``     the largest int8 rounding error of each output channel, with one
+                               scale per channel or one for the whole tensor: s/2, s = max|w|/127
 =============================  ==============================================================
 
 Each checker calls the student's function on seeded cases, compares it with an independent formula and prints one
@@ -22,7 +24,7 @@ import torch
 
 from diffusion_lab.course.exercises.checking import _as_number, _call, _call_tensor, _check_callable, _report
 
-__all__ = ["check_magnitude_prune", "check_bitmask_size_ratio"]
+__all__ = ["check_magnitude_prune", "check_bitmask_size_ratio", "check_int8_error_bound"]
 
 
 def check_magnitude_prune(fn: Callable[..., torch.Tensor]) -> bool:
@@ -39,7 +41,22 @@ def check_magnitude_prune(fn: Callable[..., torch.Tensor]) -> bool:
         want = torch.where(keep.view_as(w), w, torch.zeros_like(w))
         got, hint = _call_tensor(fn, what, want, "return a tensor shaped like w {want}, not {got}", w, p)
         if hint:
+            if k == 0 and "raised" in hint:
+                hint += "; at p = 0, k = 0 and there is no k-th smallest |w|: return a copy of w unchanged"
             return _report(False, what, hint)
+        if torch.equal(got, want) and p > 0:
+            given = w.clone()  # _call_tensor passed a copy; this call watches the tensor the function is given
+            try:
+                fn(given, p)
+            except Exception:  # it ran once above without raising; a second call's failure is not this check's
+                pass
+            if not torch.equal(given, w):
+                return _report(
+                    False,
+                    what,
+                    "return a copy: your function changed the tensor w it was given (use "
+                    "w.clone() or torch.where, not an in-place assignment into w)",
+                )
         if torch.equal(got, want):
             continue
         zeros = int((got == 0).sum())
@@ -77,4 +94,48 @@ def check_bitmask_size_ratio(fn: Callable[[float], object]) -> bool:
         else:
             hint = f"wrong at p = {p}: count N/8 mask bytes plus 4 bytes per survivor, over 4N"
         return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+def check_int8_error_bound(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(channel_max, per_channel)`` must return, for a weight tensor whose output channel c has largest magnitude
+    ``channel_max[c]`` = max_j |w_cj| (shape (C,)), the largest possible rounding error |w − ŵ| in each channel (C,)
+    under symmetric int8 (q ∈ {−127, …, 127}, ŵ = s·q): s_c/2 with s_c = channel_max[c]/127 when
+    ``per_channel`` is True, and the same s/2 with s = max_c channel_max[c]/127 for every channel when it is False."""
+    _check_callable(fn)
+    what = "the int8 rounding-error bound"
+    g = torch.Generator().manual_seed(13)
+    cases = [torch.tensor([0.1] * 7 + [5.0]), torch.rand(16, generator=g) + 0.05]
+    for channel_max in cases:
+        for per_channel in (True, False):
+            scale = channel_max / 127 if per_channel else (channel_max.max() / 127).expand_as(channel_max)
+            want = scale / 2
+            got, hint = _call_tensor(
+                fn,
+                what,
+                want,
+                "return one bound per output channel, shape {want}, not {got}",
+                channel_max.clone(),
+                per_channel,
+            )
+            if hint:
+                return _report(False, what, hint)
+            if torch.allclose(got, want, rtol=1e-5, atol=0):
+                continue
+            other = (channel_max.max() / 127).expand_as(channel_max) / 2 if per_channel else channel_max / 254
+            if torch.allclose(got, 2 * want, rtol=1e-5, atol=0):
+                hint = "rounding to the nearest code moves a weight by at most HALF a step: s/2, not s"
+            elif torch.allclose(got, other, rtol=1e-5, atol=0):
+                hint = (
+                    "per channel, channel c has its own scale s_c = max_j |w_cj| / 127"
+                    if per_channel
+                    else "one scale for the whole tensor: s = (the largest |w| of ALL channels) / 127, the same step "
+                    "for every channel, so a small channel gets the outlier's step"
+                )
+            elif any(torch.allclose(got, want * 127 / d, rtol=1e-5, atol=0) for d in (128, 255, 256)):
+                hint = "the codes run from −127 to 127, so the step is s = max|w| / 127 and the error at most s/2"
+            else:
+                mode = "per channel" if per_channel else "per tensor"
+                hint = f"wrong {mode}: the step is s = max|w| / 127 (over the channel, or the whole tensor) and rounding moves a weight by at most s/2"
+            return _report(False, what, hint)
     return _report(True, what, "")
