@@ -129,9 +129,6 @@ RIGHT_FUNCTIONS = {
     "check_cfg_combine": lambda c, u, w: u + w * (c - u),
     "check_rescale_noise_cfg": rescale_noise_cfg,
     "check_negative_exponents": lambda w: (w, 1 - w),  # p(z|c)^w · p(z|c_neg)^(1 − w)
-    "check_img2img_start": lambda n, s: n - int(n * s),
-    "check_latent_mask": lambda m, f: F.avg_pool2d(m, f),
-    "check_inpaint_blend": lambda z, known, m: (1 - m) * known + m * z,
     "check_x0_eps_from_v": lambda z, v, a: (a**0.5 * z - (1 - a) ** 0.5 * v, (1 - a) ** 0.5 * z + a**0.5 * v),
     "check_flow_path": lambda x0, e, t: ((1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * e, e - x0),
     "check_time_shift": lambda t, a: a * t / (1 + (a - 1) * t),
@@ -183,6 +180,10 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_best_guidance": (5, (_WS, _ADHERENCE)),
     "check_lora_target_choice": (1, ()),  # the cross-attention
     "check_rescaled_std": (1.16, (0.8, 2.0, 0.7)),  # φ·σ_c + (1 − φ)·σ̃
+    "check_img2img_timesteps": (list(range(279, 0, -40)), (list(range(999, 0, -40)), 0.3)),  # the last int(7.5) = 7
+    "check_latent_mask_rows": ([0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0], ()),  # rows 14-27 repainted, f = 4
+    "check_seam_prediction": ({"rows 12-13": "larger"}, (0.034, 0.050, 0.004)),
+    "check_stale_noise_level": (0.1927, (0.96289,)),  # √(1 − ᾱ_39)
     "check_fid_ties": ([2.0, 3.0], ([0, 1, 2, 3, 5], [580.0, 360.0, 270.0, 300.0, 570.0], [0, 20, 0, 20, 30])),
     "check_latent_std_prediction": (1.1, (1.12, 1.35)),  # within 0.1 of the measured 1.12
     "check_shift_prediction": (1.0, ((1 / 3, 1.0, 3.0), [0.327, 0.252, 0.436], [0.023, 0.015, 0.017])),
@@ -519,7 +520,6 @@ def test_plots_and_widgets_take_numpy_and_torch_scalars():
         ("check_cfg_combine", lambda c, u, w: (u + w * (c - u)).to(torch.complex64), "complex64 tensor"),
         ("check_ddpm_step", lambda eps, x_t, a, ap, z: torch.zeros(7, 5), "got shape (7, 5)"),
         ("check_scaling_factor", lambda z: float("nan"), "got nan"),  # NaN fails every comparison: it was a ✅
-        ("check_img2img_start", lambda n, s: n - n * s, "not a whole number"),
         ("check_control_keep", lambda i, n, s, e: s <= i / n and (i + 1) / n <= e, "got a bool"),
         ("check_tokenize", lambda text, vocab, n: "2 5 3", "got a str"),
         ("check_refiner_split", lambda ts, frac: (ts, None), "refiner: got None"),

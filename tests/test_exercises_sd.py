@@ -9,89 +9,127 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_lab.course.exercises.nb07_tiny_sd import (
-    check_img2img_start,
-    check_inpaint_blend,
-    check_latent_mask,
+    check_img2img_timesteps,
+    check_latent_mask_rows,
+    check_seam_prediction,
+    check_stale_noise_level,
     check_x0_eps_from_v,
 )
 from diffusion_lab.maths.diffusion import eps_from_v, x0_from_v
 
+_SCHEDULE_25 = list(range(999, 0, -40))  # the shipped DDIM schedule for N = 25 ('trailing'): 999, 959, …, 39
 
-def test_img2img_start_check_accepts_right_and_rejects_typical_mistakes(capsys):
-    def diffusers_rule(n, strength):
-        init_timestep = min(int(n * strength), n)
-        return max(n - init_timestep, 0)
 
-    def from_diffusers(n, strength):  # diffusers' own get_timesteps: the steps it keeps start at index n − kept
+def test_img2img_timesteps_check_accepts_the_prediction_and_rejects_typical_mistakes(capsys):
+    right = _SCHEDULE_25[-7:]  # int(25 · 0.3) = 7 steps: 279, 239, …, 39
+
+    def from_diffusers():  # diffusers' own get_timesteps on the same schedule
         import diffusers
 
-        scheduler = diffusers.DDIMScheduler()
-        scheduler.set_timesteps(n)
+        scheduler = diffusers.DDIMScheduler(timestep_spacing="trailing")
+        scheduler.set_timesteps(25)
         host = type("Host", (), {"scheduler": scheduler})()
-        _, kept = diffusers.StableDiffusionImg2ImgPipeline.get_timesteps(host, n, strength, "cpu")
-        return n - kept
+        kept, _ = diffusers.StableDiffusionImg2ImgPipeline.get_timesteps(host, 25, 0.3, "cpu")
+        return kept
 
-    assert check_img2img_start(from_diffusers)
-    assert check_img2img_start(diffusers_rule)
-    assert check_img2img_start(lambda n, s: n - int(n * s))
-    assert check_img2img_start(lambda n, s: np.int64(n - int(n * s)))  # numpy integers are fine
-    assert check_img2img_start(lambda n, s: torch.tensor(n - int(n * s)))
+    assert from_diffusers().tolist() == right
+    assert check_img2img_timesteps(right, _SCHEDULE_25, 0.3)
+    assert check_img2img_timesteps(from_diffusers(), torch.tensor(_SCHEDULE_25), 0.3)  # tensors are fine
+    assert check_img2img_timesteps(np.array(right), _SCHEDULE_25, np.float64(0.3))
+    assert check_img2img_timesteps([], _SCHEDULE_25, 0.0)  # γ = 0: no step runs
+    assert check_img2img_timesteps(_SCHEDULE_25, _SCHEDULE_25, 1.0)
     assert capsys.readouterr().out.count("✅") == 5
 
-    assert not check_img2img_start(lambda n, s: int(n * s))  # the steps run, not where they start
-    assert "steps run" in capsys.readouterr().out
-    assert not check_img2img_start(lambda n, s: round(n * (1 - s)))
-    assert "truncated" in capsys.readouterr().out
-    assert not check_img2img_start(lambda n, s: int(n * (1 - s)))
-    assert "truncated" in capsys.readouterr().out
-    assert not check_img2img_start(lambda n, s: 0)
-    assert "for N = 50, γ = 0.8 the answer is not 0" in capsys.readouterr().out
-    assert not check_img2img_start(lambda n, s: n - int(n * s) + 1)  # one step late
-    assert "for N = 50, γ = 0.8 the answer is not 11" in capsys.readouterr().out
-    assert not check_img2img_start(lambda n, s: "ten")
-    assert "return one whole number" in capsys.readouterr().out
-    assert not check_img2img_start(lambda n, s: None)
-    assert not check_img2img_start(lambda n, s: 1 / 0)
-    out = capsys.readouterr().out
-    assert "returns None" in out and "ZeroDivisionError" in out and "✅" not in out
+    wrong = {
+        "wrong order": right[::-1],
+        "the first 7 timesteps": _SCHEDULE_25[:7],
+        "one step too many": _SCHEDULE_25[-8:],  # round(7.5) = 8
+        "one step too many or too few": _SCHEDULE_25[-6:],
+        "not the share skipped": _SCHEDULE_25[7:],
+        "ordinary schedule": list(range(300, 0, -43)),
+        "consecutive": [279, 199, 119, 39],
+        "not done yet": None,
+        "list of whole numbers": "279, 239",
+    }
+    for words, answer in wrong.items():
+        assert not check_img2img_timesteps(answer, _SCHEDULE_25, 0.3), words
+        out = capsys.readouterr().out
+        assert "❌" in out and words in out, (words, out)
+    with pytest.raises(TypeError, match="timesteps must be"):
+        check_img2img_timesteps(right, None, 0.3)
+    with pytest.raises(ValueError, match="strength"):
+        check_img2img_timesteps(right, _SCHEDULE_25, 1.5)
 
 
-def test_latent_mask_check_accepts_right_and_rejects_typical_mistakes(capsys):
-    assert check_latent_mask(lambda m, f: F.avg_pool2d(m, f))
-    assert check_latent_mask(lambda m, f: F.interpolate(m, size=(m.shape[-2] // f, m.shape[-1] // f), mode="area"))
-    assert check_latent_mask(lambda m, f: m.unflatten(-1, (-1, f)).unflatten(-3, (-1, f)).mean((-1, -3)).numpy())
+def test_latent_mask_rows_check_accepts_the_mean_and_rejects_typical_mistakes(capsys):
+    mask = torch.zeros(1, 1, 28, 28)
+    mask[..., 14:, :] = 1
+    assert check_latent_mask_rows([0, 0, 0, 0.5, 1, 1, 1])
+    assert check_latent_mask_rows(F.avg_pool2d(mask, 4)[0, 0, :, 0])
+    assert check_latent_mask_rows(F.interpolate(mask, size=(7, 7), mode="area")[0, 0, :, 3].numpy())
     assert capsys.readouterr().out.count("✅") == 3
 
-    assert not check_latent_mask(lambda m, f: m[..., ::f, ::f])
-    assert "nearest" in capsys.readouterr().out
-    assert not check_latent_mask(lambda m, f: F.interpolate(m, scale_factor=1 / f))
-    assert "nearest" in capsys.readouterr().out
-    assert not check_latent_mask(lambda m, f: F.max_pool2d(m, f))
-    assert "max-pooling" in capsys.readouterr().out
-    assert not check_latent_mask(lambda m, f: F.avg_pool2d(m, 2))  # f ignored: wrong shape for f = 4
-    assert "shape" in capsys.readouterr().out
-    assert not check_latent_mask(lambda m, f: (F.avg_pool2d(m, f) > 0.5).float())  # thresholded
-    assert "average each f×f block" in capsys.readouterr().out
-    assert not check_latent_mask(lambda m, f: None)
-    assert "returns None" in capsys.readouterr().out
+    wrong = {
+        "not take the maximum": [0, 0, 0, 1, 1, 1, 1],
+        "not all kept": [0, 0, 0, 0, 1, 1, 1],
+        "count how many": [0, 0, 0, 0.25, 1, 1, 1],
+        "latent row r covers": [0, 0, 0.5, 1, 1, 1, 1],
+        "seven numbers": [0, 0.5, 1],
+        "not done yet": None,
+        "got a str": "0 0 0 0.5 1 1 1",
+        "finite": [0, 0, 0, float("nan"), 1, 1, 1],
+    }
+    for words, answer in wrong.items():
+        assert not check_latent_mask_rows(answer), words
+        out = capsys.readouterr().out
+        assert "❌" in out and words in out, (words, out)
 
 
-def test_inpaint_blend_check_accepts_right_and_rejects_typical_mistakes(capsys):
-    assert check_inpaint_blend(lambda z, known, m: (1 - m) * known + m * z)
-    assert check_inpaint_blend(lambda z, known, m: torch.lerp(known, z, m.expand_as(z)))
-    assert check_inpaint_blend(lambda z, known, m: known + m * (z - known))
+def test_seam_prediction_check_is_judged_by_the_measurement(capsys):
+    larger, same = (0.034, 0.050, 0.004), (0.034, 0.036, 0.002)  # (error at 16, error at 14, SE of the difference)
+    assert check_seam_prediction({"rows 12-13": "larger"}, *larger)
+    assert check_seam_prediction({"rows 12-13": "same"}, *same)
+    assert check_seam_prediction({"rows 12-13": "smaller"}, 0.05, 0.03, np.float64(0.004))
     assert capsys.readouterr().out.count("✅") == 3
 
-    assert not check_inpaint_blend(lambda z, known, m: m * known + (1 - m) * z)  # diffusers' rule inverted
-    assert "wrong way round" in capsys.readouterr().out
-    assert not check_inpaint_blend(lambda z, known, m: z)
-    assert "blend of both" in capsys.readouterr().out
-    assert not check_inpaint_blend(lambda z, known, m: torch.where(m > 0.5, z, known))  # a soft mask is not binary
-    assert "a soft mask mixes the two" in capsys.readouterr().out
-    assert not check_inpaint_blend(lambda z, known, m: ((1 - m) * known + m * z)[0])
-    assert "return latents of shape (3, 4, 7, 7)" in capsys.readouterr().out
-    assert not check_inpaint_blend(lambda z, known, m: 1 / 0)
-    assert "ZeroDivisionError" in capsys.readouterr().out
+    assert not check_seam_prediction({"rows 12-13": "same"}, *larger)
+    assert "measured larger" in capsys.readouterr().out
+    assert not check_seam_prediction({"rows 12-13": "larger"}, *same)
+    assert "within two standard errors" in capsys.readouterr().out
+    assert not check_seam_prediction({"rows 12-13": None}, *same)
+    assert "not done yet" in capsys.readouterr().out
+    assert not check_seam_prediction({"rows 12-13": "bigger"}, *same)
+    assert "give 'larger', 'same' or 'smaller'" in capsys.readouterr().out
+    assert not check_seam_prediction("larger", *same)
+    assert "must be a dict" in capsys.readouterr().out
+    with pytest.raises(TypeError, match="error_14 must be a finite number"):
+        check_seam_prediction({"rows 12-13": "same"}, 0.03, None, 0.01)
+    with pytest.raises(ValueError, match="se must be >= 0"):
+        check_seam_prediction({"rows 12-13": "same"}, 0.03, 0.03, -0.01)
+
+
+def test_stale_noise_level_check_accepts_the_derivation_and_rejects_typical_mistakes(capsys):
+    ab = 0.96289  # ᾱ at t = 39, the last timestep of the shipped schedule for N = 25
+    assert check_stale_noise_level((1 - ab) ** 0.5, ab)
+    assert check_stale_noise_level((2 - 2 * ab**0.5) ** 0.5, torch.tensor(ab))  # RMS of kept − z_0 for unit z_0
+    assert check_stale_noise_level(np.float32(0.19), ab)
+    assert capsys.readouterr().out.count("✅") == 3
+
+    wrong = {
+        "what the right rule leaves": 0.0,
+        "a variance": 1 - ab,
+        "coefficient of z_0": ab**0.5,
+        "how much z_0 shrinks": 1 - ab**0.5,
+        "which timestep": (1 - 0.91947) ** 0.5,  # the step before (t = 79)
+        "not done yet": None,
+        "one number": [0.19],
+    }
+    for words, answer in wrong.items():
+        assert not check_stale_noise_level(answer, ab), words
+        out = capsys.readouterr().out
+        assert "❌" in out and words in out, (words, out)
+    with pytest.raises(ValueError, match="alpha_bar_last"):
+        check_stale_noise_level(0.19, 1.5)
 
 
 def test_x0_eps_from_v_check_accepts_right_and_rejects_typical_mistakes(capsys):

@@ -52,9 +52,10 @@ from diffusion_lab.course.exercises.nb06_guidance import (
     check_rescaled_std,
 )
 from diffusion_lab.course.exercises.nb07_tiny_sd import (
-    check_img2img_start,
-    check_inpaint_blend,
-    check_latent_mask,
+    check_img2img_timesteps,
+    check_latent_mask_rows,
+    check_seam_prediction,
+    check_stale_noise_level,
     check_x0_eps_from_v,
 )
 from diffusion_lab.course.exercises.nb08_flow import (
@@ -131,9 +132,10 @@ __all__ = [
     "check_negative_exponents",
     "check_fid_ties",
     "check_latent_std_prediction",
-    "check_img2img_start",
-    "check_latent_mask",
-    "check_inpaint_blend",
+    "check_img2img_timesteps",
+    "check_latent_mask_rows",
+    "check_seam_prediction",
+    "check_stale_noise_level",
     "check_x0_eps_from_v",
     "check_flow_path",
     "check_time_shift",

@@ -1,18 +1,20 @@
 """Exercise checkers of notebook 07 (tiny Stable Diffusion).
 
-=======================  ============================================================
-checker                  the student's function must return
-=======================  ============================================================
-``check_img2img_start``  t_start = N − int(N·γ) (diffusers' get_timesteps)
-``check_latent_mask``    the pixel mask averaged over each f×f cell: (B, 1, H/f, W/f)
-``check_inpaint_blend``  z ← (1 − m)·z_known + m·z after each step (m = 1 repaints)
-``check_x0_eps_from_v``  (ẑ_0, ε̂) from z_t and a predicted v: √ᾱ z_t − √(1−ᾱ) v, √(1−ᾱ) z_t + √ᾱ v
-=======================  ============================================================
+===========================  ========================================================================
+checker                      the student's answer must be
+===========================  ========================================================================
+``check_img2img_timesteps``  the timesteps img2img runs: the last int(N·γ) of the schedule, noisiest first
+``check_latent_mask_rows``   the latent mask of a mask repainting pixel rows 14-27 (f = 4): [0, 0, 0, ½, 1, 1, 1]
+``check_seam_prediction``    a prediction, judged by the measurement: kept rows 12-13's error, mask at 14 vs 16
+``check_stale_noise_level``  the noise std left in the kept latents if the blend used t, not t′: √(1 − ᾱ_{τ_{N−1}})
+``check_x0_eps_from_v``      (a function) (ẑ_0, ε̂) from z_t and v: √ᾱ z_t − √(1−ᾱ) v, √(1−ᾱ) z_t + √ᾱ v
+===========================  ========================================================================
 
-Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
-independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
-code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
-machinery: :mod:`diffusion_lab.course.exercises.checking`.
+The first four take a value (a prediction or the result of a derivation) and the measured or scheduled numbers it
+is judged against; ``check_x0_eps_from_v`` calls the student's function on seeded cases and compares it with the
+library. Each prints one ✅/❌ line with a hint naming the usual mistake; a wrong or malformed answer is a ❌, and
+only a checker's own arguments raise (``TypeError`` / ``ValueError``). Shared machinery:
+:mod:`diffusion_lab.course.exercises.checking`.
 """
 
 from __future__ import annotations
@@ -23,111 +25,167 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_lab.course.exercises.checking import (
+    _as_int_list,
     _as_number,
     _as_tensor,
     _call,
-    _call_tensor,
     _check_callable,
     _finite_hint,
+    _kind,
     _report,
 )
 from diffusion_lab.maths.diffusion import eps_from_v, x0_from_v
+from diffusion_lab.utils.errors import check_number
 
-__all__ = ["check_img2img_start", "check_latent_mask", "check_inpaint_blend", "check_x0_eps_from_v"]
+__all__ = [
+    "check_img2img_timesteps",
+    "check_latent_mask_rows",
+    "check_seam_prediction",
+    "check_stale_noise_level",
+    "check_x0_eps_from_v",
+]
 
 
-def _img2img_start(num_inference_steps: int, strength: float) -> int:
-    """diffusers' ``get_timesteps``: keep the last int(N·γ) of the N steps, so the loop starts at index N − int(N·γ)."""
-    init_steps = min(int(num_inference_steps * strength), num_inference_steps)
-    return max(num_inference_steps - init_steps, 0)
+IMG2IMG_N, IMG2IMG_STRENGTH = 25, 0.3  # exercise 1's setting
+SEAM_KEY = "rows 12-13"  # exercise 2's prediction: the kept pixel rows next to the half-repainted latent row
+_DIRECTIONS = ("larger", "same", "smaller")
 
 
-def check_img2img_start(fn: Callable[[int, float], int]) -> bool:
-    """``fn(num_inference_steps, strength)`` must return t_start, the index of the first of the N inference
-    timesteps that img2img runs: N − int(N·γ) (diffusers' ``get_timesteps``; int() truncates)."""
-    _check_callable(fn)
-    what = "img2img start index"
-    cases = [(50, 0.8), (25, 0.3), (25, 0.5), (10, 0.75), (4, 0.6), (20, 0.0), (20, 1.0), (1, 0.5), (30, 0.35)]
-    for n, strength in cases:
-        want = _img2img_start(n, strength)
-        got, hint = _call(fn, what, n, strength)
-        if hint:
-            return _report(False, what, hint)
-        got_f, problem = _as_number(got, whole=True)
+def check_img2img_timesteps(answer: object, timesteps: object, strength: object) -> bool:
+    """``answer`` must be the timesteps img2img runs, in the order it runs them, when ``timesteps`` (the N timesteps
+    of the ordinary text-to-image schedule, noisiest first) and ``strength`` γ are given: the last int(N·γ) of them
+    (diffusers' ``get_timesteps``; int() truncates)."""
+    ts, problem = _as_int_list(timesteps)
+    if problem or not ts:
+        raise TypeError(f"timesteps must be a non-empty list of whole numbers: {problem or 'got an empty list'}")
+    gamma = check_number("strength", strength, minimum=0.0, maximum=1.0)
+    n = len(ts)
+    k = min(int(n * gamma), n)  # the number of steps that run
+    what = f"img2img timesteps (N = {n}, γ = {gamma})"
+    if answer is None:
+        return _report(False, what, "not done yet: set my_timesteps to the list you predict BEFORE the experiment runs")
+    got, problem = _as_int_list(answer)
+    if problem:
+        return _report(False, what, f"answer with a list of whole numbers (timesteps): {problem}")
+    want = ts[n - k :]
+    if got == want:
+        return _report(True, what, "")
+    if sorted(got) == sorted(want):
+        hint = "the right timesteps in the wrong order: img2img runs them like text-to-image, from the noisiest down"
+    elif k and got == ts[:k]:
+        hint = (
+            f"those are the first {k} timesteps, the noisiest: img2img skips the beginning of the schedule (the "
+            "picture replaces it) and runs what is left"
+        )
+    elif got == ts[n - k - 1 :] or (k > 1 and got == ts[n - k + 1 :]):
+        hint = f"one step too many or too few: N·γ = {n * gamma:g}, and diffusers truncates it with int()"
+    elif got == ts[k:]:
+        hint = f"that is N − int(N·γ) = {n - k} steps; γ is the share of the schedule that runs, not the share skipped"
+    elif not set(got) <= set(ts):
+        hint = (
+            "img2img uses the ordinary schedule for N steps and only starts late: every timestep it runs is one of "
+            "text-to-image's (read their spacing off the table of section 5)"
+        )
+    else:
+        hint = "the steps that run are consecutive timesteps of the schedule; how many is int(N·γ)"
+    return _report(False, what, hint)
+
+
+def check_latent_mask_rows(answer: object) -> bool:
+    """``answer`` must be the latent mask, one value per latent row, of a 28×28 pixel mask that repaints rows 14-27
+    (f = 4, as the course's pipeline computes it: the mean of each 4×4 block): [0, 0, 0, 0.5, 1, 1, 1]."""
+    what = "latent mask for rows 14-27"
+    mask = torch.zeros(1, 1, 28, 28)
+    mask[..., 14:, :] = 1
+    want = F.avg_pool2d(mask, 4)[0, 0, :, 0]  # (7,)
+    if answer is None:
+        return _report(False, what, "not done yet: set my_rows to seven numbers, one per latent row")
+    got, problem = _as_tensor(answer, torch.float32)
+    if problem:
+        return _report(False, what, f"answer with seven numbers, one per latent row: {problem}")
+    if got.shape != want.shape:
+        return _report(
+            False, what, f"seven numbers, one per latent row (28 pixel rows / f = 4), not shape {tuple(got.shape)}"
+        )
+    if not bool(torch.isfinite(got).all()):
+        return _report(False, what, "the values are shares of a cell: finite numbers in [0, 1]")
+    if torch.allclose(got, want):
+        return _report(True, what, "")
+    if torch.equal(got, F.max_pool2d(mask, 4)[0, 0, :, 0]):
+        hint = "latent row 3 is not all repainted: the pipeline averages the 4×4 block, it does not take the maximum"
+    elif torch.equal(got, (want > 0.5).float()) or torch.equal(got, mask[0, 0, ::4, 0]):
+        hint = "latent row 3 is not all kept: some of the pixel rows it covers are repainted, and the pipeline averages"
+    elif torch.allclose(got[[0, 1, 2, 4, 5, 6]], want[[0, 1, 2, 4, 5, 6]]):
+        hint = "rows 0-2 and 4-6 are right; for latent row 3 count how many of the pixel rows it covers are repainted"
+    else:
+        hint = "latent row r covers pixel rows 4r to 4r + 3; each latent value is the share of those rows repainted"
+    return _report(False, what, hint)
+
+
+def check_seam_prediction(prediction: object, error_16: object, error_14: object, se: object) -> bool:
+    """``prediction`` (a dict {"rows 12-13": "larger", "same" or "smaller"}) says how the error on the kept pixel rows
+    12-13 changes when the mask repaints rows 14-27 (``error_14``) instead of rows 16-27 (``error_16``); ``se`` is the
+    standard error of the difference (paired by image): a difference within 2·se is "same"."""
+    what = "seam prediction"
+    values = []
+    for name, value in (("error_16", error_16), ("error_14", error_14), ("se", se)):
+        number, problem = _as_number(value)
         if problem:
-            return _report(False, what, f"return one whole number (an index), {problem}")
-        if got_f == want:
-            continue
-        if got_f == round(n * (1 - strength)) or got_f == int(n * (1 - strength)):
-            hint = (
-                f"for N = {n}, γ = {strength}: diffusers counts the steps to run first, int(N·γ) (truncated), and "
-                "starts at N minus that; rounding or truncating N·(1 − γ) differs when N·γ is not a whole number"
-            )
-        elif got_f == n - want:
-            hint = f"for N = {n}, γ = {strength} that is the number of steps run; return where they start: N − int(N·γ)"
-        else:
-            hint = f"for N = {n}, γ = {strength} the answer is not {got_f}: run int(N·γ) steps, the last ones"
-        return _report(False, what, hint)
-    return _report(True, what, "")
+            raise TypeError(f"{name} must be a finite number: {problem}")
+        values.append(number)
+    e16, e14, err = values
+    if err < 0:
+        raise ValueError(f"se must be >= 0, got {err}")
+    if prediction is None or (isinstance(prediction, dict) and all(v is None for v in prediction.values())):
+        return _report(False, what, "not done yet: fill in 'larger', 'same' or 'smaller' BEFORE you run the experiment")
+    if not isinstance(prediction, dict):
+        return _report(
+            False, what, f"prediction must be a dict like {{{SEAM_KEY!r}: 'larger'}}, got {_kind(prediction)}"
+        )
+    said = prediction.get(SEAM_KEY)
+    if not isinstance(said, str) or said not in _DIRECTIONS:
+        return _report(False, what, f"give 'larger', 'same' or 'smaller' for {SEAM_KEY!r}, got {_kind(said)}")
+    diff = e14 - e16
+    truth = "same" if abs(diff) <= 2 * err else ("larger" if diff > 0 else "smaller")
+    if said == truth:
+        return _report(True, what, "")
+    measured = f"measured {truth}: {e16:.4f} → {e14:.4f} (difference {diff:+.4f} ± {err:.4f})"
+    why = {
+        "larger": "pixel rows 12-13 are kept, but they lie in latent row 3, which now holds half the model's latents "
+        "(0.5·z + 0.5·known): the decoder draws them from a mix",
+        "smaller": "moving the seam two rows down the digit changed what the model draws next to them",
+        "same": "the difference is within two standard errors: this sample cannot tell them apart",
+    }[truth]
+    return _report(False, what, f"{measured}; {why}")
 
 
-def check_latent_mask(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> bool:
-    """``fn(mask, f)`` must turn a pixel mask (B, 1, H, W) in [0, 1] into the latent mask (B, 1, H/f, W/f) this
-    course's pipeline uses: each latent cell gets the mean of its f×f pixels (the share of the cell to repaint)."""
-    _check_callable(fn)
-
-    what = "latent mask"
-    g = torch.Generator().manual_seed(7)
-    box = torch.zeros(2, 1, 28, 28)
-    box[0, :, 10:, :] = 1  # a bottom part whose edge cuts through latent cells (f = 4)
-    box[1, :, 5:19, 3:13] = 1
-    soft = torch.rand(2, 1, 16, 16, generator=g)
-    for mask, f in ((box, 4), (soft, 2), (soft, 8)):
-        want = F.avg_pool2d(mask, f)
-        shape_hint = f"for f = {f} return shape {{want}} (one value per latent cell), not {{got}}"
-        got, hint = _call_tensor(fn, what, want, shape_hint, mask, f)
-        if hint:
-            return _report(False, what, hint)
-        if torch.allclose(got, want, atol=1e-6):
-            continue
-        if torch.allclose(got, mask[..., ::f, ::f]) or torch.allclose(got, F.interpolate(mask, scale_factor=1 / f)):
-            hint = (
-                "that is nearest sampling (one pixel per cell; diffusers' inpainting pipelines do that): here each "
-                "latent cell gets the mean of its f×f pixels, so a cell half inside the mask is repainted by half"
-            )
-        elif torch.allclose(got, F.max_pool2d(mask, f)):
-            hint = "max-pooling repaints every cell the mask touches at all; take the mean of each f×f block"
-        else:
-            hint = "average each f×f block of pixels: F.avg_pool2d(mask, f) or F.interpolate(..., mode='area')"
-        return _report(False, what, hint)
-    return _report(True, what, "")
-
-
-def check_inpaint_blend(fn: Callable[..., torch.Tensor]) -> bool:
-    """``fn(latents, known, mask)`` must return the inpainting blend after a step: (1 − m)·known + m·latents, where
-    ``latents`` is the model's z, ``known`` the image's latents noised to the same timestep and m = 1 repaints."""
-    _check_callable(fn)
-    what = "inpainting blend"
-    g = torch.Generator().manual_seed(11)
-    z, known = torch.randn(3, 4, 7, 7, generator=g), torch.randn(3, 4, 7, 7, generator=g)
-    binary = torch.zeros(1, 1, 7, 7)
-    binary[..., 4:, :] = 1
-    soft = torch.rand(3, 1, 7, 7, generator=g)
-    for mask in (binary, soft):
-        want = (1 - mask) * known + mask * z
-        got, hint = _call_tensor(fn, what, want, "return latents of shape {want}, not {got}", z, known, mask)
-        if hint:
-            return _report(False, what, hint)
-        if torch.allclose(got, want, atol=1e-6):
-            continue
-        if torch.allclose(got, mask * known + (1 - mask) * z, atol=1e-6):
-            hint = "the mask is the wrong way round: m = 1 means repaint (take the model's latents), 0 means keep"
-        elif torch.allclose(got, z, atol=1e-6) or torch.allclose(got, known, atol=1e-6):
-            hint = "return a blend of both: the known latents where m = 0, the model's where m = 1"
-        else:
-            hint = "blend per position: (1 − m)·known + m·latents (a soft mask mixes the two)"
-        return _report(False, what, hint)
-    return _report(True, what, "")
+def check_stale_noise_level(answer: object, alpha_bar_last: object) -> bool:
+    """``answer`` must be the standard deviation of the noise the kept latents would still carry after the loop if
+    the inpainting blend pasted the known latents noised to t (the timestep a step starts from) instead of t′: the
+    last step starts at τ_{N−1}, so √(1 − ᾱ_{τ_{N−1}}) (``alpha_bar_last``; within 0.01)."""
+    ab = check_number("alpha_bar_last", alpha_bar_last, minimum=0.0, maximum=1.0)
+    what = "noise left by the stale blend"
+    if answer is None:
+        return _report(False, what, "not done yet: set my_noise_std to one number BEFORE the experiment runs")
+    got, problem = _as_number(answer)
+    if problem:
+        return _report(False, what, f"answer with one number, a standard deviation: {problem}")
+    want = (1 - ab) ** 0.5
+    if abs(got - want) <= 0.01:
+        return _report(True, what, "")
+    near = [
+        (0.0, "that is what the right rule leaves: with t′ the last blend pastes z_0 itself. With t, it pastes the "
+         "known latents at the noise level the last step starts from"),
+        (1 - ab, "that is a variance; give the standard deviation"),
+        (ab**0.5, "that is the coefficient of z_0 (the signal), not of ε"),
+        (1 - ab**0.5, "that is how much z_0 shrinks; the noise term is separate"),
+    ]  # fmt: skip
+    for wrong, message in near:
+        if abs(got - wrong) <= 0.005:
+            return _report(False, what, message)
+    return _report(
+        False, what, "which timestep does the last step start from, and how much of ε does q_sample put there?"
+    )
 
 
 def check_x0_eps_from_v(fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> bool:
