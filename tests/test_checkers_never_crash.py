@@ -191,6 +191,7 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_refiner_frac": (0.72, (list(range(951, 0, -50)), 6)),  # the refiner gets 251 … 1
     "check_low_res_snr_crossing": (181, ()),  # the first s with ᾱ_s/(1 − ᾱ_s) < 10 (the x4 upscaler's schedule)
     "check_half_cosine_level": (664, ()),  # the first k with √ᾱ_k < 1/2 (the cosine schedule)
+    "check_dial_prediction": (0.76, ({0: 0.97, 500: 0.9, 700: 0.73, 999: 0.08},)),  # between 0.90 and 0.73
     "check_sd3_embeds_shape": ([2, 25, 64], ((2, 25, 64), 9, 16, 56)),  # 2 prompts, 9 + 16 tokens, T5's width
     "check_sampler_prediction": (
         4,

@@ -9,7 +9,11 @@ import torch
 
 from diffusion_lab.course.exercises.nb14_super_resolution import check_low_res_snr_crossing, check_psnr
 from diffusion_lab.course.exercises.nb15_controlnet import check_control_keep, check_zero_conv_grads
-from diffusion_lab.course.exercises.nb16_variations import check_half_cosine_level, check_noise_image_embedding
+from diffusion_lab.course.exercises.nb16_variations import (
+    check_dial_prediction,
+    check_half_cosine_level,
+    check_noise_image_embedding,
+)
 
 
 def test_psnr_check(capsys):
@@ -70,7 +74,11 @@ def test_noise_image_embedding_check(capsys):
     )
     assert "square roots" in capsys.readouterr().out
     assert not check_noise_image_embedding(lambda emb, m, s, n, ab, k: right(emb, m, s, n, ab, k + 1))  # level + 1
-    assert "wrong at level 250" in capsys.readouterr().out
+    assert "one level off" in capsys.readouterr().out
+    assert not check_noise_image_embedding(lambda emb, m, s, n, ab, k: right(emb, m, s, n, ab, max(k - 1, 0)))
+    assert "one level off" in capsys.readouterr().out  # level − 1 (level 250 comes first)
+    assert not check_noise_image_embedding(lambda emb, m, s, n, ab, k: right(emb, m, s, n, ab, k) - m)  # no "+ mean"
+    assert "the mean is missing" in capsys.readouterr().out
     assert not check_noise_image_embedding(lambda emb, m, s, n, ab, k: right(emb, m, s, -n, ab, k))  # sign of ε
     assert "wrong at level 250" in capsys.readouterr().out
     assert not check_noise_image_embedding(lambda emb, m, s, n, ab, k: emb[0])
@@ -165,6 +173,32 @@ def test_half_cosine_level_check(capsys):
     assert not check_half_cosine_level(right + 1)
     assert "one level off" in capsys.readouterr().out
     assert not check_half_cosine_level(700)
-    assert "cos(u_k, u) ≈ √ᾱ_k" in capsys.readouterr().out
+    assert "too high" in capsys.readouterr().out
+    for low in (500, 600, 0):
+        assert not check_half_cosine_level(low)
+        assert "too low" in capsys.readouterr().out
+    assert not check_half_cosine_level(-5)
+    assert "too low" in capsys.readouterr().out
     assert not check_half_cosine_level([664])
     assert "one integer" in capsys.readouterr().out
+
+
+def test_dial_prediction_check(capsys):
+    """A prediction of the agreement at k = 664 read off the measured dial lies between the agreements at 500 and 700."""
+    dial = {0: 0.973, 250: 0.955, 500: 0.902, 700: 0.733, 850: 0.317, 999: 0.078}
+    for right in (0.76, 0.80, 0.902, 0.733, 0.72, torch.tensor(0.78)):  # 0.72: within the 2-point slack
+        assert check_dial_prediction(right, dial, level=664)
+    assert capsys.readouterr().out.count("✅") == 6
+    assert not check_dial_prediction(0.95, dial, level=664)  # the k = 250 value: too faithful
+    assert "predict less" in capsys.readouterr().out
+    assert not check_dial_prediction(0.5, dial, level=664)  # as if the dial fell linearly from 700 to 850
+    assert "predict more" in capsys.readouterr().out
+    assert not check_dial_prediction(76, dial, level=664)  # a percentage
+    assert "between 0 and 1" in capsys.readouterr().out
+    assert not check_dial_prediction(None, dial)
+    assert "set prediction" in capsys.readouterr().out
+    assert not check_dial_prediction("0.8", dial)
+    assert "one number" in capsys.readouterr().out
+    assert not check_dial_prediction(float("nan"), dial)
+    assert "one number" in capsys.readouterr().out
+    assert check_dial_prediction(0.5, {k: v for k, v in dial.items()}, level=800)  # between 0.733 and 0.317

@@ -91,7 +91,11 @@ from diffusion_lab.course.exercises.nb13_surgery import (
 )
 from diffusion_lab.course.exercises.nb14_super_resolution import check_low_res_snr_crossing, check_psnr
 from diffusion_lab.course.exercises.nb15_controlnet import check_control_keep, check_zero_conv_grads
-from diffusion_lab.course.exercises.nb16_variations import check_half_cosine_level, check_noise_image_embedding
+from diffusion_lab.course.exercises.nb16_variations import (
+    check_dial_prediction,
+    check_half_cosine_level,
+    check_noise_image_embedding,
+)
 
 __all__ = [
     "check_q_sample",
@@ -166,4 +170,5 @@ __all__ = [
     "check_low_res_snr_crossing",
     "check_zero_conv_grads",
     "check_half_cosine_level",
+    "check_dial_prediction",
 ]
