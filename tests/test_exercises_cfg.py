@@ -245,6 +245,26 @@ def test_fid_ties_check(capsys):
         check_fid_ties([2.0], ws, fid, [-1.0, 0, 0, 0, 0])
 
 
+def test_fid_ties_prediction_for_a_smaller_n(capsys):
+    # notebook 06's measured n = 300 numbers; at n = 50 every paired SE grows by √6 ≈ 2.45
+    ws = [0, 1, 2, 3, 5, 8, 15]
+    fid = [582.0, 360.9, 270.3, 350.9, 571.0, 834.1, 1138.4]
+    se = [60.0, 29.2, 0.0, 18.2, 39.5, 56.7, 70.7]
+    assert check_fid_ties([1.0, 2.0, 3.0], ws, fid, se, n_measured=300, n_predicted=50)  # 80.6 ≤ 89.2, 90.6 ≤ 143
+    assert "✅" in capsys.readouterr().out
+    assert not check_fid_ties([2.0], ws, fid, se, n_measured=300, n_predicted=50)  # the n = 300 answer
+    assert "those are the ties at n = 300" in capsys.readouterr().out
+    assert not check_fid_ties([0.0, 1.0, 2.0, 3.0], ws, fid, se, n_measured=300, n_predicted=50)  # 311.8 > 293.9
+    assert "w = 0: its FID is more than 2 paired SEs above" in capsys.readouterr().out
+    assert not check_fid_ties([1.0, 3.0], ws, fid, se, n_measured=300, n_predicted=50)
+    assert "the lowest FID itself (w = 2) belongs" in capsys.readouterr().out
+    assert check_fid_ties([2.0], ws, fid, se)  # without n: the ties as measured
+    with pytest.raises(ValueError, match="both n_measured and n_predicted"):
+        check_fid_ties([2.0], ws, fid, se, n_measured=300)
+    with pytest.raises(ValueError):
+        check_fid_ties([2.0], ws, fid, se, n_measured=300, n_predicted=0)
+
+
 def test_latent_std_prediction_check(capsys):
     assert check_latent_std_prediction(1.2, 1.15, 1.40)
     assert check_latent_std_prediction(np.float32(1.08), 1.15, 1.40)

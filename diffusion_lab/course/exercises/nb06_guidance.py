@@ -7,7 +7,8 @@ checker                      the student's function must return
 ``check_rescale_noise_cfg``  φ·ε̃·s(ε_c)/s(ε̃) + (1 − φ)·ε̃ (Lin et al. 2024, Eq. 15-16)
 ``check_negative_exponents`` (a, b) = (w, 1 − w): a negative prompt aims at p(z|c)^a·p(z|c_neg)^b (derived)
 ``check_best_guidance``      the w whose measured value is best (highest, or lowest for FID)
-``check_fid_ties``           the scales whose FID is within 2 paired SEs of the lowest (a decision with error bars)
+``check_fid_ties``           the scales whose FID is within 2 paired SEs of the lowest (a decision with error bars),
+                             optionally predicted for a smaller n (SEs grow as √(n_measured/n_predicted))
 ``check_latent_std_prediction``  a predicted std of the final latents within ``tolerance`` of the measured one
 ``check_rescaled_std``       s(ε̃_final) = φ·s(ε_c) + (1 − φ)·s(ε̃): guidance rescale's effect on the std (derived)
 ===========================  ==================================================================
@@ -28,7 +29,7 @@ import torch
 
 from diffusion_lab.course.exercises.checking import _as_number, _call, _call_tensor, _check_callable, _kind, _report
 from diffusion_lab.maths.guidance import rescale_noise_cfg
-from diffusion_lab.utils.errors import check_number
+from diffusion_lab.utils.errors import check_int, check_number
 
 __all__ = [
     "check_cfg_combine",
@@ -232,10 +233,16 @@ def check_negative_exponents(fn: Callable[[float], tuple[float, float]]) -> bool
     return _report(True, what, "")
 
 
-def check_fid_ties(answer, guidance_scales, fid, paired_se) -> bool:
+def check_fid_ties(
+    answer, guidance_scales, fid, paired_se, *, n_measured: int | None = None, n_predicted: int | None = None
+) -> bool:
     """``answer`` must list the guidance scales whose FID is within 2 standard errors of the lowest one:
     ``fid[i] − min(fid) ≤ 2·paired_se[i]``, with ``paired_se[i]`` the SE of the paired difference FID(w_i) − FID(w_best)
-    (0 for the best scale itself, which belongs to the list)."""
+    (0 for the best scale itself, which belongs to the list).
+
+    With ``n_measured`` and ``n_predicted`` (both or neither) the answer is a *prediction* for a run with
+    ``n_predicted`` prompts from SEs measured with ``n_measured``: every SE grows by √(n_measured / n_predicted)
+    (a standard error shrinks as 1/√n), the FID differences are assumed to stay as measured."""
     what = "scales tied with the lowest FID"
     ws = _numbers("guidance_scales", guidance_scales)
     v = np.asarray(_numbers("fid", fid))
@@ -244,8 +251,16 @@ def check_fid_ties(answer, guidance_scales, fid, paired_se) -> bool:
         raise ValueError("pass one FID and one paired standard error per guidance scale (three equal lists)")
     if (se < 0).any():
         raise ValueError("standard errors cannot be negative")
+    if (n_measured is None) != (n_predicted is None):
+        raise ValueError("pass both n_measured and n_predicted (a prediction for another n), or neither")
+    growth = 1.0
+    if n_measured is not None:
+        growth = (
+            check_int("n_measured", n_measured, minimum=2) / check_int("n_predicted", n_predicted, minimum=2)
+        ) ** 0.5
     best = int(np.argmin(v))
-    want = sorted(w for w, f, s in zip(ws, v, se, strict=True) if f - v[best] <= 2 * s)
+    want = sorted(w for w, f, s in zip(ws, v, se, strict=True) if f - v[best] <= 2 * s * growth)
+    unscaled = sorted(w for w, f, s in zip(ws, v, se, strict=True) if f - v[best] <= 2 * s)
     if answer is None:
         return _report(False, what, "set your answer to a list of guidance scales, e.g. [2.0, 3.0]")
     if isinstance(answer, int | float | np.number) and not isinstance(answer, bool):
@@ -270,6 +285,11 @@ def check_fid_ties(answer, guidance_scales, fid, paired_se) -> bool:
         return _report(True, what, "")
     if ws[best] not in got:
         hint = f"the lowest FID itself (w = {ws[best]:g}) belongs to the list"
+    elif growth != 1.0 and got == unscaled:
+        hint = (
+            f"those are the ties at n = {n_measured}; with {n_predicted} prompts every paired SE is "
+            f"√({n_measured}/{n_predicted}) ≈ {growth:.2f} times larger: compare each difference with 2 × its SE × {growth:.2f}"
+        )
     elif got == [ws[best]] and len(want) > 1:
         hint = (
             "the lowest alone is too strict: a scale ties with it when FID(w) − FID(best) ≤ 2 × its paired SE; "
