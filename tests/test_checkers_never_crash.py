@@ -149,6 +149,7 @@ RIGHT_FUNCTIONS = {
     "check_int8_error_bound": lambda m, per_channel: m / 254 if per_channel else (m.max() / 254).expand_as(m),
     "check_psnr": lambda x, y: 10 * torch.log10(4 / (x - y).pow(2).mean(dim=(1, 2, 3))),
     "check_control_keep": lambda i, n, s, e: float(s <= i / n and (i + 1) / n <= e),
+    "check_controlled_steps": lambda n, s, e: sum(s <= i / n and (i + 1) / n <= e for i in range(n)),
     "check_noise_image_embedding": _noise_embedding,
     "check_zero_conv_grads": lambda x, g: (
         torch.einsum("bohw,bihw->oi", g, x),
@@ -191,6 +192,7 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_refiner_frac": (0.72, (list(range(951, 0, -50)), 6)),  # the refiner gets 251 … 1
     "check_low_res_snr_crossing": (181, ()),  # the first s with ᾱ_s/(1 − ᾱ_s) < 10 (the x4 upscaler's schedule)
     "check_half_cosine_level": (664, ()),  # the first k with √ᾱ_k < 1/2 (the cosine schedule)
+    "check_hint_init_prediction": ([1, 2, 2, 2], ()),  # a random hint last layer: zero convs at 1, all else at 2
     "check_dial_prediction": (0.76, ({0: 0.97, 500: 0.9, 700: 0.73, 999: 0.08},)),  # between 0.90 and 0.73
     "check_sd3_embeds_shape": ([2, 25, 64], ((2, 25, 64), 9, 16, 56)),  # 2 prompts, 9 + 16 tokens, T5's width
     "check_sampler_prediction": (

@@ -8,7 +8,12 @@ import math
 import torch
 
 from diffusion_lab.course.exercises.nb14_super_resolution import check_low_res_snr_crossing, check_psnr
-from diffusion_lab.course.exercises.nb15_controlnet import check_control_keep, check_zero_conv_grads
+from diffusion_lab.course.exercises.nb15_controlnet import (
+    check_control_keep,
+    check_controlled_steps,
+    check_hint_init_prediction,
+    check_zero_conv_grads,
+)
 from diffusion_lab.course.exercises.nb16_variations import (
     check_dial_prediction,
     check_half_cosine_level,
@@ -127,6 +132,50 @@ def test_low_res_snr_crossing_check(capsys):
     assert "integer noise level" in capsys.readouterr().out
     assert not check_low_res_snr_crossing(181.5)
     assert "not a whole number" in capsys.readouterr().out
+
+
+def test_controlled_steps_check(capsys):
+    """The closed form ⌊e·n⌋ − ⌈s·n⌉ (at least 0) and the count by diffusers' rule both pass; the usual slips fail."""
+    assert check_controlled_steps(lambda n, s, e: max(0, math.floor(e * n) - math.ceil(s * n)))
+    assert check_controlled_steps(lambda n, s, e: sum(s <= i / n and (i + 1) / n <= e for i in range(n)))
+    assert capsys.readouterr().out.count("✅") == 2
+    assert not check_controlled_steps(lambda n, s, e: math.floor(e * n) - math.ceil(s * n))  # negative for (4, .3, .4)
+    assert "not -1" in capsys.readouterr().out
+    assert not check_controlled_steps(lambda n, s, e: round((e - s) * n))
+    out = capsys.readouterr().out
+    assert "one step too many" in out and "n = 25" in out and "⌈start·n⌉" in out
+    assert not check_controlled_steps(lambda n, s, e: max(0, math.floor(e * n) - math.floor(s * n) + 1))
+    assert "expected" in capsys.readouterr().out
+    assert not check_controlled_steps(lambda n, s, e: max(0, math.floor(e * n) - math.floor(s * n)))
+    assert "whole interval" in capsys.readouterr().out
+    assert not check_controlled_steps(lambda n, s, e: (e - s) * n)
+    assert "whole number" in capsys.readouterr().out
+    assert not check_controlled_steps(lambda n, s, e: None)
+    assert "returns None" in capsys.readouterr().out
+
+
+def test_hint_init_prediction_check(capsys):
+    """A random hint last layer: the output zero convs at step 1, everything else at step 2 (the notebook measures it)."""
+    assert check_hint_init_prediction([1, 2, 2, 2])
+    assert check_hint_init_prediction((1, 2, 2, 2))
+    assert check_hint_init_prediction(torch.tensor([1, 2, 2, 2]))
+    assert capsys.readouterr().out.count("✅") == 3
+    assert not check_hint_init_prediction([1, 2, 2, 3])  # the zero last layer's order
+    assert "a random last layer passes the gradient on at once" in capsys.readouterr().out
+    assert not check_hint_init_prediction([1, 1, 1, 1])
+    assert "behind the output zero convolutions" in capsys.readouterr().out
+    assert not check_hint_init_prediction([2, 2, 2, 2])
+    assert "does not contain W" in capsys.readouterr().out
+    assert not check_hint_init_prediction([1, 2, 3, 3])
+    assert "as soon as the copy's input" in capsys.readouterr().out
+    assert not check_hint_init_prediction([1, 2, 2, 4])
+    assert "expected step 2" in capsys.readouterr().out
+    assert not check_hint_init_prediction([1, 2, 2])
+    assert "four parts" in capsys.readouterr().out
+    assert not check_hint_init_prediction(None)
+    assert "set answer" in capsys.readouterr().out
+    assert not check_hint_init_prediction("1 2 2 2")
+    assert "list of four" in capsys.readouterr().out
 
 
 def test_zero_conv_grads_check(capsys):

@@ -90,7 +90,12 @@ from diffusion_lab.course.exercises.nb13_surgery import (
     check_magnitude_prune,
 )
 from diffusion_lab.course.exercises.nb14_super_resolution import check_low_res_snr_crossing, check_psnr
-from diffusion_lab.course.exercises.nb15_controlnet import check_control_keep, check_zero_conv_grads
+from diffusion_lab.course.exercises.nb15_controlnet import (
+    check_control_keep,
+    check_controlled_steps,
+    check_hint_init_prediction,
+    check_zero_conv_grads,
+)
 from diffusion_lab.course.exercises.nb16_variations import (
     check_dial_prediction,
     check_half_cosine_level,
@@ -166,6 +171,8 @@ __all__ = [
     "check_int8_error_bound",
     "check_psnr",
     "check_control_keep",
+    "check_controlled_steps",
+    "check_hint_init_prediction",
     "check_noise_image_embedding",
     "check_low_res_snr_crossing",
     "check_zero_conv_grads",

@@ -5,6 +5,9 @@ checker                      the student's function must return
 ===========================  ==========================================================================================
 ``check_control_keep``       1 when i/n ≥ start and (i + 1)/n ≤ end, else 0 (diffusers' controlnet_keep)
 ``check_zero_conv_grads``    the gradients (dW, db, dx) of a 1×1 zero convolution at initialisation (W = 0, b = 0)
+``check_controlled_steps``   the number of steps of n that the window [start, end] controls, as a closed form
+``check_hint_init_prediction`` (a value) the first optimiser step that moves each part of a ControlNet whose hint
+                             network's last layer starts random instead of zero
 ===========================  ==========================================================================================
 
 Each checker calls the student's function on seeded cases, compares it with the library's reference (or autograd)
@@ -19,9 +22,16 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _as_number, _as_tensor, _call, _check_callable, _report
+from diffusion_lab.course.exercises.checking import (
+    _as_int_list,
+    _as_number,
+    _as_tensor,
+    _call,
+    _check_callable,
+    _report,
+)
 
-__all__ = ["check_control_keep", "check_zero_conv_grads"]
+__all__ = ["check_control_keep", "check_controlled_steps", "check_hint_init_prediction", "check_zero_conv_grads"]
 
 
 def _control_keep(i: int, n: int, start: float, end: float) -> float:
@@ -106,3 +116,80 @@ def check_zero_conv_grads(fn: Callable[..., tuple]) -> bool:
                 False, what, "dW[o, i] = Σ_{b,h,w} g[b, o, h, w]·x[b, i, h, w] and db[o] = Σ_{b,h,w} g[b, o, h, w]"
             )
     return _report(True, what, "")
+
+
+def _controlled_steps(n: int, start: float, end: float) -> int:
+    return int(sum(_control_keep(i, n, start, end) for i in range(n)))
+
+
+def check_controlled_steps(fn: Callable[[int, float, float], int]) -> bool:
+    """``fn(n, start, end)`` must return how many of n sampling steps diffusers controls with the window
+    ``control_guidance_start = start``, ``control_guidance_end = end`` (step i covers [i/n, (i + 1)/n] and is
+    controlled when i/n ≥ start and (i + 1)/n ≤ end): ⌊end·n⌋ − ⌈start·n⌉, and 0 when that is negative. Compared
+    with the count of diffusers' rule step by step."""
+    _check_callable(fn)
+    what = "the number of controlled steps"
+    cases = ((25, 0.1, 0.75), (10, 0.0, 0.5), (8, 0.25, 1.0), (7, 0.3, 0.6), (30, 0.05, 0.95), (4, 0.3, 0.4))
+    for n, start, end in cases:
+        out, hint = _call(fn, what, n, start, end)
+        if hint:
+            return _report(False, what, hint)
+        got, problem = _as_number(out, whole=True)
+        if problem:
+            return _report(False, what, f"return a whole number of steps, {problem}")
+        want = _controlled_steps(n, start, end)
+        if got == want:
+            continue
+        if got < 0:
+            hint = f"n = {n}, window [{start}, {end}]: no step fits inside, so the count is 0, not {got}"
+        elif got == want + 1:
+            hint = (
+                f"n = {n}, window [{start}, {end}]: one step too many; a step counts only if its whole interval "
+                "[i/n, (i + 1)/n] lies inside the window, so the controlled steps are i = ⌈start·n⌉ … ⌊end·n⌋ − 1"
+            )
+        else:
+            hint = f"n = {n}, window [{start}, {end}]: expected {want} steps, got {got}"
+        return _report(False, what, hint)
+    return _report(True, what, "")
+
+
+_PARTS = ("output zero convolutions", "encoder copy", "hint network's last layer", "hint network's earlier layers")
+
+
+def check_hint_init_prediction(answer) -> bool:
+    """``answer``: [first step of the output zero convolutions, of the encoder copy, of the hint network's last layer,
+    of its earlier layers], the first AdamW step (1, 2, 3, …) at which each part's weights move when the hint
+    network's last layer starts random instead of zero (every output zero convolution still zero). Right:
+    [1, 2, 2, 2] — only the output zero convolutions block the first step; the random last layer passes the gradient
+    on to the earlier layers at once."""
+    what = "the order in which a ControlNet with a random hint layer learns"
+    if answer is None:
+        return _report(False, what, "set answer to a list of four step numbers, e.g. [1, 1, 1, 1]")
+    got, problem = _as_int_list(answer)
+    if problem:
+        return _report(False, what, f"answer must be a list of four whole step numbers: {problem}")
+    if len(got) != 4:
+        return _report(False, what, f"give one step for each of the four parts {list(_PARTS)}, got {len(got)}")
+    want = [1, 2, 2, 2]
+    if got == want:
+        return _report(True, what, "")
+    if got[0] != 1:
+        hint = "∂L/∂W of an output zero convolution is Σ δ xᵀ: it does not contain W, so they move at step 1"
+    elif got[1] != 2:
+        hint = (
+            "the encoder copy sits behind the output zero convolutions: nothing flows back through W = 0 at step 1; "
+            "from step 2 (W ≠ 0) it does"
+        )
+    elif got[2] != 2:
+        hint = (
+            "the hint's last layer adds to the copy's input: its weights get gradient as soon as the copy's input "
+            "does (step 2), whatever their own starting values"
+        )
+    elif got[3] == 3:
+        hint = (
+            "the third step came from the zero last layer: ∂L/∂(its input) = Wᵀ δ = 0 while W = 0; a random last "
+            "layer passes the gradient on at once"
+        )
+    else:
+        hint = f"expected step {want[3]} for the {_PARTS[3]}, got {got[3]}"
+    return _report(False, what, hint)
