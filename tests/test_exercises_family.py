@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from diffusion_lab.course.exercises.nb14_super_resolution import check_low_res_snr_crossing, check_psnr
+from diffusion_lab.course.exercises.nb14_super_resolution import check_averaging_gain, check_low_res_snr_crossing
 from diffusion_lab.course.exercises.nb15_controlnet import (
     check_control_keep,
     check_controlled_steps,
@@ -21,18 +22,39 @@ from diffusion_lab.course.exercises.nb16_variations import (
 )
 
 
-def test_psnr_check(capsys):
-    assert check_psnr(lambda x, y: 10 * torch.log10(4 / (x - y).pow(2).mean(dim=(1, 2, 3))))
-    assert check_psnr(lambda x, y: 20 * math.log10(2) - 10 * torch.log10(((x - y) ** 2).flatten(1).mean(1)))
-    assert capsys.readouterr().out.count("✅") == 2
-    assert not check_psnr(lambda x, y: 10 * torch.log10(1 / (x - y).pow(2).mean(dim=(1, 2, 3))))
-    assert "MAX = 2" in capsys.readouterr().out
-    assert not check_psnr(lambda x, y: 20 * torch.log10(4 / (x - y).pow(2).mean(dim=(1, 2, 3))))
-    assert "powers" in capsys.readouterr().out
-    assert not check_psnr(lambda x, y: 10 * torch.log10(4 / (x - y).pow(2).mean()))
-    assert "one PSNR per image" in capsys.readouterr().out
-    assert not check_psnr(lambda x, y: None)
+def test_averaging_gain_check(capsys):
+    assert check_averaging_gain(lambda n: 10 * math.log10(2 * n / (n + 1)))
+    assert check_averaging_gain(lambda n: 10 * torch.log10(torch.tensor(2.0)) - 10 * math.log10(1 + 1 / n))
+    assert check_averaging_gain(lambda n: 10 * np.log10((2 * n) / (n + 1)))  # a NumPy scalar
+    assert capsys.readouterr().out.count("✅") == 3
+    assert not check_averaging_gain(lambda n: 10 * math.log10(n))  # the truth taken as the posterior mean
+    assert "one more draw" in capsys.readouterr().out
+    assert not check_averaging_gain(lambda n: 20 * math.log10(2 * n / (n + 1)))
+    assert "ratio of powers" in capsys.readouterr().out
+    assert not check_averaging_gain(lambda n: 10 * math.log10(n / (n + 1)))  # MSE₁ = σ² (the truth's d₀ forgotten)
+    assert "MSE₁ = 2σ²" in capsys.readouterr().out
+    assert not check_averaging_gain(lambda n: 10 * math.log10(2))  # the N → ∞ limit
+    assert "limit N → ∞" in capsys.readouterr().out
+    assert not check_averaging_gain(lambda n: 10 * math.log10(2 * n / (n + 2)))
+    assert "G(1) must be 0 dB" in capsys.readouterr().out
+    assert not check_averaging_gain(lambda n: 10 * math.log10(2 * n / (n + 1)) + (n == 8))
+    assert "at N = 8" in capsys.readouterr().out
+    assert not check_averaging_gain(lambda n: None)
     assert "returns None" in capsys.readouterr().out
+    assert not check_averaging_gain(lambda n: "2.5 dB")
+    assert "got a str" in capsys.readouterr().out
+
+
+def test_averaging_gain_is_measured_by_simulation():
+    """The formula of the check holds for independent Gaussian draws around a mean (truth included)."""
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(1, 2000, generator=g)
+    truth = m + torch.randn(500, 2000, generator=g)
+    samples = m + torch.randn(8, 500, 2000, generator=g)
+    mse_1 = (samples[0] - truth).pow(2).mean()
+    for n in (2, 8):
+        gain = 10 * torch.log10(mse_1 / (samples[:n].mean(0) - truth).pow(2).mean()).item()
+        assert abs(gain - 10 * math.log10(2 * n / (n + 1))) < 0.02
 
 
 def test_control_keep_check(capsys):
@@ -132,6 +154,8 @@ def test_low_res_snr_crossing_check(capsys):
     assert "integer noise level" in capsys.readouterr().out
     assert not check_low_res_snr_crossing(181.5)
     assert "not a whole number" in capsys.readouterr().out
+    assert not check_low_res_snr_crossing("181")
+    assert "int(...)" in capsys.readouterr().out
 
 
 def test_controlled_steps_check(capsys):

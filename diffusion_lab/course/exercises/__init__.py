@@ -89,7 +89,7 @@ from diffusion_lab.course.exercises.nb13_surgery import (
     check_int8_error_bound,
     check_magnitude_prune,
 )
-from diffusion_lab.course.exercises.nb14_super_resolution import check_low_res_snr_crossing, check_psnr
+from diffusion_lab.course.exercises.nb14_super_resolution import check_averaging_gain, check_low_res_snr_crossing
 from diffusion_lab.course.exercises.nb15_controlnet import (
     check_control_keep,
     check_controlled_steps,
@@ -169,7 +169,7 @@ __all__ = [
     "check_magnitude_prune",
     "check_bitmask_size_ratio",
     "check_int8_error_bound",
-    "check_psnr",
+    "check_averaging_gain",
     "check_control_keep",
     "check_controlled_steps",
     "check_hint_init_prediction",

@@ -3,7 +3,8 @@
 =================================  ====================================================================================
 checker                            the student's answer must be
 =================================  ====================================================================================
-``check_psnr``                     10·log₁₀(MAX²/MSE) per image pair, MAX = 2 in [−1, 1]
+``check_averaging_gain``           the PSNR gain of the mean of N upscalings over one, 10·log₁₀(2N/(N + 1)), when the
+                                   samples and the truth are independent draws around the posterior mean
 ``check_low_res_snr_crossing``     the first noise level s at which the noised low-res image's SNR ᾱ_s/(1 − ᾱ_s)
                                    falls below 10 (10 dB), for the upscaler's ``low_res_scheduler``
 =================================  ====================================================================================
@@ -16,39 +17,67 @@ only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Sha
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
-from diffusion_lab.course.exercises.checking import _as_number, _call_tensor, _check_callable, _report
+from diffusion_lab.course.exercises.checking import _as_number, _call, _check_callable, _report
 
-__all__ = ["check_psnr", "check_low_res_snr_crossing"]
+__all__ = ["check_averaging_gain", "check_low_res_snr_crossing"]
 
 
-def check_psnr(fn: Callable[..., torch.Tensor]) -> bool:
-    """``fn(x, y)`` with x, y (B, C, H, W) in [−1, 1] must return the peak signal-to-noise ratio of each image pair in
-    decibels, (B,): PSNR = 10·log10(MAX² / MSE) with MAX = 2 (the width of [−1, 1]) and MSE the mean of (x − y)² over
-    one image's pixels."""
+def _averaging_gain_db(n: int) -> float:
+    """G(N) = 10·log10(MSE₁ / MSE_N) = 10·log10(2N / (N + 1)): samples x̂ᵢ = m + dᵢ and the truth x = m + d₀ are
+    independent draws around the posterior mean m with per-pixel variance σ², so MSE₁ = E|d₁ − d₀|² = 2σ² and
+    MSE_N = E|mean(dᵢ) − d₀|² = σ²/N + σ²."""
+    return 10 * math.log10(2 * n / (n + 1))
+
+
+_GAIN_NS = (1, 2, 4, 8, 100)
+
+
+def check_averaging_gain(fn: Callable[[int], float]) -> bool:
+    """``fn(N)`` must return the PSNR gain in dB of the pixel mean of N upscalings over one upscaling, for an ideal
+    upscaler whose samples and the true image are independent draws from the same posterior:
+    G(N) = 10·log10(2N / (N + 1)) (0 dB at N = 1, 3.01 dB as N → ∞)."""
     _check_callable(fn)
-    what = "PSNR"
-    g = torch.Generator().manual_seed(44)
-    y = torch.rand(5, 1, 28, 28, generator=g) * 2 - 1
-    x = (y + torch.randn(5, 1, 1, 1, generator=g).abs() * 0.2 * torch.randn(y.shape, generator=g)).clamp(-1, 1)
-    mse = (x - y).pow(2).mean(dim=(1, 2, 3))  # (B,)
-    want = 10 * torch.log10(4.0 / mse)
-    got, hint = _call_tensor(fn, what, want, "return one PSNR per image, shape {want}, not {got}", x, y)
-    if hint:
-        return _report(False, what, hint)
-    if torch.allclose(got, want, atol=1e-3):
+    what = "the PSNR gain of averaging N upscalings"
+    got = {}
+    for n in _GAIN_NS:
+        out, hint = _call(fn, what, n)
+        if hint:
+            return _report(False, what, hint)
+        value, problem = _as_number(out)
+        if problem:
+            return _report(False, what, f"return one number (dB) for each N: for N = {n} you {problem}")
+        got[n] = value
+    want = {n: _averaging_gain_db(n) for n in _GAIN_NS}
+    if all(abs(got[n] - want[n]) < 1e-3 for n in _GAIN_NS):
         return _report(True, what, "")
-    if torch.allclose(got, want - 10 * torch.log10(torch.tensor(4.0)), atol=1e-3):
-        hint = "images in [−1, 1] span MAX = 2, so MAX² = 4 (MAX = 1 is for images in [0, 1])"
-    elif torch.allclose(got, 10 * torch.log10(2.0 / mse), atol=1e-3):
-        hint = "square the peak: 10·log10(MAX² / MSE) = 20·log10(MAX) − 10·log10(MSE)"
-    elif torch.allclose(got, 20 * torch.log10(4.0 / mse), atol=1e-3):
-        hint = "PSNR is 10·log10 of a ratio of *powers* (MAX² / MSE); 20·log10 is for amplitudes"
+
+    def like(formula) -> bool:
+        return all(abs(got[n] - formula(n)) < 1e-3 for n in _GAIN_NS)
+
+    if like(lambda n: 10 * math.log10(n)):
+        hint = (
+            "10·log10 N would hold if the truth were the posterior mean m itself; it is one more draw x = m + d₀, "
+            "and its own deviation d₀ stays in every error: MSE_N = σ²/N + σ²"
+        )
+    elif like(lambda n: 20 * math.log10(2 * n / (n + 1))):
+        hint = "PSNR is 10·log10 of a ratio of powers (MSE₁ / MSE_N); 20·log10 is for amplitudes"
+    elif like(lambda n: 10 * math.log10(n / (n + 1))):
+        hint = "one sample's error x̂₁ − x = d₁ − d₀ holds two independent deviations: MSE₁ = 2σ², not σ²"
+    elif like(lambda n: 10 * math.log10(2)):
+        hint = "3.01 dB is the limit N → ∞; a mean of N samples keeps σ²/N of their deviation: MSE_N = σ²/N + σ²"
+    elif abs(got[1]) > 1e-3:
+        hint = f"the mean of one upscaling is that upscaling: G(1) must be 0 dB, got {got[1]:.3f}"
     else:
-        hint = "10·log10(MAX² / MSE) with MSE = ((x − y)²).mean over (C, H, W) of each image"
+        worst = max(_GAIN_NS, key=lambda n: abs(got[n] - want[n]))
+        hint = (
+            f"at N = {worst} you return {got[worst]:.3f} dB; write MSE₁ and MSE_N with x̂ᵢ = m + dᵢ, x = m + d₀, "
+            "then G(N) = 10·log10(MSE₁ / MSE_N)"
+        )
     return _report(False, what, hint)
 
 
@@ -70,6 +99,8 @@ def check_low_res_snr_crossing(s_answer) -> bool:
         return _report(False, what, "set answer to an integer noise level s")
     answer, problem = _as_number(s_answer, whole=True)
     if problem:
+        if isinstance(s_answer, str):
+            problem += " (a string: write the number itself, or int(...) of it)"
         return _report(False, what, f"answer must be one integer noise level s: {problem}")
     if answer == want:
         return _report(True, what, "")
