@@ -141,10 +141,9 @@ RIGHT_FUNCTIONS = {
     "check_refiner_split": _refiner_split,
     "check_sd3_joint_text": _joint_text,
     "check_resolution_shift": lambda side: 3 * side / 1024,
-    "check_lora_forward": lambda x, W, A, B, a: x @ W.T + (a / A.shape[0]) * (x @ A.T) @ B.T,
-    "check_prior_preservation_loss": lambda p, t, pp, tp, lam: F.mse_loss(p, t) + lam * F.mse_loss(pp, tp),
+    "check_lora_break_even": lambda d_out, d_in: d_in * d_out / (d_in + d_out),
+    "check_concatenated_prior_loss": lambda n, m: (m / n, n / (n + m)),
     "check_magnitude_prune": _prune,
-    "check_lora_parameter_count": lambda shapes, r: sum(r * (d_in + d_out) for d_out, d_in in shapes),
     "check_bitmask_size_ratio": lambda p: 1 - p + 1 / 32,
     "check_int8_error_bound": lambda m, per_channel: m / 254 if per_channel else (m.max() / 254).expand_as(m),
     "check_averaging_gain": lambda n: 10 * np.log10(2 * n / (n + 1)),  # the mean of N upscalings over one
@@ -179,7 +178,7 @@ RIGHT_VALUES = {  # name: (the right answer, the checker's other arguments)
     "check_flow_time": (0.7573, (0.0931,)),  # √(1−ᾱ)/(√ᾱ + √(1−ᾱ)) for ᾱ = 0.0931
     "check_skip_reason": (2, ()),
     "check_best_guidance": (5, (_WS, _ADHERENCE)),
-    "check_lora_target_choice": (1, ()),  # the cross-attention
+    "check_lora_target_prediction": (1, (0.01, 0.10, 0.01)),  # 1: all attention changed the untrained prompt more
     "check_rescaled_std": (1.16, (0.8, 2.0, 0.7)),  # φ·σ_c + (1 − φ)·σ̃
     "check_img2img_timesteps": (list(range(279, 0, -40)), (list(range(999, 0, -40)), 0.3)),  # the last int(7.5) = 7
     "check_latent_mask_rows": ([0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0], ()),  # rows 14-27 repainted, f = 4

@@ -3,70 +3,22 @@ explain wrong ones."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 import torch
 
 from diffusion_lab.course.exercises.nb12_fine_tuning import (
-    check_lora_forward,
-    check_lora_parameter_count,
-    check_lora_target_choice,
-    check_prior_preservation_loss,
+    check_concatenated_prior_loss,
+    check_lora_break_even,
+    check_lora_target_prediction,
 )
 from diffusion_lab.course.exercises.nb13_surgery import (
     check_bitmask_size_ratio,
     check_int8_error_bound,
     check_magnitude_prune,
 )
-
-
-def test_lora_forward_check(capsys):
-    assert check_lora_forward(lambda x, W, A, B, a: x @ W.T + (a / A.shape[0]) * (x @ A.T) @ B.T)
-    assert check_lora_forward(lambda x, W, A, B, a: torch.nn.functional.linear(x, W + a / len(A) * B @ A))  # merged
-    assert capsys.readouterr().out.count("✅") == 2
-    assert not check_lora_forward(lambda x, W, A, B, a: x @ W.T + a * x @ A.T @ B.T)
-    assert "α/r" in capsys.readouterr().out
-    assert not check_lora_forward(lambda x, W, A, B, a: (a / A.shape[0]) * x @ A.T @ B.T)
-    assert "frozen layer" in capsys.readouterr().out
-    assert not check_lora_forward(lambda x, W, A, B, a: x @ W.T)
-    assert "wrong for r = 2, α = 4.0" in capsys.readouterr().out
-    assert not check_lora_forward(lambda x, W, A, B, a: x @ W.T + x @ A.T @ B.T)  # α/r forgotten (α ≠ r)
-    assert "scaled by α/r" in capsys.readouterr().out
-    assert not check_lora_forward(lambda x, W, A, B, a: (x @ W.T + (a / A.shape[0]) * x @ A.T @ B.T).T)
-    assert "return one output row per input" in capsys.readouterr().out
-    assert not check_lora_forward(lambda x, W, A, B, a: None)
-    assert "returns None" in capsys.readouterr().out
-
-
-def test_prior_preservation_loss_check(capsys):
-    mse = lambda a, b: (a - b).pow(2).mean()  # noqa: E731
-    F = torch.nn.functional
-    assert check_prior_preservation_loss(lambda p, t, pp, tp, lam: mse(p, t) + lam * mse(pp, tp))
-    assert check_prior_preservation_loss(lambda p, t, pp, tp, lam: F.mse_loss(p, t) + lam * F.mse_loss(pp, tp))
-
-    def loop(p, t, pp, tp, lam):  # number by number in Python floats
-        def sq(a, b):
-            return (
-                sum((x - y) ** 2 for x, y in zip(a.flatten().tolist(), b.flatten().tolist(), strict=True)) / a.numel()
-            )
-
-        return torch.tensor(sq(p, t) + lam * sq(pp, tp))
-
-    assert check_prior_preservation_loss(loop)
-    assert capsys.readouterr().out.count("✅") == 3
-    assert not check_prior_preservation_loss(lambda p, t, pp, tp, lam: mse(p, t) + mse(pp, tp))
-    assert "prior_weight" in capsys.readouterr().out
-    assert not check_prior_preservation_loss(lambda p, t, pp, tp, lam: mse(p, t))
-    assert "add the prior term" in capsys.readouterr().out
-    assert not check_prior_preservation_loss(
-        lambda p, t, pp, tp, lam: (p - t).abs().mean() + lam * (pp - tp).abs().mean()
-    )
-    assert "*squared* errors" in capsys.readouterr().out
-    assert not check_prior_preservation_loss(lambda p, t, pp, tp, lam: mse(p, t) + lam * mse(pp, t))  # wrong target
-    assert "wrong for λ = 1.0" in capsys.readouterr().out
-    assert not check_prior_preservation_loss(lambda p, t, pp, tp, lam: (p - t).pow(2) + lam * (pp - tp).pow(2))
-    assert "0-d" in capsys.readouterr().out
-    assert not check_prior_preservation_loss(lambda p, t, pp, tp, lam: 1 / 0)
-    assert "ZeroDivisionError" in capsys.readouterr().out
 
 
 def test_magnitude_prune_check(capsys):
@@ -157,46 +109,86 @@ def test_int8_error_bound_check(capsys):
     assert "returns None" in capsys.readouterr().out
 
 
-def test_lora_parameter_count_check(capsys):
-    assert check_lora_parameter_count(lambda shapes, r: sum(r * (i + o) for o, i in shapes))
-    assert check_lora_parameter_count(lambda shapes, r: int(torch.tensor(shapes).sum() * r))  # a tensor, summed
-    assert check_lora_parameter_count(lambda shapes, r: np.int64(sum(r * o + i * r for o, i in shapes)))
+def test_lora_break_even_check(capsys):
+    assert check_lora_break_even(lambda d_out, d_in: d_in * d_out / (d_in + d_out))
+    assert check_lora_break_even(
+        lambda d_out, d_in: math.ceil(d_in * d_out / (d_in + d_out))
+    )  # the first rank that saves nothing
+    assert check_lora_break_even(lambda d_out, d_in: np.float32(1 / (1 / d_in + 1 / d_out)))  # half the harmonic mean
     assert capsys.readouterr().out.count("✅") == 3
-    assert not check_lora_parameter_count(lambda shapes, r: sum(i * o for o, i in shapes))
-    assert "full layers' size" in capsys.readouterr().out
-    assert not check_lora_parameter_count(lambda shapes, r: sum(r * i * o for o, i in shapes))
-    assert "do not multiply" in capsys.readouterr().out
-    assert not check_lora_parameter_count(lambda shapes, r: r * (shapes[0][0] + shapes[0][1]))
-    assert "every layer" in capsys.readouterr().out
-    assert not check_lora_parameter_count(lambda shapes, r: sum(r * i for o, i in shapes))
-    assert "both factors" in capsys.readouterr().out
-    assert not check_lora_parameter_count(lambda shapes, r: sum(r * r * (i + o) for o, i in shapes))
-    assert "wrong for shapes" in capsys.readouterr().out
-    assert not check_lora_parameter_count(lambda shapes, r: 2.5)
-    assert "whole number" in capsys.readouterr().out
-    assert not check_lora_parameter_count(lambda shapes, r: None)
+    assert not check_lora_break_even(lambda d_out, d_in: min(d_in, d_out) / 2)  # right for square layers only
+    assert "only for a square layer" in capsys.readouterr().out
+    assert not check_lora_break_even(lambda d_out, d_in: d_out / 2)
+    assert "only for a square layer" in capsys.readouterr().out
+    assert not check_lora_break_even(lambda d_out, d_in: math.sqrt(d_in * d_out))
+    assert "r·d_in (A) + d_out·r (B)" in capsys.readouterr().out
+    assert not check_lora_break_even(lambda d_out, d_in: (d_in + d_out) / (d_in * d_out))
+    assert "upside down" in capsys.readouterr().out
+    assert not check_lora_break_even(lambda d_out, d_in: d_in * d_out / (d_in + d_out) + 5)
+    assert "wrong for d_out = 64" in capsys.readouterr().out
+    assert not check_lora_break_even(lambda d_out, d_in: "32")
+    assert "one number" in capsys.readouterr().out
+    assert not check_lora_break_even(lambda d_out, d_in: None)
     assert "returns None" in capsys.readouterr().out
-    assert not check_lora_parameter_count(lambda shapes, r: shapes[5])
-    assert "IndexError" in capsys.readouterr().out
+    assert not check_lora_break_even(lambda d_out, d_in: 1 / 0)
+    assert "ZeroDivisionError" in capsys.readouterr().out
 
 
-def test_lora_target_choice_check(capsys):
-    assert check_lora_target_choice(1)
-    assert check_lora_target_choice(np.int64(1))
-    assert check_lora_target_choice(1.0)
-    assert capsys.readouterr().out.count("✅") == 3
-    assert not check_lora_target_choice(2)
-    assert "self-attention" in capsys.readouterr().out
-    assert not check_lora_target_choice(3)
-    assert "convolutions" in capsys.readouterr().out
-    assert not check_lora_target_choice(None)
+def test_lora_target_prediction_check(capsys):
+    # all attention changes the untrained prompt by 0.10, the cross-attention by 0.01, SE 0.01: 1 (more)
+    assert check_lora_target_prediction(1, 0.01, 0.10, 0.01)
+    assert check_lora_target_prediction(np.int64(1), 0.01, 0.10, 0.01)
+    assert check_lora_target_prediction(2, 0.01, 0.02, 0.01)  # 0.01 apart, inside 2 SE
+    assert check_lora_target_prediction(3.0, 0.10, 0.01, np.float64(0.01))
+    assert capsys.readouterr().out.count("✅") == 4
+    assert not check_lora_target_prediction(2, 0.01, 0.10, 0.01)
+    assert "whatever its words" in capsys.readouterr().out
+    assert not check_lora_target_prediction(3, 0.01, 0.10, 0.01)
+    assert "+0.0900 ± 0.0100" in capsys.readouterr().out
+    assert not check_lora_target_prediction(1, 0.01, 0.02, 0.01)
+    assert "cannot tell them apart" in capsys.readouterr().out
+    assert not check_lora_target_prediction(1, 0.10, 0.01, 0.01)
+    assert "changed the untrained prompt less" in capsys.readouterr().out
+    assert not check_lora_target_prediction(None, 0.01, 0.10, 0.01)
     assert "not done yet" in capsys.readouterr().out
-    assert not check_lora_target_choice(4)
+    assert not check_lora_target_prediction("more", 0.01, 0.10, 0.01)
+    assert "one of the numbers" in capsys.readouterr().out
+    assert not check_lora_target_prediction(4, 0.01, 0.10, 0.01)
     assert "got 4" in capsys.readouterr().out
-    assert not check_lora_target_choice("cross-attention")
-    assert "one of the numbers" in capsys.readouterr().out
-    assert not check_lora_target_choice(True)
-    assert "one of the numbers" in capsys.readouterr().out
+    with pytest.raises(TypeError, match="change_all"):
+        check_lora_target_prediction(1, 0.01, "0.1", 0.01)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        check_lora_target_prediction(1, 0.01, 0.1, -0.01)
+
+
+def test_concatenated_prior_loss_check(capsys):
+    assert check_concatenated_prior_loss(lambda n, m: (m / n, n / (n + m)))
+    assert check_concatenated_prior_loss(lambda n, m: [torch.tensor(m / n), np.float64(n) / (n + m)])
+
+    def by_experiment(n, m):  # fit c and λ from two concatenated MSEs: (a, b) = (1, 0) and (0, 1)
+        one = torch.ones(1)
+        c = torch.nn.functional.mse_loss(torch.cat([one.expand(n), 0 * one.expand(m)]), torch.zeros(n + m))
+        c_lam = torch.nn.functional.mse_loss(torch.cat([0 * one.expand(n), one.expand(m)]), torch.zeros(n + m))
+        return (c_lam / c).item(), c.item()
+
+    assert check_concatenated_prior_loss(by_experiment)
+    assert capsys.readouterr().out.count("✅") == 3
+    assert not check_concatenated_prior_loss(lambda n, m: (1.0, 0.5))
+    assert "same size" in capsys.readouterr().out
+    assert not check_concatenated_prior_loss(lambda n, m: (n / m, n / (n + m)))
+    assert "upside down" in capsys.readouterr().out
+    assert not check_concatenated_prior_loss(lambda n, m: (m / n, 1.0))
+    assert "c = N/(N + M)" in capsys.readouterr().out
+    assert not check_concatenated_prior_loss(lambda n, m: (m / (n + m), n / (n + m)))
+    assert "factor N/(N + M) out" in capsys.readouterr().out
+    assert not check_concatenated_prior_loss(lambda n, m: (2.0, 3.0))
+    assert "wrong for N = 8, M = 8" in capsys.readouterr().out
+    assert not check_concatenated_prior_loss(lambda n, m: m / n)
+    assert "two numbers" in capsys.readouterr().out
+    assert not check_concatenated_prior_loss(lambda n, m: ("1", 0.5))
+    assert "two numbers" in capsys.readouterr().out
+    assert not check_concatenated_prior_loss(lambda n, m: None)
+    assert "returns None" in capsys.readouterr().out
 
 
 def test_bitmask_size_ratio_check(capsys):

@@ -56,6 +56,8 @@ __all__ = [
     "captions_for",
     "sample_caption_batch",
     "fit_bins",
+    "ink",
+    "moments",
     "parse_prompt",
     "size",
     "slant",
@@ -70,7 +72,7 @@ _EPS = 1e-6
 INK_FLOOR = 0.4  # τ: brightness (x + 1)/2 at or below it is background; part of the attribute definitions
 
 
-def _ink(images: object) -> torch.Tensor:
+def ink(images: object) -> torch.Tensor:
     """Checked images (B, 1, H, W) in [−1, 1] → ink p = clamp(((x + 1)/2 − τ)/(1 − τ), 0, 1), (B, H, W) float."""
     check_tensor("images", images, "of shape (B, 1, H, W)")
     if images.ndim != 4 or images.shape[1] != 1:
@@ -89,7 +91,7 @@ def _ink(images: object) -> torch.Tensor:
     return ((brightness - INK_FLOOR) / (1 - INK_FLOOR)).clamp(0, 1)
 
 
-def _moments(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def moments(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ink mass A and central moments μ₂₀, μ₀₂, μ₁₁ of p (B, H, W); each (B,). Zero for an empty image."""
     _, h, w = p.shape
     v = torch.arange(h, device=p.device, dtype=p.dtype)[None, :, None]  # (1, H, 1) row, goes down
@@ -104,6 +106,9 @@ def _moments(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     mu02 = (p * dv**2).sum((1, 2)) / a
     mu11 = (p * du * dv).sum((1, 2)) / a
     return mass, mu20, mu02, mu11
+
+
+_ink, _moments = ink, moments  # the names the library's own modules use
 
 
 def _perimeter(p: torch.Tensor) -> torch.Tensor:

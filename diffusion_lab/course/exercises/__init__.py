@@ -79,10 +79,9 @@ from diffusion_lab.course.exercises.nb10_sdxl import (
 )
 from diffusion_lab.course.exercises.nb11_sd3 import check_resolution_shift, check_sd3_embeds_shape, check_sd3_joint_text
 from diffusion_lab.course.exercises.nb12_fine_tuning import (
-    check_lora_forward,
-    check_lora_parameter_count,
-    check_lora_target_choice,
-    check_prior_preservation_loss,
+    check_concatenated_prior_loss,
+    check_lora_break_even,
+    check_lora_target_prediction,
 )
 from diffusion_lab.course.exercises.nb13_surgery import (
     check_bitmask_size_ratio,
@@ -162,10 +161,9 @@ __all__ = [
     "check_sd3_joint_text",
     "check_resolution_shift",
     "check_sd3_embeds_shape",
-    "check_lora_forward",
-    "check_prior_preservation_loss",
-    "check_lora_parameter_count",
-    "check_lora_target_choice",
+    "check_lora_break_even",
+    "check_lora_target_prediction",
+    "check_concatenated_prior_loss",
     "check_magnitude_prune",
     "check_bitmask_size_ratio",
     "check_int8_error_bound",

@@ -1,154 +1,144 @@
 """Exercise checkers of notebook 12 (fine-tuning: textual inversion, LoRA, DreamBooth).
 
-=================================  =======================================================
-checker                            the student's function must return
-=================================  =======================================================
-``check_lora_forward``             h = W·x + (α/r)·B·A·x (Hu et al. 2022, Eq. 3)
-``check_prior_preservation_loss``  ‖ε − ε̂‖² + λ·‖ε_pr − ε̂_pr‖² (Ruiz et al. 2023, Eq. 2)
-``check_lora_parameter_count``     Σ r·(d_in + d_out) over the adapted layers' (d_out, d_in) shapes
-``check_lora_target_choice``       where a LoRA must sit to change one word only: the cross-attention
-=================================  =======================================================
+==================================  ================================================================================
+checker                             what the student answers
+==================================  ================================================================================
+``check_lora_break_even``           the rank r* at which a LoRA on a d_out × d_in layer trains as many numbers as the
+                                    layer itself: r*(d_in + d_out) = d_in·d_out (Hu et al. 2021)
+``check_lora_target_prediction``    a prediction tested by the notebook's experiment: does an adapter on all attention
+                                    (self- and cross-) move an untrained prompt more, the same or less than one on the
+                                    cross-attention only
+``check_concatenated_prior_loss``   the λ and overall factor c for which one MSE over the concatenated subject and
+                                    class batches equals c·(L_instance + λ·L_prior) (Ruiz et al. 2023, Eq. 2, with
+                                    the course's v-prediction loss)
+==================================  ================================================================================
 
-Each checker calls the student's function on seeded cases, compares it with the library's reference (or an
-independent formula) and prints one ✅/❌ line with a hint naming the usual mistake; an error raised by the student's
-code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``: ``TypeError``). Shared
-machinery: :mod:`diffusion_lab.course.exercises.checking`. The magnitude-pruning checker of notebook 13 is in
-:mod:`diffusion_lab.course.exercises.nb13_surgery`.
+Each checker calls the student's function (or reads the student's answer), compares it with an independent formula
+(or with the measurement the notebook passes in) and prints one ✅/❌ line with a hint naming the usual mistake; an
+error raised by the student's code becomes a ❌, and only a checker's own arguments raise (a non-callable ``fn``, a
+measurement that is not a number: ``TypeError``). Shared machinery: :mod:`diffusion_lab.course.exercises.checking`.
+The magnitude-pruning checker of notebook 13 is in :mod:`diffusion_lab.course.exercises.nb13_surgery`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
-import torch
-
-from diffusion_lab.course.exercises.checking import _as_number, _call, _call_tensor, _check_callable, _report
+from diffusion_lab.course.exercises.checking import _as_number, _call, _check_callable, _report
 
 __all__ = [
-    "check_lora_forward",
-    "check_prior_preservation_loss",
-    "check_lora_parameter_count",
-    "check_lora_target_choice",
+    "check_lora_break_even",
+    "check_lora_target_prediction",
+    "check_concatenated_prior_loss",
+    "TARGET_PREDICTIONS",
 ]
 
 
-def check_lora_forward(fn: Callable[..., torch.Tensor]) -> bool:
-    """``fn(x, W, A, B, alpha)`` with x (N, d_in), W (d_out, d_in), A (r, d_in), B (d_out, r) must return a LoRA
-    layer's output h = x Wᵀ + (α/r)·x Aᵀ Bᵀ (N, d_out): the frozen layer plus the scaled low-rank update (Hu et al.
-    2021, Eq. 3 and §4.1)."""
+def check_lora_break_even(fn: Callable[..., object]) -> bool:
+    """``fn(d_out, d_in)`` must return r* = d_in·d_out / (d_in + d_out): the rank at which a LoRA's A (r × d_in) and
+    B (d_out × r) hold as many numbers as the frozen layer W (d_out × d_in); any rank below r* saves parameters.
+    A whole number within 1 of r* (r* rounded up or down) is accepted too."""
     _check_callable(fn)
-    what = "the LoRA layer"
-    g = torch.Generator().manual_seed(41)
-    for n, d_in, d_out, r, alpha in ((5, 8, 6, 2, 4.0), (3, 16, 16, 4, 4.0), (2, 6, 9, 3, 1.0)):
-        x, W = torch.randn(n, d_in, generator=g), torch.randn(d_out, d_in, generator=g)
-        A, B = torch.randn(r, d_in, generator=g), torch.randn(d_out, r, generator=g)
-        want = x @ W.T + (alpha / r) * x @ A.T @ B.T
-        got, hint = _call_tensor(
-            fn, what, want, "return one output row per input, shape {want}, not {got}", x, W, A, B, alpha
-        )
+    what = "the LoRA break-even rank"
+    for d_out, d_in in ((64, 64), (1280, 1280), (1280, 2048), (320, 768), (10, 3)):
+        want = d_in * d_out / (d_in + d_out)
+        out, hint = _call(fn, what, d_out, d_in)
         if hint:
             return _report(False, what, hint)
-        if torch.allclose(got, want, atol=1e-4):
-            continue
-        if torch.allclose(got, x @ W.T + x @ A.T @ B.T, atol=1e-4) and alpha != r:
-            hint = "the update is scaled by α/r (alpha divided by the rank r = A.shape[0])"
-        elif torch.allclose(got, x @ W.T + alpha * x @ A.T @ B.T, atol=1e-4):
-            hint = "scale the update by α/r, not α: r = A.shape[0]"
-        elif torch.allclose(got, (alpha / r) * x @ A.T @ B.T, atol=1e-4):
-            hint = "the frozen layer's own output x Wᵀ is still there: h = x Wᵀ + (α/r)·x Aᵀ Bᵀ"
-        else:
-            hint = f"wrong for r = {r}, α = {alpha}: x Aᵀ is (N, r), then Bᵀ maps it to (N, d_out)"
-        return _report(False, what, hint)
-    return _report(True, what, "")
-
-
-def check_prior_preservation_loss(fn: Callable[..., torch.Tensor]) -> bool:
-    """``fn(pred, target, pred_prior, target_prior, prior_weight)`` must return DreamBooth's loss (Ruiz et al. 2023,
-    Eq. 2): mean((pred − target)²) + λ·mean((pred_prior − target_prior)²), a scalar."""
-    _check_callable(fn)
-    what = "the prior-preservation loss"
-    g = torch.Generator().manual_seed(42)
-    pred, target, pred_prior, target_prior = torch.randn(4, 3, 4, 7, 7, generator=g).unbind(0)
-    for lam in (1.0, 0.5, 0.0):
-        want = (pred - target).pow(2).mean() + lam * (pred_prior - target_prior).pow(2).mean()
-        got, hint = _call_tensor(
-            fn,
-            what,
-            want,
-            "return one number (a 0-d tensor), not shape {got}",
-            pred,
-            target,
-            pred_prior,
-            target_prior,
-            lam,
-        )
-        if hint:
-            return _report(False, what, hint)
-        if torch.allclose(got, want, atol=1e-5):
-            continue
-        instance = (pred - target).pow(2).mean()
-        if torch.allclose(got, instance + (pred_prior - target_prior).pow(2).mean(), atol=1e-5):
-            hint = "multiply the prior term by prior_weight λ"
-        elif torch.allclose(got, instance, atol=1e-5):
-            hint = "add the prior term: λ·mean((pred_prior − target_prior)²)"
-        elif torch.allclose(
-            got, (pred - target).abs().mean() + lam * (pred_prior - target_prior).abs().mean(), atol=1e-5
-        ):
-            hint = "both terms are mean *squared* errors"
-        else:
-            hint = f"wrong for λ = {lam}: mean((pred − target)²) + λ·mean((pred_prior − target_prior)²)"
-        return _report(False, what, hint)
-    return _report(True, what, "")
-
-
-def check_lora_parameter_count(fn: Callable[..., object]) -> bool:
-    """``fn(shapes, r)`` with ``shapes`` a list of (d_out, d_in) weight shapes must return the number of trained
-    numbers of a rank-r LoRA on those layers: Σ r·(d_in + d_out) (A is r × d_in, B is d_out × r)."""
-    _check_callable(fn)
-    what = "the LoRA parameter count"
-    for shapes, r in (([(64, 64)] * 4, 4), ([(1280, 1280)], 4), ([(320, 768), (640, 2048)], 8), ([(10, 3)], 2)):
-        want = sum(r * (d_in + d_out) for d_out, d_in in shapes)
-        out, hint = _call(fn, what, list(shapes), r)
-        if hint:
-            return _report(False, what, hint)
-        got, problem = _as_number(out, whole=True)
+        got, problem = _as_number(out)
         if problem:
-            return _report(False, what, f"return one whole number of parameters: {problem}")
-        if got == want:
+            return _report(False, what, f"return one number, the rank r*: {problem}")
+        if abs(got - want) < 1:
             continue
-        if got == sum(d_in * d_out for d_out, d_in in shapes):
-            hint = "that is the full layers' size d_in·d_out: LoRA trains only A (r × d_in) and B (d_out × r)"
-        elif got == sum(r * d_in * d_out for d_out, d_in in shapes):
-            hint = "A is r × d_in and B is d_out × r: add their sizes, r·d_in + d_out·r, do not multiply d_in·d_out"
-        elif got == r * (shapes[0][0] + shapes[0][1]) and len(shapes) > 1:
-            hint = "sum over every layer in shapes, not only the first"
-        elif got in (sum(r * d_in for _, d_in in shapes), sum(r * d_out for d_out, _ in shapes)):
-            hint = "count both factors: A (r × d_in) and B (d_out × r)"
+        if d_in != d_out and (abs(got - min(d_in, d_out) / 2) < 1e-6 or abs(got - max(d_in, d_out) / 2) < 1e-6):
+            hint = f"d/2 holds only for a square layer; for {d_out} × {d_in} solve r·(d_in + d_out) = d_in·d_out for r"
+        elif abs(got - (d_in + d_out) / 2) < 1e-6 and d_in != d_out:
+            hint = "not the mean of d_in and d_out: solve r·(d_in + d_out) = d_in·d_out for r"
+        elif abs(got - math.sqrt(d_in * d_out)) < 1e-6 or abs(got - d_in * d_out / 2) < 1e-6:
+            hint = "count the LoRA's numbers as r·d_in (A) + d_out·r (B) and set that equal to d_in·d_out"
+        elif abs(got - (d_in + d_out) / (d_in * d_out)) < 1e-9:
+            hint = "upside down: r* = d_in·d_out / (d_in + d_out)"
         else:
-            hint = f"wrong for shapes {shapes} at r = {r}: each layer trains r·(d_in + d_out) numbers"
+            hint = f"wrong for d_out = {d_out}, d_in = {d_in}: want r with r·(d_in + d_out) = d_in·d_out"
         return _report(False, what, hint)
     return _report(True, what, "")
 
 
-LORA_TARGETS = {1: "cross-attention", 2: "all attention", 3: "whole U-Net"}
+TARGET_PREDICTIONS = {1: "more", 2: "about the same", 3: "less"}
 
 
-def check_lora_target_choice(answer: object) -> bool:
-    """``answer``: the number in :data:`LORA_TARGETS` of where to put a LoRA that must change how one word is drawn
-    ("a three" wider) and leave the other prompts as the base model draws them. Right: 1, the cross-attention, the
-    only layers that read the prompt's tokens (notebook 12, §3: "a seven" barely moved)."""
-    what = "where the LoRA goes"
-    if answer is None:
-        return _report(False, what, "not done yet: set my_choice to 1, 2 or 3")
-    choice, problem = _as_number(answer, whole=True)
-    if problem or choice not in LORA_TARGETS:
-        return _report(False, what, f"answer with one of the numbers 1, 2, 3: {problem or f'got {choice}'}")
-    if choice == 1:
+def _measured(name: str, value: object) -> float:
+    number, problem = _as_number(value)
+    if problem:
+        raise TypeError(f"{name} must be a finite number (the notebook's measurement): {problem}")
+    return float(number)
+
+
+def check_lora_target_prediction(prediction: object, change_cross: object, change_all: object, se: object) -> bool:
+    """``prediction``, a number of :data:`TARGET_PREDICTIONS`: does an adapter on **all** attention layers (self- and
+    cross-) change an untrained prompt's pictures 1 more, 2 about the same or 3 less than an adapter on the
+    cross-attention only, both trained alike? ``change_cross`` and ``change_all`` are the measured changes from the
+    base model's pictures (same seeds; ≥ 0), ``se`` the standard error of their difference (paired by seed). The
+    truth is 1 or 3 when change_all − change_cross is beyond ±2·se, else 2."""
+    what = "the LoRA-target prediction"
+    cross, every = _measured("change_cross", change_cross), _measured("change_all", change_all)
+    err = _measured("se", se)
+    if min(cross, every, err) < 0:
+        raise ValueError(f"the changes and se must be >= 0, got {cross}, {every}, {err}")
+    if prediction is None:
+        return _report(False, what, "not done yet: set my_prediction to 1, 2 or 3 BEFORE the experiment")
+    said, problem = _as_number(prediction, whole=True)
+    if problem or said not in TARGET_PREDICTIONS:
+        return _report(
+            False,
+            what,
+            f"answer with one of the numbers 1 (more), 2 (about the same), 3 (less): {problem or f'got {said}'}",
+        )
+    diff = every - cross
+    truth = 1 if diff > 2 * err else 3 if diff < -2 * err else 2
+    if said == truth:
         return _report(True, what, "")
-    hints = {
-        2: "self-attention mixes image positions and sees no word: an adapter there changes every prompt's "
-        "pictures; which layers read the prompt's tokens?",
-        3: "the convolutions and self-attention see no word: a change there reaches every prompt (compare §3's "
-        "'a seven', which the cross-attention adapter left almost unchanged)",
-    }
-    return _report(False, what, hints[choice])
+    measured = f"measured: cross-attention {cross:.4f}, all attention {every:.4f}, difference {diff:+.4f} ± {err:.4f}"
+    if truth == 2:
+        hint = f"{measured}, within 2 standard errors: this experiment cannot tell them apart"
+    elif truth == 1:
+        hint = (
+            f"{measured}: the self-attention adapters act on the image features of every prompt, whatever its words "
+            "(in the cross-attention only to_k and to_v read the text)"
+        )
+    else:
+        hint = f"{measured}: the all-attention adapter changed the untrained prompt less, beyond 2 standard errors"
+    return _report(False, what, hint)
+
+
+def check_concatenated_prior_loss(fn: Callable[..., object]) -> bool:
+    """``fn(n_subject, n_prior)`` must return ``(lam, c)``: concatenating N subject and M class examples into one batch
+    and taking one MSE over it gives (N·L_instance + M·L_prior)/(N + M) = c·(L_instance + λ·L_prior) with
+    λ = M/N and c = N/(N + M) (each L the mean over its own batch, as the course's loss)."""
+    _check_callable(fn)
+    what = "the concatenated-batch loss"
+    for n, m in ((8, 8), (5, 10), (4, 1), (3, 7)):
+        lam, c = m / n, n / (n + m)
+        out, hint = _call(fn, what, n, m)
+        if hint:
+            return _report(False, what, hint)
+        if isinstance(out, str | bytes | dict) or not hasattr(out, "__len__") or len(out) != 2:
+            return _report(False, what, "return two numbers, (lam, c)")
+        (got_lam, p1), (got_c, p2) = _as_number(out[0]), _as_number(out[1])
+        if p1 or p2:
+            return _report(False, what, f"return two numbers, (lam, c): {p1 or p2}")
+        if abs(got_lam - lam) < 1e-6 and abs(got_c - c) < 1e-6:
+            continue
+        if abs(got_lam - 1) < 1e-6 and abs(got_c - 0.5) < 1e-6:
+            hint = f"λ = 1, c = ½ only when both batches have the same size; here N = {n}, M = {m}"
+        elif abs(got_lam - n / m) < 1e-6 and n != m:
+            hint = "upside down: each class example weighs as much as a subject example, so λ = M/N"
+        elif abs(got_lam - lam) < 1e-6:
+            hint = f"λ = M/N is right; the mean divides the sum of all N + M squared errors by N + M: c = N/(N + M), not {got_c:g}"
+        elif abs(got_lam - m / (n + m)) < 1e-6 or (abs(got_lam * got_c - m / (n + m)) < 1e-6 and abs(got_c - c) > 1e-6):
+            hint = "write it as c·(L_instance + λ·L_prior): factor N/(N + M) out of both terms, what is left on L_prior is λ"
+        else:
+            hint = f"wrong for N = {n}, M = {m}: expand the mean over N + M examples into the two batches' means"
+        return _report(False, what, hint)
+    return _report(True, what, "")
