@@ -29,15 +29,18 @@ FIGURES = {
     "02": ("02_ddpm_from_scratch.ipynb", 30, 0, (0, 0, 0.345, 1), "class-conditional DDPM samples, digit asked for per column"),
     "03": ("03_ddim_and_samplers.ipynb", 9, 0, (0.47, 0, 1, 1), "one x_T sampled by DDIM with 2 … 500 steps"),
     "04": ("04_latent_autoencoder.ipynb", 15, 0, None, "interpolating pixels vs interpolating latents"),
-    "05": ("05_text_conditioning_and_cross_attention.ipynb", 29, 0, (0, 0, 1, 0.53), "per-word cross-attention maps"),
+    "05": ("05_text_conditioning_and_cross_attention.ipynb", 35, 0, (0, 0, 1, 0.53), "per-word cross-attention maps"),
     "06": ("06_classifier_free_guidance.ipynb", 13, 0, None, "a guidance sweep: one row per guidance scale w"),
-    "07": ("07_tiny_stable_diffusion.ipynb", 11, 0, (0, 0, 1, 0.497), "the tiny SD's text-to-image: digits × attributes"),
+    "07": ("07_tiny_stable_diffusion.ipynb", 18, 0, (0, 0, 1, 0.5), "the tiny SD's text-to-image: digits × attributes"),
     "08": ("08_rectified_flow_and_mmdit.ipynb", 12, 0, (0.333, 0, 1, 1), "sample paths: DDPM path vs the straight flow path"),
     "09": ("09_fast_sampling_and_distillation.ipynb", 42, 0, None, "teacher at 25 and 2 steps vs the distilled 1-4 step student"),
     "10": ("10_stable_diffusion_xl.ipynb", 19, 0, None, "SDXL's micro-conditioning: original_size, crop, target_size"),
-    "11": ("11_stable_diffusion_3.ipynb", 13, 0, None, "SD3 with T5 kept (top) and dropped (bottom)"),
-    "12": ("12_fine_tuning_and_model_surgery.ipynb", 30, 0, None, "a LoRA on the SDXL stand-in at adapter weight 0, ½, 1"),
-    "13": ("14_beyond_text_to_image.ipynb", 98, 1, None, "ControlNet: edges of a test digit, the controlled output, the base"),
+    "11": ("11_stable_diffusion_3.ipynb", 15, 0, None, "SD3 with T5 kept (top) and dropped (bottom)"),
+    "12": ("12_fine_tuning.ipynb", 30, 0, None, "a LoRA on the SDXL stand-in at adapter weight 0, ½, 1"),
+    "13": ("13_model_surgery_and_scaling_out.ipynb", 13, 0, None, "adherence and FID against pruning sparsity, int8 beside them"),
+    "14": ("14_super_resolution.ipynb", 14, 0, None, "7×7 digits upscaled ×4: input, bicubic, the latent upscaler, the truth"),
+    "15": ("15_controlnet.ipynb", 19, 0, (0, 0, 0.5, 1), "ControlNet: test digits, their edge maps, the controlled output, the base"),
+    "16": ("16_image_variations_and_video.ipynb", 33, 1, None, "the SVD stand-in: a digit moving right over four frames"),
 }
 
 
