@@ -261,7 +261,9 @@ def test_dial_prediction_check(capsys):
     dial = {0: 0.973, 250: 0.955, 500: 0.902, 700: 0.733, 850: 0.317, 999: 0.078}
     for right in (0.76, 0.80, 0.902, 0.733, 0.72, torch.tensor(0.78)):  # 0.72: within the 2-point slack
         assert check_dial_prediction(right, dial, level=664)
-    assert capsys.readouterr().out.count("✅") == 6
+    out = capsys.readouterr().out
+    assert out.count("✅") == 6 and out.count("consistent with the dial") == 6 and "correct" not in out
+    assert "between the measured 0.90 (k = 500) and 0.73 (k = 700)" in out
     assert not check_dial_prediction(0.95, dial, level=664)  # the k = 250 value: too faithful
     assert "predict less" in capsys.readouterr().out
     assert not check_dial_prediction(0.5, dial, level=664)  # as if the dial fell linearly from 700 to 850
