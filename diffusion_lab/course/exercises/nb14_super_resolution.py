@@ -82,7 +82,16 @@ def check_averaging_gain(fn: Callable[[int], float]) -> bool:
 
 
 def _low_res_alphas_cumprod() -> torch.Tensor:
-    """ᾱ_s of the upscaler's ``low_res_scheduler`` (scaled-linear betas 1e-4 … 0.02, 1000 levels), in float64."""
+    """ᾱ_s of the upscaler's ``low_res_scheduler`` (scaled-linear betas 1e-4 … 0.02, 1000 levels), in float64.
+
+    Hard-coded rather than read from the student's pipeline, so the checker is independent of it. It is the
+    schedule of stabilityai/stable-diffusion-x4-upscaler: diffusers' single-file loader builds that model's
+    ``low_res_scheduler`` as a DDPMScheduler with ``beta_schedule="scaled_linear"``, ``beta_start=0.0001``,
+    ``beta_end=0.02``, 1000 steps (the original training code's ``make_beta_schedule("linear")`` is the same
+    ``linspace(√1e-4, √0.02)²``), and the course's stand-in saves the same config
+    (:data:`diffusion_lab.pipelines.upscale.LOW_RES_SCHEDULE`, ``data/pretrained/sd_x4_upscaler_mnist``). The hub's
+    own ``low_res_scheduler/scheduler_config.json`` could not be read offline.
+    """
     betas = torch.linspace(1e-4**0.5, 0.02**0.5, 1000, dtype=torch.float64) ** 2
     return torch.cumprod(1 - betas, 0)
 
