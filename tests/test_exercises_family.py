@@ -167,7 +167,8 @@ def test_controlled_steps_check(capsys):
     assert "not -1" in capsys.readouterr().out
     assert not check_controlled_steps(lambda n, s, e: round((e - s) * n))
     out = capsys.readouterr().out
-    assert "one step too many" in out and "n = 25" in out and "⌈start·n⌉" in out
+    assert "one step too many" in out and "n = 20" in out and "⌈start·n⌉" in out
+    assert "n = 25" not in out  # the exercise's own window (25 steps) is no case: its count is not given away
     assert not check_controlled_steps(lambda n, s, e: max(0, math.floor(e * n) - math.floor(s * n) + 1))
     assert "expected" in capsys.readouterr().out
     assert not check_controlled_steps(lambda n, s, e: max(0, math.floor(e * n) - math.floor(s * n)))
