@@ -139,6 +139,26 @@ def _as_int_list(value: object) -> tuple[list[int] | None, str]:
     return out, ""
 
 
+def _direction_answer(
+    prediction: object, key: str, choices: tuple[str, ...], up: str, down: str, diff: float, margin: float
+) -> tuple[str, str, str]:
+    """Read a predict-then-measure answer ``{key: one of choices}`` (listed in hints in the order of ``choices``) and
+    judge the measurement: returns (what was said, what was measured, a hint for a missing or malformed answer, else
+    ""). The measured word is ``up`` when ``diff`` > ``margin``, ``down`` when ``diff`` < −``margin``, else the third
+    choice."""
+    (same,) = [c for c in choices if c not in (up, down)]
+    listed = f"{choices[0]!r}, {choices[1]!r} or {choices[2]!r}"
+    truth = same if abs(diff) <= margin else (up if diff > 0 else down)
+    if prediction is None or (isinstance(prediction, dict) and all(v is None for v in prediction.values())):
+        return "", truth, f"not done yet: fill in {listed} BEFORE you run the experiment"
+    if not isinstance(prediction, dict):
+        return "", truth, f"prediction must be a dict like {{{key!r}: {up!r}}}, got {_kind(prediction)}"
+    said = prediction.get(key)
+    if not isinstance(said, str) or said not in choices:
+        return "", truth, f"give {listed} for {key!r}, got {_kind(said)}"
+    return said, truth, ""
+
+
 _NONE_HINT = "your function returns None: fill in its body and return the result"
 _NONE_BODY = "your function returns None: fill in its body"  # the shorter hint of notebooks 02 and 03
 

@@ -33,6 +33,7 @@ from diffusion_lab.course.exercises.checking import (
     _call,
     _call_tensor,
     _check_callable,
+    _direction_answer,
     _finite_hint,
     _kind,
     _report,
@@ -290,17 +291,11 @@ def check_prior_prediction(prediction: object, measured_new: object, measured_ol
             raise TypeError(f"{name} must be a finite number: {problem}")
         values.append(number)
     new, old, margin = values
-    if prediction is None or (isinstance(prediction, dict) and all(v is None for v in prediction.values())):
-        return _report(False, what, "not done yet: fill in 'higher', 'lower' or 'same' BEFORE you run the experiment")
-    if not isinstance(prediction, dict):
-        return _report(
-            False, what, f"prediction must be a dict like {{{PRIOR_KEY!r}: 'higher'}}, got {_kind(prediction)}"
-        )
-    answer_given = prediction.get(PRIOR_KEY)
-    if not isinstance(answer_given, str) or answer_given not in _DIRECTIONS:
-        return _report(False, what, f"give 'higher', 'lower' or 'same' for {PRIOR_KEY!r}, got {_kind(answer_given)}")
-    diff = new - old
-    answer = "same" if abs(diff) <= margin else ("higher" if diff > 0 else "lower")
+    answer_given, answer, hint = _direction_answer(
+        prediction, PRIOR_KEY, _DIRECTIONS, "higher", "lower", new - old, margin
+    )
+    if hint:
+        return _report(False, what, hint)
     if answer_given == answer:
         return _report(True, what, "")
     why = {

@@ -30,8 +30,8 @@ from diffusion_lab.course.exercises.checking import (
     _as_tensor,
     _call,
     _check_callable,
+    _direction_answer,
     _finite_hint,
-    _kind,
     _report,
 )
 from diffusion_lab.maths.diffusion import eps_from_v, x0_from_v
@@ -136,17 +136,10 @@ def check_seam_prediction(prediction: object, error_16: object, error_14: object
     e16, e14, err = values
     if err < 0:
         raise ValueError(f"se must be >= 0, got {err}")
-    if prediction is None or (isinstance(prediction, dict) and all(v is None for v in prediction.values())):
-        return _report(False, what, "not done yet: fill in 'larger', 'same' or 'smaller' BEFORE you run the experiment")
-    if not isinstance(prediction, dict):
-        return _report(
-            False, what, f"prediction must be a dict like {{{SEAM_KEY!r}: 'larger'}}, got {_kind(prediction)}"
-        )
-    said = prediction.get(SEAM_KEY)
-    if not isinstance(said, str) or said not in _DIRECTIONS:
-        return _report(False, what, f"give 'larger', 'same' or 'smaller' for {SEAM_KEY!r}, got {_kind(said)}")
     diff = e14 - e16
-    truth = "same" if abs(diff) <= 2 * err else ("larger" if diff > 0 else "smaller")
+    said, truth, hint = _direction_answer(prediction, SEAM_KEY, _DIRECTIONS, "larger", "smaller", diff, 2 * err)
+    if hint:
+        return _report(False, what, hint)
     if said == truth:
         return _report(True, what, "")
     measured = f"measured {truth}: {e16:.4f} → {e14:.4f} (difference {diff:+.4f} ± {err:.4f})"
